@@ -1,0 +1,81 @@
+"""Augmentation recipes (albumentations) and the Ray Data stage that turns image bytes into views."""
+from typing import Callable
+
+import albumentations as A
+import numpy as np
+
+from pipelines.images import decode_image
+
+ViewTransform = Callable[[np.ndarray], np.ndarray]
+
+
+def blur_kernel(image_size: int) -> int:
+    """About a tenth of the image side, odd, at least 3 (the BYOL/SimCLR choice)."""
+    return max(3, int(image_size * 0.1) // 2 * 2 + 1)
+
+
+def byol_view(image_size: int, channels: int, crop_scale_min: float, blur_p: float, solarize_p: float) -> A.Compose:
+    colour = (
+        [A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, p=0.8), A.ToGray(p=0.2)]
+        if channels == 3
+        else [A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.0, hue=0.0, p=0.8)]
+    )
+    return A.Compose(
+        [
+            A.RandomResizedCrop(size=(image_size, image_size), scale=(crop_scale_min, 1.0)),
+            A.HorizontalFlip(p=0.5),
+            *colour,
+            A.GaussianBlur(blur_limit=(3, blur_kernel(image_size)), sigma_limit=(0.1, 2.0), p=blur_p),
+            A.Solarize(threshold_range=(0.5, 0.5), p=solarize_p),
+        ]
+    )
+
+
+def byol_views(image_size: int, channels: int, crop_scale_min: float) -> list[A.Compose]:
+    """BYOL's asymmetric pair: the first view always blurred, the second rarely blurred and sometimes solarized."""
+    return [
+        byol_view(image_size, channels, crop_scale_min, blur_p=1.0, solarize_p=0.0),
+        byol_view(image_size, channels, crop_scale_min, blur_p=0.1, solarize_p=0.2),
+    ]
+
+
+RECIPES = {"byol": byol_views}
+
+
+def eval_transform(image_size: int) -> A.Compose:
+    """Evaluation: shorter side to the training size, then the centre square."""
+    return A.Compose([A.SmallestMaxSize(max_size=image_size), A.CenterCrop(height=image_size, width=image_size)])
+
+
+def to_chw(image: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(image.transpose(2, 0, 1))
+
+
+def view_column(index: int) -> str:
+    return f"view_{index}"
+
+
+class AugmentBatch:
+    """Ray Data stage: decode each image and produce one fixed-shape uint8 column (N, C, H, W) per view.
+
+    Corrupt rows are dropped and counted instead of failing the epoch.
+    """
+
+    def __init__(self, method: str, image_size: int, channels: int, crop_scale_min: float):
+        self.views = RECIPES[method](image_size, channels, crop_scale_min)
+        self.channels = channels
+        self.size = (image_size, image_size)
+        self.dropped = 0
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs: list[list[np.ndarray]] = [[] for _ in self.views]
+        for data in batch["image"]:
+            try:
+                image = decode_image(data, self.channels)
+            except ValueError:
+                self.dropped += 1
+                continue
+            for out, view in zip(outputs, self.views):
+                out.append(to_chw(view(image=image)["image"]))
+        empty = np.zeros((0, self.channels, *self.size), np.uint8)
+        return {view_column(i): np.stack(out) if out else empty for i, out in enumerate(outputs)}

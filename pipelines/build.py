@@ -1,0 +1,36 @@
+"""From the configuration to the method, optimizer and schedules (the only place config meets ssl_models)."""
+import timm.optim
+import torch
+
+from pipelines.config import Config
+from ssl_models import METHODS, BackboneSpec, SSLMethod, backbone_spec, create_backbone
+from ssl_models.schedules import warmup_cosine_schedule
+
+
+def build_spec(config: Config, channels: int) -> BackboneSpec:
+    model = config.model
+    return backbone_spec(model.backbone, channels, config.data.image_size, model.small_stem, model.patch_size)
+
+
+def build_method(config: Config, channels: int, total_steps: int) -> SSLMethod:
+    backbone, feature_dim = create_backbone(build_spec(config, channels))
+    model, method = config.model, config.method
+    return METHODS[method.name](
+        backbone, feature_dim, total_steps,
+        projector_hidden_dim=model.projector_hidden_dim, projection_dim=model.projection_dim,
+        predictor_hidden_dim=model.predictor_hidden_dim,
+        momentum_start=method.momentum_start, momentum_end=method.momentum_end,
+    )
+
+
+def build_optimizer(config: Config, module: torch.nn.Module) -> torch.optim.Optimizer:
+    optim = config.optim
+    extra = {"betas": optim.betas} if optim.name == "adamw" else {"momentum": optim.momentum}
+    # Biases and normalisation parameters get no weight decay (timm's filter_bias_and_bn).
+    return timm.optim.create_optimizer_v2(module, opt=optim.name, lr=optim.lr, weight_decay=optim.weight_decay, **extra)
+
+
+def lr_schedule(config: Config, steps_per_epoch: int) -> torch.Tensor:
+    optim = config.optim
+    total = steps_per_epoch * config.train.epochs
+    return warmup_cosine_schedule(optim.lr, optim.min_lr, total, int(optim.warmup_epochs * steps_per_epoch))

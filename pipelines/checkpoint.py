@@ -1,0 +1,50 @@
+"""Training state on disk: everything needed to resume, loadable without unpickling arbitrary objects."""
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+STATE_FILE = "state.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    numpy_state = state["numpy"]
+    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
+                         numpy_state["has_gauss"], numpy_state["cached"]))
+    random.setstate((state["python_version"], tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_training_state(folder: Path, method, optimizer, step: int, epoch: int, metrics: dict[str, float]) -> None:
+    torch.save(
+        {"method": method.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "epoch": epoch,
+         "metrics": metrics, "rng": rng_state()},
+        Path(folder) / STATE_FILE,
+    )
+
+
+def load_training_state(folder: Path, method, optimizer, device) -> dict[str, Any]:
+    """Restores method, optimizer and RNG in place; returns step, epoch (epochs completed) and metrics."""
+    state = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True)
+    method.load_state_dict(state["method"])
+    optimizer.load_state_dict(state["optimizer"])
+    set_rng_state({**state["rng"], "torch": state["rng"]["torch"].cpu()})
+    return {"step": state["step"], "epoch": state["epoch"], "metrics": state["metrics"]}

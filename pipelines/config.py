@@ -1,0 +1,169 @@
+"""The one typed configuration: validated, loaded from YAML presets, overridden with `--set a.b=value`."""
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A user mistake in the configuration: printed as a message, never as a traceback."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Section):
+    path: str = Field(str(PROJECT_ROOT / "data" / "fashion_mnist"), description="folder of Parquet shards from pipelines.ingest (local path or URI)")
+    image_size: int = Field(28, ge=8, le=1024)
+    batch_size: int = Field(256, ge=2, description="per-worker batch")
+    limit: Optional[int] = Field(None, ge=1, description="use only the first N training images")
+    augment_actors: int = Field(1, ge=1, description="size of the augmentation actor pool")
+    augment_cpus: float = Field(0.5, gt=0, description="CPUs reserved per augmentation actor")
+    read_cpus: float = Field(0.25, gt=0, description="CPUs reserved per Parquet read task")
+    shuffle_buffer: int = Field(2048, ge=0, description="local shuffle buffer of the training iterator (0: off)")
+    crop_scale_min: float = Field(0.2, gt=0, le=1, description="smallest area fraction of the random resized crop")
+
+
+class ModelConfig(Section):
+    backbone: str = "resnet18"
+    small_stem: bool = Field(False, description="ResNets only: 3x3 stride-1 stem and no max-pool")
+    patch_size: Optional[int] = Field(None, ge=1, description="ViTs and ConvNeXts: patch (stem) size")
+    projector_hidden_dim: int = Field(4096, ge=1)
+    projection_dim: int = Field(256, ge=1)
+    predictor_hidden_dim: int = Field(4096, ge=1)
+
+
+class MethodConfig(Section):
+    name: Literal["byol"] = "byol"
+    momentum_start: float = Field(0.99, ge=0, le=1, description="EMA momentum of the target at step 0")
+    momentum_end: float = Field(1.0, ge=0, le=1, description="EMA momentum at the last step (cosine schedule)")
+
+
+class OptimConfig(Section):
+    name: Literal["adamw", "lars"] = "adamw"
+    lr: float = Field(2e-3, gt=0, description="peak learning rate")
+    min_lr: float = Field(1e-6, ge=0)
+    weight_decay: float = Field(1e-6, ge=0)
+    warmup_epochs: float = Field(0.2, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = Field(0.9, ge=0, lt=1, description="LARS momentum")
+
+
+class TrainConfig(Section):
+    epochs: int = Field(2, ge=1)
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP processes)")
+    use_gpu: Optional[bool] = Field(None, description="null: use GPUs when the cluster has them")
+    cpus_per_worker: float = Field(0.5, gt=0, description="CPUs reserved per worker (scheduling only; torch_threads sets the threads)")
+    torch_threads: Optional[int] = Field(None, ge=1, description="null: the machine's cores / workers")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
+    seed: int = 0
+    log_every: int = Field(10, ge=1, description="steps between logged training metrics")
+    storage_path: str = Field(str(PROJECT_ROOT / "runs"), description="Ray Train storage (checkpoints)")
+    max_failures: int = Field(0, ge=0, description="worker-group restarts from the last checkpoint")
+
+
+class EvalConfig(Section):
+    knn_k: list[int] = Field([20, 200], min_length=1)
+    knn_temperature: float = Field(0.07, gt=0)
+    every_epochs: int = Field(1, ge=0, description="online kNN every N epochs on a labelled subset (0: off)")
+    online_bank_size: int = Field(5000, ge=1, description="memory-bank images of the per-epoch kNN")
+    online_query_size: int = Field(1000, ge=1, description="query images of the per-epoch kNN")
+    final_bank_size: Optional[int] = Field(None, ge=1, description="null: the whole train split")
+    final_query_size: Optional[int] = Field(None, ge=1, description="null: the whole test split")
+    baseline: bool = Field(True, description="also evaluate the randomly initialised backbone")
+    batch_size: int = Field(512, ge=1)
+
+
+class TrackingConfig(Section):
+    tracking_uri: Optional[str] = Field(None, description="null: $MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db")
+    experiment: Optional[str] = Field(None, description="null: the method's name")
+    run_name: Optional[str] = None
+
+
+class Config(Section):
+    method: MethodConfig = MethodConfig()
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Config":
+        if self.method.momentum_end < self.method.momentum_start:
+            raise ValueError("method.momentum_end must be >= method.momentum_start")
+        return self
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys to values, for MLflow params."""
+        return dict(_flatten(self.model_dump(mode="json")))
+
+
+def _flatten(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got '{text}'")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_override(tree: dict, keys: list[str], value: Any) -> None:
+    node = tree
+    for i, key in enumerate(keys[:-1]):
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"'{'.'.join(keys[: i + 1])}' is a value, not a section")
+    node[keys[-1]] = value
+
+
+def format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "config"
+        got = f" (got {item['input']!r})" if item["type"] != "missing" and not isinstance(item["input"], dict) else ""
+        lines.append(f"  {field}: {item['msg']}{got}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def build_config(tree: dict) -> Config:
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error)) from None
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    return tree
+
+
+def load_config(path: Optional[str | Path] = None, overrides: list[str] = ()) -> Config:
+    """Defaults, then the YAML preset, then each `key=value` override, validated once at the end."""
+    tree = read_yaml(path) if path else {}
+    for text in overrides:
+        apply_override(tree, *parse_override(text))
+    return build_config(tree)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

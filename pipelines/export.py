@@ -1,0 +1,37 @@
+"""Backbone weights in safetensors with the timm name and build arguments beside them.
+
+Outside this project:
+    import json, timm, safetensors.torch
+    meta = json.load(open("backbone.json"))
+    model = timm.create_model(meta["timm_name"], num_classes=0, **meta["timm_kwargs"])
+    if meta["small_stem"]:  # 3x3 stride-1 conv1, no max-pool
+        model.conv1 = torch.nn.Conv2d(model.conv1.in_channels, 64, 3, 1, 1, bias=False); model.maxpool = torch.nn.Identity()
+    model.load_state_dict(safetensors.torch.load_file("backbone.safetensors"))
+"""
+import json
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+from torch import nn
+
+from ssl_models import BackboneSpec, create_backbone
+
+WEIGHTS_FILE = "backbone.safetensors"
+META_FILE = "backbone.json"
+
+
+def save_backbone(folder: Path, backbone: nn.Module, spec: BackboneSpec, extra: dict[str, Any]) -> None:
+    folder = Path(folder)
+    state = {key: value.detach().cpu().contiguous() for key, value in backbone.state_dict().items()}
+    safetensors.torch.save_file(state, folder / WEIGHTS_FILE)
+    (folder / META_FILE).write_text(json.dumps({**spec.to_dict(), **extra}, indent=2))
+
+
+def load_backbone(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
+    folder = Path(folder)
+    meta = json.loads((folder / META_FILE).read_text())
+    spec = BackboneSpec(meta["timm_name"], meta["timm_kwargs"], meta["small_stem"])
+    model, _ = create_backbone(spec)
+    model.load_state_dict(safetensors.torch.load_file(folder / WEIGHTS_FILE))
+    return model, meta

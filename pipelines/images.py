@@ -1,0 +1,42 @@
+"""Decoding stored image bytes into uint8 arrays of a fixed channel count."""
+import io
+
+import cv2
+import numpy as np
+from PIL import Image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def decode_image(data: bytes, channels: int) -> np.ndarray:
+    """HxWxC uint8 (RGB order when C is 3). Raises ValueError when the bytes are no image."""
+    flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    if image is None:
+        return verified_pil_image(data, channels)
+    if channels == 1:
+        return image[:, :, None]
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def verified_pil_image(data: bytes, channels: int) -> np.ndarray:
+    """Strict decode with Pillow: truncated files raise instead of yielding a half-grey picture."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+    except Exception as error:  # Pillow raises many types for bad files
+        raise ValueError(f"not a readable image ({type(error).__name__}: {error})") from None
+    return array[:, :, None] if channels == 1 else array
+
+
+def is_grayscale(data: bytes) -> bool:
+    with Image.open(io.BytesIO(data)) as image:
+        return image.mode in ("1", "L", "I", "I;16", "F", "LA")
+
+
+def encode_png(array: np.ndarray) -> bytes:
+    ok, buffer = cv2.imencode(".png", array)
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buffer.tobytes()

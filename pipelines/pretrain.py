@@ -1,0 +1,217 @@
+"""Self-supervised pretraining on Ray: `python -m pipelines.pretrain [--config PRESET] [--set key=value ...]`.
+
+Locally it starts a Ray instance and writes to an MLflow store in the project folder; under
+`ray job submit` (or with RAY_ADDRESS set) it joins that cluster. `--resume NAME` continues a
+run from its last checkpoint, in the same MLflow run.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+from pipelines.config import Config, ConfigError, apply_override, build_config, load_config, parse_override, save_config
+from pipelines.dataset_store import DatasetError, filesystem, read_info, write_text
+from pipelines.evaluate import eval_plan
+
+RUN_FILE = "run.json"
+
+
+class RunFailed(RuntimeError):
+    """Training failed; the MLflow run is marked FAILED with this reason."""
+
+
+def init_ray(config: Config) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def read_run_file(storage_path: str, name: str) -> dict:
+    fs, base = filesystem(f"{storage_path.rstrip('/')}/{name}")
+    try:
+        with fs.open_input_stream(f"{base}/{RUN_FILE}") as stream:
+            return json.loads(stream.read())
+    except (FileNotFoundError, OSError):
+        raise ConfigError(f"no run named '{name}' under {storage_path} (nothing to resume)") from None
+
+
+def last_run_name(storage_path: str) -> str:
+    runs = sorted(Path(storage_path).glob(f"*/{RUN_FILE}"), key=lambda path: path.stat().st_mtime)
+    if not runs:
+        raise ConfigError(f"no run to resume under {storage_path}")
+    return runs[-1].parent.name
+
+
+def failure_reason(error: BaseException) -> str:
+    failures = getattr(error, "worker_failures", None)
+    if failures:
+        rank, cause = sorted(failures.items())[0]
+        cause = getattr(cause, "cause", None) or cause
+        return f"worker {rank}: {type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[-1] if text else ''}"
+
+
+def steps_per_epoch(config: Config, train_images: int) -> int:
+    steps = train_images // config.train.num_workers // config.data.batch_size
+    if steps < 1:
+        raise ConfigError(
+            f"data.batch_size={config.data.batch_size} x train.num_workers={config.train.num_workers} "
+            f"is larger than the {train_images} training images: lower data.batch_size"
+        )
+    return steps
+
+
+def pretrain(config: Config, resume: Optional[str] = None) -> dict:
+    """Runs (or resumes) one pretraining; returns run name, MLflow run id, tracking URI and final metrics."""
+    import mlflow  # noqa: F401  (imported late: the CLI answers config mistakes quickly)
+    from pipelines.build import build_spec
+    from pipelines.data import train_size, training_dataset
+    from pipelines.pictures import augmented_views_grid
+    from pipelines.tracking import fail_run, start_run, tracking_uri
+
+    info = read_info(config.data.path)
+    if info.splits.get("train", 0) == 0:
+        raise DatasetError(f"dataset '{config.data.path}' has no training images")
+    build_spec(config, info.channels)
+    spe = steps_per_epoch(config, train_size(config, info))
+
+    from mlflow.tracking import MlflowClient
+
+    if resume:
+        previous = read_run_file(config.train.storage_path, resume)
+        run_name, run_id, uri = resume, previous["mlflow_run_id"], previous["tracking_uri"]
+        client = MlflowClient(uri)
+        client.update_run(run_id, status="RUNNING")
+    else:
+        uri = tracking_uri(config)
+        run_name = config.tracking.run_name or f"{config.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        client, run_id = start_run(config, uri, run_name)
+    write_text(f"{config.train.storage_path.rstrip('/')}/{run_name}", RUN_FILE, json.dumps(
+        {"mlflow_run_id": run_id, "tracking_uri": uri, "config": config.model_dump(mode="json")}, indent=2))
+    print(f"MLflow run {run_id} ({run_name}); {eval_plan(info)[1]}", flush=True)
+
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            save_config(config, Path(folder) / "config.yaml")
+            write_text(folder, "dataset.json", json.dumps(asdict(info), indent=2))
+            augmented_views_grid(config, info).save(Path(folder) / "augmented_views.png")
+            for name in ("config.yaml", "dataset.json", "augmented_views.png"):
+                client.log_artifact(run_id, str(Path(folder) / name))
+        init_ray(config)
+        result = fit(config, info, spe, run_name, run_id, uri, training_dataset(config, info))
+        with result.checkpoint.as_directory() as folder:
+            for name in ("backbone.safetensors", "backbone.json"):
+                client.log_artifact(run_id, str(Path(folder) / name), "backbone")
+    except KeyboardInterrupt:
+        fail_run(client, run_id, "interrupted by the user", status="KILLED")
+        raise
+    except Exception as error:
+        reason = failure_reason(error)
+        fail_run(client, run_id, reason)
+        raise RunFailed(reason) from error
+    client.set_terminated(run_id, "FINISHED")
+    return {"run_name": run_name, "run_id": run_id, "tracking_uri": uri, "metrics": dict(result.metrics),
+            "artifact_uri": client.get_run(run_id).info.artifact_uri}
+
+
+def fit(config: Config, info, spe: int, run_name: str, run_id: str, uri: str, dataset):
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.train_loop import train_loop_per_worker
+
+    use_gpu = config.train.use_gpu
+    if use_gpu is None:
+        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config.model_dump(mode="json"), "dataset": asdict(info),
+                           "steps_per_epoch": spe, "mlflow_run_id": run_id, "tracking_uri": uri},
+        scaling_config=ScalingConfig(num_workers=config.train.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": config.train.cpus_per_worker}),
+        run_config=RunConfig(name=run_name, storage_path=config.train.storage_path,
+                             checkpoint_config=CheckpointConfig(num_to_keep=1),
+                             failure_config=FailureConfig(max_failures=config.train.max_failures)),
+        datasets={"train": dataset},
+    )
+    return trainer.fit()
+
+
+def summary(outcome: dict) -> str:
+    metrics, lines = outcome["metrics"], []
+    for key in sorted(k for k in metrics if k.startswith("final_knn_top1_k")):
+        k = key.removeprefix("final_knn_top1_k")
+        before = metrics.get(f"init_knn_top1_k{k}")
+        start = f"random init {before:.2%} -> " if before is not None else ""
+        lines.append(f"kNN top-1 (k={k}): {start}pretrained {metrics[key]:.2%}")
+    if not lines:
+        lines.append("kNN skipped: the dataset has no labels")
+    from pipelines.tracking import ui_command
+
+    lines += [
+        f"throughput: {metrics.get('images_per_second', 0):.0f} images/s (last epoch)",
+        f"MLflow run id: {outcome['run_id']} (run name {outcome['run_name']})",
+        f"backbone weights: {outcome['artifact_uri']}/backbone",
+        f"open the MLflow UI: {ui_command(outcome['tracking_uri'])}",
+        f"resume or extend: python -m pipelines.pretrain --resume {outcome['run_name']} --set train.epochs=N",
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m pipelines.pretrain", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML preset (see configs/)")
+    parser.add_argument("--method", help="shortcut for --set method.name=...")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any field, e.g. --set optim.lr=1e-3 (repeatable)")
+    parser.add_argument("--resume", metavar="RUN_NAME", help="continue a run from its last checkpoint ('last': the newest)")
+    return parser.parse_args(argv)
+
+
+def resolve_config(args) -> tuple[Config, Optional[str]]:
+    overrides = list(args.overrides) + ([f"method.name={args.method}"] if args.method else [])
+    if not args.resume:
+        return load_config(args.config, overrides), None
+    base = load_config(args.config) if args.config else Config()
+    name = last_run_name(base.train.storage_path) if args.resume == "last" else args.resume
+    tree = read_run_file(base.train.storage_path, name)["config"]
+    for text in overrides:
+        apply_override(tree, *parse_override(text))
+    return build_config(tree), name
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        config, resume = resolve_config(args)
+        outcome = pretrain(config, resume)
+    except (ConfigError, DatasetError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except RunFailed as error:
+        print(f"run failed: {error} (the MLflow run is marked FAILED with this reason)", file=sys.stderr)
+        return 1
+    print("\n" + summary(outcome))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

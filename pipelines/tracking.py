@@ -1,0 +1,76 @@
+"""MLflow: where runs go, how they start, what the training loop logs, how they end."""
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from pipelines.config import PROJECT_ROOT, Config
+
+MAX_PARAM_LENGTH = 6000
+
+
+def tracking_uri(config: Config) -> str:
+    return (
+        config.tracking.tracking_uri
+        or os.environ.get("MLFLOW_TRACKING_URI")
+        or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
+    )
+
+
+def ui_command(uri: str) -> str:
+    if uri.startswith("sqlite:"):
+        return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+    return f"open {uri} in a browser"
+
+
+def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_location = None
+    if uri.startswith("sqlite:"):
+        artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name).as_uri()
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+def start_run(config: Config, uri: str, run_name: str) -> tuple[MlflowClient, str]:
+    client = MlflowClient(uri)
+    experiment_id = ensure_experiment(client, config.tracking.experiment or config.method.name, uri)
+    run = client.create_run(experiment_id, run_name=run_name, tags={"method": config.method.name})
+    params = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in config.flat().items()]
+    for start in range(0, len(params), 100):
+        client.log_batch(run.info.run_id, params=params[start : start + 100])
+    return client, run.info.run_id
+
+
+def fail_run(client: MlflowClient, run_id: str, reason: str, status: str = "FAILED") -> None:
+    client.set_tag(run_id, "failure_reason", reason[:5000])
+    client.set_terminated(run_id, status)
+
+
+class MetricLogger:
+    """Buffers metrics and sends them in batches (one round trip per flush, not per value)."""
+
+    def __init__(self, uri: str, run_id: str, flush_every: int = 200):
+        self.client = MlflowClient(uri)
+        self.run_id = run_id
+        self.flush_every = flush_every
+        self.buffer: list[Metric] = []
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        self.buffer += [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        if len(self.buffer) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        for start in range(0, len(self.buffer), 1000):
+            self.client.log_batch(self.run_id, metrics=self.buffer[start : start + 1000])
+        self.buffer = []
+
+
+def latest_metrics(client: Optional[MlflowClient], run_id: str) -> dict[str, float]:
+    return dict(client.get_run(run_id).data.metrics) if client else {}

@@ -1,0 +1,77 @@
+"""Backbones from timm by name, with small-image options, returning the network and its feature width.
+
+Everything needed to rebuild a backbone outside this project is in `BackboneSpec`:
+`timm.create_model(spec.timm_name, num_classes=0, **spec.timm_kwargs)`, then, when
+`spec.small_stem` is true, `apply_small_stem(model)`.
+"""
+import difflib
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import timm
+from torch import nn
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    timm_name: str
+    timm_kwargs: dict[str, Any] = field(default_factory=dict)
+    small_stem: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def is_vit(name: str) -> bool:
+    return name.startswith(("vit_", "deit_", "deit3_"))
+
+
+def is_resnet(name: str) -> bool:
+    return name.startswith(("resnet", "resnext", "seresnet", "wide_resnet"))
+
+
+def backbone_spec(
+    name: str,
+    in_chans: int = 3,
+    image_size: int = 224,
+    small_stem: bool = False,
+    patch_size: Optional[int] = None,
+) -> BackboneSpec:
+    """Validate the options for `name` and turn them into timm arguments."""
+    if name not in timm.list_models():
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"unknown backbone '{name}'.{hint} Any timm model name works, "
+            "e.g. resnet18, resnet50, vit_tiny_patch16_224, vit_small_patch16_224, convnext_atto."
+        )
+    kwargs: dict[str, Any] = {"in_chans": in_chans}
+    if small_stem and not is_resnet(name):
+        raise ValueError(
+            f"model.small_stem applies to ResNets, not '{name}'; for ViTs and ConvNeXts set model.patch_size"
+        )
+    if is_vit(name):
+        kwargs["img_size"] = image_size
+        if patch_size is not None:
+            kwargs["patch_size"] = patch_size
+    elif patch_size is not None:
+        if not name.startswith("convnext"):
+            raise ValueError(f"model.patch_size applies to ViTs and ConvNeXts, not '{name}'")
+        kwargs["patch_size"] = patch_size
+    return BackboneSpec(timm_name=name, timm_kwargs=kwargs, small_stem=small_stem)
+
+
+def apply_small_stem(model: nn.Module) -> nn.Module:
+    """CIFAR-style ResNet stem: a 3x3 stride-1 first convolution and no max-pool, for 28-96 px images."""
+    old = model.conv1
+    model.conv1 = nn.Conv2d(old.in_channels, old.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def create_backbone(spec: BackboneSpec) -> tuple[nn.Module, int]:
+    """The network (classifier removed, returns pooled features) and its feature width."""
+    model = timm.create_model(spec.timm_name, pretrained=False, num_classes=0, **spec.timm_kwargs)
+    if spec.small_stem:
+        apply_small_stem(model)
+    return model, model.num_features
