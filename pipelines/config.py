@@ -128,10 +128,23 @@ def apply_override(tree: dict, keys: list[str], value: Any) -> None:
     node[keys[-1]] = value
 
 
+def section_fields(path: tuple) -> list[str]:
+    model = Config
+    for part in path:
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
 def format_validation_error(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
         field = ".".join(str(part) for part in item["loc"]) or "config"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {field}: unknown field; allowed: {', '.join(section_fields(item['loc'][:-1]))}")
+            continue
         got = f" (got {item['input']!r})" if item["type"] != "missing" and not isinstance(item["input"], dict) else ""
         lines.append(f"  {field}: {item['msg']}{got}")
     return "invalid configuration:\n" + "\n".join(lines)

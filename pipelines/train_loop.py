@@ -2,6 +2,7 @@
 import math
 import os
 import random
+import sys
 import tempfile
 import time
 from contextlib import nullcontext
@@ -90,7 +91,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             restored = load_training_state(Path(folder), method, optimizer, device)
         step, start_epoch, saved_metrics = restored["step"], restored["epoch"], restored["metrics"]
         if rank == 0:
-            print(f"resumed from checkpoint: epoch {start_epoch}, step {step}", flush=True)
+            say(f"resumed from checkpoint: epoch {start_epoch}, step {step}")
     method.wrap_trained(ray.train.torch.prepare_model)
 
     is_chief = rank == 0
@@ -100,7 +101,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if evaluator and step == 0 and config.eval.baseline:
         saved_metrics.update(evaluator.final(method.backbone, "init_"))
         logger.log(saved_metrics, step=0)
-        print(f"random-init backbone: {fmt(saved_metrics)}", flush=True)
+        say(f"random-init backbone: {fmt(saved_metrics)}")
 
     shard = ray.train.get_dataset_shard("train")
     batch_size = config.data.batch_size
@@ -134,8 +135,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 logger.log(averaged, step)
                 window = []
                 rate = seen / (time.time() - started)
-                print(f"epoch {epoch + 1}/{epochs} step {index + 1}/{steps_per_epoch} "
-                      f"loss {averaged['train/loss']:.4f} lr {lr:.2e} {rate:.0f} img/s", flush=True)
+                say(f"epoch {epoch + 1}/{epochs} step {index + 1}/{steps_per_epoch} "
+                      f"loss {averaged['train/loss']:.4f} lr {lr:.2e} {rate:.0f} img/s")
         seconds = time.time() - started
         metrics = {"epoch": epoch + 1, "step": step, "images_per_second": seen / seconds, "epoch_seconds": seconds}
         last = epoch == epochs - 1
@@ -146,11 +147,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if is_chief:
             logger.log(metrics, step)
             logger.flush()
-            print(f"epoch {epoch + 1}/{epochs} done in {seconds:.0f}s: {fmt(metrics)}", flush=True)
+            say(f"epoch {epoch + 1}/{epochs} done in {seconds:.0f}s: {fmt(metrics)}")
         saved_metrics.update({k: v for k, v in metrics.items() if k.startswith(("init_", "final_"))})
         report(method, optimizer, step, epoch + 1, {**metrics, **saved_metrics}, is_chief, config, info)
     if start_epoch >= epochs and is_chief:
-        print(f"nothing to train: the checkpoint already holds {start_epoch} of {epochs} epochs", flush=True)
+        say(f"nothing to train: the checkpoint already holds {start_epoch} of {epochs} epochs")
 
 
 def report(method, optimizer, step, epoch, metrics, is_chief, config, info) -> None:
@@ -165,6 +166,12 @@ def report(method, optimizer, step, epoch, metrics, is_chief, config, info) -> N
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)},
                          checkpoint=checkpoint)
+
+
+def say(line: str) -> None:
+    # Ray Train patches print() to go through a logger that echoes it twice on the driver.
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def fmt(metrics: dict[str, float]) -> str:

@@ -1,0 +1,45 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from pipelines.ingest import FASHION_MNIST_DIR, ingest_fashion_mnist
+
+
+@pytest.fixture(scope="session")
+def fmnist_slice(tmp_path_factory) -> str:
+    """The first 640 training and 320 test images of the real Fashion-MNIST, as Parquet shards."""
+    if not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.fail("Fashion-MNIST is missing: run `make test`, which installs it")
+    out = tmp_path_factory.mktemp("fmnist") / "slice"
+    ingest_fashion_mnist(FASHION_MNIST_DIR, str(out), limit=640, rows_per_shard=320)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole test session."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture()
+def tracking_uri(tmp_path) -> str:
+    return f"sqlite:///{Path(tmp_path) / 'mlflow.db'}"
+
+
+def tiny_overrides(data_path: str, storage: str, uri: str, **extra) -> list[str]:
+    """A real but tiny run: 512 images, batch 64, small heads, small evaluation sets."""
+    values = {
+        "data.path": data_path, "data.limit": 512, "data.batch_size": 64, "data.shuffle_buffer": 256,
+        "model.projector_hidden_dim": 256, "model.projection_dim": 64, "model.predictor_hidden_dim": 256,
+        "train.epochs": 1, "train.storage_path": storage, "train.log_every": 2,
+        "eval.online_bank_size": 320, "eval.online_query_size": 160,
+        "eval.final_bank_size": 640, "eval.final_query_size": 320, "tracking.tracking_uri": uri,
+        **extra,
+    }
+    return [f"{key}={value}" for key, value in values.items()]

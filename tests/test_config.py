@@ -1,0 +1,52 @@
+import subprocess
+import sys
+
+import pytest
+
+from pipelines.config import ConfigError, PROJECT_ROOT, load_config
+
+
+def test_defaults_preset_and_overrides(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("optim: {lr: 0.01}\ntrain: {epochs: 5}\n")
+    config = load_config(preset, ["optim.lr=3e-4", "model.small_stem=true"])
+    assert config.optim.lr == 3e-4 and config.train.epochs == 5 and config.model.small_stem is True
+    assert config.flat()["optim.lr"] == 3e-4
+
+
+@pytest.mark.parametrize("override, field", [
+    ("optim.lr=-1", "optim.lr"),
+    ("optim.name=sgd", "optim.name"),
+    ("train.epochs=many", "train.epochs"),
+    ("method.momentum_start=1.5", "method.momentum_start"),
+    ("data.batchsize=3", "data.batchsize"),
+])
+def test_bad_value_names_the_field(override, field):
+    with pytest.raises(ConfigError) as error:
+        load_config(None, [override])
+    assert field in str(error.value)
+
+
+def test_unknown_field_lists_allowed_ones():
+    with pytest.raises(ConfigError, match="allowed: .*batch_size"):
+        load_config(None, ["data.batchsize=3"])
+
+
+def test_cli_reports_bad_value_without_traceback():
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.pretrain", "--set", "optim.lr=-1"],
+        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "optim.lr" in result.stderr and "greater than 0" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_reports_missing_dataset_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.pretrain", "--set", f"data.path={tmp_path / 'nothing'}"],
+        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "no dataset at" in result.stderr and "pipelines.ingest" in result.stderr
+    assert "Traceback" not in result.stderr

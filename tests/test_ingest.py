@@ -1,0 +1,73 @@
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from skimage import data as photos
+
+from pipelines.dataset_store import read_info, read_split
+from pipelines.images import decode_image
+from pipelines.ingest import FASHION_MNIST_DIR, ingest_fashion_mnist, ingest_folder, main
+
+
+@pytest.fixture()
+def photo_folder(tmp_path):
+    root = tmp_path / "photos"
+    (root / "animals").mkdir(parents=True)
+    (root / "things").mkdir()
+    Image.fromarray(photos.chelsea()).save(root / "animals" / "chelsea.jpg", quality=90)
+    Image.fromarray(photos.astronaut()).save(root / "animals" / "astronaut.png")
+    Image.fromarray(photos.coffee()).save(root / "things" / "coffee.jpg", quality=90)
+    Image.fromarray(photos.camera()).save(root / "things" / "camera.png")  # grayscale among colour
+    good = (root / "things" / "coffee.jpg").read_bytes()
+    (root / "things" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (root / "animals" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(200)))
+    (root / "things" / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_folder_ingest_skips_and_reports_bad_files(photo_folder, tmp_path):
+    out = tmp_path / "shards"
+    info, skipped = ingest_folder(photo_folder, str(out))
+    assert info.splits == {"train": 4}
+    assert info.classes == ["animals", "things"]
+    assert info.channels == 3 and len(info.mean) == 3
+    assert info.skipped == 3
+    reasons = {item["file"].rsplit("/", 1)[-1]: item["reason"] for item in skipped}
+    assert set(reasons) == {"truncated.jpg", "corrupt.png", "notes.txt"}
+    report = json.loads((out / "ingest_report.json").read_text())
+    assert len(report["skipped"]) == 3
+    assert read_info(str(out)).classes == ["animals", "things"]
+    table = read_split(str(out), "train", ("image", "label"))
+    labels = sorted(table.column("label").to_pylist())
+    assert labels == [0, 0, 1, 1]
+    for encoded in table.column("image").to_pylist():
+        image = decode_image(encoded, 3)
+        assert image.ndim == 3 and image.shape[2] == 3 and image.shape[0] >= 300
+
+
+def test_folder_with_train_and_test_splits_and_no_labels(tmp_path):
+    root = tmp_path / "split"
+    (root / "train").mkdir(parents=True)
+    (root / "val").mkdir()
+    Image.fromarray(photos.camera()).save(root / "train" / "a.png")
+    Image.fromarray(photos.moon()).save(root / "train" / "b.png")
+    Image.fromarray(photos.camera()).save(root / "val" / "c.png")
+    info, skipped = ingest_folder(root, str(tmp_path / "out"))
+    assert info.splits == {"train": 2, "test": 1} and info.classes is None and info.channels == 1
+    assert read_split(str(tmp_path / "out"), "train", ("label",)).column("label").null_count == 2
+
+
+def test_fashion_mnist_idx_ingest(tmp_path):
+    info = ingest_fashion_mnist(FASHION_MNIST_DIR, str(tmp_path / "f"), limit=50, rows_per_shard=20)
+    assert info.splits == {"train": 50, "test": 50} and len(info.classes) == 10 and info.channels == 1
+    assert len(list((tmp_path / "f" / "train").glob("*.parquet"))) == 3
+    first = pq.read_table(sorted((tmp_path / "f" / "train").glob("*.parquet"))[0])
+    assert decode_image(first.column("image")[0].as_py(), 1).shape == (28, 28, 1)
+    assert 0 <= first.column("label")[0].as_py() < 10
+
+
+def test_cli_missing_folder_is_a_message(tmp_path, capsys):
+    assert main(["folder", "--source", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "image folder not found" in capsys.readouterr().err

@@ -1,0 +1,81 @@
+"""Real Ray Train runs on a slice of Fashion-MNIST, writing to a real MLflow store."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import timm
+import torch
+from mlflow.tracking import MlflowClient
+
+from pipelines.config import load_config
+from pipelines.pretrain import RunFailed, pretrain, resolve_config, parse_args
+from tests.conftest import tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def first_run(ray_session, fmnist_slice, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    overrides = tiny_overrides(fmnist_slice, str(folder / "runs"), uri, **{"tracking.run_name": "tiny"})
+    outcome = pretrain(load_config(None, overrides))
+    return outcome, folder, uri
+
+
+def test_one_epoch_run_logs_metrics_config_and_loadable_weights(first_run, tmp_path):
+    outcome, folder, uri = first_run
+    client = MlflowClient(uri)
+    run = client.get_run(outcome["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["optim.lr"] == "0.002" and run.data.params["method.name"] == "byol"
+    losses = client.get_metric_history(run.info.run_id, "train/loss")
+    assert [m.step for m in losses] == [2, 4, 6, 8]
+    assert all(m.value > 0 for m in losses)
+    momentum = client.get_metric_history(run.info.run_id, "train/ema_momentum")
+    assert 0.99 <= momentum[0].value < momentum[-1].value <= 1.0
+    for key in ("knn_top1_k20", "knn_top1_k200", "feature_std", "final_knn_top1_k20", "init_knn_top1_k20"):
+        assert 0 <= run.data.metrics[key] <= 1, key
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "dataset.json", "augmented_views.png", "backbone"} <= artifacts
+    local = Path(client.download_artifacts(run.info.run_id, "backbone", str(tmp_path)))
+    meta = json.loads((local / "backbone.json").read_text())
+    # rebuilt with plain timm, as a user outside the project would
+    model = timm.create_model(meta["timm_name"], num_classes=0, **meta["timm_kwargs"])
+    model.load_state_dict(safetensors.torch.load_file(local / "backbone.safetensors"))
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, meta["feature_dim"])
+    assert outcome["metrics"]["step"] == 8
+
+
+def test_resume_continues_the_step_count_in_the_same_mlflow_run(first_run):
+    outcome, folder, uri = first_run
+    args = parse_args(["--resume", "tiny", "--set", "train.epochs=2",
+                       "--set", f"train.storage_path={folder / 'runs'}"])
+    config, name = resolve_config(args)
+    assert name == "tiny" and config.data.limit == 512
+    resumed = pretrain(config, name)
+    assert resumed["run_id"] == outcome["run_id"]
+    assert resumed["metrics"]["step"] == 16 and resumed["metrics"]["epoch"] == 2
+    client = MlflowClient(uri)
+    steps = [m.step for m in client.get_metric_history(outcome["run_id"], "train/loss")]
+    assert steps == [2, 4, 6, 8, 10, 12, 14, 16]
+    assert [m.value for m in client.get_metric_history(outcome["run_id"], "epoch")] == [1, 2]
+    assert client.get_run(outcome["run_id"]).info.status == "FINISHED"
+    assert len(client.search_runs([client.get_run(outcome["run_id"]).info.experiment_id])) == 1
+
+
+def test_failing_run_is_marked_failed_with_the_reason(ray_session, fmnist_slice, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(fmnist_slice, broken)
+    (broken / "train" / "part-00001.parquet").write_bytes(b"this is not parquet")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = load_config(None, tiny_overrides(str(broken), str(tmp_path / "runs"), uri))
+    with pytest.raises(RunFailed) as error:
+        pretrain(config)
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("byol").experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure_reason"] == str(error.value)
+    assert "parquet" in str(error.value).lower()
