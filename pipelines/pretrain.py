@@ -6,6 +6,7 @@ run from its last checkpoint, in the same MLflow run.
 """
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -25,17 +26,34 @@ class RunFailed(RuntimeError):
     """Training failed; the MLflow run is marked FAILED with this reason."""
 
 
+def required_cpus(config: Config) -> float:
+    """Logical CPUs the run reserves at once: Train workers, augmentation actors, and Ray Data's
+    file listing (1 CPU, not configurable in Ray 2.60), which read tasks follow. Fewer means a deadlock."""
+    data = config.data
+    workers = config.train.num_workers * config.train.cpus_per_worker
+    return workers + data.augment_actors * data.augment_cpus + max(1.0, data.read_cpus)
+
+
 def init_ray(config: Config) -> None:
+    """Joins RAY_ADDRESS's cluster, else starts a local instance with enough logical CPUs for the run
+    (threads are set explicitly, so logical CPUs only decide what may be scheduled together)."""
     import ray
 
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-    else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1")
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address)
+        else:
+            cpus = max(os.cpu_count() or 1, math.ceil(required_cpus(config)))
+            ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1")
     ray.data.DataContext.get_current().enable_progress_bars = False
+    available = ray.cluster_resources().get("CPU", 0)
+    if available < required_cpus(config):
+        raise ConfigError(
+            f"the run reserves {required_cpus(config):g} CPUs (train.num_workers x train.cpus_per_worker + "
+            f"data.augment_actors x data.augment_cpus + 1 for file listing) but the Ray "
+            f"cluster has {available:g}: lower train.cpus_per_worker or data.augment_cpus"
+        )
 
 
 def read_run_file(storage_path: str, name: str) -> dict:
@@ -87,6 +105,7 @@ def pretrain(config: Config, resume: Optional[str] = None) -> dict:
         raise DatasetError(f"dataset '{config.data.path}' has no training images")
     build_spec(config, info.channels)
     spe = steps_per_epoch(config, train_size(config, info))
+    init_ray(config)
 
     from mlflow.tracking import MlflowClient
 
@@ -110,7 +129,6 @@ def pretrain(config: Config, resume: Optional[str] = None) -> dict:
             augmented_views_grid(config, info).save(Path(folder) / "augmented_views.png")
             for name in ("config.yaml", "dataset.json", "augmented_views.png"):
                 client.log_artifact(run_id, str(Path(folder) / name))
-        init_ray(config)
         result = fit(config, info, spe, run_name, run_id, uri, training_dataset(config, info))
         with result.checkpoint.as_directory() as folder:
             for name in ("backbone.safetensors", "backbone.json"):
@@ -187,7 +205,7 @@ def resolve_config(args) -> tuple[Config, Optional[str]]:
     overrides = list(args.overrides) + ([f"method.name={args.method}"] if args.method else [])
     if not args.resume:
         return load_config(args.config, overrides), None
-    base = load_config(args.config) if args.config else Config()
+    base = load_config(args.config, overrides)  # where to look: storage_path may be overridden
     name = last_run_name(base.train.storage_path) if args.resume == "last" else args.resume
     tree = read_run_file(base.train.storage_path, name)["config"]
     for text in overrides:

@@ -84,12 +84,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     optimizer = build_optimizer(config, method.trained)
     scaler = torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16")
     lrs = lr_schedule(config, steps_per_epoch)
-    step, start_epoch, saved_metrics = 0, 0, {}
+    step, start_epoch, baseline_metrics = 0, 0, {}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
             restored = load_training_state(Path(folder), method, optimizer, device)
-        step, start_epoch, saved_metrics = restored["step"], restored["epoch"], restored["metrics"]
+        step, start_epoch = restored["step"], restored["epoch"]
+        baseline_metrics = {k: v for k, v in restored["metrics"].items() if k.startswith("init_")}
         if rank == 0:
             say(f"resumed from checkpoint: epoch {start_epoch}, step {step}")
     method.wrap_trained(ray.train.torch.prepare_model)
@@ -99,9 +100,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     evaluator = Evaluator(config, info, device, autocast) if is_chief and info.labelled else None
     normalize = Normalizer(info.mean, info.std, device)
     if evaluator and step == 0 and config.eval.baseline:
-        saved_metrics.update(evaluator.final(method.backbone, "init_"))
-        logger.log(saved_metrics, step=0)
-        say(f"random-init backbone: {fmt(saved_metrics)}")
+        baseline_metrics.update(evaluator.final(method.backbone, "init_"))
+        logger.log(baseline_metrics, step=0)
+        say(f"random-init backbone: {fmt(baseline_metrics)}")
 
     shard = ray.train.get_dataset_shard("train")
     batch_size = config.data.batch_size
@@ -148,8 +149,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             logger.log(metrics, step)
             logger.flush()
             say(f"epoch {epoch + 1}/{epochs} done in {seconds:.0f}s: {fmt(metrics)}")
-        saved_metrics.update({k: v for k, v in metrics.items() if k.startswith(("init_", "final_"))})
-        report(method, optimizer, step, epoch + 1, {**metrics, **saved_metrics}, is_chief, config, info)
+        report(method, optimizer, step, epoch + 1, {**baseline_metrics, **metrics}, is_chief, config, info)
     if start_epoch >= epochs and is_chief:
         say(f"nothing to train: the checkpoint already holds {start_epoch} of {epochs} epochs")
 
