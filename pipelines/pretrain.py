@@ -94,7 +94,9 @@ def steps_per_epoch(config: Config, train_images: int) -> int:
 
 def pretrain(config: Config, resume: Optional[str] = None) -> dict:
     """Runs (or resumes) one pretraining; returns run name, MLflow run id, tracking URI and final metrics."""
-    import mlflow  # noqa: F401  (imported late: the CLI answers config mistakes quickly)
+    # Imported here, not at the top: the command line answers configuration mistakes in a second.
+    from mlflow.tracking import MlflowClient
+
     from pipelines.build import build_spec
     from pipelines.data import train_size, training_dataset
     from pipelines.pictures import augmented_views_grid
@@ -106,8 +108,6 @@ def pretrain(config: Config, resume: Optional[str] = None) -> dict:
     build_spec(config, info.channels)
     spe = steps_per_epoch(config, train_size(config, info))
     init_ray(config)
-
-    from mlflow.tracking import MlflowClient
 
     if resume:
         previous = read_run_file(config.train.storage_path, resume)

@@ -2,8 +2,6 @@
 import os
 import time
 from pathlib import Path
-from typing import Optional
-
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
@@ -70,7 +68,3 @@ class MetricLogger:
         for start in range(0, len(self.buffer), 1000):
             self.client.log_batch(self.run_id, metrics=self.buffer[start : start + 1000])
         self.buffer = []
-
-
-def latest_metrics(client: Optional[MlflowClient], run_id: str) -> dict[str, float]:
-    return dict(client.get_run(run_id).data.metrics) if client else {}

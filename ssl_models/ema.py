@@ -1,4 +1,6 @@
 """Exponential moving average of one network into another of the same architecture."""
+import copy
+
 import torch
 from torch import nn
 
@@ -17,8 +19,6 @@ def update_momentum(target: nn.Module, online: nn.Module, momentum: float) -> No
 
 def frozen_copy(module: nn.Module) -> nn.Module:
     """A deep copy that takes no gradients: the starting point of a momentum (EMA) network."""
-    import copy
-
     twin = copy.deepcopy(module)
     for parameter in twin.parameters():
         parameter.requires_grad_(False)

@@ -1,4 +1,3 @@
-import numpy as np
 import torch
 
 from pipelines.augment import view_column
