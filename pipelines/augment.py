@@ -14,7 +14,8 @@ def blur_kernel(image_size: int) -> int:
     return max(3, int(image_size * 0.1) // 2 * 2 + 1)
 
 
-def byol_view(image_size: int, channels: int, crop_scale_min: float, blur_p: float, solarize_p: float) -> A.Compose:
+def view_recipe(image_size: int, channels: int, crop_scale_min: float, blur_p: float, solarize_p: float) -> A.Compose:
+    """Random resized crop, flip, colour jitter, grayscale (colour images), blur and solarize."""
     colour = (
         [A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, p=0.8), A.ToGray(p=0.2)]
         if channels == 3
@@ -31,15 +32,28 @@ def byol_view(image_size: int, channels: int, crop_scale_min: float, blur_p: flo
     )
 
 
-def byol_views(image_size: int, channels: int, crop_scale_min: float) -> list[A.Compose]:
-    """BYOL's asymmetric pair: the first view always blurred, the second rarely blurred and sometimes solarized."""
+def asymmetric_views(image_size: int, channels: int, crop_scale_min: float) -> list[A.Compose]:
+    """BYOL's pair (also Barlow Twins' and VICReg's): the first view always blurred, the second rarely
+    blurred and sometimes solarized."""
     return [
-        byol_view(image_size, channels, crop_scale_min, blur_p=1.0, solarize_p=0.0),
-        byol_view(image_size, channels, crop_scale_min, blur_p=0.1, solarize_p=0.2),
+        view_recipe(image_size, channels, crop_scale_min, blur_p=1.0, solarize_p=0.0),
+        view_recipe(image_size, channels, crop_scale_min, blur_p=0.1, solarize_p=0.2),
     ]
 
 
-RECIPES = {"byol": byol_views}
+def symmetric_views(image_size: int, channels: int, crop_scale_min: float) -> list[A.Compose]:
+    """SimCLR's and SimSiam's pair: both views drawn from one recipe, blurred half of the time."""
+    view = view_recipe(image_size, channels, crop_scale_min, blur_p=0.5, solarize_p=0.0)
+    return [view, view]
+
+
+RECIPES = {
+    "byol": asymmetric_views,
+    "barlow_twins": asymmetric_views,
+    "vicreg": asymmetric_views,
+    "simclr": symmetric_views,
+    "simsiam": symmetric_views,
+}
 
 
 def eval_transform(image_size: int) -> A.Compose:

@@ -1,8 +1,10 @@
 """From the configuration to the method, optimizer and schedules (the only place config meets ssl_models)."""
+import inspect
+
 import timm.optim
 import torch
 
-from pipelines.config import Config
+from pipelines.config import Config, ConfigError
 from ssl_models import METHODS, BackboneSpec, SSLMethod, backbone_spec, create_backbone
 from ssl_models.schedules import warmup_cosine_schedule
 
@@ -12,15 +14,21 @@ def build_spec(config: Config, channels: int) -> BackboneSpec:
     return backbone_spec(model.backbone, channels, config.data.image_size, model.small_stem, model.patch_size)
 
 
+def head_arguments(config: Config) -> dict[str, int]:
+    """The head sizes set in `model`; a size the method has no use for is a configuration error."""
+    accepted = inspect.signature(METHODS[config.method.name]).parameters
+    heads = config.model.heads()
+    unused = [name for name in heads if name not in accepted]
+    if unused:
+        raise ConfigError(f"model.{unused[0]} does not apply to method {config.method.name}; set it to null")
+    return heads
+
+
 def build_method(config: Config, channels: int, total_steps: int) -> SSLMethod:
     backbone, feature_dim = create_backbone(build_spec(config, channels))
-    model, method = config.model, config.method
-    return METHODS[method.name](
-        backbone, feature_dim, total_steps,
-        projector_hidden_dim=model.projector_hidden_dim, projection_dim=model.projection_dim,
-        predictor_hidden_dim=model.predictor_hidden_dim,
-        momentum_start=method.momentum_start, momentum_end=method.momentum_end,
-    )
+    method = config.method
+    return METHODS[method.name](backbone, feature_dim, total_steps, **head_arguments(config),
+                                **method.model_dump(exclude={"name"}))
 
 
 def build_optimizer(config: Config, module: torch.nn.Module) -> torch.optim.Optimizer:

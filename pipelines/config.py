@@ -1,6 +1,6 @@
 """The one typed configuration: validated, loaded from YAML presets, overridden with `--set a.b=value`."""
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -32,15 +32,55 @@ class ModelConfig(Section):
     backbone: str = "resnet18"
     small_stem: bool = Field(False, description="ResNets only: 3x3 stride-1 stem and no max-pool")
     patch_size: Optional[int] = Field(None, ge=1, description="ViTs and ConvNeXts: patch (stem) size")
-    projector_hidden_dim: int = Field(4096, ge=1)
-    projection_dim: int = Field(256, ge=1)
-    predictor_hidden_dim: int = Field(4096, ge=1)
+    projector_hidden_dim: Optional[int] = Field(None, ge=1, description="null: the method's paper value")
+    projection_dim: Optional[int] = Field(None, ge=1, description="null: the method's paper value")
+    projector_layers: Optional[int] = Field(None, ge=1, le=4, description="null: the method's paper value")
+    predictor_hidden_dim: Optional[int] = Field(None, ge=1, description="null: the method's paper value")
+
+    def heads(self) -> dict[str, int]:
+        """The head sizes set explicitly."""
+        names = ("projector_hidden_dim", "projection_dim", "projector_layers", "predictor_hidden_dim")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
-class MethodConfig(Section):
+class BYOLConfig(Section):
     name: Literal["byol"] = "byol"
     momentum_start: float = Field(0.99, ge=0, le=1, description="EMA momentum of the target at step 0")
     momentum_end: float = Field(1.0, ge=0, le=1, description="EMA momentum at the last step (cosine schedule)")
+
+    @model_validator(mode="after")
+    def _increasing(self) -> "BYOLConfig":
+        if self.momentum_end < self.momentum_start:
+            raise ValueError("method.momentum_end must be >= method.momentum_start")
+        return self
+
+
+class SimSiamConfig(Section):
+    name: Literal["simsiam"] = "simsiam"
+    stop_gradient: bool = Field(True, description="false: the paper's ablation, which collapses")
+    predictor: bool = Field(True, description="false: the paper's ablation, which collapses")
+
+
+class SimCLRConfig(Section):
+    name: Literal["simclr"] = "simclr"
+    temperature: float = Field(0.2, gt=0, le=2, description="NT-Xent temperature (paper: 0.1-0.5)")
+
+
+class BarlowTwinsConfig(Section):
+    name: Literal["barlow_twins"] = "barlow_twins"
+    lambd: float = Field(0.0051, ge=0, description="weight of the off-diagonal (redundancy) term")
+
+
+class VICRegConfig(Section):
+    name: Literal["vicreg"] = "vicreg"
+    sim_coeff: float = Field(25.0, ge=0, description="invariance weight (lambda)")
+    std_coeff: float = Field(25.0, ge=0, description="variance weight (mu)")
+    cov_coeff: float = Field(1.0, ge=0, description="covariance weight (nu)")
+
+
+METHOD_CONFIGS = {c.model_fields["name"].default: c for c in
+                  (BYOLConfig, SimSiamConfig, SimCLRConfig, BarlowTwinsConfig, VICRegConfig)}
+MethodConfig = Annotated[Union[tuple(METHOD_CONFIGS.values())], Field(discriminator="name")]
 
 
 class OptimConfig(Section):
@@ -85,19 +125,13 @@ class TrackingConfig(Section):
 
 
 class Config(Section):
-    method: MethodConfig = MethodConfig()
+    method: MethodConfig = BYOLConfig()
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "Config":
-        if self.method.momentum_end < self.method.momentum_start:
-            raise ValueError("method.momentum_end must be >= method.momentum_start")
-        return self
 
     def flat(self) -> dict[str, Any]:
         """Dotted keys to values, for MLflow params."""
@@ -129,6 +163,8 @@ def apply_override(tree: dict, keys: list[str], value: Any) -> None:
 
 
 def section_fields(path: tuple) -> list[str]:
+    if path and path[0] == "method":
+        return list(METHOD_CONFIGS[path[1]].model_fields) if len(path) > 1 else []
     model = Config
     for part in path:
         annotation = model.model_fields[part].annotation if part in model.model_fields else None
@@ -141,9 +177,12 @@ def section_fields(path: tuple) -> list[str]:
 def format_validation_error(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        field = ".".join(str(part) for part in item["loc"]) or "config"
+        loc = item["loc"]
+        shown = ("method", *loc[2:]) if loc[:1] == ("method",) and len(loc) > 1 and loc[1] in METHOD_CONFIGS else loc
+        field = ".".join(str(part) for part in shown) or "config"
         if item["type"] == "extra_forbidden":
-            lines.append(f"  {field}: unknown field; allowed: {', '.join(section_fields(item['loc'][:-1]))}")
+            where = f" for method {loc[1]}" if shown is not loc else ""
+            lines.append(f"  {field}: unknown field{where}; allowed: {', '.join(section_fields(loc[:-1]))}")
             continue
         got = f" (got {item['input']!r})" if item["type"] != "missing" and not isinstance(item["input"], dict) else ""
         lines.append(f"  {field}: {item['msg']}{got}")
@@ -151,6 +190,8 @@ def format_validation_error(error: ValidationError) -> str:
 
 
 def build_config(tree: dict) -> Config:
+    if isinstance(tree.get("method"), dict):
+        tree["method"].setdefault("name", "byol")
     try:
         return Config.model_validate(tree)
     except ValidationError as error:

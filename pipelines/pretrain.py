@@ -97,7 +97,7 @@ def pretrain(config: Config, resume: Optional[str] = None) -> dict:
     # Imported here, not at the top: the command line answers configuration mistakes in a second.
     from mlflow.tracking import MlflowClient
 
-    from pipelines.build import build_spec
+    from pipelines.build import build_spec, head_arguments
     from pipelines.data import train_size, training_dataset
     from pipelines.pictures import augmented_views_grid
     from pipelines.tracking import fail_run, start_run, tracking_uri
@@ -106,6 +106,7 @@ def pretrain(config: Config, resume: Optional[str] = None) -> dict:
     if info.splits.get("train", 0) == 0:
         raise DatasetError(f"dataset '{config.data.path}' has no training images")
     build_spec(config, info.channels)
+    head_arguments(config)
     spe = steps_per_epoch(config, train_size(config, info))
     init_ray(config)
 

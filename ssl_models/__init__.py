@@ -1,8 +1,19 @@
 """Self-supervised methods in pure PyTorch + timm: no Ray, no MLflow, no file IO."""
 from ssl_models.backbones import BackboneSpec, apply_small_stem, backbone_spec, create_backbone
+from ssl_models.barlow_twins import BarlowTwins
 from ssl_models.byol import BYOL
 from ssl_models.method import SSLMethod
+from ssl_models.simclr import SimCLR
+from ssl_models.simsiam import SimSiam
+from ssl_models.vicreg import VICReg
 
-METHODS: dict[str, type[SSLMethod]] = {"byol": BYOL}
+METHODS: dict[str, type[SSLMethod]] = {
+    "byol": BYOL,
+    "simsiam": SimSiam,
+    "simclr": SimCLR,
+    "barlow_twins": BarlowTwins,
+    "vicreg": VICReg,
+}
 
-__all__ = ["METHODS", "BYOL", "SSLMethod", "BackboneSpec", "apply_small_stem", "backbone_spec", "create_backbone"]
+__all__ = ["METHODS", "BYOL", "SimSiam", "SimCLR", "BarlowTwins", "VICReg", "SSLMethod", "BackboneSpec",
+           "apply_small_stem", "backbone_spec", "create_backbone"]

@@ -3,22 +3,11 @@ import torch
 from torch import nn
 
 from ssl_models.ema import frozen_copy, update_momentum
-from ssl_models.heads import mlp_head
+from ssl_models.heads import EncoderWithPredictor, mlp_head
 from ssl_models.losses import normalized_regression_loss
 from ssl_models.metrics import embedding_std
 from ssl_models.method import SSLMethod
 from ssl_models.schedules import cosine_schedule
-
-
-class OnlineNetwork(nn.Module):
-    def __init__(self, encoder: nn.Sequential, predictor: nn.Module):
-        super().__init__()
-        self.encoder = encoder
-        self.predictor = predictor
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        projection = self.encoder(images)
-        return self.predictor(projection), projection
 
 
 class BYOL(SSLMethod):
@@ -35,7 +24,7 @@ class BYOL(SSLMethod):
     ):
         super().__init__()
         encoder = nn.Sequential(backbone, mlp_head(feature_dim, projector_hidden_dim, projection_dim))
-        self.online = OnlineNetwork(encoder, mlp_head(projection_dim, predictor_hidden_dim, projection_dim))
+        self.online = EncoderWithPredictor(encoder, mlp_head(projection_dim, predictor_hidden_dim, projection_dim))
         self.target = frozen_copy(encoder)
         self.momentum_schedule = cosine_schedule(momentum_start, momentum_end, total_steps)
 

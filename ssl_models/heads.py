@@ -2,12 +2,30 @@
 from torch import nn
 
 
-def mlp_head(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2) -> nn.Sequential:
-    """Linear-BN-ReLU blocks then a plain Linear: the BYOL/SimSiam projector and predictor."""
+def mlp_head(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2, last_norm: bool = False) -> nn.Sequential:
+    """Linear-BN-ReLU blocks then a plain Linear (BYOL, SimCLR, Barlow Twins, VICReg heads).
+
+    `last_norm` adds a BatchNorm after the last Linear, as in SimSiam's projector.
+    """
     layers: list[nn.Module] = []
     dim = in_dim
     for _ in range(num_layers - 1):
         layers += [nn.Linear(dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
         dim = hidden_dim
     layers.append(nn.Linear(dim, out_dim))
+    if last_norm:
+        layers.append(nn.BatchNorm1d(out_dim))
     return nn.Sequential(*layers)
+
+
+class EncoderWithPredictor(nn.Module):
+    """Backbone + projector (`encoder`) followed by a predictor; returns (prediction, projection)."""
+
+    def __init__(self, encoder: nn.Sequential, predictor: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.predictor = predictor
+
+    def forward(self, images):
+        projection = self.encoder(images)
+        return self.predictor(projection), projection

@@ -79,3 +79,17 @@ def test_failing_run_is_marked_failed_with_the_reason(ray_session, fmnist_slice,
     assert run.info.status == "FAILED"
     assert run.data.tags["failure_reason"] == str(error.value)
     assert "parquet" in str(error.value).lower()
+
+
+@pytest.mark.parametrize("method", ["simsiam", "simclr", "barlow_twins", "vicreg"])
+def test_every_method_runs_end_to_end(ray_session, fmnist_slice, tmp_path, method):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = tiny_overrides(fmnist_slice, str(tmp_path / "runs"), uri, method, **{"eval.baseline": False})
+    outcome = pretrain(load_config(None, overrides))
+    client = MlflowClient(uri)
+    run = client.get_run(outcome["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["method.name"] == method
+    assert client.get_experiment(run.info.experiment_id).name == method
+    assert 0 <= run.data.metrics["final_knn_top1_k20"] <= 1
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "backbone")} == {
+        "backbone/backbone.safetensors", "backbone/backbone.json"}

@@ -1,0 +1,28 @@
+"""Collectives that keep autograd, so losses can see the whole global batch (pure torch.distributed)."""
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenation of `tensor` from every worker in rank order; gradients flow back to each worker's part."""
+    if world()[1] == 1:
+        return tensor
+    return torch.cat(dist_fn.all_gather(tensor), dim=0)
+
+
+@torch.no_grad()
+def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
+    rank, size = world()
+    if size == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(size)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)

@@ -1,0 +1,38 @@
+"""SimSiam (Chen & He, 2021): a predictor and a stop-gradient, no momentum encoder, no negatives."""
+import torch
+from torch import nn
+
+from ssl_models.heads import EncoderWithPredictor, mlp_head
+from ssl_models.losses import negative_cosine
+from ssl_models.metrics import embedding_std
+from ssl_models.method import SSLMethod
+
+
+class SimSiam(SSLMethod):
+    """`stop_gradient=False` or `predictor=False` are the paper's ablations: both collapse."""
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, total_steps: int, projector_hidden_dim: int = 2048,
+                 projection_dim: int = 2048, predictor_hidden_dim: int = 512, stop_gradient: bool = True,
+                 predictor: bool = True):
+        super().__init__()
+        projector = mlp_head(feature_dim, projector_hidden_dim, projection_dim, num_layers=3, last_norm=True)
+        head = mlp_head(projection_dim, predictor_hidden_dim, projection_dim) if predictor else nn.Identity()
+        self.network = EncoderWithPredictor(nn.Sequential(backbone, projector), head)
+        self.stop_gradient = stop_gradient
+
+    @property
+    def trained(self) -> nn.Module:
+        return self.network
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.network.encoder[0]
+
+    def training_step(self, views: list[torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        predictions, projections = self.call_trained(torch.cat(views))
+        p1, p2 = predictions.split(views[0].shape[0])
+        z1, z2 = projections.split(views[0].shape[0])
+        if self.stop_gradient:
+            z1, z2 = z1.detach(), z2.detach()
+        loss = negative_cosine(p1, z2) / 2 + negative_cosine(p2, z1) / 2
+        return {"loss": loss, "projection_std": torch.tensor(embedding_std(projections))}

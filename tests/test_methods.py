@@ -1,0 +1,129 @@
+"""The mathematics of SimSiam, SimCLR, Barlow Twins and VICReg on fixed tensors, against direct computations."""
+import math
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+from ssl_models import BarlowTwins, SimCLR, SimSiam, VICReg
+from ssl_models.distributed import gather_with_grad
+from ssl_models.losses import barlow_twins_loss, negative_cosine, nt_xent, vicreg_loss
+
+
+def test_negative_cosine_by_hand():
+    p = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    z = torch.tensor([[0.0, 3.0], [2.0, 2.0]])
+    assert negative_cosine(p, z).item() == pytest.approx(-(0.0 + 1.0) / 2)
+
+
+def nt_xent_direct(z1, z2, t):
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    n = z.shape[0]
+    total = 0.0
+    for i in range(n):
+        j = (i + n // 2) % n
+        denominator = sum(math.exp(z[i] @ z[k] / t) for k in range(n) if k != i)
+        total += -math.log(math.exp(z[i] @ z[j] / t) / denominator)
+    return total / n
+
+
+def test_nt_xent_matches_direct_computation():
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(5, 4), torch.randn(5, 4)
+    assert nt_xent(z1, z2, 0.3).item() == pytest.approx(nt_xent_direct(z1, z2, 0.3), rel=1e-5)
+
+
+def test_nt_xent_on_a_worker_sees_the_global_batch():
+    torch.manual_seed(0)
+    all_z1, all_z2 = torch.randn(6, 4), torch.randn(6, 4)
+    per_worker = [nt_xent(all_z1[r * 3:(r + 1) * 3], all_z2[r * 3:(r + 1) * 3], 0.2, all_z1, all_z2, rank=r)
+                  for r in range(2)]
+    # the mean over workers of their local losses is the loss of the whole global batch
+    assert (sum(per_worker) / 2).item() == pytest.approx(nt_xent(all_z1, all_z2, 0.2).item(), rel=1e-5)
+    assert per_worker[0].item() != pytest.approx(nt_xent(all_z1[:3], all_z2[:3], 0.2).item(), rel=1e-3)
+
+
+def test_barlow_twins_matches_direct_computation():
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(8, 3), torch.randn(8, 3)
+    a = (z1 - z1.mean(0)) / z1.std(0, unbiased=False)
+    b = (z2 - z2.mean(0)) / z2.std(0, unbiased=False)
+    c = [[sum(a[n, i] * b[n, j] for n in range(8)) / 8 for j in range(3)] for i in range(3)]
+    expected = sum((c[i][i] - 1) ** 2 for i in range(3)) + 0.01 * sum(
+        c[i][j] ** 2 for i in range(3) for j in range(3) if i != j)
+    assert barlow_twins_loss(z1, z2, 0.01).item() == pytest.approx(float(expected), rel=1e-5)
+    identical = torch.randn(64, 3)
+    assert barlow_twins_loss(identical, identical, 0.0).item() == pytest.approx(0.0, abs=1e-4)
+
+
+def test_vicreg_terms_match_direct_computation():
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(10, 4), torch.randn(10, 4) * 0.5
+    out = vicreg_loss(z1, z2, 25.0, 25.0, 1.0)
+    assert out["invariance"].item() == pytest.approx(((z1 - z2) ** 2).mean().item(), rel=1e-5)
+    std = lambda z: torch.sqrt(z.var(0) + 1e-4)
+    variance = (torch.relu(1 - std(z1)).mean() + torch.relu(1 - std(z2)).mean()) / 2
+    assert out["variance"].item() == pytest.approx(variance.item(), rel=1e-5)
+    def cov_term(z):
+        c = torch.cov(z.T)
+        return (c.pow(2).sum() - c.diagonal().pow(2).sum()) / z.shape[1]
+    assert out["covariance"].item() == pytest.approx((cov_term(z1) + cov_term(z2)).item(), rel=1e-5)
+    expected = 25 * out["invariance"] + 25 * out["variance"] + out["covariance"]
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def tiny(cls, **kwargs):
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(12, 8))
+    return cls(backbone, 8, 10, projector_hidden_dim=16, projection_dim=8, **kwargs)
+
+
+@pytest.mark.parametrize("cls", [SimSiam, SimCLR, BarlowTwins, VICReg])
+def test_every_method_steps_and_trains_its_whole_network(cls):
+    torch.manual_seed(0)
+    method = tiny(cls)
+    out = method.training_step([torch.randn(6, 3, 2, 2), torch.randn(6, 3, 2, 2)], 0)
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert all(p.grad is not None for p in method.trained.parameters())
+
+
+def test_simsiam_stop_gradient_blocks_the_target_branch():
+    torch.manual_seed(0)
+    v1, v2 = torch.randn(6, 3, 2, 2), torch.randn(6, 3, 2, 2)
+    grads = {}
+    for stop in (True, False):
+        method = tiny(SimSiam, stop_gradient=stop, predictor_hidden_dim=4)
+        torch.manual_seed(1)
+        method.training_step([v1, v2], 0)["loss"].backward()
+        grads[stop] = method.backbone[1].weight.grad.clone()
+    assert not torch.allclose(grads[True], grads[False])
+    without_predictor = tiny(SimSiam, predictor=False)
+    assert isinstance(without_predictor.network.predictor, nn.Identity)
+
+
+def _gather_worker(rank: int, port: int, results):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    local = torch.full((2, 3), float(rank + 1), requires_grad=True)
+    gathered = gather_with_grad(local)
+    (gathered * torch.arange(4.0).view(4, 1)).sum().backward()
+    results[rank] = (gathered.detach().clone(), local.grad.clone())
+    dist.destroy_process_group()
+
+
+def test_gather_with_grad_spans_workers_and_returns_gradients():
+    port = 29500 + os.getpid() % 1000
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_gather_worker, args=(port, results), nprocs=2)
+        results = dict(results)
+    for rank in range(2):
+        gathered, grad = results[rank]
+        assert torch.equal(gathered[:2], torch.ones(2, 3)) and torch.equal(gathered[2:], torch.full((2, 3), 2.0))
+    # each worker's rows get the gradient summed over both workers' losses: 2 x their weight
+    assert torch.equal(results[0][1], torch.tensor([[0.0] * 3, [2.0] * 3]))
+    assert torch.equal(results[1][1], torch.tensor([[4.0] * 3, [6.0] * 3]))
