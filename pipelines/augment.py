@@ -53,6 +53,7 @@ RECIPES = {
     "vicreg": asymmetric_views,
     "simclr": symmetric_views,
     "simsiam": symmetric_views,
+    "moco": symmetric_views,
 }
 
 

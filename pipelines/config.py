@@ -78,8 +78,16 @@ class VICRegConfig(Section):
     cov_coeff: float = Field(1.0, ge=0, description="covariance weight (nu)")
 
 
+class MoCoConfig(Section):
+    name: Literal["moco"] = "moco"
+    queue_size: int = Field(65536, ge=1, description="keys kept as negatives (paper: 65536; small data: a few thousand)")
+    temperature: float = Field(0.2, gt=0, le=2)
+    momentum_start: float = Field(0.999, ge=0, le=1, description="key-encoder EMA momentum at step 0")
+    momentum_end: float = Field(0.999, ge=0, le=1, description="at the last step (cosine); equal: constant")
+
+
 METHOD_CONFIGS = {c.model_fields["name"].default: c for c in
-                  (BYOLConfig, SimSiamConfig, SimCLRConfig, BarlowTwinsConfig, VICRegConfig)}
+                  (BYOLConfig, SimSiamConfig, SimCLRConfig, BarlowTwinsConfig, VICRegConfig, MoCoConfig)}
 MethodConfig = Annotated[Union[tuple(METHOD_CONFIGS.values())], Field(discriminator="name")]
 
 

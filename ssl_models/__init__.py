@@ -3,6 +3,7 @@ from ssl_models.backbones import BackboneSpec, apply_small_stem, backbone_spec, 
 from ssl_models.barlow_twins import BarlowTwins
 from ssl_models.byol import BYOL
 from ssl_models.method import SSLMethod
+from ssl_models.moco import MoCo
 from ssl_models.simclr import SimCLR
 from ssl_models.simsiam import SimSiam
 from ssl_models.vicreg import VICReg
@@ -13,7 +14,8 @@ METHODS: dict[str, type[SSLMethod]] = {
     "simclr": SimCLR,
     "barlow_twins": BarlowTwins,
     "vicreg": VICReg,
+    "moco": MoCo,
 }
 
-__all__ = ["METHODS", "BYOL", "SimSiam", "SimCLR", "BarlowTwins", "VICReg", "SSLMethod", "BackboneSpec",
+__all__ = ["METHODS", "BYOL", "SimSiam", "SimCLR", "BarlowTwins", "VICReg", "MoCo", "SSLMethod", "BackboneSpec",
            "apply_small_stem", "backbone_spec", "create_backbone"]

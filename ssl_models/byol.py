@@ -7,7 +7,7 @@ from ssl_models.heads import EncoderWithPredictor, mlp_head
 from ssl_models.losses import normalized_regression_loss
 from ssl_models.metrics import embedding_std
 from ssl_models.method import SSLMethod
-from ssl_models.schedules import cosine_schedule
+from ssl_models.schedules import cosine_schedule, value_at
 
 
 class BYOL(SSLMethod):
@@ -46,10 +46,7 @@ class BYOL(SSLMethod):
         loss = normalized_regression_loss(p1, t2) + normalized_regression_loss(p2, t1)
         return {"loss": loss, "projection_std": torch.tensor(embedding_std(projections))}
 
-    def momentum_at(self, step: int) -> float:
-        return float(self.momentum_schedule[min(step, len(self.momentum_schedule) - 1)])
-
     def after_optimizer_step(self, step: int) -> dict[str, float]:
-        momentum = self.momentum_at(step)
+        momentum = value_at(self.momentum_schedule, step)
         update_momentum(self.target, self.online.encoder, momentum)
         return {"ema_momentum": momentum}

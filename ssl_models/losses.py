@@ -25,6 +25,14 @@ def info_nce(queries: torch.Tensor, keys: torch.Tensor, positives: torch.Tensor,
     return F.cross_entropy(logits, positives)
 
 
+def queue_info_nce(queries: torch.Tensor, keys: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
+    """MoCo's InfoNCE: query i against its own key (the positive) and every queued key (negatives)."""
+    queries = F.normalize(queries, dim=1)
+    positive = (queries * F.normalize(keys, dim=1)).sum(1, keepdim=True)
+    logits = torch.cat([positive, queries @ F.normalize(queue, dim=1).T], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(len(queries), dtype=torch.long, device=queries.device))
+
+
 def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, all_z1: torch.Tensor = None,
             all_z2: torch.Tensor = None, rank: int = 0) -> torch.Tensor:
     """SimCLR's NT-Xent: each of the 2B local embeddings against the 2N of the global batch minus itself.

@@ -18,3 +18,8 @@ def warmup_cosine_schedule(
     warmup_steps = min(warmup_steps, total_steps)
     warmup = torch.linspace(warmup_start, base, warmup_steps + 1, dtype=torch.float64)[:-1]
     return torch.cat([warmup, cosine_schedule(base, final, total_steps - warmup_steps)])[:total_steps]
+
+
+def value_at(schedule: torch.Tensor, step: int) -> float:
+    """The schedule's value at `step`, holding the last value past its end."""
+    return float(schedule[min(step, len(schedule) - 1)])

@@ -9,9 +9,9 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_models import BarlowTwins, SimCLR, SimSiam, VICReg
+from ssl_models import BarlowTwins, MoCo, SimCLR, SimSiam, VICReg
 from ssl_models.distributed import gather_with_grad
-from ssl_models.losses import barlow_twins_loss, negative_cosine, nt_xent, vicreg_loss
+from ssl_models.losses import barlow_twins_loss, negative_cosine, nt_xent, queue_info_nce, vicreg_loss
 
 
 def test_negative_cosine_by_hand():
@@ -81,7 +81,7 @@ def tiny(cls, **kwargs):
     return cls(backbone, 8, 10, projector_hidden_dim=16, projection_dim=8, **kwargs)
 
 
-@pytest.mark.parametrize("cls", [SimSiam, SimCLR, BarlowTwins, VICReg])
+@pytest.mark.parametrize("cls", [SimSiam, SimCLR, BarlowTwins, VICReg, MoCo])
 def test_every_method_steps_and_trains_its_whole_network(cls):
     torch.manual_seed(0)
     method = tiny(cls)
@@ -127,3 +127,61 @@ def test_gather_with_grad_spans_workers_and_returns_gradients():
     # each worker's rows get the gradient summed over both workers' losses: 2 x their weight
     assert torch.equal(results[0][1], torch.tensor([[0.0] * 3, [2.0] * 3]))
     assert torch.equal(results[1][1], torch.tensor([[4.0] * 3, [6.0] * 3]))
+
+
+def test_queue_info_nce_matches_direct_computation():
+    torch.manual_seed(0)
+    q, k, queue = torch.randn(3, 4), torch.randn(3, 4), torch.randn(5, 4)
+    qn, kn, Q = F.normalize(q, dim=1), F.normalize(k, dim=1), F.normalize(queue, dim=1)
+    expected = 0.0
+    for i in range(3):
+        positive = math.exp(qn[i] @ kn[i] / 0.2)
+        negatives = sum(math.exp(qn[i] @ Q[j] / 0.2) for j in range(5))
+        expected += -math.log(positive / (positive + negatives)) / 3
+    assert queue_info_nce(q, k, queue, 0.2).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_moco_queue_fills_in_order_and_wraps():
+    method = tiny(MoCo, queue_size=5)
+    keys = torch.arange(24.0).view(3, 8)
+    method.enqueue(keys)
+    assert torch.equal(method.queue[:3], keys) and method.queue_pointer.item() == 3
+    method.enqueue(keys + 100)
+    assert torch.equal(method.queue[3:], keys[:2] + 100) and torch.equal(method.queue[0], keys[2] + 100)
+    assert method.queue_pointer.item() == 1
+
+
+def test_moco_step_enqueues_keys_and_moves_key_encoder_by_ema():
+    torch.manual_seed(0)
+    method = tiny(MoCo, queue_size=16, momentum_start=0.9, momentum_end=0.9)
+    optimizer = torch.optim.SGD(method.trained.parameters(), lr=0.1)
+    views = [torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2)]
+    expected_keys = method.keys(views[1])
+    key_before = [p.clone() for p in method.key_encoder.parameters()]
+    method.training_step(views, 0)["loss"].backward()
+    assert all(p.grad is None for p in method.key_encoder.parameters())
+    assert torch.allclose(method.queue[:4], expected_keys)
+    optimizer.step()
+    assert method.after_optimizer_step(0)["ema_momentum"] == pytest.approx(0.9)
+    for before, after, query in zip(key_before, method.key_encoder.parameters(), method.query_encoder.parameters()):
+        assert torch.allclose(after, 0.9 * before + 0.1 * query)
+
+
+def _enqueue_worker(rank: int, port: int, results):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    method = tiny(MoCo, queue_size=8)
+    method.enqueue(torch.full((2, 8), float(rank + 1)))
+    results[rank] = method.queue[:4].clone()
+    dist.destroy_process_group()
+
+
+def test_moco_enqueues_keys_from_every_worker():
+    port = 30500 + os.getpid() % 1000
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_enqueue_worker, args=(port, results), nprocs=2)
+        results = dict(results)
+    expected = torch.cat([torch.ones(2, 8), torch.full((2, 8), 2.0)])
+    assert torch.equal(results[0], expected) and torch.equal(results[1], expected)

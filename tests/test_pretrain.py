@@ -81,10 +81,11 @@ def test_failing_run_is_marked_failed_with_the_reason(ray_session, fmnist_slice,
     assert "parquet" in str(error.value).lower()
 
 
-@pytest.mark.parametrize("method", ["simsiam", "simclr", "barlow_twins", "vicreg"])
+@pytest.mark.parametrize("method", ["simsiam", "simclr", "barlow_twins", "vicreg", "moco"])
 def test_every_method_runs_end_to_end(ray_session, fmnist_slice, tmp_path, method):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    overrides = tiny_overrides(fmnist_slice, str(tmp_path / "runs"), uri, method, **{"eval.baseline": False})
+    extra = {"eval.baseline": False, **({"method.queue_size": 256} if method == "moco" else {})}
+    overrides = tiny_overrides(fmnist_slice, str(tmp_path / "runs"), uri, method, **extra)
     outcome = pretrain(load_config(None, overrides))
     client = MlflowClient(uri)
     run = client.get_run(outcome["run_id"])

@@ -1,0 +1,73 @@
+"""MoCo v2 (Chen et al., 2020): a momentum key encoder and a queue of keys from every worker, InfoNCE.
+
+Batch-norm leakage is handled as in the paper with shuffle-BN: the key encoder sees the global batch
+shuffled across workers, so a key's BN statistics come from other images than its query's. With one
+worker the shuffle cannot change BN statistics and there is nothing to shuffle across.
+"""
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ssl_models.distributed import gather_no_grad, world
+from ssl_models.ema import frozen_copy, update_momentum
+from ssl_models.heads import mlp_head
+from ssl_models.losses import queue_info_nce
+from ssl_models.metrics import embedding_std
+from ssl_models.method import SSLMethod
+from ssl_models.schedules import cosine_schedule, value_at
+
+
+class MoCo(SSLMethod):
+    def __init__(self, backbone: nn.Module, feature_dim: int, total_steps: int, projector_hidden_dim: int = 2048,
+                 projection_dim: int = 128, projector_layers: int = 2, queue_size: int = 65536,
+                 temperature: float = 0.2, momentum_start: float = 0.999, momentum_end: float = 0.999):
+        super().__init__()
+        self.query_encoder = nn.Sequential(backbone, mlp_head(feature_dim, projector_hidden_dim, projection_dim,
+                                                              projector_layers))
+        self.key_encoder = frozen_copy(self.query_encoder)
+        self.temperature = temperature
+        self.momentum_schedule = cosine_schedule(momentum_start, momentum_end, total_steps)
+        self.register_buffer("queue", F.normalize(torch.randn(queue_size, projection_dim), dim=1))
+        self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.long))
+
+    @property
+    def trained(self) -> nn.Module:
+        return self.query_encoder
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.query_encoder[0]
+
+    @torch.no_grad()
+    def keys(self, images: torch.Tensor) -> torch.Tensor:
+        """Key embeddings computed with shuffle-BN across workers, returned in the local order."""
+        rank, size = world()
+        if size == 1:
+            return F.normalize(self.key_encoder(images), dim=1)
+        everything = gather_no_grad(images)
+        order = torch.randperm(len(everything), device=images.device)
+        dist.broadcast(order, src=0)
+        mine = order.view(size, -1)[rank]
+        keys = gather_no_grad(self.key_encoder(everything[mine]))
+        return F.normalize(keys[torch.argsort(order)].view(size, -1, keys.shape[1])[rank], dim=1)
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """Keys of every worker enter the queue, oldest out first."""
+        keys = gather_no_grad(keys)
+        positions = (self.queue_pointer + torch.arange(len(keys), device=keys.device)) % len(self.queue)
+        self.queue[positions] = keys.to(self.queue.dtype)
+        self.queue_pointer.copy_((self.queue_pointer + len(keys)) % len(self.queue))
+
+    def training_step(self, views: list[torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        queries = self.call_trained(views[0]).float()
+        keys = self.keys(views[1]).float()
+        loss = queue_info_nce(queries, keys, self.queue.clone(), self.temperature)
+        self.enqueue(keys)
+        return {"loss": loss, "projection_std": torch.tensor(embedding_std(queries))}
+
+    def after_optimizer_step(self, step: int) -> dict[str, float]:
+        momentum = value_at(self.momentum_schedule, step)
+        update_momentum(self.key_encoder, self.query_encoder, momentum)
+        return {"ema_momentum": momentum}
