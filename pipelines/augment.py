@@ -14,7 +14,8 @@ def blur_kernel(image_size: int) -> int:
     return max(3, int(image_size * 0.1) // 2 * 2 + 1)
 
 
-def view_recipe(image_size: int, channels: int, crop_scale_min: float, blur_p: float, solarize_p: float) -> A.Compose:
+def view_recipe(image_size: int, channels: int, crop_scale_min: float, blur_p: float, solarize_p: float,
+                crop_scale_max: float = 1.0) -> A.Compose:
     """Random resized crop, flip, colour jitter, grayscale (colour images), blur and solarize."""
     colour = (
         [A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, p=0.8), A.ToGray(p=0.2)]
@@ -23,7 +24,7 @@ def view_recipe(image_size: int, channels: int, crop_scale_min: float, blur_p: f
     )
     return A.Compose(
         [
-            A.RandomResizedCrop(size=(image_size, image_size), scale=(crop_scale_min, 1.0)),
+            A.RandomResizedCrop(size=(image_size, image_size), scale=(crop_scale_min, crop_scale_max)),
             A.HorizontalFlip(p=0.5),
             *colour,
             A.GaussianBlur(blur_limit=(3, blur_kernel(image_size)), sigma_limit=(0.1, 2.0), p=blur_p),
@@ -32,7 +33,7 @@ def view_recipe(image_size: int, channels: int, crop_scale_min: float, blur_p: f
     )
 
 
-def asymmetric_views(image_size: int, channels: int, crop_scale_min: float) -> list[A.Compose]:
+def asymmetric_views(image_size: int, channels: int, crop_scale_min: float, method: dict) -> list[A.Compose]:
     """BYOL's pair (also Barlow Twins' and VICReg's): the first view always blurred, the second rarely
     blurred and sometimes solarized."""
     return [
@@ -41,10 +42,26 @@ def asymmetric_views(image_size: int, channels: int, crop_scale_min: float) -> l
     ]
 
 
-def symmetric_views(image_size: int, channels: int, crop_scale_min: float) -> list[A.Compose]:
+def symmetric_views(image_size: int, channels: int, crop_scale_min: float, method: dict) -> list[A.Compose]:
     """SimCLR's and SimSiam's pair: both views drawn from one recipe, blurred half of the time."""
     view = view_recipe(image_size, channels, crop_scale_min, blur_p=0.5, solarize_p=0.0)
     return [view, view]
+
+
+def local_crop_size(image_size: int, method: dict) -> int:
+    return method.get("local_crop_size") or max(4, round(image_size * 96 / 224))
+
+
+def multi_crop_views(image_size: int, channels: int, crop_scale_min: float, method: dict) -> list[A.Compose]:
+    """DINO's multi-crop: BYOL's asymmetric pair of global crops, then small local crops (blurred half the time)."""
+    (global_min, global_max), (local_min, local_max) = method["global_crop_scale"], method["local_crop_scale"]
+    global_views = [
+        view_recipe(image_size, channels, global_min, blur_p=1.0, solarize_p=0.0, crop_scale_max=global_max),
+        view_recipe(image_size, channels, global_min, blur_p=0.1, solarize_p=0.2, crop_scale_max=global_max),
+    ]
+    local = view_recipe(local_crop_size(image_size, method), channels, local_min, blur_p=0.5, solarize_p=0.0,
+                        crop_scale_max=local_max)
+    return global_views + [local] * method["num_local_crops"]
 
 
 RECIPES = {
@@ -54,6 +71,7 @@ RECIPES = {
     "simclr": symmetric_views,
     "simsiam": symmetric_views,
     "moco": symmetric_views,
+    "dino": multi_crop_views,
 }
 
 
@@ -76,10 +94,11 @@ class AugmentBatch:
     Corrupt rows are dropped and counted instead of failing the epoch.
     """
 
-    def __init__(self, method: str, image_size: int, channels: int, crop_scale_min: float):
-        self.views = RECIPES[method](image_size, channels, crop_scale_min)
+    def __init__(self, method: dict, image_size: int, channels: int, crop_scale_min: float):
+        self.views = RECIPES[method["name"]](image_size, channels, crop_scale_min, method)
         self.channels = channels
-        self.size = (image_size, image_size)
+        probe = np.zeros((image_size, image_size, channels), np.uint8)
+        self.shapes = [to_chw(view(image=probe)["image"]).shape for view in self.views]
         self.dropped = 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -92,5 +111,5 @@ class AugmentBatch:
                 continue
             for out, view in zip(outputs, self.views):
                 out.append(to_chw(view(image=image)["image"]))
-        empty = np.zeros((0, self.channels, *self.size), np.uint8)
-        return {view_column(i): np.stack(out) if out else empty for i, out in enumerate(outputs)}
+        return {view_column(i): np.stack(out) if out else np.zeros((0, *shape), np.uint8)
+                for i, (out, shape) in enumerate(zip(outputs, self.shapes))}

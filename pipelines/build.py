@@ -6,7 +6,7 @@ import torch
 
 from pipelines.config import Config, ConfigError
 from ssl_models import METHODS, BackboneSpec, SSLMethod, backbone_spec, create_backbone
-from ssl_models.schedules import warmup_cosine_schedule
+from ssl_models.schedules import cosine_schedule, warmup_cosine_schedule
 
 
 def build_spec(config: Config, channels: int) -> BackboneSpec:
@@ -24,11 +24,23 @@ def head_arguments(config: Config) -> dict[str, int]:
     return heads
 
 
-def build_method(config: Config, channels: int, total_steps: int) -> SSLMethod:
+def method_arguments(config: Config, steps_per_epoch: int) -> dict:
+    """The method's fields its class takes; durations in epochs (`*_epochs`) become steps (`*_steps`)."""
+    accepted = inspect.signature(METHODS[config.method.name]).parameters
+    arguments = {}
+    for name, value in config.method.model_dump(exclude={"name"}).items():
+        if name.endswith("_epochs"):
+            name, value = name.removesuffix("_epochs") + "_steps", round(value * steps_per_epoch)
+        if name in accepted:
+            arguments[name] = value
+    return arguments
+
+
+def build_method(config: Config, channels: int, steps_per_epoch: int) -> SSLMethod:
     backbone, feature_dim = create_backbone(build_spec(config, channels))
-    method = config.method
-    return METHODS[method.name](backbone, feature_dim, total_steps, **head_arguments(config),
-                                **method.model_dump(exclude={"name"}))
+    total_steps = steps_per_epoch * config.train.epochs
+    return METHODS[config.method.name](backbone, feature_dim, total_steps, **head_arguments(config),
+                                       **method_arguments(config, steps_per_epoch))
 
 
 def build_optimizer(config: Config, module: torch.nn.Module) -> torch.optim.Optimizer:
@@ -42,3 +54,9 @@ def lr_schedule(config: Config, steps_per_epoch: int) -> torch.Tensor:
     optim = config.optim
     total = steps_per_epoch * config.train.epochs
     return warmup_cosine_schedule(optim.lr, optim.min_lr, total, int(optim.warmup_epochs * steps_per_epoch))
+
+
+def weight_decay_schedule(config: Config, steps_per_epoch: int) -> torch.Tensor:
+    optim = config.optim
+    end = optim.weight_decay if optim.weight_decay_end is None else optim.weight_decay_end
+    return cosine_schedule(optim.weight_decay, end, steps_per_epoch * config.train.epochs)

@@ -86,8 +86,27 @@ class MoCoConfig(Section):
     momentum_end: float = Field(0.999, ge=0, le=1, description="at the last step (cosine); equal: constant")
 
 
+class DINOConfig(Section):
+    name: Literal["dino"] = "dino"
+    out_dim: int = Field(4096, ge=2, description="prototypes (paper: 65536 on ImageNet; small data: a few thousand)")
+    head_hidden_dim: int = Field(2048, ge=1)
+    bottleneck_dim: int = Field(256, ge=1)
+    num_local_crops: int = Field(6, ge=0, description="local crops besides the 2 global ones")
+    local_crop_size: Optional[int] = Field(None, ge=4, description="null: 96/224 of data.image_size")
+    global_crop_scale: tuple[float, float] = (0.4, 1.0)
+    local_crop_scale: tuple[float, float] = (0.05, 0.4)
+    student_temperature: float = Field(0.1, gt=0)
+    teacher_temperature: float = Field(0.04, gt=0, le=1, description="after warm-up (above 0.07 is unstable)")
+    warmup_teacher_temperature: float = Field(0.04, gt=0, le=1)
+    teacher_temperature_warmup_epochs: float = Field(0, ge=0)
+    center_momentum: float = Field(0.9, ge=0, lt=1)
+    momentum_start: float = Field(0.996, ge=0, le=1)
+    momentum_end: float = Field(1.0, ge=0, le=1)
+    freeze_last_layer_epochs: float = Field(1, ge=0, description="the head's last layer gets no update this long")
+
+
 METHOD_CONFIGS = {c.model_fields["name"].default: c for c in
-                  (BYOLConfig, SimSiamConfig, SimCLRConfig, BarlowTwinsConfig, VICRegConfig, MoCoConfig)}
+                  (BYOLConfig, SimSiamConfig, SimCLRConfig, BarlowTwinsConfig, VICRegConfig, MoCoConfig, DINOConfig)}
 MethodConfig = Annotated[Union[tuple(METHOD_CONFIGS.values())], Field(discriminator="name")]
 
 
@@ -96,6 +115,8 @@ class OptimConfig(Section):
     lr: float = Field(2e-3, gt=0, description="peak learning rate")
     min_lr: float = Field(1e-6, ge=0)
     weight_decay: float = Field(1e-6, ge=0)
+    weight_decay_end: Optional[float] = Field(None, ge=0, description="null: constant; else cosine to this (DINO: 0.04 -> 0.4)")
+    clip_grad: Optional[float] = Field(None, gt=0, description="gradient-norm clipping (DINO: 3.0)")
     warmup_epochs: float = Field(0.2, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     momentum: float = Field(0.9, ge=0, lt=1, description="LARS momentum")

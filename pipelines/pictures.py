@@ -17,7 +17,8 @@ def _cell(image: np.ndarray) -> Image.Image:
 
 def augmented_views_grid(config: Config, info: DatasetInfo, rows: int = 8) -> Image.Image:
     """One row per training image: the original, then each view the method's recipe makes of it."""
-    views = RECIPES[config.method.name](config.data.image_size, info.channels, config.data.crop_scale_min)
+    views = RECIPES[config.method.name](config.data.image_size, info.channels, config.data.crop_scale_min,
+                                        config.method.model_dump(mode="json"))
     images = [decode_image(data, info.channels) for data in read_split(config.data.path, "train", ("image",), rows).column("image").to_pylist()]
     grid = Image.new("RGB", ((len(views) + 1) * (CELL + 4), len(images) * (CELL + 4)), "white")
     for row, image in enumerate(images):

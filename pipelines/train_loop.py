@@ -15,13 +15,14 @@ import ray.train.torch
 import torch
 
 from pipelines.augment import view_column
-from pipelines.build import build_method, build_optimizer, build_spec, lr_schedule
+from pipelines.build import build_method, build_optimizer, build_spec, lr_schedule, weight_decay_schedule
 from pipelines.checkpoint import load_training_state, save_training_state
 from pipelines.config import Config
 from pipelines.dataset_store import DatasetInfo
 from pipelines.evaluate import Normalizer, evaluate_backbone, load_eval_sets
 from pipelines.export import save_backbone
 from pipelines.tracking import MetricLogger
+from ssl_models.schedules import value_at
 
 
 def seed_everything(seed: int) -> None:
@@ -80,10 +81,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     seed_everything(config.train.seed + rank)
     autocast = autocast_for(config.train.precision, device)
 
-    method = build_method(config, info.channels, total_steps).to(device)
+    method = build_method(config, info.channels, steps_per_epoch).to(device)
     optimizer = build_optimizer(config, method.trained)
     scaler = torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16")
-    lrs = lr_schedule(config, steps_per_epoch)
+    lrs, wds = lr_schedule(config, steps_per_epoch), weight_decay_schedule(config, steps_per_epoch)
     step, start_epoch, baseline_metrics = 0, 0, {}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -114,9 +115,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if index >= steps_per_epoch:
                 continue  # drain the shard so every worker ends its epoch together
             views = [normalize(batch[view_column(v)]) for v in range(method.num_views)]
-            lr = float(lrs[min(step, len(lrs) - 1)])
+            lr, weight_decay = value_at(lrs, step), value_at(wds, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+                if group["weight_decay"] > 0:  # biases and norms stay at 0
+                    group["weight_decay"] = weight_decay
             with autocast():
                 outputs = method.training_step(views, step)
             loss = outputs["loss"]
@@ -125,6 +128,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                          "lower optim.lr or check the data")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            method.after_backward(step)
+            if config.optim.clip_grad:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(method.trained.parameters(), config.optim.clip_grad)
             scaler.step(optimizer)
             scaler.update()
             logged = method.after_optimizer_step(step)

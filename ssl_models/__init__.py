@@ -2,6 +2,7 @@
 from ssl_models.backbones import BackboneSpec, apply_small_stem, backbone_spec, create_backbone
 from ssl_models.barlow_twins import BarlowTwins
 from ssl_models.byol import BYOL
+from ssl_models.dino import DINO
 from ssl_models.method import SSLMethod
 from ssl_models.moco import MoCo
 from ssl_models.simclr import SimCLR
@@ -15,7 +16,8 @@ METHODS: dict[str, type[SSLMethod]] = {
     "barlow_twins": BarlowTwins,
     "vicreg": VICReg,
     "moco": MoCo,
+    "dino": DINO,
 }
 
-__all__ = ["METHODS", "BYOL", "SimSiam", "SimCLR", "BarlowTwins", "VICReg", "MoCo", "SSLMethod", "BackboneSpec",
+__all__ = ["METHODS", "BYOL", "SimSiam", "SimCLR", "BarlowTwins", "VICReg", "MoCo", "DINO", "SSLMethod", "BackboneSpec",
            "apply_small_stem", "backbone_spec", "create_backbone"]

@@ -52,6 +52,7 @@ def backbone_spec(
         )
     if is_vit(name):
         kwargs["img_size"] = image_size
+        kwargs["dynamic_img_size"] = True  # multi-crop: local crops are smaller than image_size
         if patch_size is not None:
             kwargs["patch_size"] = patch_size
     elif patch_size is not None:

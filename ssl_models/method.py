@@ -5,6 +5,7 @@ A method is an `nn.Module` holding all of its networks. The pipeline needs four 
   (DistributedDataParallel) with `wrap_trained`, and the method calls it through `call_trained`;
 - `backbone`: the network to evaluate and export;
 - `training_step(views, step)`: a dict with the `loss` to minimise and other tensors to log;
+- `after_backward(step)`: gradient surgery before the optimizer step (DINO freezes its last layer);
 - `after_optimizer_step(step)`: updates that follow each optimizer step (EMA), returning values to log.
 """
 from typing import Callable
@@ -33,6 +34,9 @@ class SSLMethod(nn.Module):
 
     def training_step(self, views: list[torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def after_backward(self, step: int) -> None:
+        pass
 
     def after_optimizer_step(self, step: int) -> dict[str, float]:
         return {}

@@ -33,11 +33,15 @@ def tracking_uri(tmp_path) -> str:
 
 def tiny_overrides(data_path: str, storage: str, uri: str, method: str = "byol", **extra) -> list[str]:
     """A real but tiny run: 512 images, batch 64, small heads, small evaluation sets."""
-    predictor = {"model.predictor_hidden_dim": 256} if method in ("byol", "simsiam") else {}
+    heads = {"model.projector_hidden_dim": 256, "model.projection_dim": 64}
+    if method in ("byol", "simsiam"):
+        heads["model.predictor_hidden_dim"] = 256
+    if method == "dino":
+        heads = {"method.out_dim": 256, "method.head_hidden_dim": 256, "method.bottleneck_dim": 64,
+                 "method.num_local_crops": 2}
     values = {
         "method.name": method,
-        "data.path": data_path, "data.limit": 512, "data.batch_size": 64, "data.shuffle_buffer": 256,
-        "model.projector_hidden_dim": 256, "model.projection_dim": 64, **predictor,
+        "data.path": data_path, "data.limit": 512, "data.batch_size": 64, "data.shuffle_buffer": 256, **heads,
         "train.epochs": 1, "train.storage_path": storage, "train.log_every": 2,
         "eval.online_bank_size": 320, "eval.online_query_size": 160,
         "eval.final_bank_size": 640, "eval.final_query_size": 320, "tracking.tracking_uri": uri,

@@ -10,7 +10,7 @@ from pipelines.pretrain import required_cpus
 def test_optimizer_skips_weight_decay_on_biases_and_norms(name):
     config = load_config(None, [f"optim.name={name}", "optim.weight_decay=0.1", "model.projector_hidden_dim=32",
                                 "model.predictor_hidden_dim=32", "model.projection_dim=16"])
-    method = build_method(config, channels=1, total_steps=10)
+    method = build_method(config, channels=1, steps_per_epoch=5)
     optimizer = build_optimizer(config, method.trained)
     decays = {group["weight_decay"] for group in optimizer.param_groups}
     assert decays == {0.0, 0.1}

@@ -1,0 +1,128 @@
+"""DINO (Caron et al., 2021): a student matches an EMA teacher's centred, sharpened output across crops."""
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+from ssl_models.distributed import world
+from ssl_models.ema import frozen_copy, update_momentum
+from ssl_models.metrics import embedding_std
+from ssl_models.method import SSLMethod
+from ssl_models.schedules import cosine_schedule, value_at
+
+
+class DINOHead(nn.Module):
+    """3-layer MLP (GELU) to a bottleneck, L2-normalised, then a weight-normed linear layer of out_dim."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim),
+                                 nn.GELU(), nn.Linear(hidden_dim, bottleneck_dim))
+        self.last_layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
+        self.last_layer.parametrizations.weight.original0.data.fill_(1.0)
+        self.last_layer.parametrizations.weight.original0.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last_layer(F.normalize(self.mlp(x), dim=-1))
+
+
+class MultiCropNetwork(nn.Module):
+    """Backbone + head over a list of crops: one backbone pass per run of crops sharing a resolution."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, crops: list[torch.Tensor]) -> torch.Tensor:
+        features, start = [], 0
+        while start < len(crops):
+            end = start
+            while end < len(crops) and crops[end].shape[-1] == crops[start].shape[-1]:
+                end += 1
+            features.append(self.backbone(torch.cat(crops[start:end])))
+            start = end
+        return self.head(torch.cat(features))
+
+
+def teacher_temperature_schedule(warmup: float, final: float, warmup_steps: int, total_steps: int) -> torch.Tensor:
+    ramp = torch.linspace(warmup, final, max(warmup_steps, 1), dtype=torch.float64)[:warmup_steps]
+    return torch.cat([ramp, torch.full((max(total_steps - warmup_steps, 1),), final, dtype=torch.float64)])
+
+
+def view_pairs(num_teacher_views: int, num_student_views: int) -> list[tuple[int, int]]:
+    """(teacher view, student view) pairs of the loss: every pair but a view with itself."""
+    return [(t, s) for t in range(num_teacher_views) for s in range(num_student_views) if s != t]
+
+
+def dino_loss(student_output: torch.Tensor, teacher_probs: torch.Tensor, num_student_views: int,
+              student_temperature: float) -> torch.Tensor:
+    """Mean over pairs of the cross-entropy between teacher probabilities and student log-probabilities."""
+    student = F.log_softmax(student_output / student_temperature, dim=-1).chunk(num_student_views)
+    teacher = teacher_probs.chunk(len(teacher_probs) // student[0].shape[0])
+    pairs = view_pairs(len(teacher), num_student_views)
+    return sum(-(teacher[t] * student[s]).sum(-1).mean() for t, s in pairs) / len(pairs)
+
+
+class DINO(SSLMethod):
+    def __init__(self, backbone: nn.Module, feature_dim: int, total_steps: int, out_dim: int = 4096,
+                 head_hidden_dim: int = 2048, bottleneck_dim: int = 256, num_local_crops: int = 6,
+                 student_temperature: float = 0.1, teacher_temperature: float = 0.04,
+                 warmup_teacher_temperature: float = 0.04, teacher_temperature_warmup_steps: int = 0,
+                 center_momentum: float = 0.9, momentum_start: float = 0.996, momentum_end: float = 1.0,
+                 freeze_last_layer_steps: int = 0):
+        super().__init__()
+        self.student = MultiCropNetwork(backbone, DINOHead(feature_dim, out_dim, head_hidden_dim, bottleneck_dim))
+        self.teacher = frozen_copy(self.student)
+        self.num_views = 2 + num_local_crops
+        self.student_temperature = student_temperature
+        self.center_momentum = center_momentum
+        self.freeze_last_layer_steps = freeze_last_layer_steps
+        self.register_buffer("center", torch.zeros(1, out_dim))
+        self.teacher_temperatures = teacher_temperature_schedule(
+            warmup_teacher_temperature, teacher_temperature, teacher_temperature_warmup_steps, total_steps)
+        self.momentum_schedule = cosine_schedule(momentum_start, momentum_end, total_steps)
+
+    @property
+    def trained(self) -> nn.Module:
+        return self.student
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.student.backbone
+
+    @torch.no_grad()
+    def teacher_probabilities(self, global_crops: list[torch.Tensor], step: int) -> torch.Tensor:
+        output = self.teacher(global_crops).float()
+        probabilities = F.softmax((output - self.center) / value_at(self.teacher_temperatures, step), dim=-1)
+        self.update_center(output)
+        return probabilities
+
+    @torch.no_grad()
+    def update_center(self, teacher_output: torch.Tensor) -> None:
+        """EMA of the teacher's mean output over the global batch (all-reduced across workers)."""
+        batch_sum = teacher_output.sum(dim=0, keepdim=True)
+        count = torch.tensor([float(len(teacher_output))], device=batch_sum.device)
+        if world()[1] > 1:
+            dist.all_reduce(batch_sum)
+            dist.all_reduce(count)
+        self.center.mul_(self.center_momentum).add_(batch_sum / count * (1 - self.center_momentum))
+
+    def training_step(self, views: list[torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        teacher = self.teacher_probabilities(views[:2], step)
+        student = self.call_trained(views).float()
+        loss = dino_loss(student, teacher, len(views), self.student_temperature)
+        return {"loss": loss, "teacher_temperature": torch.tensor(value_at(self.teacher_temperatures, step)),
+                "teacher_entropy": -(teacher * teacher.clamp_min(1e-12).log()).sum(-1).mean(),
+                "projection_std": torch.tensor(embedding_std(student))}
+
+    def after_backward(self, step: int) -> None:
+        if step < self.freeze_last_layer_steps:
+            for parameter in self.student.head.last_layer.parameters():
+                parameter.grad = None
+
+    def after_optimizer_step(self, step: int) -> dict[str, float]:
+        momentum = value_at(self.momentum_schedule, step)
+        update_momentum(self.teacher, self.student, momentum)
+        return {"ema_momentum": momentum}

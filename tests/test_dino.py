@@ -1,0 +1,97 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssl_models import DINO, backbone_spec, create_backbone
+from ssl_models.dino import DINOHead, MultiCropNetwork, dino_loss, teacher_temperature_schedule, view_pairs
+
+
+def test_pairs_skip_only_identical_views():
+    pairs = view_pairs(2, 8)
+    assert len(pairs) == 2 * 8 - 2
+    assert (0, 0) not in pairs and (1, 1) not in pairs
+    assert (0, 1) in pairs and (1, 0) in pairs and (1, 7) in pairs
+
+
+def test_dino_loss_matches_direct_computation():
+    torch.manual_seed(0)
+    batch, dim, views = 3, 5, 4
+    student = torch.randn(views * batch, dim)
+    teacher = F.softmax(torch.randn(2 * batch, dim), dim=-1)
+    expected, count = 0.0, 0
+    for t in range(2):
+        for s in range(views):
+            if s == t:
+                continue
+            log_p = F.log_softmax(student[s * batch:(s + 1) * batch] / 0.1, dim=-1)
+            expected += -(teacher[t * batch:(t + 1) * batch] * log_p).sum(-1).mean()
+            count += 1
+    assert dino_loss(student, teacher, views, 0.1).item() == pytest.approx((expected / count).item(), rel=1e-5)
+
+
+def test_teacher_temperature_warms_up_linearly_then_holds():
+    schedule = teacher_temperature_schedule(0.04, 0.07, warmup_steps=4, total_steps=10)
+    assert torch.allclose(schedule[:4], torch.tensor([0.04, 0.05, 0.06, 0.07], dtype=torch.float64))
+    assert (schedule[4:] == 0.07).all() and len(schedule) == 10
+
+
+def tiny_dino(**kwargs):
+    backbone = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, 8))
+    return DINO(backbone, 8, 10, out_dim=16, head_hidden_dim=32, bottleneck_dim=8, **kwargs)
+
+
+def test_center_is_an_ema_of_the_teacher_mean():
+    method = tiny_dino(center_momentum=0.9)
+    output = torch.tensor([[1.0] * 16, [3.0] * 16])
+    method.update_center(output)
+    assert torch.allclose(method.center, torch.full((1, 16), 0.1 * 2.0))
+    method.update_center(output)
+    assert torch.allclose(method.center, torch.full((1, 16), 0.9 * 0.2 + 0.1 * 2.0))
+
+
+def test_teacher_sees_global_crops_only_and_student_one_pass_per_resolution():
+    torch.manual_seed(0)
+    method = tiny_dino(num_local_crops=3)
+    calls = []
+    method.student.backbone.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape))
+    teacher_calls = []
+    method.teacher.backbone.register_forward_hook(lambda module, inputs, output: teacher_calls.append(inputs[0].shape))
+    views = [torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)] + [torch.randn(4, 3, 4, 4) for _ in range(3)]
+    out = method.training_step(views, 0)
+    assert calls == [(8, 3, 8, 8), (12, 3, 4, 4)]
+    assert teacher_calls == [(8, 3, 8, 8)]
+    assert torch.isfinite(out["loss"]) and out["teacher_temperature"].item() == pytest.approx(0.04)
+
+
+def test_last_layer_frozen_for_the_first_steps_and_weight_norm_fixed():
+    head = DINOHead(8, 16, 32, 8)
+    assert not head.last_layer.parametrizations.weight.original0.requires_grad
+    method = tiny_dino(num_local_crops=0, freeze_last_layer_steps=2)
+    views = [torch.randn(4, 3, 4, 4), torch.randn(4, 3, 4, 4)]
+    last = method.student.head.last_layer.parametrizations.weight.original1
+    method.training_step(views, 0)["loss"].backward()
+    method.after_backward(step=1)
+    assert last.grad is None
+    method.training_step(views, 2)["loss"].backward()
+    method.after_backward(step=2)
+    assert last.grad is not None
+
+
+def test_teacher_follows_student_by_ema():
+    method = tiny_dino(momentum_start=0.5, momentum_end=0.5)
+    with torch.no_grad():
+        for p in method.student.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in method.teacher.parameters()]
+    method.after_optimizer_step(0)
+    for b, t, s in zip(before, method.teacher.parameters(), method.student.parameters()):
+        assert torch.allclose(t, 0.5 * b + 0.5 * s)
+
+
+@pytest.mark.parametrize("name, kwargs", [("resnet18", {}), ("vit_tiny_patch16_224", {"patch_size": 4})])
+def test_dino_steps_with_resnets_and_vits(name, kwargs):
+    backbone, width = create_backbone(backbone_spec(name, in_chans=1, image_size=28, **kwargs))
+    method = DINO(backbone, width, 10, out_dim=64, head_hidden_dim=64, bottleneck_dim=32, num_local_crops=2)
+    views = [torch.randn(2, 1, 28, 28), torch.randn(2, 1, 28, 28), torch.randn(2, 1, 12, 12), torch.randn(2, 1, 12, 12)]
+    method.training_step(views, 0)["loss"].backward()
