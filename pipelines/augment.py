@@ -64,6 +64,12 @@ def multi_crop_views(image_size: int, channels: int, crop_scale_min: float, meth
     return global_views + [local] * method["num_local_crops"]
 
 
+def single_crop_view(image_size: int, channels: int, crop_scale_min: float, method: dict) -> list[A.Compose]:
+    """MAE's only augmentation: a random resized crop and a flip."""
+    return [A.Compose([A.RandomResizedCrop(size=(image_size, image_size), scale=(crop_scale_min, 1.0)),
+                       A.HorizontalFlip(p=0.5)])]
+
+
 RECIPES = {
     "byol": asymmetric_views,
     "barlow_twins": asymmetric_views,
@@ -72,6 +78,7 @@ RECIPES = {
     "simsiam": symmetric_views,
     "moco": symmetric_views,
     "dino": multi_crop_views,
+    "mae": single_crop_view,
 }
 
 

@@ -105,8 +105,17 @@ class DINOConfig(Section):
     freeze_last_layer_epochs: float = Field(1, ge=0, description="the head's last layer gets no update this long")
 
 
-METHOD_CONFIGS = {c.model_fields["name"].default: c for c in
-                  (BYOLConfig, SimSiamConfig, SimCLRConfig, BarlowTwinsConfig, VICRegConfig, MoCoConfig, DINOConfig)}
+class MAEConfig(Section):
+    name: Literal["mae"] = "mae"
+    mask_ratio: float = Field(0.75, gt=0, lt=1, description="fraction of patches hidden from the encoder")
+    decoder_dim: int = Field(128, ge=4, description="paper: 512 on ImageNet; small data wants less")
+    decoder_depth: int = Field(2, ge=1, description="paper: 8")
+    decoder_heads: int = Field(4, ge=1)
+    normalize_target: bool = Field(True, description="per-patch normalised pixel targets")
+
+
+METHOD_CONFIGS = {c.model_fields["name"].default: c for c in (
+    BYOLConfig, SimSiamConfig, SimCLRConfig, BarlowTwinsConfig, VICRegConfig, MoCoConfig, DINOConfig, MAEConfig)}
 MethodConfig = Annotated[Union[tuple(METHOD_CONFIGS.values())], Field(discriminator="name")]
 
 

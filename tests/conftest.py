@@ -36,6 +36,9 @@ def tiny_overrides(data_path: str, storage: str, uri: str, method: str = "byol",
     heads = {"model.projector_hidden_dim": 256, "model.projection_dim": 64}
     if method in ("byol", "simsiam"):
         heads["model.predictor_hidden_dim"] = 256
+    if method == "mae":
+        heads = {"model.backbone": "vit_tiny_patch16_224", "model.patch_size": 4, "method.decoder_dim": 64,
+                 "method.decoder_depth": 1}
     if method == "dino":
         heads = {"method.out_dim": 256, "method.head_hidden_dim": 256, "method.bottleneck_dim": 64,
                  "method.num_local_crops": 2}

@@ -81,7 +81,7 @@ def test_failing_run_is_marked_failed_with_the_reason(ray_session, fmnist_slice,
     assert "parquet" in str(error.value).lower()
 
 
-@pytest.mark.parametrize("method", ["simsiam", "simclr", "barlow_twins", "vicreg", "moco", "dino"])
+@pytest.mark.parametrize("method", ["simsiam", "simclr", "barlow_twins", "vicreg", "moco", "dino", "mae"])
 def test_every_method_runs_end_to_end(ray_session, fmnist_slice, tmp_path, method):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     extra = {"eval.baseline": False, **({"method.queue_size": 256} if method == "moco" else {})}
