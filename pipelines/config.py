@@ -153,6 +153,7 @@ class EvalConfig(Section):
     final_bank_size: Optional[int] = Field(None, ge=1, description="null: the whole train split")
     final_query_size: Optional[int] = Field(None, ge=1, description="null: the whole test split")
     baseline: bool = Field(True, description="also evaluate the randomly initialised backbone")
+    picture_every: int = Field(5, ge=0, description="DINO attention maps / MAE reconstructions every N epochs (0: off)")
     batch_size: int = Field(512, ge=1)
 
 

@@ -25,22 +25,35 @@ class LabelledImages:
         return LabelledImages(self.images[:count], self.labels[:count])
 
 
-def load_labelled(root: str, split: str, channels: int, image_size: int, limit: Optional[int] = None) -> LabelledImages:
-    table = read_split(root, split, limit=limit)
+def decode_for_eval(encoded: list[bytes], channels: int, image_size: int) -> tuple[list[np.ndarray], list[int]]:
+    """Decoded, resized and centre-cropped CHW images, and the indices of the rows that decoded."""
     transform = eval_transform(image_size)
-    images, labels = [], []
-    for data, label in zip(table.column("image").to_pylist(), table.column("label").to_pylist()):
-        if label is None:
-            continue
+    images, kept = [], []
+    for index, data in enumerate(encoded):
         try:
-            image = decode_image(data, channels)
+            images.append(to_chw(transform(image=decode_image(data, channels))["image"]))
+            kept.append(index)
         except ValueError:
             continue
-        images.append(to_chw(transform(image=image)["image"]))
-        labels.append(label)
+    return images, kept
+
+
+def load_images(root: str, split: str, channels: int, image_size: int, count: int) -> torch.Tensor:
+    """The first `count` readable images of a split, (N, C, H, W) uint8: fixed images for pictures."""
+    images, _ = decode_for_eval(read_split(root, split, ("image",), limit=count).column("image").to_pylist(),
+                                channels, image_size)
+    return torch.from_numpy(np.stack(images))
+
+
+def load_labelled(root: str, split: str, channels: int, image_size: int, limit: Optional[int] = None) -> LabelledImages:
+    table = read_split(root, split, limit=limit)
+    labels = table.column("label").to_pylist()
+    labelled = [index for index, label in enumerate(labels) if label is not None]
+    images, kept = decode_for_eval([table.column("image")[i].as_py() for i in labelled], channels, image_size)
     if not images:
         raise ValueError(f"split '{split}' has no labelled image")
-    return LabelledImages(torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64))
+    return LabelledImages(torch.from_numpy(np.stack(images)),
+                          torch.tensor([labels[labelled[i]] for i in kept], dtype=torch.int64))
 
 
 def eval_plan(info: DatasetInfo) -> tuple[Optional[str], str]:

@@ -1,11 +1,15 @@
-"""Pictures for MLflow: a grid of augmented views."""
+"""Pictures for MLflow: augmented views, DINO attention maps, MAE reconstructions."""
 import numpy as np
+import torch
 from PIL import Image
+from timm.models.vision_transformer import VisionTransformer
 
 from pipelines.augment import RECIPES
 from pipelines.config import Config
 from pipelines.dataset_store import DatasetInfo, read_split
 from pipelines.images import decode_image
+from ssl_models import DINO, MAE
+from ssl_models.attention import last_block_cls_attention
 
 CELL = 112
 
@@ -20,9 +24,49 @@ def augmented_views_grid(config: Config, info: DatasetInfo, rows: int = 8) -> Im
     views = RECIPES[config.method.name](config.data.image_size, info.channels, config.data.crop_scale_min,
                                         config.method.model_dump(mode="json"))
     images = [decode_image(data, info.channels) for data in read_split(config.data.path, "train", ("image",), rows).column("image").to_pylist()]
-    grid = Image.new("RGB", ((len(views) + 1) * (CELL + 4), len(images) * (CELL + 4)), "white")
-    for row, image in enumerate(images):
-        cells = [image] + [view(image=image)["image"] for view in views]
-        for column, cell in enumerate(cells):
-            grid.paste(_cell(cell), (column * (CELL + 4), row * (CELL + 4)))
+    return _grid([[image] + [view(image=image)["image"] for view in views] for image in images])
+
+
+def _heat(values: np.ndarray) -> np.ndarray:
+    """[0, 1] values as a black-red-yellow heat map, HxWx3 uint8."""
+    v = np.clip(values, 0, 1)
+    return (np.stack([np.clip(2 * v, 0, 1), np.clip(2 * v - 1, 0, 1), np.zeros_like(v)], -1) * 255).astype(np.uint8)
+
+
+def _grid(rows: list[list[np.ndarray]]) -> Image.Image:
+    grid = Image.new("RGB", (max(map(len, rows)) * (CELL + 4), len(rows) * (CELL + 4)), "white")
+    for r, cells in enumerate(rows):
+        for c, cell in enumerate(cells):
+            grid.paste(_cell(cell), (c * (CELL + 4), r * (CELL + 4)))
     return grid
+
+
+def _to_uint8(images: torch.Tensor, normalize) -> np.ndarray:
+    """Standardised (N, C, H, W) back to uint8 (N, H, W, C)."""
+    pixels = images.float() * normalize.std + normalize.mean
+    return pixels.clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def attention_grid(method, images: torch.Tensor, normalize) -> Image.Image:
+    """DINO on a ViT: each image, then its last block's CLS attention, one map per head."""
+    attention = last_block_cls_attention(method.backbone, normalize(images))
+    attention = attention / attention.amax(dim=(2, 3), keepdim=True)
+    originals = images.permute(0, 2, 3, 1).cpu().numpy()
+    return _grid([[originals[i]] + [_heat(head.cpu().numpy()) for head in attention[i]] for i in range(len(images))])
+
+
+def reconstruction_grid(method, images: torch.Tensor, normalize) -> Image.Image:
+    """MAE: masked input, reconstruction (visible patches pasted back), original; one image per row."""
+    masked, reconstructed = method.reconstruct(normalize(images))
+    masked, reconstructed = _to_uint8(masked, normalize), _to_uint8(reconstructed, normalize)
+    originals = images.permute(0, 2, 3, 1).cpu().numpy()
+    return _grid([[masked[i], reconstructed[i], originals[i]] for i in range(len(images))])
+
+
+def method_pictures(method, images: torch.Tensor, normalize) -> dict[str, Image.Image]:
+    """The pictures a method has to show of itself on fixed images: {file name: picture}."""
+    if isinstance(method, MAE):
+        return {"mae_reconstruction.png": reconstruction_grid(method, images, normalize)}
+    if isinstance(method, DINO) and isinstance(method.backbone, VisionTransformer):
+        return {"dino_attention.png": attention_grid(method, images, normalize)}
+    return {}

@@ -1,5 +1,6 @@
 """MLflow: where runs go, how they start, what the training loop logs, how they end."""
 import os
+import tempfile
 import time
 from pathlib import Path
 from mlflow.entities import Metric, Param
@@ -63,6 +64,12 @@ class MetricLogger:
         self.buffer += [Metric(key, float(value), now, step) for key, value in metrics.items()]
         if len(self.buffer) >= self.flush_every:
             self.flush()
+
+    def log_picture(self, name: str, picture, epoch: int) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / name
+            picture.save(path)
+            self.client.log_artifact(self.run_id, str(path), f"pictures/epoch_{epoch:03d}")
 
     def flush(self) -> None:
         for start in range(0, len(self.buffer), 1000):

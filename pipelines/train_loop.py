@@ -19,8 +19,9 @@ from pipelines.build import build_method, build_optimizer, build_spec, lr_schedu
 from pipelines.checkpoint import load_training_state, save_training_state
 from pipelines.config import Config
 from pipelines.dataset_store import DatasetInfo
-from pipelines.evaluate import Normalizer, evaluate_backbone, load_eval_sets
+from pipelines.evaluate import Normalizer, evaluate_backbone, load_eval_sets, load_images
 from pipelines.export import save_backbone
+from pipelines.pictures import method_pictures
 from pipelines.tracking import MetricLogger
 from ssl_models.schedules import value_at
 
@@ -73,7 +74,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
     config = Config.model_validate(loop_config["config"])
     info = DatasetInfo(**loop_config["dataset"])
     steps_per_epoch, epochs = loop_config["steps_per_epoch"], config.train.epochs
-    total_steps = steps_per_epoch * epochs
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(config.train.torch_threads or max(1, (os.cpu_count() or 1) // world_size))
@@ -105,6 +105,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         logger.log(baseline_metrics, step=0)
         say(f"random-init backbone: {fmt(baseline_metrics)}")
 
+    picture_images = (load_images(config.data.path, "train", info.channels, config.data.image_size, 6)
+                      if is_chief and config.eval.picture_every else None)
     shard = ray.train.get_dataset_shard("train")
     batch_size = config.data.batch_size
     for epoch in range(start_epoch, epochs):
@@ -152,6 +154,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
             metrics.update(evaluator.online(method.backbone))
         if evaluator and last:
             metrics.update(evaluator.final(method.backbone, "final_"))
+        if picture_images is not None and ((epoch + 1) % config.eval.picture_every == 0 or last):
+            for name, picture in method_pictures(method, picture_images.to(device), normalize).items():
+                logger.log_picture(name, picture, epoch + 1)
         if is_chief:
             logger.log(metrics, step)
             logger.flush()

@@ -41,7 +41,7 @@ def tiny_overrides(data_path: str, storage: str, uri: str, method: str = "byol",
                  "method.decoder_depth": 1}
     if method == "dino":
         heads = {"method.out_dim": 256, "method.head_hidden_dim": 256, "method.bottleneck_dim": 64,
-                 "method.num_local_crops": 2}
+                 "method.num_local_crops": 2, "model.backbone": "vit_tiny_patch16_224", "model.patch_size": 4}
     values = {
         "method.name": method,
         "data.path": data_path, "data.limit": 512, "data.batch_size": 64, "data.shuffle_buffer": 256, **heads,

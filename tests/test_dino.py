@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_models import DINO, backbone_spec, create_backbone
-from ssl_models.dino import DINOHead, MultiCropNetwork, dino_loss, teacher_temperature_schedule, view_pairs
+from ssl_models.dino import DINOHead, dino_loss, teacher_temperature_schedule, view_pairs
 
 
 def test_pairs_skip_only_identical_views():

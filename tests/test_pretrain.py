@@ -94,3 +94,7 @@ def test_every_method_runs_end_to_end(ray_session, fmnist_slice, tmp_path, metho
     assert 0 <= run.data.metrics["final_knn_top1_k20"] <= 1
     assert {a.path for a in client.list_artifacts(run.info.run_id, "backbone")} == {
         "backbone/backbone.safetensors", "backbone/backbone.json"}
+    pictures = {a.path for a in client.list_artifacts(run.info.run_id, "pictures/epoch_001")}
+    expected = {"mae": {"pictures/epoch_001/mae_reconstruction.png"},
+                "dino": {"pictures/epoch_001/dino_attention.png"}}.get(method, set())
+    assert pictures == expected
