@@ -3,6 +3,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import safetensors.torch
 import timm
@@ -98,3 +99,24 @@ def test_every_method_runs_end_to_end(ray_session, fmnist_slice, tmp_path, metho
     expected = {"mae": {"pictures/epoch_001/mae_reconstruction.png"},
                 "dino": {"pictures/epoch_001/dino_attention.png"}}.get(method, set())
     assert pictures == expected
+
+
+def test_a_method_runs_on_an_image_folder_without_test_split(ray_session, tmp_path):
+    from PIL import Image
+    from skimage import data as photos
+
+    from pipelines.ingest import ingest_folder
+
+    rng = np.random.default_rng(0)
+    for name, picture in (("cat", photos.chelsea()), ("coffee", photos.coffee()), ("astronaut", photos.astronaut())):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for index in range(48):
+            top, left = rng.integers(0, 200, 2)
+            Image.fromarray(picture[top:top + 96, left:left + 96]).save(tmp_path / "photos" / name / f"{index}.jpg")
+    ingest_folder(tmp_path / "photos", str(tmp_path / "shards"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = tiny_overrides(str(tmp_path / "shards"), str(tmp_path / "runs"), uri, "simclr", **{
+        "data.image_size": 32, "data.batch_size": 32, "data.limit": 144, "eval.baseline": False})
+    outcome = pretrain(load_config(None, overrides))
+    metrics = MlflowClient(uri).get_run(outcome["run_id"]).data.metrics
+    assert 0 <= metrics["final_knn_top1_k20"] <= 1 and outcome["metrics"]["step"] == 4

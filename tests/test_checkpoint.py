@@ -1,0 +1,44 @@
+import random
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipelines.checkpoint import load_training_state, save_training_state
+from ssl_models import DINO, MoCo
+
+
+def tiny_backbone():
+    return nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, 8))
+
+
+def test_state_round_trip_restores_queue_centre_optimizer_and_rng(tmp_path):
+    torch.manual_seed(0)
+    moco = MoCo(tiny_backbone(), 8, 10, projector_hidden_dim=16, projection_dim=8, queue_size=32)
+    dino = DINO(tiny_backbone(), 8, 10, out_dim=16, head_hidden_dim=16, bottleneck_dim=8, num_local_crops=0)
+    moco.enqueue(torch.randn(5, 8))
+    dino.update_center(torch.randn(4, 16))
+    for method in (moco, dino):
+        optimizer = torch.optim.AdamW(method.trained.parameters(), lr=0.1)
+        views = [torch.randn(4, 3, 4, 4), torch.randn(4, 3, 4, 4)]
+        method.training_step(views, 0)["loss"].backward()
+        optimizer.step()
+        folder = tmp_path / type(method).__name__
+        folder.mkdir()
+        save_training_state(folder, method, optimizer, step=7, epoch=1, metrics={"init_knn_top1_k20": 0.3})
+        expected_random = (torch.rand(3), np.random.rand(3), random.random())
+
+        torch.manual_seed(123)
+        fresh = type(method)(tiny_backbone(), 8, 10, **({"projector_hidden_dim": 16, "projection_dim": 8, "queue_size": 32}
+                                                      if isinstance(method, MoCo) else
+                                                      {"out_dim": 16, "head_hidden_dim": 16, "bottleneck_dim": 8,
+                                                       "num_local_crops": 0}))
+        fresh_optimizer = torch.optim.AdamW(fresh.trained.parameters(), lr=0.1)
+        restored = load_training_state(folder, fresh, fresh_optimizer, torch.device("cpu"))
+        assert restored["step"] == 7 and restored["epoch"] == 1
+        for key, value in method.state_dict().items():
+            assert torch.equal(fresh.state_dict()[key], value), key
+        assert fresh_optimizer.state_dict()["state"].keys() == optimizer.state_dict()["state"].keys()
+        assert torch.equal(torch.rand(3), expected_random[0])
+        assert np.array_equal(np.random.rand(3), expected_random[1]) and random.random() == expected_random[2]
+    assert moco.queue_pointer.item() == 5 + 4  # enqueue + one training step
