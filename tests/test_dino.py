@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_models import DINO, backbone_spec, create_backbone
+from tests.gloo import run_on_two_workers
 from ssl_models.dino import DINOHead, dino_loss, teacher_temperature_schedule, view_pairs
 
 
@@ -97,27 +98,13 @@ def test_dino_steps_with_resnets_and_vits(name, kwargs):
     method.training_step(views, 0)["loss"].backward()
 
 
-def _center_worker(rank: int, port: int, results):
-    import os
-
-    import torch.distributed as dist
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+def _center(rank: int):
     method = tiny_dino(center_momentum=0.5)
     method.update_center(torch.full((3, 16), float(rank)))  # rank 0: zeros, rank 1: ones
-    results[rank] = method.center.clone()
-    dist.destroy_process_group()
+    return method.center.clone()
 
 
 def test_center_is_all_reduced_across_workers():
-    import os
-
-    import torch.multiprocessing as mp
-
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(_center_worker, args=(31500 + os.getpid() % 1000, results), nprocs=2)
-        results = dict(results)
+    results = run_on_two_workers(_center)
     # global mean over both workers' 6 rows is 0.5; EMA from 0 with momentum 0.5 gives 0.25 on both
     assert torch.allclose(results[0], torch.full((1, 16), 0.25)) and torch.equal(results[0], results[1])

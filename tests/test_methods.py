@@ -1,17 +1,15 @@
 """The mathematics of SimSiam, SimCLR, Barlow Twins and VICReg on fixed tensors, against direct computations."""
 import math
-import os
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
 from ssl_models import BarlowTwins, MoCo, SimCLR, SimSiam, VICReg
 from ssl_models.distributed import gather_with_grad
 from ssl_models.losses import barlow_twins_loss, negative_cosine, nt_xent, queue_info_nce, vicreg_loss
+from tests.gloo import run_on_two_workers
 
 
 def test_negative_cosine_by_hand():
@@ -105,22 +103,15 @@ def test_simsiam_stop_gradient_blocks_the_target_branch():
     assert isinstance(without_predictor.network.predictor, nn.Identity)
 
 
-def _gather_worker(rank: int, port: int, results):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+def _gather(rank: int):
     local = torch.full((2, 3), float(rank + 1), requires_grad=True)
     gathered = gather_with_grad(local)
     (gathered * torch.arange(4.0).view(4, 1)).sum().backward()
-    results[rank] = (gathered.detach().clone(), local.grad.clone())
-    dist.destroy_process_group()
+    return gathered.detach().clone(), local.grad.clone()
 
 
 def test_gather_with_grad_spans_workers_and_returns_gradients():
-    port = 29500 + os.getpid() % 1000
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(_gather_worker, args=(port, results), nprocs=2)
-        results = dict(results)
+    results = run_on_two_workers(_gather)
     for rank in range(2):
         gathered, grad = results[rank]
         assert torch.equal(gathered[:2], torch.ones(2, 3)) and torch.equal(gathered[2:], torch.full((2, 3), 2.0))
@@ -167,21 +158,14 @@ def test_moco_step_enqueues_keys_and_moves_key_encoder_by_ema():
         assert torch.allclose(after, 0.9 * before + 0.1 * query)
 
 
-def _enqueue_worker(rank: int, port: int, results):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+def _enqueue(rank: int):
     torch.manual_seed(0)
     method = tiny(MoCo, queue_size=8)
     method.enqueue(torch.full((2, 8), float(rank + 1)))
-    results[rank] = method.queue[:4].clone()
-    dist.destroy_process_group()
+    return method.queue[:4].clone()
 
 
 def test_moco_enqueues_keys_from_every_worker():
-    port = 30500 + os.getpid() % 1000
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(_enqueue_worker, args=(port, results), nprocs=2)
-        results = dict(results)
+    results = run_on_two_workers(_enqueue)
     expected = torch.cat([torch.ones(2, 8), torch.full((2, 8), 2.0)])
     assert torch.equal(results[0], expected) and torch.equal(results[1], expected)
