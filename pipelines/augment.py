@@ -49,7 +49,8 @@ def symmetric_views(image_size: int, channels: int, crop_scale_min: float, metho
 
 
 def local_crop_size(image_size: int, method: dict) -> int:
-    return method.get("local_crop_size") or max(4, round(image_size * 96 / 224))
+    """96/224 of the image side (DINO's ratio), a multiple of 4 so that ViT patches of 4 tile it."""
+    return method.get("local_crop_size") or max(4, round(image_size * 96 / 224 / 4) * 4)
 
 
 def multi_crop_views(image_size: int, channels: int, crop_scale_min: float, method: dict) -> list[A.Compose]:

@@ -92,7 +92,7 @@ class DINOConfig(Section):
     head_hidden_dim: int = Field(2048, ge=1)
     bottleneck_dim: int = Field(256, ge=1)
     num_local_crops: int = Field(6, ge=0, description="local crops besides the 2 global ones")
-    local_crop_size: Optional[int] = Field(None, ge=4, description="null: 96/224 of data.image_size")
+    local_crop_size: Optional[int] = Field(None, ge=4, description="null: 96/224 of data.image_size, a multiple of 4")
     global_crop_scale: tuple[float, float] = (0.4, 1.0)
     local_crop_scale: tuple[float, float] = (0.05, 0.4)
     student_temperature: float = Field(0.1, gt=0)

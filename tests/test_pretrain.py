@@ -101,7 +101,8 @@ def test_every_method_runs_end_to_end(ray_session, fmnist_slice, tmp_path, metho
     assert pictures == expected
 
 
-def test_a_method_runs_on_an_image_folder_without_test_split(ray_session, tmp_path):
+@pytest.mark.parametrize("method", ["byol", "simsiam", "simclr", "barlow_twins", "vicreg", "moco", "dino", "mae"])
+def test_every_method_runs_on_an_image_folder_without_test_split(ray_session, tmp_path, method):
     from PIL import Image
     from skimage import data as photos
 
@@ -115,8 +116,9 @@ def test_a_method_runs_on_an_image_folder_without_test_split(ray_session, tmp_pa
             Image.fromarray(picture[top:top + 96, left:left + 96]).save(tmp_path / "photos" / name / f"{index}.jpg")
     ingest_folder(tmp_path / "photos", str(tmp_path / "shards"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    overrides = tiny_overrides(str(tmp_path / "shards"), str(tmp_path / "runs"), uri, "simclr", **{
-        "data.image_size": 32, "data.batch_size": 32, "data.limit": 144, "eval.baseline": False})
+    overrides = tiny_overrides(str(tmp_path / "shards"), str(tmp_path / "runs"), uri, method, **{
+        "data.image_size": 32, "data.batch_size": 32, "data.limit": 144, "eval.baseline": False,
+        "eval.picture_every": 0, **({"method.queue_size": 64} if method == "moco" else {})})
     outcome = pretrain(load_config(None, overrides))
     metrics = MlflowClient(uri).get_run(outcome["run_id"]).data.metrics
     assert 0 <= metrics["final_knn_top1_k20"] <= 1 and outcome["metrics"]["step"] == 4
