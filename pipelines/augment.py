@@ -99,7 +99,7 @@ def view_column(index: int) -> str:
 class AugmentBatch:
     """Ray Data stage: decode each image and produce one fixed-shape uint8 column (N, C, H, W) per view.
 
-    Corrupt rows are dropped and counted instead of failing the epoch.
+    Rows that do not decode are left out instead of failing the epoch (ingest already filters them).
     """
 
     def __init__(self, method: dict, image_size: int, channels: int, crop_scale_min: float):
@@ -107,7 +107,6 @@ class AugmentBatch:
         self.channels = channels
         probe = np.zeros((image_size, image_size, channels), np.uint8)
         self.shapes = [to_chw(view(image=probe)["image"]).shape for view in self.views]
-        self.dropped = 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs: list[list[np.ndarray]] = [[] for _ in self.views]
@@ -115,7 +114,6 @@ class AugmentBatch:
             try:
                 image = decode_image(data, self.channels)
             except ValueError:
-                self.dropped += 1
                 continue
             for out, view in zip(outputs, self.views):
                 out.append(to_chw(view(image=image)["image"]))
