@@ -15,7 +15,7 @@ from typing import Any
 import safetensors.torch
 from torch import nn
 
-from ssl_models import BackboneSpec, create_backbone
+from ssl_models import BackboneSpec
 
 WEIGHTS_FILE = "backbone.safetensors"
 META_FILE = "backbone.json"
@@ -27,11 +27,3 @@ def save_backbone(folder: Path, backbone: nn.Module, spec: BackboneSpec, extra: 
     safetensors.torch.save_file(state, folder / WEIGHTS_FILE)
     (folder / META_FILE).write_text(json.dumps({**spec.to_dict(), **extra}, indent=2))
 
-
-def load_backbone(folder: Path) -> tuple[nn.Module, dict[str, Any]]:
-    folder = Path(folder)
-    meta = json.loads((folder / META_FILE).read_text())
-    spec = BackboneSpec(meta["timm_name"], meta["timm_kwargs"], meta["small_stem"])
-    model, _ = create_backbone(spec)
-    model.load_state_dict(safetensors.torch.load_file(folder / WEIGHTS_FILE))
-    return model, meta
