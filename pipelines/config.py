@@ -84,6 +84,8 @@ class MoCoConfig(Section):
     temperature: float = Field(0.2, gt=0, le=2)
     momentum_start: float = Field(0.999, ge=0, le=1, description="key-encoder EMA momentum at step 0")
     momentum_end: float = Field(0.999, ge=0, le=1, description="at the last step (cosine); equal: constant")
+    shuffle_bn_splits: int = Field(8, ge=1, description="sub-batches the shuffled keys are normalised in (paper: "
+                                   "32 images per GPU, i.e. batch / 32)")
 
 
 class DINOConfig(Section):

@@ -1,8 +1,9 @@
 """MoCo v2 (Chen et al., 2020): a momentum key encoder and a queue of keys from every worker, InfoNCE.
 
 Batch-norm leakage is handled as in the paper with shuffle-BN: the key encoder sees the global batch
-shuffled across workers, so a key's BN statistics come from other images than its query's. With one
-worker the shuffle cannot change BN statistics and there is nothing to shuffle across.
+shuffled across workers and, within a worker, runs on `shuffle_bn_splits` sub-batches of it (the
+paper normalised 32 images per GPU). A key's BN statistics so come from a random group of images
+other than the batch its query was normalised with, also on a single worker.
 """
 import torch
 import torch.distributed as dist
@@ -21,12 +22,14 @@ from ssl_models.schedules import cosine_schedule, value_at
 class MoCo(SSLMethod):
     def __init__(self, backbone: nn.Module, feature_dim: int, total_steps: int, projector_hidden_dim: int = 2048,
                  projection_dim: int = 128, projector_layers: int = 2, queue_size: int = 65536,
-                 temperature: float = 0.2, momentum_start: float = 0.999, momentum_end: float = 0.999):
+                 temperature: float = 0.2, momentum_start: float = 0.999, momentum_end: float = 0.999,
+                 shuffle_bn_splits: int = 8):
         super().__init__()
         self.query_encoder = nn.Sequential(backbone, mlp_head(feature_dim, projector_hidden_dim, projection_dim,
                                                               projector_layers))
         self.key_encoder = frozen_copy(self.query_encoder)
         self.temperature = temperature
+        self.shuffle_bn_splits = shuffle_bn_splits
         self.momentum_schedule = cosine_schedule(momentum_start, momentum_end, total_steps)
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, projection_dim), dim=1))
         self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.long))
@@ -41,16 +44,18 @@ class MoCo(SSLMethod):
 
     @torch.no_grad()
     def keys(self, images: torch.Tensor) -> torch.Tensor:
-        """Key embeddings computed with shuffle-BN across workers, returned in the local order."""
+        """Key embeddings computed with shuffle-BN (across workers and sub-batches), in the local order."""
         rank, size = world()
-        if size == 1:
-            return F.normalize(self.key_encoder(images), dim=1)
         everything = gather_no_grad(images)
         order = torch.randperm(len(everything), device=images.device)
-        dist.broadcast(order, src=0)
+        if size > 1:
+            dist.broadcast(order, src=0)
         mine = order.view(size, -1)[rank]
-        keys = gather_no_grad(self.key_encoder(everything[mine]))
-        return F.normalize(keys[torch.argsort(order)].view(size, -1, keys.shape[1])[rank], dim=1)
+        shuffled = everything[mine]
+        splits = max(1, min(self.shuffle_bn_splits, len(shuffled) // 2))
+        keys = torch.cat([self.key_encoder(part) for part in shuffled.tensor_split(splits)])
+        keys = gather_no_grad(keys)[torch.argsort(order)].view(size, -1, keys.shape[1])[rank]
+        return F.normalize(keys, dim=1)
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:

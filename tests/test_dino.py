@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_models import DINO, backbone_spec, create_backbone
-from tests.gloo import run_on_two_workers
+from tests.two_workers import run_on_two_workers
 from ssl_models.dino import DINOHead, dino_loss, teacher_temperature_schedule, view_pairs
 
 
@@ -104,7 +104,7 @@ def _center(rank: int):
     return method.center.clone()
 
 
-def test_center_is_all_reduced_across_workers():
-    results = run_on_two_workers(_center)
+def test_center_is_all_reduced_across_workers(ray_session, tmp_path):
+    results = run_on_two_workers(_center, tmp_path)
     # global mean over both workers' 6 rows is 0.5; EMA from 0 with momentum 0.5 gives 0.25 on both
     assert torch.allclose(results[0], torch.full((1, 16), 0.25)) and torch.equal(results[0], results[1])

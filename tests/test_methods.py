@@ -9,7 +9,7 @@ from torch import nn
 from ssl_models import BarlowTwins, MoCo, SimCLR, SimSiam, VICReg
 from ssl_models.distributed import gather_with_grad
 from ssl_models.losses import barlow_twins_loss, negative_cosine, nt_xent, queue_info_nce, vicreg_loss
-from tests.gloo import run_on_two_workers
+from tests.two_workers import run_on_two_workers
 
 
 def test_negative_cosine_by_hand():
@@ -110,8 +110,8 @@ def _gather(rank: int):
     return gathered.detach().clone(), local.grad.clone()
 
 
-def test_gather_with_grad_spans_workers_and_returns_gradients():
-    results = run_on_two_workers(_gather)
+def test_gather_with_grad_spans_workers_and_returns_gradients(ray_session, tmp_path):
+    results = run_on_two_workers(_gather, tmp_path)
     for rank in range(2):
         gathered, grad = results[rank]
         assert torch.equal(gathered[:2], torch.ones(2, 3)) and torch.equal(gathered[2:], torch.full((2, 3), 2.0))
@@ -147,8 +147,10 @@ def test_moco_step_enqueues_keys_and_moves_key_encoder_by_ema():
     method = tiny(MoCo, queue_size=16, momentum_start=0.9, momentum_end=0.9)
     optimizer = torch.optim.SGD(method.trained.parameters(), lr=0.1)
     views = [torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2)]
+    torch.manual_seed(1)
     expected_keys = method.keys(views[1])
     key_before = [p.clone() for p in method.key_encoder.parameters()]
+    torch.manual_seed(1)
     method.training_step(views, 0)["loss"].backward()
     assert all(p.grad is None for p in method.key_encoder.parameters())
     assert torch.allclose(method.queue[:4], expected_keys)
@@ -165,7 +167,54 @@ def _enqueue(rank: int):
     return method.queue[:4].clone()
 
 
-def test_moco_enqueues_keys_from_every_worker():
-    results = run_on_two_workers(_enqueue)
+def test_moco_enqueues_keys_from_every_worker(ray_session, tmp_path):
+    results = run_on_two_workers(_enqueue, tmp_path)
     expected = torch.cat([torch.ones(2, 8), torch.full((2, 8), 2.0)])
     assert torch.equal(results[0], expected) and torch.equal(results[1], expected)
+
+
+def test_moco_single_worker_normalises_shuffled_keys_in_sub_batches():
+    torch.manual_seed(0)
+    method = tiny(MoCo, queue_size=16, shuffle_bn_splits=4)
+    images = torch.randn(16, 3, 2, 2)
+    torch.manual_seed(3)
+    keys = method.keys(images)
+    torch.manual_seed(3)
+    order = torch.randperm(16)
+    with torch.no_grad():
+        by_hand = torch.cat([method.key_encoder(part) for part in images[order].tensor_split(4)])[torch.argsort(order)]
+        whole_batch = method.key_encoder(images)
+    assert torch.allclose(keys, F.normalize(by_hand, dim=1), atol=1e-6)
+    assert not torch.allclose(keys, F.normalize(whole_batch, dim=1), atol=1e-3)
+
+
+def _simclr_and_moco_steps(rank: int):
+    torch.manual_seed(0)  # same weights on both workers, as DDP would give
+    simclr, moco = tiny(SimCLR, temperature=0.3), tiny(MoCo, queue_size=16, shuffle_bn_splits=2)
+    torch.manual_seed(10 + rank)  # different images on each worker
+    views = [torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2)]
+    loss = simclr.training_step(views, 0)["loss"]
+    with torch.no_grad():
+        z1, z2 = simclr.encoder(torch.cat(views)).split(4)  # the same single BN batch as the step
+    initial_queue = moco.queue.clone()
+    torch.manual_seed(5)  # the same key shuffle (drawn on rank 0, broadcast) in both calls
+    keys = moco.keys(views[1])
+    torch.manual_seed(5)
+    moco.training_step(views, 0)
+    return {"loss": loss.detach(), "z1": z1, "z2": z2, "keys": keys, "queue": moco.queue.clone(),
+            "initial_queue": initial_queue}
+
+
+def test_simclr_negatives_and_moco_keys_span_both_workers_of_a_ray_train_run(ray_session, tmp_path):
+    results = run_on_two_workers(_simclr_and_moco_steps, tmp_path)
+    z1 = torch.cat([results[r]["z1"] for r in range(2)])
+    z2 = torch.cat([results[r]["z2"] for r in range(2)])
+    # the two workers' losses average to NT-Xent over the global batch of 8 pairs (14 negatives per anchor)
+    mean_loss = (results[0]["loss"] + results[1]["loss"]).item() / 2
+    assert mean_loss == pytest.approx(nt_xent_direct(z1, z2, 0.3), rel=1e-4)
+    assert results[0]["loss"].item() != pytest.approx(nt_xent_direct(results[0]["z1"], results[0]["z2"], 0.3), rel=1e-3)
+    # both queues took the same 8 keys: worker 0's 4 keys, then worker 1's; the rest is untouched
+    keys = torch.cat([results[0]["keys"], results[1]["keys"]])
+    for rank in range(2):
+        assert torch.allclose(results[rank]["queue"][:8], keys, atol=1e-6)
+        assert torch.equal(results[rank]["queue"][8:], results[rank]["initial_queue"][8:])
