@@ -92,8 +92,9 @@ def steps_per_epoch(config: Config, train_images: int) -> int:
     return steps
 
 
-def pretrain(config: Config, resume: Optional[str] = None) -> dict:
-    """Runs (or resumes) one pretraining; returns run name, MLflow run id, tracking URI and final metrics."""
+def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] = None, callbacks=()) -> dict:
+    """Runs (or resumes) one pretraining; returns run name, MLflow run id, tracking URI and final metrics.
+    `tags` go on a new MLflow run (a sweep's parent id), `callbacks` to Ray Train (a sweep's Tune reporter)."""
     # Imported here, not at the top: the command line answers configuration mistakes in a second.
     from mlflow.tracking import MlflowClient
 
@@ -118,7 +119,7 @@ def pretrain(config: Config, resume: Optional[str] = None) -> dict:
     else:
         uri = tracking_uri(config)
         run_name = config.tracking.run_name or f"{config.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        client, run_id = start_run(config, uri, run_name)
+        client, run_id = start_run(config, uri, run_name, tags)
     write_text(f"{config.train.storage_path.rstrip('/')}/{run_name}", RUN_FILE, json.dumps(
         {"mlflow_run_id": run_id, "tracking_uri": uri, "config": config.model_dump(mode="json")}, indent=2))
     print(f"MLflow run {run_id} ({run_name}); {eval_plan(info)[1]}", flush=True)
@@ -130,7 +131,7 @@ def pretrain(config: Config, resume: Optional[str] = None) -> dict:
             augmented_views_grid(config, info).save(Path(folder) / "augmented_views.png")
             for name in ("config.yaml", "dataset.json", "augmented_views.png"):
                 client.log_artifact(run_id, str(Path(folder) / name))
-        result = fit(config, info, spe, run_name, run_id, uri, training_dataset(config, info))
+        result = fit(config, info, spe, run_name, run_id, uri, training_dataset(config, info), callbacks)
         with result.checkpoint.as_directory() as folder:
             for name in ("backbone.safetensors", "backbone.json"):
                 client.log_artifact(run_id, str(Path(folder) / name), "backbone")
@@ -146,7 +147,7 @@ def pretrain(config: Config, resume: Optional[str] = None) -> dict:
             "artifact_uri": client.get_run(run_id).info.artifact_uri}
 
 
-def fit(config: Config, info, spe: int, run_name: str, run_id: str, uri: str, dataset):
+def fit(config: Config, info, spe: int, run_name: str, run_id: str, uri: str, dataset, callbacks=()):
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -164,7 +165,8 @@ def fit(config: Config, info, spe: int, run_name: str, run_id: str, uri: str, da
                                      resources_per_worker={"CPU": config.train.cpus_per_worker}),
         run_config=RunConfig(name=run_name, storage_path=config.train.storage_path,
                              checkpoint_config=CheckpointConfig(num_to_keep=1),
-                             failure_config=FailureConfig(max_failures=config.train.max_failures)),
+                             failure_config=FailureConfig(max_failures=config.train.max_failures),
+                             callbacks=list(callbacks)),
         datasets={"train": dataset},
     )
     return trainer.fit()

@@ -3,6 +3,8 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
+
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
@@ -35,10 +37,10 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
     return client.create_experiment(name, artifact_location=artifact_location)
 
 
-def start_run(config: Config, uri: str, run_name: str) -> tuple[MlflowClient, str]:
+def start_run(config: Config, uri: str, run_name: str, tags: Optional[dict] = None) -> tuple[MlflowClient, str]:
     client = MlflowClient(uri)
     experiment_id = ensure_experiment(client, config.tracking.experiment or config.method.name, uri)
-    run = client.create_run(experiment_id, run_name=run_name, tags={"method": config.method.name})
+    run = client.create_run(experiment_id, run_name=run_name, tags={"method": config.method.name, **(tags or {})})
     params = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in config.flat().items()]
     for start in range(0, len(params), 100):
         client.log_batch(run.info.run_id, params=params[start : start + 100])
