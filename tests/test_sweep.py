@@ -1,0 +1,163 @@
+"""Sweeps for real: Ray Tune trials that each fit a TorchTrainer on a Fashion-MNIST slice, their MLflow
+parent and child runs, an interrupted sweep resumed without rerunning a finished trial, bad spaces."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from pipelines import sweep
+from pipelines.config import PROJECT_ROOT, load_config
+from tests.conftest import tiny_overrides
+
+SIMCLR_SPACE = str(PROJECT_ROOT / "tune_spaces" / "simclr.yaml")
+
+
+def sweep_arguments(data: str, folder: Path, name: str, samples: int = 2) -> list[str]:
+    # 0.25 CPU per Train worker: one trial (0.25 + 0.5 augmentation + 1 file listing) fits the 2-CPU session
+    overrides = tiny_overrides(data, str(folder / "runs"), f"sqlite:///{folder / 'mlflow.db'}", "simclr",
+                               **{"train.epochs": 2, "train.cpus_per_worker": 0.25})
+    return ["--space", SIMCLR_SPACE, "--num-samples", str(samples), "--name", name,
+            *[part for text in overrides for part in ("--set", text)]]
+
+
+def children(client: MlflowClient, parent_id: str) -> list:
+    experiment = client.get_run(parent_id).info.experiment_id
+    return client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+def parent_of(client: MlflowClient, name: str):
+    experiment = client.get_experiment_by_name("simclr").experiment_id
+    return client.search_runs([experiment], filter_string=f"tags.sweep = '{name}' and attributes.run_name = '{name}'")[0]
+
+
+@pytest.mark.slow
+def test_two_trial_sweep_logs_parent_children_best_and_a_preset(ray_session, fmnist_slice, tmp_path, capsys):
+    assert sweep.main(sweep_arguments(fmnist_slice, tmp_path, "two")) == 0
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = parent_of(client, "two")
+    assert parent.info.status == "FINISHED"
+    runs = children(client, parent.info.run_id)
+    assert len(runs) == 2 and all(run.info.status == "FINISHED" for run in runs)
+    temperatures = {float(run.data.params["method.temperature"]) for run in runs}
+    assert len(temperatures) == 2 and all(0.05 <= t <= 0.5 for t in temperatures)
+    for run in runs:  # every epoch's objective is a point of the trial's curve
+        curve = client.get_metric_history(run.info.run_id, "knn_top1_k20")
+        assert [m.step for m in curve] == [8, 16] and all(0 < m.value <= 1 for m in curve)
+    best = [run for run in runs if run.data.tags.get("sweep.best") == "true"]
+    assert len(best) == 1 and parent.data.tags["best_run_id"] == best[0].info.run_id
+    assert best[0].data.metrics["knn_top1_k20"] == max(run.data.metrics["knn_top1_k20"] for run in runs)
+    assert parent.data.metrics["best_knn_top1_k20"] == best[0].data.metrics["knn_top1_k20"]
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"trials.json", "trials.txt", "objective_vs_axes.png", "best_preset.yaml"} <= artifacts
+    preset = tmp_path / "runs" / "two" / "best.yaml"
+    config = load_config(preset)  # accepted by pipelines.pretrain as it is
+    assert config.method.temperature == float(best[0].data.params["method.temperature"])
+    assert config.train.storage_path == str(tmp_path / "runs") and config.tracking.run_name is None
+    assert "python -m pipelines.pretrain --config" in capsys.readouterr().out
+
+
+def _wait_for(condition, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_without_rerunning_a_finished_trial(ray_session, fmnist_slice, tmp_path):
+    arguments = sweep_arguments(fmnist_slice, tmp_path, "cut") + ["--max-concurrent", "1"]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    address = ray_session.get_runtime_context().gcs_address
+    process = subprocess.Popen([sys.executable, "-m", "pipelines.sweep", *arguments], cwd=PROJECT_ROOT,
+                               env={**os.environ, "RAY_ADDRESS": address},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def one_trial_finished():
+            assert process.poll() is None, process.stdout.read()[-3000:]
+            if not (tmp_path / "mlflow.db").exists():
+                return False
+            client = MlflowClient(uri)
+            experiment = client.get_experiment_by_name("simclr")
+            if experiment is None:
+                return False
+            done = client.search_runs([experiment.experiment_id],
+                                      filter_string="tags.sweep = 'cut' and attributes.status = 'FINISHED'")
+            return any("mlflow.parentRunId" in run.data.tags for run in done)
+
+        _wait_for(one_trial_finished, 300, "the first trial to finish")
+        process.send_signal(signal.SIGINT)  # as Ctrl+C would
+        output, _ = process.communicate(timeout=180)
+    finally:
+        process.kill()
+    assert process.returncode == 130, output[-3000:]
+    assert "--resume cut" in output
+    client = MlflowClient(uri)
+    parent = parent_of(client, "cut")
+    assert parent.info.status == "KILLED" and "--resume cut" in parent.data.tags["failure_reason"]
+    finished = [run for run in children(client, parent.info.run_id) if run.info.status == "FINISHED"]
+    assert len(finished) == 1
+    first = finished[0]
+    first_curve = [(m.step, m.timestamp) for m in client.get_metric_history(first.info.run_id, "train/loss")]
+
+    assert sweep.main(["--resume", "cut", "--set", f"train.storage_path={tmp_path / 'runs'}"]) == 0
+    runs = children(client, parent.info.run_id)
+    assert len(runs) == 2 and all(run.info.status == "FINISHED" for run in runs)
+    # the finished trial was not rerun: same run, same logged points
+    assert [(m.step, m.timestamp) for m in client.get_metric_history(first.info.run_id, "train/loss")] == first_curve
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+
+
+BAD_SPACES = {
+    "unknown field": ("dino", {"axes": {"method.teacher_temp": {"distribution": "uniform", "low": 0.02, "high": 0.07}}},
+                      "axes.method.teacher_temp"),
+    "value out of range": ("mae", {"axes": {"method.mask_ratio": {"distribution": "grid", "values": [0.5, 1.0]}}},
+                           "axes.method.mask_ratio = 1.0"),
+    "low above high": ("simclr", {"axes": {"method.temperature": {"distribution": "uniform", "low": 0.5, "high": 0.1}}},
+                       "axes.method.temperature: low (0.5) must be below high (0.1)"),
+    "log of zero": ("simclr", {"axes": {"optim.lr": {"distribution": "loguniform", "low": 0, "high": 0.1}}},
+                    "axes.optim.lr: a loguniform axis needs low > 0"),
+    "unknown distribution": ("byol", {"axes": {"optim.lr": {"distribution": "normal", "low": 0, "high": 1}}},
+                             "axes.optim.lr.distribution must be one of"),
+    "misspelt key": ("byol", {"axis": {}}, "unknown key 'axis'"),
+    "loss as objective": ("byol", {"objective": "loss"}, "never the SSL loss"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_SPACES, ids=list(BAD_SPACES))
+def test_a_bad_space_file_is_refused_with_a_message_naming_the_key(case, tmp_path, capsys):
+    method, changes, message = BAD_SPACES[case]
+    tree = yaml.safe_load((PROJECT_ROOT / "tune_spaces" / f"{method}.yaml").read_text())
+    tree.update(changes)
+    path = tmp_path / f"{method}.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    assert sweep.main(["--space", str(path), "--set", f"train.storage_path={tmp_path}"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_space_for_another_method_and_optuna_on_a_grid_are_refused(tmp_path, capsys):
+    common = ["--set", f"train.storage_path={tmp_path}"]
+    assert sweep.main(["--space", str(PROJECT_ROOT / "tune_spaces" / "dino.yaml"),
+                       "--config", str(PROJECT_ROOT / "configs" / "byol_fmnist_quick.yaml"), *common]) == 2
+    assert "the space is for method 'dino' but the configuration trains 'byol'" in capsys.readouterr().err
+    assert sweep.main(["--space", str(PROJECT_ROOT / "tune_spaces" / "mae.yaml"), "--search", "optuna", *common]) == 2
+    assert "grid axes (method.mask_ratio) need --search random" in capsys.readouterr().err
+    assert sweep.main(["--resume", "nothing-here", *common]) == 2
+    assert "no sweep named 'nothing-here'" in capsys.readouterr().err
+
+
+def test_trial_concurrency_follows_the_cluster_cpus_and_gpus():
+    config = load_config(None)  # a trial reserves 0.5 (worker) + 0.5 (augmentation) + 1 (file listing) CPUs
+    assert sweep.trial_concurrency(config, {"CPU": 8}, None) == 4
+    assert sweep.trial_concurrency(config, {"CPU": 8}, 2) == 2
+    gpus = load_config(None, ["train.num_workers=2", "train.use_gpu=true"])
+    assert sweep.trial_concurrency(gpus, {"CPU": 64, "GPU": 4}, None) == 2
+    with pytest.raises(sweep.ConfigError, match="train.cpus_per_worker"):
+        sweep.trial_concurrency(config, {"CPU": 1.5}, None)
