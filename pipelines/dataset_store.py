@@ -61,7 +61,7 @@ def read_info(root: str) -> DatasetInfo:
     if fs.get_file_info(path).type != pafs.FileType.File:
         raise DatasetError(
             f"no dataset at '{root}' (missing dataset.json). Create one with "
-            "`python -m pipelines.ingest fashion-mnist|folder ... --out {root}`"
+            f"`python -m pipelines.ingest fashion-mnist|folder ... --out {root}`"
         )
     with fs.open_input_stream(path) as stream:
         return DatasetInfo(**json.loads(stream.read()))

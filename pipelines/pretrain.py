@@ -101,7 +101,7 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
     from pipelines.build import build_spec, head_arguments
     from pipelines.data import train_size, training_dataset
     from pipelines.pictures import augmented_views_grid
-    from pipelines.tracking import fail_run, start_run, tracking_uri
+    from pipelines.tracking import check_reachable, fail_run, start_run, tracking_uri
 
     info = read_info(config.data.path)
     if info.splits.get("train", 0) == 0:
@@ -109,15 +109,16 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
     build_spec(config, info.channels)
     head_arguments(config)
     spe = steps_per_epoch(config, train_size(config, info))
+    previous = read_run_file(config.train.storage_path, resume) if resume else None
+    uri = previous["tracking_uri"] if resume else tracking_uri(config)
+    check_reachable(uri)
     init_ray(config)
 
     if resume:
-        previous = read_run_file(config.train.storage_path, resume)
-        run_name, run_id, uri = resume, previous["mlflow_run_id"], previous["tracking_uri"]
+        run_name, run_id = resume, previous["mlflow_run_id"]
         client = MlflowClient(uri)
         client.update_run(run_id, status="RUNNING")
     else:
-        uri = tracking_uri(config)
         run_name = config.tracking.run_name or f"{config.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         client, run_id = start_run(config, uri, run_name, tags)
     write_text(f"{config.train.storage_path.rstrip('/')}/{run_name}", RUN_FILE, json.dumps(

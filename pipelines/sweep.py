@@ -109,12 +109,13 @@ def sweep(state: dict, resume: bool = False) -> dict:
     from mlflow.tracking import MlflowClient
     from ray import tune
 
-    from pipelines.tracking import start_run, tracking_uri
+    from pipelines.tracking import check_reachable, start_run, tracking_uri
 
     base_tree = state["base"]
     space, _ = load_space(state["space_file"], copy.deepcopy(base_tree)) if not resume else (
         space_from_state(state), None)
     base = build_config(copy.deepcopy(base_tree))
+    check_reachable(state["tracking_uri"] if resume else tracking_uri(base))
     init_ray(base)
     import ray
 

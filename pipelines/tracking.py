@@ -8,7 +8,7 @@ from typing import Optional
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from pipelines.config import PROJECT_ROOT, Config
+from pipelines.config import PROJECT_ROOT, Config, ConfigError
 
 MAX_PARAM_LENGTH = 6000
 
@@ -19,6 +19,21 @@ def tracking_uri(config: Config) -> str:
         or os.environ.get("MLFLOW_TRACKING_URI")
         or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
     )
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fails in seconds, before anything starts, when an MLflow server does not answer (MLflow's own
+    client retries for minutes)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout).raise_for_status()
+    except requests.RequestException as error:
+        raise ConfigError(f"the MLflow tracking server {uri} does not answer ({type(error).__name__}): start it "
+                          "(scripts/cluster.sh start) or point tracking.tracking_uri / MLFLOW_TRACKING_URI "
+                          "elsewhere") from None
 
 
 def ui_command(uri: str) -> str:

@@ -1,3 +1,4 @@
+import socket
 import subprocess
 import sys
 
@@ -48,5 +49,19 @@ def test_cli_reports_missing_dataset_without_traceback(tmp_path):
         capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120,
     )
     assert result.returncode == 2
-    assert "no dataset at" in result.stderr and "pipelines.ingest" in result.stderr
+    assert "no dataset at" in result.stderr and f"--out {tmp_path / 'nothing'}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_cli_fails_fast_when_the_mlflow_server_does_not_answer(fmnist_slice, tmp_path):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.pretrain", "--set", f"data.path={fmnist_slice}",
+         "--set", f"tracking.tracking_uri=http://127.0.0.1:{port}", "--set", f"train.storage_path={tmp_path}"],
+        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120,
+    )
+    assert result.returncode == 2
+    assert f"the MLflow tracking server http://127.0.0.1:{port} does not answer" in result.stderr
+    assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())  # nothing started
