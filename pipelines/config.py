@@ -142,7 +142,10 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
     seed: int = 0
     log_every: int = Field(10, ge=1, description="steps between logged training metrics")
-    storage_path: str = Field(str(PROJECT_ROOT / "runs"), description="Ray Train storage (checkpoints)")
+    storage_path: str = Field(str(PROJECT_ROOT / "runs"), description="Ray Train storage (checkpoints): on "
+                              "several nodes a URI (s3://, gs://) or a shared folder (see shared_storage)")
+    shared_storage: bool = Field(False, description="local paths (data, storage, sqlite MLflow) are a mount every "
+                                 "node sees, e.g. NFS; only then may a multi-node run use them")
     max_failures: int = Field(0, ge=0, description="worker-group restarts from the last checkpoint")
 
 

@@ -39,6 +39,8 @@ def init_ray(config: Config) -> None:
     (threads are set explicitly, so logical CPUs only decide what may be scheduled together)."""
     import ray
 
+    from pipelines.tracking import tracking_uri
+
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
         if address:
@@ -48,12 +50,33 @@ def init_ray(config: Config) -> None:
             ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1")
     ray.data.DataContext.get_current().enable_progress_bars = False
     available = ray.cluster_resources().get("CPU", 0)
+    check_shared_storage(config, tracking_uri(config), len([n for n in ray.nodes() if n["Alive"]]))
     if available < required_cpus(config):
         raise ConfigError(
             f"the run reserves {required_cpus(config):g} CPUs (train.num_workers x train.cpus_per_worker + "
             f"data.augment_actors x data.augment_cpus + 1 for file listing) but the Ray "
             f"cluster has {available:g}: lower train.cpus_per_worker or data.augment_cpus"
         )
+
+
+def is_local(path: str) -> bool:
+    return "://" not in path or path.startswith(("file://", "sqlite://"))
+
+
+def check_shared_storage(config: Config, uri: str, nodes: int) -> None:
+    """On several nodes every worker must reach the data, the checkpoints and MLflow: local paths
+    only do if they are a shared mount, which the user has to say (train.shared_storage)."""
+    if nodes < 2 or config.train.shared_storage:
+        return
+    local = [f"{name}={value}" for name, value in (("data.path", config.data.path),
+                                                   ("train.storage_path", config.train.storage_path),
+                                                   ("tracking.tracking_uri", uri)) if is_local(value)]
+    if local:
+        raise ConfigError(
+            f"the Ray cluster has {nodes} nodes but {', '.join(local)} "
+            f"{'is a path' if len(local) == 1 else 'are paths'} on this node only: use object storage URIs "
+            "(s3://, gs://) and an MLflow server (http://), or set train.shared_storage=true if they are a "
+            "mount every node sees")
 
 
 def read_run_file(storage_path: str, name: str) -> dict:

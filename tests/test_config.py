@@ -65,3 +65,17 @@ def test_cli_fails_fast_when_the_mlflow_server_does_not_answer(fmnist_slice, tmp
     assert result.returncode == 2
     assert f"the MLflow tracking server http://127.0.0.1:{port} does not answer" in result.stderr
     assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())  # nothing started
+
+
+def test_a_multi_node_run_refuses_node_local_paths_unless_they_are_shared():
+    from pipelines.pretrain import check_shared_storage
+
+    config = load_config(None, ["train.storage_path=s3://bucket/runs", "data.path=s3://bucket/data"])
+    check_shared_storage(config, "http://10.0.0.1:5000", nodes=2)  # all reachable from every node
+    check_shared_storage(load_config(None), "sqlite:////tmp/mlflow.db", nodes=1)  # one node: anything goes
+    with pytest.raises(ConfigError) as refused:
+        check_shared_storage(load_config(None, ["data.path=s3://bucket/data"]), "sqlite:////tmp/m.db", nodes=2)
+    message = str(refused.value)
+    assert "2 nodes" in message and "train.storage_path=" in message and "tracking.tracking_uri=sqlite" in message
+    assert "data.path" not in message and "train.shared_storage=true" in message
+    check_shared_storage(load_config(None, ["train.shared_storage=true"]), "sqlite:////nfs/m.db", nodes=2)
