@@ -147,6 +147,8 @@ class TrainConfig(Section):
     shared_storage: bool = Field(False, description="local paths (data, storage, sqlite MLflow) are a mount every "
                                  "node sees, e.g. NFS; only then may a multi-node run use them")
     max_failures: int = Field(0, ge=0, description="worker-group restarts from the last checkpoint")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = Field(
+        "PACK", description="where Train workers go: PACK fills a node first, STRICT_SPREAD one worker per node")
 
 
 class EvalConfig(Section):

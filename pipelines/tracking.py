@@ -75,8 +75,17 @@ class MetricLogger:
         self.run_id = run_id
         self.flush_every = flush_every
         self.buffer: list[Metric] = []
+        self.logged_through = -1
+
+    def skip_steps_already_logged(self, key: str = "train/loss") -> None:
+        """After a restart from a checkpoint the steps between it and the failure are trained again;
+        their points are in MLflow already and are not logged twice."""
+        history = self.client.get_metric_history(self.run_id, key)
+        self.logged_through = max((m.step for m in history), default=-1)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
+        if step <= self.logged_through:
+            return
         now = int(time.time() * 1000)
         self.buffer += [Metric(key, float(value), now, step) for key, value in metrics.items()]
         if len(self.buffer) >= self.flush_every:

@@ -98,6 +98,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     is_chief = rank == 0
     logger = MetricLogger(loop_config["tracking_uri"], loop_config["mlflow_run_id"]) if is_chief else None
+    if logger and checkpoint:
+        logger.skip_steps_already_logged()
+    nodes = worker_nodes(world_size)
+    if logger:
+        logger.client.set_tag(logger.run_id, "worker_nodes", ",".join(nodes))
     evaluator = Evaluator(config, info, device, autocast) if is_chief and info.labelled else None
     normalize = Normalizer(info.mean, info.std, device)
     if evaluator and step == 0 and config.eval.baseline:
@@ -164,6 +169,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
         report(method, optimizer, step, epoch + 1, {**baseline_metrics, **metrics}, is_chief, config, info)
     if start_epoch >= epochs and is_chief:
         say(f"nothing to train: the checkpoint already holds {start_epoch} of {epochs} epochs")
+
+
+def worker_nodes(world_size: int) -> list[str]:
+    """The Ray node of every worker, in rank order (so a run shows where its workers ran)."""
+    node = ray.get_runtime_context().get_node_id()
+    if world_size == 1:
+        return [node]
+    nodes = [None] * world_size
+    torch.distributed.all_gather_object(nodes, node)
+    return nodes
 
 
 def report(method, optimizer, step, epoch, metrics, is_chief, config, info) -> None:

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# A local development cluster: a token-authenticated Ray head and an MLflow tracking server, on loopback.
+#   scripts/cluster.sh start [CPUS]   start both (CPUS: logical CPUs of the head, default: this machine's)
+#   scripts/cluster.sh add-node CPUS  start a second raylet on this machine that joins the head (multi-node tests)
+#   scripts/cluster.sh stop           stop both (and added nodes)
+#   scripts/cluster.sh status         say what runs
+# State (MLflow's sqlite store, its artifacts, logs, pid) lives in $CLUSTER_DIR (default ./cluster).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV_BIN="$PWD/.venv/bin"
+STATE="${CLUSTER_DIR:-$PWD/cluster}"
+RAY_PORT="${RAY_PORT:-6379}"
+DASHBOARD_PORT="${DASHBOARD_PORT:-8265}"
+MLFLOW_PORT="${MLFLOW_PORT:-5000}"
+AGENT_PORT="${AGENT_PORT:-$((DASHBOARD_PORT + 1))}"  # Ray's default (52365) is taken by any other local Ray
+RAY_TMP="${RAY_TMP:-/tmp/ray_$RAY_PORT}"  # this cluster's own Ray folder (short: it holds sockets); stop kills only it
+export RAY_AUTH_MODE=token  # Ray 2.60 clusters require it; keep it on
+export PATH="$VENV_BIN:$PATH"  # jobs run `python` from the venv the head was started from
+
+mlflow_up() { curl -fsS "http://127.0.0.1:$MLFLOW_PORT/health" >/dev/null 2>&1; }
+
+start() {
+  mkdir -p "$STATE"
+  ray get-auth-token --generate >/dev/null
+  ray start --head --node-ip-address 127.0.0.1 --port "$RAY_PORT" --temp-dir "$RAY_TMP" --dashboard-host 127.0.0.1 \
+    --dashboard-port "$DASHBOARD_PORT" --dashboard-agent-listen-port "$AGENT_PORT" --disable-usage-stats ${1:+--num-cpus "$1"} >"$STATE/ray_start.log" 2>&1 \
+    || { cat "$STATE/ray_start.log" >&2; echo "ray start failed (is a cluster already running? scripts/cluster.sh stop)" >&2; exit 1; }
+  if ! mlflow_up; then
+    nohup mlflow server --backend-store-uri "sqlite:///$STATE/mlflow.db" --artifacts-destination "$STATE/mlartifacts" \
+      --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 >"$STATE/mlflow.log" 2>&1 &
+    echo $! >"$STATE/mlflow.pid"
+    for _ in $(seq 60); do mlflow_up && break; sleep 1; done
+    mlflow_up || { tail -20 "$STATE/mlflow.log" >&2; echo "the MLflow server did not come up" >&2; exit 1; }
+  fi
+  cat <<EOF
+Ray head on 127.0.0.1:$RAY_PORT (token auth), dashboard and job server on http://127.0.0.1:$DASHBOARD_PORT
+MLflow server on http://127.0.0.1:$MLFLOW_PORT (store $STATE/mlflow.db, artifacts $STATE/mlartifacts)
+In your shell:
+  export RAY_AUTH_MODE=token RAY_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT
+Submit:
+  .venv/bin/ray job submit --working-dir . -- python -m pipelines.pretrain --config configs/byol_fmnist_quick.yaml \\
+      --set data.path=\$PWD/data/fashion_mnist --set train.storage_path=$STATE/runs --set tracking.tracking_uri=http://127.0.0.1:$MLFLOW_PORT
+EOF
+}
+
+add_node() {
+  ray start --address "127.0.0.1:$RAY_PORT" --temp-dir "$RAY_TMP" --num-cpus "${1:-1}" \
+    --dashboard-agent-listen-port "${NODE_AGENT_PORT:-$((AGENT_PORT + 1))}" --disable-usage-stats \
+    >"$STATE/ray_add_node.log" 2>&1 || { cat "$STATE/ray_add_node.log" >&2; exit 1; }
+  echo "a second node with ${1:-1} CPUs joined 127.0.0.1:$RAY_PORT"
+}
+
+stop() {
+  if [ -f "$STATE/mlflow.pid" ]; then
+    kill "$(cat "$STATE/mlflow.pid")" 2>/dev/null || true
+    rm -f "$STATE/mlflow.pid"
+  fi
+  # not `ray stop`, which stops every Ray instance on the machine
+  pkill -TERM -f -- "$RAY_TMP" 2>/dev/null || true
+  for _ in $(seq 20); do pgrep -f -- "$RAY_TMP" >/dev/null || break; sleep 1; done
+  pkill -KILL -f -- "$RAY_TMP" 2>/dev/null || true
+  echo "stopped the Ray head and the MLflow server"
+}
+
+status() {
+  if ray status --address "127.0.0.1:$RAY_PORT" >/dev/null 2>&1; then echo "Ray: up on 127.0.0.1:$RAY_PORT"; else echo "Ray: down"; fi
+  if mlflow_up; then echo "MLflow: up on http://127.0.0.1:$MLFLOW_PORT"; else echo "MLflow: down"; fi
+}
+
+case "${1:-}" in
+  start) shift; start "$@" ;;
+  add-node) shift; add_node "$@" ;;
+  stop) stop ;;
+  status) status ;;
+  *) echo "usage: scripts/cluster.sh start [CPUS] | add-node CPUS | stop | status" >&2; exit 2 ;;
+esac
