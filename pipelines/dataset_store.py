@@ -27,6 +27,7 @@ class DatasetInfo:
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
     skipped: int = 0
+    min_side: Optional[int] = None  # shorter side of the smallest image (px)
 
     @property
     def labelled(self) -> bool:

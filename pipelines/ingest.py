@@ -69,7 +69,7 @@ def ingest_fashion_mnist(source: Path, out: str, limit: Optional[int] = None, ro
             sample = [image[:, :, None] for image in images[:STATS_SAMPLE]]
         print(f"  {split}: {writer.count} images in {writer.shards} shards")
     mean, std = channel_stats(sample)
-    info = DatasetInfo("fashion-mnist", 1, splits, FASHION_MNIST_CLASSES, mean, std)
+    info = DatasetInfo("fashion-mnist", 1, splits, FASHION_MNIST_CLASSES, mean, std, min_side=28)
     write_info(out, info)
     write_text(out, "ingest_report.json", json.dumps({"skipped": []}, indent=2))
     return info
@@ -91,7 +91,8 @@ def walk_files(folder: Path) -> Iterator[Path]:
 
 
 def ingest_folder(
-    source: Path, out: str, split: str = "train", rows_per_shard: int = 10_000, progress_every: int = 1000
+    source: Path, out: str, split: str = "train", rows_per_shard: int = 10_000, progress_every: int = 1000,
+    min_size: int = 8,
 ) -> tuple[DatasetInfo, list[dict]]:
     if not source.is_dir():
         raise FileNotFoundError(f"image folder not found: {source}")
@@ -104,7 +105,7 @@ def ingest_folder(
     class_index = {name: index for index, name in enumerate(class_names)}
     skipped: list[dict] = []
     readable: dict[str, list[tuple[Path, bytes, Optional[int]]]] = {}
-    gray_flags, seen = [], 0
+    gray_flags, seen, smallest = [], 0, None
     for name, paths in candidates.items():
         readable[name] = []
         for path in paths:
@@ -116,10 +117,14 @@ def ingest_folder(
                 continue
             data = path.read_bytes()
             try:
-                verified_pil_image(data, 3)
+                height, width = verified_pil_image(data, 3).shape[:2]
             except ValueError as error:
                 skipped.append({"file": str(path), "reason": str(error)})
                 continue
+            if min(height, width) < min_size:
+                skipped.append({"file": str(path), "reason": f"too small ({width}x{height} px, below --min-size {min_size})"})
+                continue
+            smallest = min(height, width) if smallest is None else min(smallest, height, width)
             parts = path.relative_to(layout[name]).parts
             label = class_index[parts[0]] if len(parts) > 1 else None
             readable[name].append((path, data, label))
@@ -138,7 +143,8 @@ def ingest_folder(
     rows = [row for rows in readable.values() for row in rows]
     sample = random.Random(0).sample(rows, min(len(rows), 500))
     mean, std = channel_stats([verified_pil_image(data, channels) for _, data, _ in sample])
-    info = DatasetInfo(source.name, channels, splits, class_names or None, mean, std, skipped=len(skipped))
+    info = DatasetInfo(source.name, channels, splits, class_names or None, mean, std, skipped=len(skipped),
+                       min_side=smallest)
     write_info(out, info)
     write_text(out, "ingest_report.json", json.dumps({"skipped": skipped}, indent=2))
     return info, skipped
@@ -154,6 +160,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     folder = sub.add_parser("folder", help="a folder of images")
     folder.add_argument("--source", type=Path, required=True)
     folder.add_argument("--split", default="train", help="split name when the folder has no train/test sub-folders")
+    folder.add_argument("--min-size", type=int, default=8, help="skip images whose shorter side is below this (px)")
     for each in (fmnist, folder):
         each.add_argument("--out", required=True, help="output folder or URI")
         each.add_argument("--rows-per-shard", type=int, default=10_000)
@@ -163,7 +170,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.kind == "fashion-mnist":
             info = ingest_fashion_mnist(args.source, args.out, args.limit, args.rows_per_shard)
         else:
-            info, skipped = ingest_folder(args.source, args.out, args.split, args.rows_per_shard)
+            info, skipped = ingest_folder(args.source, args.out, args.split, args.rows_per_shard,
+                                          min_size=args.min_size)
             for item in skipped[:20]:
                 print(f"  skipped {item['file']}: {item['reason']}")
             if len(skipped) > 20:

@@ -129,6 +129,9 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
     info = read_info(config.data.path)
     if info.splits.get("train", 0) == 0:
         raise DatasetError(f"dataset '{config.data.path}' has no training images")
+    if info.min_side and info.min_side < config.data.image_size:
+        print(f"note: the smallest images are {info.min_side} px on their shorter side; their crops are "
+              f"upsampled to data.image_size={config.data.image_size}", flush=True)
     build_spec(config, info.channels)
     head_arguments(config)
     spe = steps_per_epoch(config, train_size(config, info))

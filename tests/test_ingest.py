@@ -70,3 +70,15 @@ def test_fashion_mnist_idx_ingest(tmp_path):
 def test_cli_missing_folder_is_a_message(tmp_path, capsys):
     assert main(["folder", "--source", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "image folder not found" in capsys.readouterr().err
+
+
+def test_images_below_the_minimum_size_are_skipped_with_their_size(tmp_path, capsys):
+    root = tmp_path / "tiny"
+    root.mkdir()
+    Image.fromarray(photos.camera()[:6, :5]).save(root / "speck.png")
+    Image.fromarray(photos.camera()[:20, :12]).save(root / "small.png")
+    Image.fromarray(photos.camera()).save(root / "big.png")
+    assert main(["folder", "--source", str(root), "--out", str(tmp_path / "out"), "--min-size", "10"]) == 0
+    info = read_info(str(tmp_path / "out"))
+    assert info.splits == {"train": 2} and info.skipped == 1 and info.min_side == 12
+    assert "speck.png: too small (5x6 px, below --min-size 10)" in capsys.readouterr().out

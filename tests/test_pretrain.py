@@ -113,8 +113,10 @@ def test_every_method_runs_on_an_image_folder_without_test_split(ray_session, tm
         (tmp_path / "photos" / name).mkdir(parents=True)
         for index in range(48):
             top, left = rng.integers(0, 200, 2)
-            Image.fromarray(picture[top:top + 96, left:left + 96]).save(tmp_path / "photos" / name / f"{index}.jpg")
-    ingest_folder(tmp_path / "photos", str(tmp_path / "shards"))
+            size = 96 if name != "astronaut" else 10 + index % 8  # mixed sizes, some below the 32 px crop
+            Image.fromarray(picture[top:top + size, left:left + size]).save(tmp_path / "photos" / name / f"{index}.jpg")
+    info, _ = ingest_folder(tmp_path / "photos", str(tmp_path / "shards"))
+    assert info.min_side == 10
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     overrides = tiny_overrides(str(tmp_path / "shards"), str(tmp_path / "runs"), uri, method, **{
         "data.image_size": 32, "data.batch_size": 32, "data.limit": 144, "eval.baseline": False,
