@@ -1,5 +1,6 @@
 """Against real processes: a token-authenticated Ray head and an MLflow server started by
 scripts/cluster.sh, a job sent with `ray job submit`, a second node, a Train worker killed mid-epoch."""
+import json
 import os
 import signal
 import socket
@@ -89,6 +90,15 @@ def test_two_nodes_train_with_one_worker_on_each(cluster, fmnist_slice):
     assert run.info.status == "FINISHED" and run.data.metrics["step"] == 8  # 512 images / (2 workers x 32)
 
 
+def train_worker_pids(cluster) -> list[int]:
+    listed = subprocess.run([RAY_CLI, "list", "actors", "--address", cluster["jobs"], "--format", "json", "--detail",
+                             "--filter", "class_name=RayTrainWorker", "--filter", "state=ALIVE"],
+                            env=cluster["env"], capture_output=True, text=True, timeout=60)
+    pids = [actor["pid"] for actor in json.loads(listed.stdout or "[]")]
+    assert pids, f"no Train worker to kill: {listed.stdout[-500:]} {listed.stderr[-1500:]}"
+    return pids
+
+
 def test_a_worker_killed_mid_epoch_resumes_from_its_checkpoint_in_the_same_mlflow_run(cluster, fmnist_slice):
     storage = cluster["folder"] / "runs"
     overrides = tiny_overrides(fmnist_slice, str(storage), cluster["mlflow"],
@@ -101,10 +111,8 @@ def test_a_worker_killed_mid_epoch_resumes_from_its_checkpoint_in_the_same_mlflo
             assert driver.poll() is None and time.time() < deadline, driver.stdout.read()[-3000:]
             time.sleep(0.5)
         time.sleep(2)
-        workers = subprocess.run(["pgrep", "-f", "ray::RayTrainWorker"], capture_output=True, text=True).stdout.split()
-        assert workers, "no Train worker to kill"
-        for pid in workers:
-            os.kill(int(pid), signal.SIGKILL)
+        for pid in train_worker_pids(cluster):  # this cluster's only, not those of other Ray instances here
+            os.kill(pid, signal.SIGKILL)
         output, _ = driver.communicate(timeout=600)
     finally:
         driver.kill()
