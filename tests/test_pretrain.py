@@ -124,3 +124,13 @@ def test_every_method_runs_on_an_image_folder_without_test_split(ray_session, tm
     outcome = pretrain(load_config(None, overrides))
     metrics = MlflowClient(uri).get_run(outcome["run_id"]).data.metrics
     assert 0 <= metrics["final_knn_top1_k20"] <= 1 and outcome["metrics"]["step"] == 4
+
+
+def test_a_loss_gone_nan_stops_the_run_with_the_reason(ray_session, fmnist_slice, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = tiny_overrides(fmnist_slice, str(tmp_path / "runs"), uri, **{
+        "optim.lr": 1e30, "optim.warmup_epochs": 0, "eval.baseline": False, "tracking.run_name": "diverged"})
+    with pytest.raises(RunFailed, match="FloatingPointError: loss is (nan|inf) at step"):
+        pretrain(load_config(None, overrides))
+    run = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("byol").experiment_id])[0]
+    assert run.info.status == "FAILED" and "lower optim.lr" in run.data.tags["failure_reason"]
