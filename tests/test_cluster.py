@@ -66,6 +66,20 @@ def test_a_submitted_job_succeeds_and_its_run_is_in_the_mlflow_server(cluster, f
     assert "backbone" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
+def test_a_sweep_runs_under_ray_job_submit(cluster, fmnist_slice):
+    overrides = tiny_overrides(fmnist_slice, str(cluster["folder"] / "runs"), cluster["mlflow"], "simclr",
+                               **{"train.cpus_per_worker": 0.25})
+    result = subprocess.run(
+        [RAY_CLI, "job", "submit", "--address", cluster["jobs"], "--working-dir", str(PROJECT_ROOT), "--",
+         "python", "-m", "pipelines.sweep", "--space", "tune_spaces/simclr.yaml", "--num-samples", "1",
+         "--name", "submitted-sweep", *sets(overrides)],
+        env=cluster["env"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "succeeded" in result.stdout + result.stderr, result.stdout[-3000:] + result.stderr[-3000:]
+    client, parent = finished_run(cluster["mlflow"], "submitted-sweep")
+    assert parent.info.status == "FINISHED" and "best_run_id" in parent.data.tags
+    assert client.get_run(parent.data.tags["best_run_id"]).info.status == "FINISHED"
+
+
 def run_driver(cluster, overrides: list[str], timeout: float = 600, **popen) -> subprocess.Popen:
     env = {**cluster["env"], "RAY_ADDRESS": cluster["gcs"]}
     return subprocess.Popen([sys.executable, "-m", "pipelines.pretrain", *sets(overrides)], cwd=PROJECT_ROOT, env=env,
