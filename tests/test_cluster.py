@@ -80,6 +80,19 @@ def test_a_sweep_runs_under_ray_job_submit(cluster, fmnist_slice):
     assert client.get_run(parent.data.tags["best_run_id"]).info.status == "FINISHED"
 
 
+def test_dashboard_job_server_and_mlflow_answer_on_loopback_only(cluster):
+    from ray._private.services import get_node_ip_address
+
+    outside = get_node_ip_address()
+    assert not outside.startswith("127."), "this machine has no other address to try"
+    for url in (cluster["jobs"], cluster["mlflow"]):
+        port = int(url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+        with pytest.raises(OSError):
+            socket.create_connection((outside, port), timeout=5).close()
+
+
 def run_driver(cluster, overrides: list[str], timeout: float = 600, **popen) -> subprocess.Popen:
     env = {**cluster["env"], "RAY_ADDRESS": cluster["gcs"]}
     return subprocess.Popen([sys.executable, "-m", "pipelines.pretrain", *sets(overrides)], cwd=PROJECT_ROOT, env=env,

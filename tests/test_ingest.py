@@ -82,3 +82,14 @@ def test_images_below_the_minimum_size_are_skipped_with_their_size(tmp_path, cap
     info = read_info(str(tmp_path / "out"))
     assert info.splits == {"train": 2} and info.skipped == 1 and info.min_side == 12
     assert "speck.png: too small (5x6 px, below --min-size 10)" in capsys.readouterr().out
+
+
+def test_an_empty_folder_or_one_without_a_readable_image_is_a_message(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["folder", "--source", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    assert "no readable image in" in capsys.readouterr().err
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "junk" / "b.txt").write_text("text")
+    assert main(["folder", "--source", str(tmp_path / "junk"), "--out", str(tmp_path / "o")]) == 2
+    assert f"no readable image in {tmp_path / 'junk'} (2 files skipped)" in capsys.readouterr().err

@@ -134,3 +134,24 @@ def test_a_loss_gone_nan_stops_the_run_with_the_reason(ray_session, fmnist_slice
         pretrain(load_config(None, overrides))
     run = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("byol").experiment_id])[0]
     assert run.info.status == "FAILED" and "lower optim.lr" in run.data.tags["failure_reason"]
+
+
+def test_a_dataset_without_labels_trains_and_skips_knn_with_a_message(ray_session, tmp_path, capsys):
+    from PIL import Image
+    from skimage import data as photos
+
+    from pipelines.ingest import ingest_folder
+
+    (tmp_path / "photos").mkdir()
+    for index in range(40):  # no class sub-folders: no labels
+        Image.fromarray(photos.coffee()[index * 5:index * 5 + 64, index * 5:index * 5 + 64]).save(
+            tmp_path / "photos" / f"{index}.png")
+    info, _ = ingest_folder(tmp_path / "photos", str(tmp_path / "shards"))
+    assert not info.labelled
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = tiny_overrides(str(tmp_path / "shards"), str(tmp_path / "runs"), uri, **{
+        "data.image_size": 32, "data.batch_size": 16, "data.limit": "null"})
+    outcome = pretrain(load_config(None, overrides))
+    assert "no labels in the dataset: kNN evaluation skipped (the run goes on)" in capsys.readouterr().out
+    assert outcome["metrics"]["step"] == 2 and not [k for k in outcome["metrics"] if "knn" in k]
+    assert MlflowClient(uri).get_run(outcome["run_id"]).info.status == "FINISHED"
