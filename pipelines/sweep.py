@@ -100,8 +100,10 @@ def scheduler(kind: str, config: Config, grace_epochs: int):
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    return ASHAScheduler(time_attr="epoch", max_t=config.train.epochs, grace_period=min(grace_epochs, config.train.epochs),
-                         reduction_factor=2)
+    # max_t past the last epoch: ASHA stops trials that reach max_t, which would kill every trial
+    # while it saves its weights.
+    return ASHAScheduler(time_attr="epoch", max_t=config.train.epochs + 1,
+                         grace_period=min(grace_epochs, config.train.epochs), reduction_factor=2)
 
 
 def sweep(state: dict, resume: bool = False) -> dict:

@@ -38,7 +38,7 @@ def parent_of(client: MlflowClient, name: str):
 
 @pytest.mark.slow
 def test_two_trial_sweep_logs_parent_children_best_and_a_preset(ray_session, fmnist_slice, tmp_path, capsys):
-    assert sweep.main(sweep_arguments(fmnist_slice, tmp_path, "two")) == 0
+    assert sweep.main(sweep_arguments(fmnist_slice, tmp_path, "two") + ["--search", "optuna"]) == 0
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     parent = parent_of(client, "two")
     assert parent.info.status == "FINISHED"
