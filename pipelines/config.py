@@ -167,6 +167,9 @@ class EvalConfig(Section):
 class TrackingConfig(Section):
     tracking_uri: Optional[str] = Field(None, description="null: $MLFLOW_TRACKING_URI, else sqlite:///<project>/mlflow.db")
     experiment: Optional[str] = Field(None, description="null: the method's name")
+    artifact_location: Optional[str] = Field(None, description="where a new experiment keeps its artifacts (folder "
+                                             "or URI, e.g. s3://bucket/mlflow); null: next to a sqlite store, or "
+                                             "the MLflow server's own artifact root")
     run_name: Optional[str] = None
 
 

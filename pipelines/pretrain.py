@@ -70,7 +70,9 @@ def check_shared_storage(config: Config, uri: str, nodes: int) -> None:
         return
     local = [f"{name}={value}" for name, value in (("data.path", config.data.path),
                                                    ("train.storage_path", config.train.storage_path),
-                                                   ("tracking.tracking_uri", uri)) if is_local(value)]
+                                                   ("tracking.tracking_uri", uri),
+                                                   ("tracking.artifact_location", config.tracking.artifact_location))
+             if value and is_local(value)]
     if local:
         raise ConfigError(
             f"the Ray cluster has {nodes} nodes but {', '.join(local)} "

@@ -42,19 +42,19 @@ def ui_command(uri: str) -> str:
     return f"open {uri} in a browser"
 
 
-def ensure_experiment(client: MlflowClient, name: str, uri: str) -> str:
+def ensure_experiment(client: MlflowClient, name: str, uri: str, artifact_location: Optional[str] = None) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    artifact_location = None
-    if uri.startswith("sqlite:"):
+    if artifact_location is None and uri.startswith("sqlite:"):
         artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name).as_uri()
     return client.create_experiment(name, artifact_location=artifact_location)
 
 
 def start_run(config: Config, uri: str, run_name: str, tags: Optional[dict] = None) -> tuple[MlflowClient, str]:
     client = MlflowClient(uri)
-    experiment_id = ensure_experiment(client, config.tracking.experiment or config.method.name, uri)
+    experiment_id = ensure_experiment(client, config.tracking.experiment or config.method.name, uri,
+                                      config.tracking.artifact_location)
     run = client.create_run(experiment_id, run_name=run_name, tags={"method": config.method.name, **(tags or {})})
     params = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in config.flat().items()]
     for start in range(0, len(params), 100):

@@ -13,6 +13,7 @@ RAY_PORT="${RAY_PORT:-6379}"
 DASHBOARD_PORT="${DASHBOARD_PORT:-8265}"
 MLFLOW_PORT="${MLFLOW_PORT:-5000}"
 AGENT_PORT="${AGENT_PORT:-$((DASHBOARD_PORT + 1))}"  # Ray's default (52365) is taken by any other local Ray
+MLFLOW_ARTIFACTS="${MLFLOW_ARTIFACTS:-$STATE/mlartifacts}"  # a folder or an object-storage URI (s3://...)
 RAY_TMP="${RAY_TMP:-/tmp/ray_$RAY_PORT}"  # this cluster's own Ray folder (short: it holds sockets); stop kills only it
 export RAY_AUTH_MODE=token  # Ray 2.60 clusters require it; keep it on
 export PATH="$VENV_BIN:$PATH"  # jobs run `python` from the venv the head was started from
@@ -26,7 +27,7 @@ start() {
     --dashboard-port "$DASHBOARD_PORT" --dashboard-agent-listen-port "$AGENT_PORT" --disable-usage-stats ${1:+--num-cpus "$1"} >"$STATE/ray_start.log" 2>&1 \
     || { cat "$STATE/ray_start.log" >&2; echo "ray start failed (is a cluster already running? scripts/cluster.sh stop)" >&2; exit 1; }
   if ! mlflow_up; then
-    nohup mlflow server --backend-store-uri "sqlite:///$STATE/mlflow.db" --artifacts-destination "$STATE/mlartifacts" \
+    nohup mlflow server --backend-store-uri "sqlite:///$STATE/mlflow.db" --artifacts-destination "$MLFLOW_ARTIFACTS" \
       --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 >"$STATE/mlflow.log" 2>&1 &
     echo $! >"$STATE/mlflow.pid"
     for _ in $(seq 60); do mlflow_up && break; sleep 1; done
@@ -34,7 +35,7 @@ start() {
   fi
   cat <<EOF
 Ray head on 127.0.0.1:$RAY_PORT (token auth), dashboard and job server on http://127.0.0.1:$DASHBOARD_PORT
-MLflow server on http://127.0.0.1:$MLFLOW_PORT (store $STATE/mlflow.db, artifacts $STATE/mlartifacts)
+MLflow server on http://127.0.0.1:$MLFLOW_PORT (store $STATE/mlflow.db, artifacts $MLFLOW_ARTIFACTS)
 In your shell:
   export RAY_AUTH_MODE=token RAY_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT
 Submit:

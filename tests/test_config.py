@@ -79,3 +79,17 @@ def test_a_multi_node_run_refuses_node_local_paths_unless_they_are_shared():
     assert "2 nodes" in message and "train.storage_path=" in message and "tracking.tracking_uri=sqlite" in message
     assert "data.path" not in message and "train.shared_storage=true" in message
     check_shared_storage(load_config(None, ["train.shared_storage=true"]), "sqlite:////nfs/m.db", nodes=2)
+
+
+def test_a_new_experiment_keeps_its_artifacts_where_tracking_artifact_location_says(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.tracking import start_run
+
+    config = load_config(None, [f"tracking.artifact_location={(tmp_path / 'shared' / 'art').as_uri()}",
+                                "tracking.experiment=placed"])
+    client, run_id = start_run(config, f"sqlite:///{tmp_path / 'mlflow.db'}", "placed-run")
+    client.log_text(run_id, "hello", "note.txt")
+    assert (tmp_path / "shared" / "art").is_dir()
+    assert client.get_run(run_id).info.artifact_uri.startswith((tmp_path / "shared" / "art").as_uri())
+    assert list((tmp_path / "shared" / "art").rglob("note.txt"))
