@@ -228,12 +228,15 @@ def trial_rows(client, state: dict, space: Space, base: Config, results) -> list
         values = {axis.field: _lookup(tree, axis.field) for axis in space.axes}
         epochs = int(run.data.metrics.get("epoch", 0))
         status = "STOPPED" if "stopped_early" in run.data.tags else run.info.status
-        if status == "RUNNING" and statuses.get(trial_id) != "ERROR":
-            # Tune ended the trial's process after a report (ASHA stops trials, also at the last epoch).
+        if statuses.get(trial_id) == "DONE" and status in ("RUNNING", "FAILED"):
+            # Tune stopped the trial after a report (ASHA; also at a rung on the last epoch): it kills the
+            # trial's process, or tears its Train run down first and pretrain marked the run FAILED.
             status = "STOPPED" if epochs < base.train.epochs else "FINISHED"
             if status == "STOPPED":
                 client.set_tag(run.info.run_id, "stopped_early", f"by {state['scheduler']} after epoch {epochs} "
                                                                  f"of {base.train.epochs}")
+            if "failure_reason" in run.data.tags:
+                client.delete_tag(run.info.run_id, "failure_reason")
             log_last_backbone(client, run.info.run_id, f"{storage}/{run.info.run_name}")
             client.set_terminated(run.info.run_id, "FINISHED")
         rows.append({"trial_id": trial_id, "run_name": run.info.run_name, "run_id": run.info.run_id,
