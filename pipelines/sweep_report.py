@@ -49,7 +49,11 @@ def objective_plot(rows: list[dict], space: Space):
             labels = [str(v) for v in axis.values]
             xs = [labels.index(str(x)) for x, _, _ in points]
             panel.set_xticks(range(len(labels)), labels)
-        panel.scatter(xs, [y for _, y, _ in points], color="tab:blue", zorder=2)
+        stopped = [row["status"] == "STOPPED" for row in done]
+        for early, label, face in ((False, "all epochs", "tab:blue"), (True, "stopped early", "none")):
+            chosen = [(x, y) for x, (_, y, _), s in zip(xs, points, stopped) if s == early]
+            if chosen:
+                panel.scatter(*zip(*chosen), facecolors=face, edgecolors="tab:blue", zorder=2, label=label)
         if axis.distribution in ("grid", "choice"):
             means = defaultdict(list)
             for x, (_, y, _) in zip(xs, points):
@@ -59,7 +63,7 @@ def objective_plot(rows: list[dict], space: Space):
         best = [(x, y) for x, (_, y, is_best) in zip(xs, points) if is_best]
         if best:
             panel.scatter(*zip(*best), color="tab:red", s=80, zorder=3, label="best")
-            panel.legend(loc="best")
+        panel.legend(loc="best", fontsize="small")
         if axis.distribution == "loguniform":
             panel.set_xscale("log")
             panel.xaxis.set_minor_formatter(NullFormatter())
