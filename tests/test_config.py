@@ -82,8 +82,6 @@ def test_a_multi_node_run_refuses_node_local_paths_unless_they_are_shared():
 
 
 def test_a_new_experiment_keeps_its_artifacts_where_tracking_artifact_location_says(tmp_path):
-    from mlflow.tracking import MlflowClient
-
     from pipelines.tracking import start_run
 
     config = load_config(None, [f"tracking.artifact_location={(tmp_path / 'shared' / 'art').as_uri()}",
