@@ -91,3 +91,15 @@ def test_a_new_experiment_keeps_its_artifacts_where_tracking_artifact_location_s
     assert (tmp_path / "shared" / "art").is_dir()
     assert client.get_run(run_id).info.artifact_uri.startswith((tmp_path / "shared" / "art").as_uri())
     assert list((tmp_path / "shared" / "art").rglob("note.txt"))
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("method.name=dinov3", "'byol', 'simsiam', 'simclr', 'barlow_twins', 'vicreg', 'moco', 'dino', 'mae'"),
+    ("model.backbone=resnet81", "unknown backbone 'resnet81'"),
+])
+def test_cli_names_the_valid_methods_and_suggests_backbones(override, expected, fmnist_slice):
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.pretrain", "--set", override, "--set", f"data.path={fmnist_slice}"],
+        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120,
+    )
+    assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr
