@@ -163,12 +163,21 @@ def sweep(state: dict, resume: bool = False) -> dict:
     except KeyboardInterrupt:
         close_interrupted(client, state)
         raise
-    if len(results) < expected_trials(state, space) or results.num_terminated + results.num_errors < len(results):
+    if len(results) < expected_trials(state, space) or unfinished_trials(folder):
         close_interrupted(client, state)
         raise SweepInterrupted(f"sweep {name} was interrupted; continue it with: {resume_command(state)}")
     outcome = summarise(client, state, space, base, results)
     client.set_terminated(parent, "FINISHED" if outcome["best"] else "FAILED")
     return outcome
+
+
+def unfinished_trials(folder: str) -> list[str]:
+    """Trials the saved experiment state holds as not ended: what `--resume` would run. After Ctrl-C
+    `Tuner.fit()` returns normally, and its in-memory results can show a trial that never started as
+    terminated; the state on storage does not."""
+    from ray.tune import ExperimentAnalysis
+
+    return [t.trial_id for t in ExperimentAnalysis(folder).trials if t.status not in ("TERMINATED", "ERROR")]
 
 
 def child_runs(client, state: dict) -> list:
