@@ -114,8 +114,7 @@ def sweep(state: dict, resume: bool = False) -> dict:
     from pipelines.tracking import check_reachable, start_run, tracking_uri
 
     base_tree = state["base"]
-    space, _ = load_space(state["space_file"], copy.deepcopy(base_tree)) if not resume else (
-        space_from_state(state), None)
+    space = space_from_state(state)  # the text saved when the sweep began, also on resume
     base = build_config(copy.deepcopy(base_tree))
     check_reachable(state["tracking_uri"] if resume else tracking_uri(base))
     init_ray(base)
