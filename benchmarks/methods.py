@@ -13,7 +13,7 @@ import torch
 
 from pipelines.config import PROJECT_ROOT, load_config
 from pipelines.dataset_store import read_info
-from pipelines.evaluate import load_labelled
+from pipelines.evaluate import load_eval_sets
 from pipelines.knn import knn_accuracy
 from pipelines.pretrain import pretrain
 from ssl_models import METHODS
@@ -21,8 +21,7 @@ from ssl_models import METHODS
 
 def raw_pixel_knn(root: str, k: int = 20, temperature: float = 0.07) -> float:
     info = read_info(root)
-    bank = load_labelled(root, "train", info.channels, 28)
-    queries = load_labelled(root, "test", info.channels, 28)
+    bank, queries = load_eval_sets(info, root, 28, None, None)
     return knn_accuracy(bank.images.flatten(1).float(), bank.labels, queries.images.flatten(1).float(),
                         queries.labels, len(info.classes), k, temperature)
 

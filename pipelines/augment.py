@@ -97,7 +97,8 @@ def view_column(index: int) -> str:
 
 
 class AugmentBatch:
-    """Ray Data stage: decode each image and produce one fixed-shape uint8 column (N, C, H, W) per view.
+    """Ray Data stage: decode each image and produce one fixed-shape uint8 column (N, C, H, W) per view, and
+    the `label` column passed through where the rows have one (the loop logs how mixed its batches are).
 
     Rows that do not decode are left out instead of failing the epoch (ingest already filters them).
     """
@@ -110,12 +111,19 @@ class AugmentBatch:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs: list[list[np.ndarray]] = [[] for _ in self.views]
-        for data in batch["image"]:
+        decoded = []
+        for index, data in enumerate(batch["image"]):
             try:
                 image = decode_image(data, self.channels)
             except ValueError:
                 continue
+            decoded.append(index)
             for out, view in zip(outputs, self.views):
                 out.append(to_chw(view(image=image)["image"]))
-        return {view_column(i): np.stack(out) if out else np.zeros((0, *shape), np.uint8)
-                for i, (out, shape) in enumerate(zip(outputs, self.shapes))}
+        columns = {view_column(i): np.stack(out) if out else np.zeros((0, *shape), np.uint8)
+                   for i, (out, shape) in enumerate(zip(outputs, self.shapes))}
+        if "label" in batch:
+            labels = batch["label"]
+            columns["label"] = np.array([-1 if labels[i] is None or labels[i] != labels[i] else int(labels[i])
+                                         for i in decoded], dtype=np.int64)
+        return columns

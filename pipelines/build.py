@@ -47,13 +47,14 @@ def build_optimizer(config: Config, module: torch.nn.Module) -> torch.optim.Opti
     optim = config.optim
     extra = {"betas": optim.betas} if optim.name == "adamw" else {"momentum": optim.momentum}
     # Biases and normalisation parameters get no weight decay (timm's filter_bias_and_bn).
-    return timm.optim.create_optimizer_v2(module, opt=optim.name, lr=optim.lr, weight_decay=optim.weight_decay, **extra)
+    return timm.optim.create_optimizer_v2(module, opt=optim.name, lr=config.effective_lr(),
+                                          weight_decay=optim.weight_decay, **extra)
 
 
 def lr_schedule(config: Config, steps_per_epoch: int) -> torch.Tensor:
     optim = config.optim
     total = steps_per_epoch * config.train.epochs
-    return warmup_cosine_schedule(optim.lr, optim.min_lr, total, int(optim.warmup_epochs * steps_per_epoch))
+    return warmup_cosine_schedule(config.effective_lr(), optim.min_lr, total, int(optim.warmup_epochs * steps_per_epoch))
 
 
 def weight_decay_schedule(config: Config, steps_per_epoch: int) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Training state on disk: everything needed to resume, loadable without unpickling arbitrary objects."""
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -33,18 +33,25 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_training_state(folder: Path, method, optimizer, step: int, epoch: int, metrics: dict[str, float]) -> None:
+def save_training_state(folder: Path, method, optimizer, step: int, epoch: int, metrics: dict[str, float],
+                        rng_states: Optional[list[dict[str, Any]]] = None) -> None:
+    """`rng_states`: every rank's RNG state in rank order (default: this process's only)."""
     torch.save(
         {"method": method.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "epoch": epoch,
-         "metrics": metrics, "rng": rng_state()},
+         "metrics": metrics, "rng": rng_states or [rng_state()]},
         Path(folder) / STATE_FILE,
     )
 
 
-def load_training_state(folder: Path, method, optimizer, device) -> dict[str, Any]:
-    """Restores method, optimizer and RNG in place; returns step, epoch (epochs completed) and metrics."""
-    state = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True)
+def load_training_state(folder: Path, method, optimizer, rank: int = 0) -> dict[str, Any]:
+    """Restores method, optimizer and this rank's RNG in place; returns step, epoch (epochs completed),
+    metrics and whether the checkpoint held an RNG state for this rank (not when the run grew workers).
+    Tensors load on the CPU; `load_state_dict` copies them to wherever the method and optimizer live."""
+    state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
     method.load_state_dict(state["method"])
     optimizer.load_state_dict(state["optimizer"])
-    set_rng_state({**state["rng"], "torch": state["rng"]["torch"].cpu()})
-    return {"step": state["step"], "epoch": state["epoch"], "metrics": state["metrics"]}
+    rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+    if rank < len(rngs):
+        set_rng_state(rngs[rank])
+    return {"step": state["step"], "epoch": state["epoch"], "metrics": state["metrics"],
+            "rng_restored": rank < len(rngs)}

@@ -20,8 +20,12 @@ class DataConfig(Section):
     path: str = Field(str(PROJECT_ROOT / "data" / "fashion_mnist"), description="folder of Parquet shards from pipelines.ingest (local path or URI)")
     image_size: int = Field(28, ge=8, le=1024)
     batch_size: int = Field(256, ge=2, description="per-worker batch")
-    limit: Optional[int] = Field(None, ge=1, description="use only the first N training images")
-    augment_actors: int = Field(1, ge=1, description="size of the augmentation actor pool")
+    limit: Optional[int] = Field(None, ge=1, description="train on N training images drawn at random (seeded by "
+                                 "train.seed, stratified by class where labels exist)")
+    augment_actors: int = Field(1, ge=1, description="size of the augmentation actor pool (reserved up front)")
+    augment_actors_max: Optional[int] = Field(None, ge=1, description="the pool grows onto idle CPUs up to this "
+                                              "many actors; null: fixed at augment_actors")
+    prefetch_batches: int = Field(2, ge=0, description="batches the training iterator prepares ahead of the step")
     augment_cpus: float = Field(0.5, gt=0, description="CPUs reserved per augmentation actor")
     read_cpus: float = Field(0.25, gt=0, description="CPUs reserved per Parquet read task")
     shuffle_buffer: int = Field(2048, ge=0, description="local shuffle buffer of the training iterator (0: off)")
@@ -116,6 +120,7 @@ class MAEConfig(Section):
     normalize_target: bool = Field(True, description="per-patch normalised pixel targets")
 
 
+GLOBAL_BATCHNORM_METHODS = ("byol", "simsiam", "simclr", "barlow_twins", "vicreg", "dino")
 METHOD_CONFIGS = {c.model_fields["name"].default: c for c in (
     BYOLConfig, SimSiamConfig, SimCLRConfig, BarlowTwinsConfig, VICRegConfig, MoCoConfig, DINOConfig, MAEConfig)}
 MethodConfig = Annotated[Union[tuple(METHOD_CONFIGS.values())], Field(discriminator="name")]
@@ -123,7 +128,11 @@ MethodConfig = Annotated[Union[tuple(METHOD_CONFIGS.values())], Field(discrimina
 
 class OptimConfig(Section):
     name: Literal["adamw", "lars"] = "adamw"
-    lr: float = Field(2e-3, gt=0, description="peak learning rate")
+    lr: float = Field(2e-3, gt=0, description="peak learning rate; with lr_scaling=linear, per 256 images of "
+                      "global batch (the papers' base lr)")
+    lr_scaling: Literal["linear", "none"] = Field(
+        "linear", description="linear: effective lr = lr x global batch / 256, global batch = data.batch_size x "
+        "train.num_workers (the papers' rule); none: lr as given")
     min_lr: float = Field(1e-6, ge=0)
     weight_decay: float = Field(1e-6, ge=0)
     weight_decay_end: Optional[float] = Field(None, ge=0, description="null: constant; else cosine to this (DINO: 0.04 -> 0.4)")
@@ -138,8 +147,13 @@ class TrainConfig(Section):
     num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP processes)")
     use_gpu: Optional[bool] = Field(None, description="null: use GPUs when the cluster has them")
     cpus_per_worker: float = Field(0.5, gt=0, description="CPUs reserved per worker (scheduling only; torch_threads sets the threads)")
-    torch_threads: Optional[int] = Field(None, ge=1, description="null: the machine's cores / workers")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
+    torch_threads: Optional[int] = Field(None, ge=1, description="null: the node's cores / the workers on that node")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on GPUs that have it, else fp16 with loss scaling; fp32 on CPU")
+    sync_batchnorm: Optional[bool] = Field(
+        None, description="BatchNorm over the global batch across workers; null: as the method's paper (on for "
+        "BYOL, SimSiam, SimCLR, Barlow Twins, VICReg, DINO; off for MoCo, which uses shuffle-BN)")
+    compile: bool = Field(False, description="torch.compile the trained network (minutes of compilation first)")
     seed: int = 0
     log_every: int = Field(10, ge=1, description="steps between logged training metrics")
     storage_path: str = Field(str(PROJECT_ROOT / "runs"), description="Ray Train storage (checkpoints): on "
@@ -182,9 +196,22 @@ class Config(Section):
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
 
+    def global_batch(self) -> int:
+        return self.data.batch_size * self.train.num_workers
+
+    def effective_lr(self) -> float:
+        scale = self.global_batch() / 256 if self.optim.lr_scaling == "linear" else 1.0
+        return self.optim.lr * scale
+
+    def sync_batchnorm(self) -> bool:
+        setting = self.train.sync_batchnorm
+        return self.method.name in GLOBAL_BATCHNORM_METHODS if setting is None else setting
+
     def flat(self) -> dict[str, Any]:
-        """Dotted keys to values, for MLflow params."""
-        return dict(_flatten(self.model_dump(mode="json")))
+        """Dotted keys to values, for MLflow params, with the values derived from them (`resolved.*`)."""
+        resolved = {"resolved.global_batch": self.global_batch(), "resolved.effective_lr": self.effective_lr(),
+                    "resolved.sync_batchnorm": self.sync_batchnorm()}
+        return {**dict(_flatten(self.model_dump(mode="json"))), **resolved}
 
 
 def _flatten(tree: dict, prefix: str = ""):

@@ -1,24 +1,44 @@
-"""The Ray Data pipeline: Parquet shards -> decode + augment in an actor pool -> one column per view."""
+"""The Ray Data pipeline: Parquet row groups in a new random order each epoch -> decode + augment in an
+actor pool -> one column per view."""
+from typing import Optional
+
+import numpy as np
 import ray.data
 
 from pipelines.augment import AugmentBatch
 from pipelines.config import Config
-from pipelines.dataset_store import DatasetInfo, split_files
+from pipelines.dataset_store import DatasetInfo, split_files, split_labels
+from pipelines.row_groups import ShuffledRowGroups
+from pipelines.sampling import stratified_sample
+
+
+def limited_rows(config: Config, info: DatasetInfo) -> Optional[np.ndarray]:
+    """`data.limit` as a seeded random subset of the train split, stratified by class; None: every row."""
+    limit = config.data.limit
+    if not limit or limit >= info.splits.get("train", 0):
+        return None
+    return stratified_sample(split_labels(config.data.path, "train"), limit, config.train.seed)
+
+
+def train_rows(config: Config, info: DatasetInfo, columns=("image",)) -> ray.data.Dataset:
+    """The training rows (after `data.limit`), read in a new seeded random row-group order each epoch."""
+    source = ShuffledRowGroups(split_files(config.data.path, "train"), list(columns), config.train.seed,
+                               limited_rows(config, info))
+    return ray.data.read_datasource(source, num_cpus=config.data.read_cpus)
 
 
 def training_dataset(config: Config, info: DatasetInfo) -> ray.data.Dataset:
     data = config.data
-    dataset = ray.data.read_parquet(split_files(data.path, "train"), num_cpus=data.read_cpus)
-    dataset = dataset.select_columns(["image"])
-    if data.limit:
-        dataset = dataset.limit(data.limit)
-    return dataset.map_batches(
+    pool = ray.data.ActorPoolStrategy(min_size=data.augment_actors,
+                                      max_size=max(data.augment_actors, data.augment_actors_max or 0))
+    columns = ("image", "label") if info.labelled else ("image",)
+    return train_rows(config, info, columns).map_batches(
         AugmentBatch,
         fn_constructor_kwargs={"method": config.method.model_dump(mode="json"), "image_size": data.image_size,
                                "channels": info.channels, "crop_scale_min": data.crop_scale_min},
         batch_size=min(data.batch_size, 256),
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=data.augment_actors),
+        compute=pool,
         num_cpus=data.augment_cpus,
     )
 

@@ -3,16 +3,19 @@
 <root>/dataset.json            name, channels, classes, split sizes, normalisation
 <root>/ingest_report.json      skipped files and why
 <root>/<split>/part-00000.parquet  columns: image (encoded bytes), label (int32, null when unknown), split, source
-Roots may be local paths or URIs pyarrow understands (s3://, gs://, ...).
+Rows are written in a seeded random order, in row groups of `ROWS_PER_GROUP` images: training reads whole
+row groups in a new random order every epoch. Roots may be local paths or URIs pyarrow understands (s3://, gs://, ...).
 """
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+ROWS_PER_GROUP = 256
 SCHEMA = pa.schema(
     [("image", pa.binary()), ("label", pa.int32()), ("split", pa.string()), ("source", pa.string())]
 )
@@ -75,9 +78,9 @@ def split_path(root: str, split: str) -> str:
 class ShardWriter:
     """Buffers rows and writes one Parquet file each `rows_per_shard` rows."""
 
-    def __init__(self, root: str, split: str, rows_per_shard: int = 10_000):
+    def __init__(self, root: str, split: str, rows_per_shard: int = 10_000, rows_per_group: int = ROWS_PER_GROUP):
         self.fs, base = filesystem(split_path(root, split))
-        self.base, self.split, self.rows_per_shard = base, split, rows_per_shard
+        self.base, self.split, self.rows_per_shard, self.rows_per_group = base, split, rows_per_shard, rows_per_group
         self.fs.create_dir(base, recursive=True)
         self.rows: list[dict] = []
         self.shards = 0
@@ -93,30 +96,13 @@ class ShardWriter:
         if not self.rows:
             return
         table = pa.Table.from_pylist(self.rows, schema=SCHEMA)
-        pq.write_table(table, f"{self.base}/part-{self.shards:05d}.parquet", filesystem=self.fs)
+        pq.write_table(table, f"{self.base}/part-{self.shards:05d}.parquet", filesystem=self.fs,
+                       row_group_size=self.rows_per_group)
         self.rows, self.shards = [], self.shards + 1
 
 
-def read_split(root: str, split: str, columns=("image", "label"), limit: Optional[int] = None) -> pa.Table:
-    """A whole split (or its first `limit` rows) as one Arrow table, for evaluation."""
-    fs, base = filesystem(split_path(root, split))
-    files = sorted(
-        info.path for info in fs.get_file_info(pafs.FileSelector(base)) if info.path.endswith(".parquet")
-    )
-    tables, rows = [], 0
-    for path in files:
-        table = pq.read_table(path, columns=list(columns), filesystem=fs)
-        tables.append(table)
-        rows += table.num_rows
-        if limit is not None and rows >= limit:
-            break
-    if not tables:
-        raise DatasetError(f"split '{split}' of '{root}' has no Parquet shards")
-    table = pa.concat_tables(tables)
-    return table.slice(0, limit) if limit is not None else table
-
-
 def split_files(root: str, split: str) -> list[str]:
+    """The split's Parquet files as URIs (or local paths), in name order."""
     fs, base = filesystem(split_path(root, split))
     files = sorted(
         info.path for info in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)) if info.path.endswith(".parquet")
@@ -125,3 +111,38 @@ def split_files(root: str, split: str) -> list[str]:
         raise DatasetError(f"split '{split}' of '{root}' has no Parquet shards")
     prefix = root.split("://", 1)[0] + "://" if "://" in root else ""
     return [prefix + path for path in files]
+
+
+def read_split(root: str, split: str, columns=("image", "label")) -> pa.Table:
+    """A whole split as one Arrow table (small columns such as labels; images only for small splits)."""
+    tables = []
+    for uri in split_files(root, split):
+        fs, path = filesystem(uri)
+        tables.append(pq.read_table(path, columns=list(columns), filesystem=fs))
+    return pa.concat_tables(tables)
+
+
+def split_labels(root: str, split: str) -> np.ndarray:
+    """The split's labels in row order, -1 where unknown."""
+    return read_split(root, split, ("label",)).column("label").fill_null(-1).to_numpy()
+
+
+def read_rows(root: str, split: str, rows, columns=("image", "label")) -> pa.Table:
+    """The rows at positions `rows` of a split (counted over its files in name order), in that order;
+    only the row groups that hold them are read."""
+    rows = np.asarray(rows, dtype=np.int64)
+    parts, positions, offset = [], [], 0
+    for uri in split_files(root, split):
+        fs, path = filesystem(uri)
+        parquet = pq.ParquetFile(path, filesystem=fs)
+        for group in range(parquet.metadata.num_row_groups):
+            count = parquet.metadata.row_group(group).num_rows
+            inside = np.sort(rows[(rows >= offset) & (rows < offset + count)])
+            if len(inside):
+                parts.append(parquet.read_row_group(group, columns=list(columns)).take(inside - offset))
+                positions.append(inside)
+            offset += count
+    if not parts:
+        return pa.table({name: pa.array([], SCHEMA.field(name).type) for name in columns})
+    index_of = {int(position): index for index, position in enumerate(np.concatenate(positions))}
+    return pa.concat_tables(parts).take([index_of[int(position)] for position in rows])

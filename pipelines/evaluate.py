@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from pipelines.augment import eval_transform, to_chw
-from pipelines.dataset_store import DatasetInfo, read_split
+from pipelines.dataset_store import DatasetInfo, read_rows, split_labels
 from pipelines.images import decode_image
 from pipelines.knn import knn_accuracy
+from pipelines.sampling import stratified_holdout, stratified_sample
 from ssl_models.metrics import embedding_std
 
 HOLDOUT_FRACTION = 0.1
@@ -20,9 +21,6 @@ HOLDOUT_FRACTION = 0.1
 class LabelledImages:
     images: torch.Tensor  # (N, C, H, W) uint8
     labels: torch.Tensor  # (N,) int64
-
-    def head(self, count: int) -> "LabelledImages":
-        return LabelledImages(self.images[:count], self.labels[:count])
 
 
 def decode_for_eval(encoded: list[bytes], channels: int, image_size: int) -> tuple[list[np.ndarray], list[int]]:
@@ -40,20 +38,19 @@ def decode_for_eval(encoded: list[bytes], channels: int, image_size: int) -> tup
 
 def load_images(root: str, split: str, channels: int, image_size: int, count: int) -> torch.Tensor:
     """The first `count` readable images of a split, (N, C, H, W) uint8: fixed images for pictures."""
-    images, _ = decode_for_eval(read_split(root, split, ("image",), limit=count).column("image").to_pylist(),
-                                channels, image_size)
+    encoded = read_rows(root, split, range(count), ("image",)).column("image").to_pylist()
+    images, _ = decode_for_eval(encoded, channels, image_size)
     return torch.from_numpy(np.stack(images))
 
 
-def load_labelled(root: str, split: str, channels: int, image_size: int, limit: Optional[int] = None) -> LabelledImages:
-    table = read_split(root, split, limit=limit)
+def load_labelled(root: str, split: str, channels: int, image_size: int, rows) -> LabelledImages:
+    """The labelled images at positions `rows` of a split, decoded for evaluation."""
+    table = read_rows(root, split, rows)
     labels = table.column("label").to_pylist()
-    labelled = [index for index, label in enumerate(labels) if label is not None]
-    images, kept = decode_for_eval([table.column("image")[i].as_py() for i in labelled], channels, image_size)
+    images, kept = decode_for_eval(table.column("image").to_pylist(), channels, image_size)
     if not images:
         raise ValueError(f"split '{split}' has no labelled image")
-    return LabelledImages(torch.from_numpy(np.stack(images)),
-                          torch.tensor([labels[labelled[i]] for i in kept], dtype=torch.int64))
+    return LabelledImages(torch.from_numpy(np.stack(images)), torch.tensor([labels[i] for i in kept], dtype=torch.int64))
 
 
 def eval_plan(info: DatasetInfo) -> tuple[Optional[str], str]:
@@ -62,23 +59,43 @@ def eval_plan(info: DatasetInfo) -> tuple[Optional[str], str]:
         return None, "no labels in the dataset: kNN evaluation skipped (the run goes on)"
     if "test" in info.splits:
         return "test", "kNN: train split as memory bank, test split as queries"
-    return "holdout", f"kNN: no test split, the last {HOLDOUT_FRACTION:.0%} of the train split are the queries"
+    return "holdout", (f"kNN: no test split, a random {HOLDOUT_FRACTION:.0%} of the train split (stratified, "
+                       "seeded) are the queries, the rest the memory bank")
 
 
-def load_eval_sets(info: DatasetInfo, root: str, image_size: int, bank_size: Optional[int], query_size: Optional[int]):
-    """(bank, queries), or None when the dataset has no labels."""
+def labelled_positions(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, labels) of the split's rows that have a label."""
+    labels = split_labels(root, split)
+    positions = np.flatnonzero(labels >= 0)
+    return positions, labels[positions]
+
+
+def eval_rows(info: DatasetInfo, root: str, bank_size: Optional[int], query_size: Optional[int],
+              seed: int = 0) -> Optional[tuple[tuple[str, np.ndarray], tuple[str, np.ndarray]]]:
+    """((split, rows) of the memory bank, (split, rows) of the queries): seeded random subsets, stratified
+    by class; None when the dataset has no labels."""
     query_split, _ = eval_plan(info)
     if query_split is None:
         return None
+    bank_positions, bank_labels = labelled_positions(root, "train")
     if query_split == "test":
-        bank = load_labelled(root, "train", info.channels, image_size, bank_size)
-        queries = load_labelled(root, "test", info.channels, image_size, query_size)
-        return bank, queries
-    everything = load_labelled(root, "train", info.channels, image_size)
-    cut = int(len(everything.labels) * (1 - HOLDOUT_FRACTION))
-    bank = LabelledImages(everything.images[:cut], everything.labels[:cut])
-    queries = LabelledImages(everything.images[cut:], everything.labels[cut:])
-    return bank.head(bank_size or cut), queries.head(query_size or len(queries.labels))
+        query_positions, query_labels = labelled_positions(root, "test")
+    else:
+        rest, held = stratified_holdout(bank_labels, HOLDOUT_FRACTION, seed)
+        query_positions, query_labels = bank_positions[held], bank_labels[held]
+        bank_positions, bank_labels = bank_positions[rest], bank_labels[rest]
+    bank = bank_positions[stratified_sample(bank_labels, bank_size, seed)]
+    queries = query_positions[stratified_sample(query_labels, query_size, seed + 1)]
+    return ("train", bank), ("train" if query_split == "holdout" else "test", queries)
+
+
+def load_eval_sets(info: DatasetInfo, root: str, image_size: int, bank_size: Optional[int], query_size: Optional[int],
+                   seed: int = 0):
+    """(bank, queries) as decoded images, or None when the dataset has no labels."""
+    plan = eval_rows(info, root, bank_size, query_size, seed)
+    if plan is None:
+        return None
+    return tuple(load_labelled(root, split, info.channels, image_size, rows) for split, rows in plan)
 
 
 class Normalizer:
@@ -89,7 +106,10 @@ class Normalizer:
         self.std = torch.tensor(std, device=device).view(1, -1, 1, 1) * 255
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.to(self.mean.device, non_blocking=True).float() - self.mean) / self.std
+        normalized = (images.to(self.mean.device, non_blocking=True).float() - self.mean) / self.std
+        if self.mean.device.type == "cuda":  # convolutions run fastest on NHWC there
+            return normalized.contiguous(memory_format=torch.channels_last)
+        return normalized
 
 
 @torch.no_grad()
@@ -116,5 +136,5 @@ def evaluate_backbone(
                                        queries.labels.to(device), num_classes, k, temperature)
         for k in ks
     }
-    metrics["feature_std"] = embedding_std(query_features)
+    metrics["feature_std"] = embedding_std(query_features).item()
     return metrics

@@ -5,7 +5,8 @@
 
 A folder may hold class sub-folders (labels are then taken from their names) and may hold
 `train/` and `test/` (or `val/`) sub-folders as splits. Unreadable files are skipped,
-counted and listed in `ingest_report.json`; one bad file never stops the ingest.
+counted and listed in `ingest_report.json`; one bad file never stops the ingest. Each split is
+written in a random order drawn with `--seed`, so no shard or row group holds one class only.
 """
 import argparse
 import gzip
@@ -46,7 +47,8 @@ def channel_stats(images: list[np.ndarray]) -> tuple[list[float], list[float]]:
     return pixels.mean(0).round(4).tolist(), pixels.std(0).round(4).tolist()
 
 
-def ingest_fashion_mnist(source: Path, out: str, limit: Optional[int] = None, rows_per_shard: int = 10_000) -> DatasetInfo:
+def ingest_fashion_mnist(source: Path, out: str, limit: Optional[int] = None, rows_per_shard: int = 10_000,
+                         seed: int = 0) -> DatasetInfo:
     files = {"train": "train", "test": "t10k"}
     splits, sample = {}, []
     for split, prefix in files.items():
@@ -61,7 +63,7 @@ def ingest_fashion_mnist(source: Path, out: str, limit: Optional[int] = None, ro
         images, labels = read_idx(images_path), read_idx(labels_path)
         count = len(images) if limit is None else min(limit, len(images))
         writer = ShardWriter(out, split, rows_per_shard)
-        for index in range(count):
+        for index in np.random.default_rng(seed).permutation(count):
             writer.add(encode_png(images[index]), int(labels[index]), f"{images_path.name}#{index}")
         writer.flush()
         splits[split] = writer.count
@@ -92,7 +94,7 @@ def walk_files(folder: Path) -> Iterator[Path]:
 
 def ingest_folder(
     source: Path, out: str, split: str = "train", rows_per_shard: int = 10_000, progress_every: int = 1000,
-    min_size: int = 8,
+    min_size: int = 8, seed: int = 0,
 ) -> tuple[DatasetInfo, list[dict]]:
     if not source.is_dir():
         raise FileNotFoundError(f"image folder not found: {source}")
@@ -135,6 +137,7 @@ def ingest_folder(
     splits = {}
     for name, rows in readable.items():
         writer = ShardWriter(out, name, rows_per_shard)
+        random.Random(seed).shuffle(rows)  # folders are walked class by class
         for path, data, label in rows:
             writer.add(data, label, str(path.relative_to(source)))
         writer.flush()
@@ -164,14 +167,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     for each in (fmnist, folder):
         each.add_argument("--out", required=True, help="output folder or URI")
         each.add_argument("--rows-per-shard", type=int, default=10_000)
+        each.add_argument("--seed", type=int, default=0, help="seed of the random order rows are written in")
     args = parser.parse_args(argv)
     started = time.time()
     try:
         if args.kind == "fashion-mnist":
-            info = ingest_fashion_mnist(args.source, args.out, args.limit, args.rows_per_shard)
+            info = ingest_fashion_mnist(args.source, args.out, args.limit, args.rows_per_shard, args.seed)
         else:
             info, skipped = ingest_folder(args.source, args.out, args.split, args.rows_per_shard,
-                                          min_size=args.min_size)
+                                          min_size=args.min_size, seed=args.seed)
             for item in skipped[:20]:
                 print(f"  skipped {item['file']}: {item['reason']}")
             if len(skipped) > 20:

@@ -6,7 +6,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from pipelines.augment import RECIPES
 from pipelines.config import Config
-from pipelines.dataset_store import DatasetInfo, read_split
+from pipelines.dataset_store import DatasetInfo, read_rows
 from pipelines.images import decode_image
 from ssl_models import DINO, MAE
 from ssl_models.attention import last_block_cls_attention
@@ -23,7 +23,8 @@ def augmented_views_grid(config: Config, info: DatasetInfo, rows: int = 8) -> Im
     """One row per training image: the original, then each view the method's recipe makes of it."""
     views = RECIPES[config.method.name](config.data.image_size, info.channels, config.data.crop_scale_min,
                                         config.method.model_dump(mode="json"))
-    images = [decode_image(data, info.channels) for data in read_split(config.data.path, "train", ("image",), rows).column("image").to_pylist()]
+    picked = read_rows(config.data.path, "train", range(rows), ("image",)).column("image").to_pylist()
+    images = [decode_image(data, info.channels) for data in picked]
     return _grid([[image] + [view(image=image)["image"] for view in views] for image in images])
 
 

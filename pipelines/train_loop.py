@@ -1,4 +1,5 @@
 """What each Ray Train worker runs: the training loop, its evaluation, checkpoints and metrics."""
+import hashlib
 import math
 import os
 import random
@@ -6,7 +7,6 @@ import sys
 import tempfile
 import time
 from contextlib import nullcontext
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,30 +15,21 @@ import ray.train.torch
 import torch
 
 from pipelines.augment import view_column
-from pipelines.build import build_method, build_optimizer, build_spec, lr_schedule, weight_decay_schedule
-from pipelines.checkpoint import load_training_state, save_training_state
+from pipelines.build import build_spec
+from pipelines.checkpoint import rng_state, save_training_state
 from pipelines.config import Config
 from pipelines.dataset_store import DatasetInfo
 from pipelines.evaluate import Normalizer, evaluate_backbone, load_eval_sets, load_images
 from pipelines.export import save_backbone
 from pipelines.pictures import method_pictures
+from pipelines.step import TrainStep, configure_device, prepare
 from pipelines.tracking import MetricLogger
-from ssl_models.schedules import value_at
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def autocast_for(precision: str, device: torch.device):
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp32":
-        return nullcontext
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return partial(torch.autocast, device_type=device.type, dtype=dtype)
 
 
 class Evaluator:
@@ -49,7 +40,7 @@ class Evaluator:
         self.normalize = Normalizer(info.mean, info.std, device)
         self.full = None
         self.subset = load_eval_sets(info, config.data.path, config.data.image_size,
-                                     config.eval.online_bank_size, config.eval.online_query_size)
+                                     config.eval.online_bank_size, config.eval.online_query_size, config.train.seed)
 
     def _run(self, backbone, sets, prefix: str) -> dict[str, float]:
         if sets is None:
@@ -66,8 +57,39 @@ class Evaluator:
         if self.full is None:
             e = self.config.eval
             self.full = load_eval_sets(self.info, self.config.data.path, self.config.data.image_size,
-                                       e.final_bank_size, e.final_query_size)
+                                       e.final_bank_size, e.final_query_size, self.config.train.seed)
         return self._run(backbone, self.full, prefix)
+
+
+class MetricWindow:
+    """Step values kept as tensors on the device and reduced once every `train.log_every` steps: one host
+    sync per window instead of several per step. The loss is checked for nan/inf at that cadence."""
+
+    def __init__(self):
+        self.values: dict[str, list] = {}
+        self.steps: list[int] = []
+
+    def add(self, step: int, values: dict) -> None:
+        self.steps.append(step)
+        for key, value in values.items():
+            self.values.setdefault(key, []).append(value)
+
+    def reduce(self, epoch: int) -> dict[str, float]:
+        """Means of the window's values; raises FloatingPointError at the first step whose loss was not finite."""
+        tensors = {key: torch.stack(values).float() for key, values in self.values.items()
+                   if isinstance(values[0], torch.Tensor)}
+        losses = tensors["loss"]
+        means = torch.stack([values.mean().to(losses.device) for values in tensors.values()])
+        packed = torch.cat([losses, means]).tolist()
+        losses, means = packed[:len(losses)], packed[len(losses):]
+        for step, loss in zip(self.steps, losses):
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss} at step {step} (epoch {epoch}); "
+                                         "lower optim.lr or check the data")
+        reduced = dict(zip(tensors, means))
+        reduced.update({key: float(np.mean(values)) for key, values in self.values.items() if key not in tensors})
+        self.values, self.steps = {}, []
+        return reduced
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -76,34 +98,35 @@ def train_loop_per_worker(loop_config: dict) -> None:
     steps_per_epoch, epochs = loop_config["steps_per_epoch"], config.train.epochs
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(config.train.torch_threads or max(1, (os.cpu_count() or 1) // world_size))
+    # the cores of this node are shared by the workers on this node, not by every worker of the run
+    torch.set_num_threads(config.train.torch_threads or max(1, (os.cpu_count() or 1) // context.get_local_world_size()))
     device = ray.train.torch.get_device()
+    configure_device(device)
     seed_everything(config.train.seed + rank)
-    autocast = autocast_for(config.train.precision, device)
 
-    method = build_method(config, info.channels, steps_per_epoch).to(device)
-    optimizer = build_optimizer(config, method.trained)
-    scaler = torch.amp.GradScaler(device.type, enabled=config.train.precision == "fp16")
-    lrs, wds = lr_schedule(config, steps_per_epoch), weight_decay_schedule(config, steps_per_epoch)
-    step, start_epoch, baseline_metrics = 0, 0, {}
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
-            restored = load_training_state(Path(folder), method, optimizer, device)
+    with (checkpoint.as_directory() if checkpoint else nullcontext(None)) as folder:
+        prepared = prepare(config, info.channels, steps_per_epoch, device, Path(folder) if folder else None,
+                           ray.train.torch.prepare_model)
+    method, optimizer, restored = prepared.method, prepared.optimizer, prepared.restored
+    train_step = TrainStep(config, method, optimizer, steps_per_epoch, device)
+    step, start_epoch, baseline_metrics = 0, 0, {}
+    if restored:
         step, start_epoch = restored["step"], restored["epoch"]
         baseline_metrics = {k: v for k, v in restored["metrics"].items() if k.startswith("init_")}
+        if not restored["rng_restored"]:  # more workers than when the checkpoint was written
+            seed_everything(config.train.seed + rank + 7919 * step)
         if rank == 0:
             say(f"resumed from checkpoint: epoch {start_epoch}, step {step}")
-    method.wrap_trained(ray.train.torch.prepare_model)
 
     is_chief = rank == 0
     logger = MetricLogger(loop_config["tracking_uri"], loop_config["mlflow_run_id"]) if is_chief else None
     if logger and checkpoint:
         logger.skip_steps_already_logged()
-    nodes = worker_nodes(world_size)
+    nodes = worker_nodes()
     if logger:
         logger.client.set_tag(logger.run_id, "worker_nodes", ",".join(nodes))
-    evaluator = Evaluator(config, info, device, autocast) if is_chief and info.labelled else None
+    evaluator = Evaluator(config, info, device, train_step.autocast) if is_chief and info.labelled else None
     normalize = Normalizer(info.mean, info.std, device)
     if evaluator and step == 0 and config.eval.baseline:
         baseline_metrics.update(evaluator.final(method.backbone, "init_"))
@@ -115,46 +138,37 @@ def train_loop_per_worker(loop_config: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
     batch_size = config.data.batch_size
     for epoch in range(start_epoch, epochs):
-        started, seen, window = time.time(), 0, []
+        started, seen, window = time.time(), 0, MetricWindow()
         batches = shard.iter_torch_batches(batch_size=batch_size, drop_last=True,
-                                           local_shuffle_buffer_size=config.data.shuffle_buffer or None)
+                                           local_shuffle_buffer_size=config.data.shuffle_buffer or None,
+                                           prefetch_batches=config.data.prefetch_batches,
+                                           pin_memory=device.type == "cuda")
         for index, batch in enumerate(batches):
             if index >= steps_per_epoch:
                 continue  # drain the shard so every worker ends its epoch together
             views = [normalize(batch[view_column(v)]) for v in range(method.num_views)]
-            lr, weight_decay = value_at(lrs, step), value_at(wds, step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-                if group["weight_decay"] > 0:  # biases and norms stay at 0
-                    group["weight_decay"] = weight_decay
-            with autocast():
-                outputs = method.training_step(views, step)
-            loss = outputs["loss"]
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step} (epoch {epoch + 1}); "
-                                         "lower optim.lr or check the data")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            method.after_backward(step)
-            if config.optim.clip_grad:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(method.trained.parameters(), config.optim.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            logged = method.after_optimizer_step(step)
+            values = train_step(views, step)
+            if "label" in batch:
+                values["classes_per_batch"] = classes_present(batch["label"], len(info.classes))
+            window.add(step, values)
             step += 1
             seen += batch_size * world_size
-            window.append({"loss": loss.item(), "lr": lr, **{k: float(v) for k, v in outputs.items() if k != "loss"}, **logged})
-            if is_chief and (step % config.train.log_every == 0 or index == steps_per_epoch - 1):
-                averaged = {f"train/{k}": float(np.mean([w[k] for w in window])) for k in window[0]}
-                logger.log(averaged, step)
-                window = []
-                rate = seen / (time.time() - started)
-                say(f"epoch {epoch + 1}/{epochs} step {index + 1}/{steps_per_epoch} "
-                      f"loss {averaged['train/loss']:.4f} lr {lr:.2e} {rate:.0f} img/s")
+            if step % config.train.log_every == 0 or index == steps_per_epoch - 1:
+                averaged = {f"train/{k}": v for k, v in window.reduce(epoch + 1).items()}
+                if train_step.skipped_steps:
+                    averaged["train/skipped_steps"] = train_step.skipped_steps
+                if is_chief:
+                    logger.log(averaged, step)
+                    rate = seen / (time.time() - started)
+                    say(f"epoch {epoch + 1}/{epochs} step {index + 1}/{steps_per_epoch} "
+                        f"loss {averaged['train/loss']:.4f} lr {averaged['train/lr']:.2e} {rate:.0f} img/s")
         seconds = time.time() - started
         metrics = {"epoch": epoch + 1, "step": step, "images_per_second": seen / seconds, "epoch_seconds": seconds}
         last = epoch == epochs - 1
+        if world_size > 1:
+            metrics["replicas_identical"] = float(len(set(gather_objects(replica_fingerprint(method)))) == 1)
+            if not metrics["replicas_identical"] and is_chief:
+                say("warning: the workers' copies of the method differ (targets, teachers or queues out of sync)")
         if evaluator and config.eval.every_epochs and ((epoch + 1) % config.eval.every_epochs == 0 or last):
             metrics.update(evaluator.online(method.backbone))
         if evaluator and last:
@@ -171,21 +185,44 @@ def train_loop_per_worker(loop_config: dict) -> None:
         say(f"nothing to train: the checkpoint already holds {start_epoch} of {epochs} epochs")
 
 
-def worker_nodes(world_size: int) -> list[str]:
+def classes_present(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """How many classes a batch holds (unlabelled rows, -1, not counted), without a host sync."""
+    counts = torch.zeros(num_classes + 1, device=labels.device).scatter_add_(
+        0, labels.long() + 1, torch.ones(len(labels), device=labels.device))
+    return (counts[1:] > 0).sum()
+
+
+def replica_fingerprint(method) -> str:
+    """A hash of every parameter and of every buffer outside the DDP-wrapped network (whose BatchNorm
+    statistics DDP re-broadcasts at each forward): equal on every rank when the replicas are in sync."""
+    skip = {id(buffer) for buffer in method.trained.buffers()}
+    digest = hashlib.sha1()
+    for tensor in [*method.parameters(), *method.buffers()]:
+        if id(tensor) not in skip:
+            digest.update(tensor.detach().reshape(-1).cpu().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def gather_objects(value) -> list:
+    """`value` of every worker, in rank order."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return [value]
+    values = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(values, value)
+    return values
+
+
+def worker_nodes() -> list[str]:
     """The Ray node of every worker, in rank order (so a run shows where its workers ran)."""
-    node = ray.get_runtime_context().get_node_id()
-    if world_size == 1:
-        return [node]
-    nodes = [None] * world_size
-    torch.distributed.all_gather_object(nodes, node)
-    return nodes
+    return gather_objects(ray.get_runtime_context().get_node_id())
 
 
 def report(method, optimizer, step, epoch, metrics, is_chief, config, info) -> None:
+    rng_states = gather_objects(rng_state())  # each rank resumes its own random stream
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None
         if is_chief:
-            save_training_state(Path(folder), method, optimizer, step, epoch, metrics)
+            save_training_state(Path(folder), method, optimizer, step, epoch, metrics, rng_states)
             save_backbone(Path(folder), method.backbone, build_spec(config, info.channels),
                           {"feature_dim": method.backbone.num_features, "image_size": config.data.image_size,
                            "mean": info.mean, "std": info.std, "method": config.method.name,

@@ -44,7 +44,7 @@ class BYOL(SSLMethod):
         p1, p2 = predictions.split(batch)
         t1, t2 = targets.split(batch)
         loss = normalized_regression_loss(p1, t2) + normalized_regression_loss(p2, t1)
-        return {"loss": loss, "projection_std": torch.tensor(embedding_std(projections))}
+        return {"loss": loss, "projection_std": embedding_std(projections)}
 
     def after_optimizer_step(self, step: int) -> dict[str, float]:
         momentum = value_at(self.momentum_schedule, step)

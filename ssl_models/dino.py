@@ -113,9 +113,9 @@ class DINO(SSLMethod):
         teacher = self.teacher_probabilities(views[:2], step)
         student = self.call_trained(views).float()
         loss = dino_loss(student, teacher, len(views), self.student_temperature)
-        return {"loss": loss, "teacher_temperature": torch.tensor(value_at(self.teacher_temperatures, step)),
+        return {"loss": loss, "teacher_temperature": value_at(self.teacher_temperatures, step),
                 "teacher_entropy": -(teacher * teacher.clamp_min(1e-12).log()).sum(-1).mean(),
-                "projection_std": torch.tensor(embedding_std(student))}
+                "projection_std": embedding_std(student)}
 
     def after_backward(self, step: int) -> None:
         if step < self.freeze_last_layer_steps:

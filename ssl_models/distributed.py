@@ -26,3 +26,18 @@ def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(tensor) for _ in range(size)]
     dist.all_gather(parts, tensor.contiguous())
     return torch.cat(parts, dim=0)
+
+
+@torch.no_grad()
+def broadcast_tensors(tensors: list[torch.Tensor], src: int = 0) -> None:
+    """Sets every rank's `tensors` (in place) to rank `src`'s, one broadcast per dtype."""
+    if world()[1] == 1 or not tensors:
+        return
+    groups: dict[torch.dtype, list[torch.Tensor]] = {}
+    for tensor in tensors:
+        groups.setdefault(tensor.dtype, []).append(tensor)
+    for group in groups.values():
+        flat = torch.cat([tensor.reshape(-1) for tensor in group])
+        dist.broadcast(flat, src)
+        for tensor, part in zip(group, flat.split([tensor.numel() for tensor in group])):
+            tensor.copy_(part.view_as(tensor))

@@ -7,11 +7,13 @@ A method is an `nn.Module` holding all of its networks. The pipeline needs four 
 - `training_step(views, step)`: a dict with the `loss` to minimise and other tensors to log;
 - `after_backward(step)`: gradient surgery before the optimizer step (DINO freezes its last layer);
 - `after_optimizer_step(step)`: updates that follow each optimizer step (EMA), returning values to log.
+Every tensor a step returns stays on its device (no host sync); the pipeline reduces them every few steps.
 """
 from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 
 class SSLMethod(nn.Module):
@@ -40,3 +42,10 @@ class SSLMethod(nn.Module):
 
     def after_optimizer_step(self, step: int) -> dict[str, float]:
         return {}
+
+    def momentum_batchnorm_buffers(self) -> list[torch.Tensor]:
+        """BatchNorm statistics of the networks outside `trained` (targets, teachers, key encoders): each
+        worker's forward passes move them apart, so the pipeline keeps rank 0's."""
+        trained = {id(module) for module in self.trained.modules()}
+        return [buffer for module in self.modules() if isinstance(module, _BatchNorm) and id(module) not in trained
+                for buffer in module.buffers()]

@@ -70,7 +70,7 @@ class MoCo(SSLMethod):
         keys = self.keys(views[1]).float()
         loss = queue_info_nce(queries, keys, self.queue.clone(), self.temperature)
         self.enqueue(keys)
-        return {"loss": loss, "projection_std": torch.tensor(embedding_std(queries))}
+        return {"loss": loss, "projection_std": embedding_std(queries)}
 
     def after_optimizer_step(self, step: int) -> dict[str, float]:
         momentum = value_at(self.momentum_schedule, step)

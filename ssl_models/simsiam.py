@@ -35,4 +35,4 @@ class SimSiam(SSLMethod):
         if self.stop_gradient:
             z1, z2 = z1.detach(), z2.detach()
         loss = negative_cosine(p1, z2) / 2 + negative_cosine(p2, z1) / 2
-        return {"loss": loss, "projection_std": torch.tensor(embedding_std(projections))}
+        return {"loss": loss, "projection_std": embedding_std(projections)}

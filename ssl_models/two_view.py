@@ -28,4 +28,4 @@ class TwoViewMethod(SSLMethod):
     def training_step(self, views: list[torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         projections = self.call_trained(torch.cat(views))
         z1, z2 = projections.float().split(views[0].shape[0])
-        return {**self.pair_loss(z1, z2), "projection_std": torch.tensor(embedding_std(projections))}
+        return {**self.pair_loss(z1, z2), "projection_std": embedding_std(projections)}

@@ -51,3 +51,34 @@ def tiny_overrides(data_path: str, storage: str, uri: str, method: str = "byol",
         **extra,
     }
     return [f"{key}={value}" for key, value in values.items()]
+
+
+SORTED_CLASSES = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel", "moon", "rocket")
+
+
+@pytest.fixture(scope="session")
+def sorted_folder(tmp_path_factory) -> Path:
+    """A class-sorted image folder as users have them: 10 classes (32 px crops of ten skimage photos, grey and
+    colour mixed), 48 images each, file names in class order, no test split."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data as photos
+
+    root = tmp_path_factory.mktemp("sorted") / "pictures"
+    rng = np.random.default_rng(0)
+    for name in SORTED_CLASSES:
+        picture = getattr(photos, name)()
+        (root / name).mkdir(parents=True)
+        for index in range(48):
+            top, left = rng.integers(0, min(picture.shape[:2]) - 32, 2)
+            Image.fromarray(picture[top:top + 32, left:left + 32]).save(root / name / f"{index:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def sorted_shards(sorted_folder, tmp_path_factory) -> str:
+    from pipelines.ingest import ingest_folder
+
+    out = tmp_path_factory.mktemp("sorted_shards") / "shards"
+    ingest_folder(sorted_folder, str(out))
+    return str(out)

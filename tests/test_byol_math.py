@@ -94,6 +94,6 @@ def test_byol_loss_is_symmetric_sum_of_both_directions():
 
 
 def test_embedding_std_detects_collapse():
-    assert embedding_std(torch.ones(32, 16)) == pytest.approx(0.0, abs=1e-6)
-    healthy = embedding_std(torch.randn(4096, 16))
+    assert embedding_std(torch.ones(32, 16)).item() == pytest.approx(0.0, abs=1e-6)
+    healthy = embedding_std(torch.randn(4096, 16)).item()
     assert healthy == pytest.approx(1 / math.sqrt(16), rel=0.1)

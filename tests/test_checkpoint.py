@@ -1,10 +1,11 @@
 import random
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
-from pipelines.checkpoint import load_training_state, save_training_state
+from pipelines.checkpoint import load_training_state, rng_state, save_training_state
 from ssl_models import DINO, MoCo
 
 
@@ -34,7 +35,7 @@ def test_state_round_trip_restores_queue_centre_optimizer_and_rng(tmp_path):
                                                       {"out_dim": 16, "head_hidden_dim": 16, "bottleneck_dim": 8,
                                                        "num_local_crops": 0}))
         fresh_optimizer = torch.optim.AdamW(fresh.trained.parameters(), lr=0.1)
-        restored = load_training_state(folder, fresh, fresh_optimizer, torch.device("cpu"))
+        restored = load_training_state(folder, fresh, fresh_optimizer)
         assert restored["step"] == 7 and restored["epoch"] == 1
         for key, value in method.state_dict().items():
             assert torch.equal(fresh.state_dict()[key], value), key
@@ -42,3 +43,44 @@ def test_state_round_trip_restores_queue_centre_optimizer_and_rng(tmp_path):
         assert torch.equal(torch.rand(3), expected_random[0])
         assert np.array_equal(np.random.rand(3), expected_random[1]) and random.random() == expected_random[2]
     assert moco.queue_pointer.item() == 5 + 4  # enqueue + one training step
+
+
+def small_moco():
+    return MoCo(tiny_backbone(), 8, 10, projector_hidden_dim=16, projection_dim=8, queue_size=32)
+
+
+def test_each_rank_resumes_its_own_random_stream(tmp_path):
+    method = small_moco()
+    optimizer = torch.optim.AdamW(method.trained.parameters(), lr=0.1)
+    states = []
+    for seed in (1, 2):  # what two ranks would have gathered
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        states.append(rng_state())
+    save_training_state(tmp_path, method, optimizer, step=3, epoch=1, metrics={}, rng_states=states)
+    expected = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        expected.append(torch.rand(4))
+    for rank in (1, 0):
+        assert load_training_state(tmp_path, small_moco(), optimizer, rank)["rng_restored"]
+        assert torch.equal(torch.rand(4), expected[rank])
+    assert not load_training_state(tmp_path, small_moco(), optimizer, rank=2)["rng_restored"]
+
+
+@pytest.mark.filterwarnings("ignore:.*meta parameter")
+def test_a_checkpoint_loads_into_a_method_on_another_device(tmp_path):
+    """The state file is read on the CPU and load_state_dict places each tensor: the RNG state, which must stay
+    on the CPU, never lands on the accelerator (loading with map_location=device broke every GPU restart).
+    `meta` stands in for the accelerator here; tests/test_gpu.py repeats this on CUDA."""
+    method = small_moco()
+    optimizer = torch.optim.AdamW(method.trained.parameters(), lr=0.1)
+    method.training_step([torch.randn(4, 3, 4, 4), torch.randn(4, 3, 4, 4)], 0)["loss"].backward()
+    optimizer.step()
+    save_training_state(tmp_path, method, optimizer, step=1, epoch=1, metrics={})
+    elsewhere = small_moco().to("meta")
+    moved_optimizer = torch.optim.AdamW(elsewhere.trained.parameters(), lr=0.1)
+    restored = load_training_state(tmp_path, elsewhere, moved_optimizer)
+    assert restored["step"] == 1 and restored["rng_restored"]
+    assert all(p.device.type == "meta" for p in elsewhere.parameters())

@@ -45,7 +45,7 @@ def train_simsiam(images, **ablation) -> tuple[float, float]:
     method.eval()
     with torch.no_grad():
         projections = method.network.encoder(augmented(images, range(512), views)[0])
-    return loss.item(), embedding_std(projections)
+    return loss.item(), embedding_std(projections).item()
 
 
 def test_full_simsiam_does_not_collapse(images):

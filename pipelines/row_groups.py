@@ -1,0 +1,84 @@
+"""A Ray Data source over Parquet row groups that reads them in a new seeded random order every epoch.
+
+Why row groups: ingest writes rows in a random order in groups of a few hundred images, so a row group is
+the smallest unit Parquet reads efficiently (one request on object storage) and already a random mix of
+classes; shuffling the order of row groups across all files every epoch, then the training iterator's
+local buffer, gives each epoch a new order without a full shuffle of the image bytes. Files alone would
+be too coarse (10,000 images each).
+"""
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
+
+from pipelines.dataset_store import SCHEMA, filesystem
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    uri: str
+    group: int
+    rows: int  # rows read from it
+    size_bytes: int
+    keep: Optional[np.ndarray] = None  # positions within the group to keep; None: all
+
+
+def list_row_groups(files: list[str], rows: Optional[np.ndarray] = None) -> list[RowGroup]:
+    """Every row group of `files`; with `rows` (sorted positions over the files in order) only those rows."""
+    units, offset = [], 0
+    for uri in files:
+        fs, path = filesystem(uri)
+        metadata = pq.ParquetFile(path, filesystem=fs).metadata
+        for group in range(metadata.num_row_groups):
+            count, size = metadata.row_group(group).num_rows, metadata.row_group(group).total_byte_size
+            keep = None
+            if rows is not None:
+                keep = rows[np.searchsorted(rows, offset):np.searchsorted(rows, offset + count)] - offset
+            offset += count
+            if keep is None:
+                units.append(RowGroup(uri, group, count, size))
+            elif len(keep):
+                units.append(RowGroup(uri, group, len(keep), size * len(keep) // count, keep))
+    return units
+
+
+def read_row_groups(units: list[RowGroup], columns: list[str]):
+    for unit in units:
+        fs, path = filesystem(unit.uri)
+        table = pq.ParquetFile(path, filesystem=fs).read_row_group(unit.group, columns=columns)
+        yield table if unit.keep is None else table.take(unit.keep)
+
+
+class ShuffledRowGroups(Datasource):
+    def __init__(self, files: list[str], columns: list[str], seed: int, rows: Optional[np.ndarray] = None):
+        super().__init__()
+        self.units, self.columns, self.seed = list_row_groups(files, rows), list(columns), seed
+        self.schema = pa.schema([SCHEMA.field(name) for name in self.columns])
+
+    def estimate_inmemory_data_size(self) -> int:
+        return sum(unit.size_bytes for unit in self.units)
+
+    def epoch_order(self, execution: int) -> list[RowGroup]:
+        order = np.random.default_rng((self.seed, execution)).permutation(len(self.units))
+        return [self.units[index] for index in order]
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: Optional[int] = None,
+                       data_context=None) -> list[ReadTask]:
+        # Ray Data counts the executions of a dataset (one per epoch); its counter seeds the epoch's order.
+        execution = getattr(data_context, "_execution_idx", 0) if data_context is not None else 0
+        order = self.epoch_order(execution)
+        tasks = []
+        for chunk in np.array_split(np.arange(len(order)), max(1, min(parallelism, len(order)))):
+            units = [order[index] for index in chunk]
+            metadata = BlockMetadata(num_rows=sum(u.rows for u in units), size_bytes=sum(u.size_bytes for u in units),
+                                     input_files=sorted({u.uri for u in units}), exec_stats=None)
+            tasks.append(ReadTask(lambda units=units: read_row_groups(units, self.columns), metadata,
+                                  schema=self.schema, per_task_row_limit=per_task_row_limit))
+        return tasks
+
+    def get_name(self) -> str:
+        return "ShuffledRowGroups"

@@ -1,0 +1,122 @@
+"""A method made ready on one worker (device, global BatchNorm, optimizer, checkpoint, rank 0's state, DDP) and
+its optimisation step (schedules, mixed precision, loss scaling, clipping, EMA), shared by the Ray Train loop
+and the benchmarks."""
+from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from pipelines.build import build_method, build_optimizer, lr_schedule, weight_decay_schedule
+from pipelines.checkpoint import load_training_state
+from pipelines.config import Config
+from ssl_models import SSLMethod
+from ssl_models.batchnorm import convert_to_global_batchnorm
+from ssl_models.distributed import broadcast_tensors, world
+from ssl_models.schedules import value_at
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto`: bf16 on GPUs that support it, fp16 (with loss scaling) on older ones (V100, T4), fp32 on CPU."""
+    if precision != "auto":
+        return precision
+    if device.type != "cuda":
+        return "fp32"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def autocast_for(precision: str, device: torch.device):
+    if precision == "fp32":
+        return nullcontext
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return partial(torch.autocast, device_type=device.type, dtype=dtype)
+
+
+def configure_device(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+
+def use_global_batchnorm(method: nn.Module, device: torch.device) -> nn.Module:
+    """torch's SyncBatchNorm on CUDA (fused kernels, NCCL); on CPU, where it refuses to run, our all-reduce one."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    return convert_to_global_batchnorm(method)
+
+
+@dataclass
+class Prepared:
+    method: SSLMethod
+    optimizer: torch.optim.Optimizer
+    restored: Optional[dict]  # step, epoch, metrics, rng_restored when resumed from a checkpoint
+
+
+def prepare(config: Config, channels: int, steps_per_epoch: int, device: torch.device,
+            checkpoint_folder: Optional[Path] = None, wrap: Callable[[nn.Module], nn.Module] = lambda m: m) -> Prepared:
+    """Build the method on `device`, make its BatchNorm global when the config asks for it and there are
+    several workers, restore a checkpoint, give every rank rank 0's state (targets, teachers, key encoders,
+    queues, centres: DDP only broadcasts what it wraps), then wrap the trained network (DDP)."""
+    method = build_method(config, channels, steps_per_epoch).to(device)
+    if world()[1] > 1 and config.sync_batchnorm():
+        method = use_global_batchnorm(method, device)
+    if device.type == "cuda":
+        method = method.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(config, method.trained)
+    restored = None
+    if checkpoint_folder is not None:
+        restored = load_training_state(checkpoint_folder, method, optimizer, world()[0])
+    broadcast_tensors([*method.parameters(), *method.buffers()])
+    trained = wrap(method.trained)
+    if config.train.compile:
+        trained = torch.compile(trained)
+    method.wrap_trained(lambda _: trained)
+    return Prepared(method, optimizer, restored)
+
+
+class TrainStep:
+    """One optimisation step. Returns the step's values as tensors on the device (no host sync) and the
+    scheduled values as floats."""
+
+    def __init__(self, config: Config, method: SSLMethod, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                 device: torch.device):
+        self.method, self.optimizer, self.clip = method, optimizer, config.optim.clip_grad
+        self.precision = resolve_precision(config.train.precision, device)
+        self.autocast = autocast_for(self.precision, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+        self.lrs, self.wds = lr_schedule(config, steps_per_epoch), weight_decay_schedule(config, steps_per_epoch)
+        self.momentum_buffers = method.momentum_batchnorm_buffers() if world()[1] > 1 else []
+        self.skipped_steps = 0
+
+    def __call__(self, views: list[torch.Tensor], step: int) -> dict:
+        method, optimizer, scaler = self.method, self.optimizer, self.scaler
+        lr, weight_decay = value_at(self.lrs, step), value_at(self.wds, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+            if group["weight_decay"] > 0:  # biases and norms stay at 0
+                group["weight_decay"] = weight_decay
+        with self.autocast():
+            outputs = method.training_step(views, step)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(outputs["loss"]).backward()
+        method.after_backward(step)
+        if self.clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(method.trained.parameters(), self.clip)
+        scaler.step(optimizer)
+        stepped = True
+        if scaler.is_enabled():  # fp16: a step with inf/nan gradients is skipped and the scale lowered
+            scale = scaler.get_scale()
+            scaler.update()
+            stepped = scaler.get_scale() >= scale
+        if stepped:
+            logged = method.after_optimizer_step(step)
+        else:  # the EMA follows only steps the optimizer took
+            logged, self.skipped_steps = {}, self.skipped_steps + 1
+        broadcast_tensors(self.momentum_buffers)
+        detached = {key: value.detach() if isinstance(value, torch.Tensor) else value for key, value in outputs.items()}
+        return {**detached, "lr": lr, **logged}

@@ -1,0 +1,88 @@
+"""Data order on a class-sorted image folder: ingest writes a random order, every epoch reads row groups in a
+new one, and evaluation subsets, the hold-out and `data.limit` are seeded, stratified random draws."""
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.config import load_config
+from pipelines.data import limited_rows, train_rows
+from pipelines.dataset_store import read_info, split_files, split_labels
+from pipelines.evaluate import eval_rows
+from pipelines.row_groups import ShuffledRowGroups
+
+BATCH = 64
+
+
+def epoch_batches(dataset, buffer: int) -> list[np.ndarray]:
+    return [batch["label"] for batch in dataset.iter_batches(batch_size=BATCH, drop_last=True,
+                                                                local_shuffle_buffer_size=buffer)]
+
+
+def test_ingest_writes_a_class_sorted_folder_in_random_order(sorted_shards):
+    labels = split_labels(sorted_shards, "train")
+    assert sorted(np.bincount(labels)) == [48] * 10
+    # every row group of 256 rows holds every class
+    parquet = pq.ParquetFile(split_files(sorted_shards, "train")[0])
+    assert parquet.metadata.num_row_groups == 2
+    for group in range(2):
+        assert len(set(parquet.read_row_group(group, columns=["label"]).column("label").to_pylist())) == 10
+
+
+def test_training_batches_of_a_class_sorted_folder_mix_all_classes(ray_session, sorted_shards):
+    """Bound: each batch of 64 (10 classes, 6.4 images each on average) holds at least 8 classes and no class
+    above 30 % of it; a uniform random draw breaks it with probability below 1e-4 per batch. Reading the
+    folder in file order, as before, gives batches of one or two classes."""
+    config = load_config(None, [f"data.path={sorted_shards}", f"data.batch_size={BATCH}", "data.shuffle_buffer=256"])
+    dataset = train_rows(config, read_info(sorted_shards), ("label",))
+    epochs = [epoch_batches(dataset, config.data.shuffle_buffer) for _ in range(2)]
+    for batches in epochs:
+        assert len(batches) == 480 // BATCH
+        for labels in batches:
+            counts = np.bincount(labels, minlength=10)
+            assert (counts > 0).sum() >= 8 and counts.max() <= 0.3 * BATCH, counts
+    assert not np.array_equal(np.concatenate(epochs[0]), np.concatenate(epochs[1]))  # a new order each epoch
+
+
+def test_row_groups_are_read_in_a_new_seeded_order_each_epoch(tmp_path):
+    """Shards written in class order (as an older ingest did): the row groups themselves are shuffled."""
+    labels = np.repeat(np.arange(10), 64)
+    table = pa.table({"image": [b""] * len(labels), "label": pa.array(labels, pa.int32())})
+    pq.write_table(table, tmp_path / "part-00000.parquet", row_group_size=32)
+    source = ShuffledRowGroups([str(tmp_path / "part-00000.parquet")], ["label"], seed=0)
+    orders = [[unit.group for unit in source.epoch_order(epoch)] for epoch in range(3)]
+    assert sorted(orders[0]) == list(range(20)) and orders[0] != orders[1] != orders[2]
+    assert orders[1] == [unit.group for unit in ShuffledRowGroups(
+        [str(tmp_path / "part-00000.parquet")], ["label"], seed=0).epoch_order(1)]
+    first_ten = [source.units[group].group // 2 for group in orders[0][:10]]  # classes of the first 320 rows
+    assert len(set(first_ten)) >= 5
+
+
+def test_limit_is_a_stratified_random_subset(sorted_shards):
+    config = load_config(None, [f"data.path={sorted_shards}", "data.limit=100"])
+    rows = limited_rows(config, read_info(sorted_shards))
+    labels = split_labels(sorted_shards, "train")[rows]
+    assert len(rows) == 100 and list(np.bincount(labels)) == [10] * 10
+    assert np.array_equal(rows, limited_rows(config, read_info(sorted_shards)))  # seeded
+
+
+def test_limit_reads_only_the_chosen_rows(ray_session, sorted_shards):
+    config = load_config(None, [f"data.path={sorted_shards}", "data.limit=100"])
+    dataset = train_rows(config, read_info(sorted_shards), ("label",))
+    labels = np.concatenate([batch["label"] for batch in dataset.iter_batches(batch_size=50)])
+    assert sorted(labels) == sorted(split_labels(sorted_shards, "train")[limited_rows(config, read_info(sorted_shards))])
+
+
+@pytest.mark.parametrize("bank, queries", [(100, 40), (None, None)])
+def test_holdout_bank_and_queries_are_stratified_and_disjoint(sorted_shards, bank, queries):
+    info = read_info(sorted_shards)
+    (bank_split, bank_rows), (query_split, query_rows) = eval_rows(info, sorted_shards, bank, queries)
+    assert bank_split == query_split == "train" and not set(bank_rows) & set(query_rows)
+    labels = split_labels(sorted_shards, "train")
+    bank_counts, query_counts = np.bincount(labels[bank_rows], minlength=10), np.bincount(labels[query_rows], minlength=10)
+    assert (query_counts > 0).all() and (bank_counts > 0).all()  # every query class is in the bank
+    if bank is None:
+        # 10 % held out: 4.8 per class, largest remainders round 8 classes up
+        assert sorted(query_counts) == [4] * 2 + [5] * 8 and len(bank_rows) + len(query_rows) == 480
+    else:
+        assert list(bank_counts) == [10] * 10 and list(query_counts) == [4] * 10
