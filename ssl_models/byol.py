@@ -41,8 +41,8 @@ class BYOL(SSLMethod):
         predictions, projections = self.call_trained(torch.cat(views))
         with torch.no_grad():
             targets = self.target(torch.cat(views))
-        p1, p2 = predictions.split(batch)
-        t1, t2 = targets.split(batch)
+        p1, p2 = predictions.float().split(batch)
+        t1, t2 = targets.float().split(batch)
         loss = normalized_regression_loss(p1, t2) + normalized_regression_loss(p2, t1)
         return {"loss": loss, "projection_std": embedding_std(projections)}
 

@@ -30,8 +30,8 @@ class SimSiam(SSLMethod):
 
     def training_step(self, views: list[torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         predictions, projections = self.call_trained(torch.cat(views))
-        p1, p2 = predictions.split(views[0].shape[0])
-        z1, z2 = projections.split(views[0].shape[0])
+        p1, p2 = predictions.float().split(views[0].shape[0])
+        z1, z2 = projections.float().split(views[0].shape[0])
         if self.stop_gradient:
             z1, z2 = z1.detach(), z2.detach()
         loss = negative_cosine(p1, z2) / 2 + negative_cosine(p2, z1) / 2

@@ -103,3 +103,18 @@ def test_cli_names_the_valid_methods_and_suggests_backbones(override, expected, 
         capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120,
     )
     assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr
+
+
+def test_lr_follows_the_global_batch_and_the_resolved_values_are_logged():
+    config = load_config(None, ["optim.lr=1e-3", "data.batch_size=128", "train.num_workers=4"])
+    assert config.global_batch() == 512 and config.effective_lr() == pytest.approx(2e-3)
+    assert load_config(None, ["optim.lr=1e-3", "data.batch_size=128", "train.num_workers=4",
+                              "optim.lr_scaling=none"]).effective_lr() == 1e-3
+    flat = config.flat()
+    assert flat["resolved.effective_lr"] == pytest.approx(2e-3) and flat["resolved.global_batch"] == 512
+
+
+@pytest.mark.parametrize("method, synced", [("byol", True), ("dino", True), ("simclr", True), ("moco", False)])
+def test_global_batchnorm_follows_the_paper_unless_set(method, synced):
+    assert load_config(None, [f"method.name={method}"]).sync_batchnorm() is synced
+    assert load_config(None, [f"method.name={method}", "train.sync_batchnorm=false"]).sync_batchnorm() is False

@@ -18,4 +18,5 @@ def test_ray_data_yields_two_differently_augmented_views(ray_session, fmnist_sli
     # each epoch augments anew
     again = next(iter(dataset.iter_torch_batches(batch_size=32)))
     assert not torch.equal(again[view_column(0)], v0)
-    assert len(set(batch.keys())) == 2
+    assert set(batch) == {view_column(0), view_column(1), "label"}  # labels ride along for the batch-mix signal
+    assert batch["label"].shape == (32,) and 0 <= int(batch["label"].min()) and int(batch["label"].max()) < 10
