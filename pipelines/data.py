@@ -20,19 +20,21 @@ def limited_rows(config: Config, info: DatasetInfo) -> Optional[np.ndarray]:
     return stratified_sample(split_labels(config.data.path, "train"), limit, config.train.seed)
 
 
-def train_rows(config: Config, info: DatasetInfo, columns=("image",)) -> ray.data.Dataset:
-    """The training rows (after `data.limit`), read in a new seeded random row-group order each epoch."""
+def train_rows(config: Config, info: DatasetInfo, columns=("image",), epochs: int = 1) -> ray.data.Dataset:
+    """The training rows (after `data.limit`) `epochs` times over, each time in a new seeded random
+    row-group order, in one stream."""
     source = ShuffledRowGroups(split_files(config.data.path, "train"), list(columns), config.train.seed,
-                               limited_rows(config, info))
+                               limited_rows(config, info), epochs)
     return ray.data.read_datasource(source, num_cpus=config.data.read_cpus)
 
 
 def training_dataset(config: Config, info: DatasetInfo) -> ray.data.Dataset:
+    """Every epoch of the run in one stream of augmented views (the loop cuts it into epochs)."""
     data = config.data
     pool = ray.data.ActorPoolStrategy(min_size=data.augment_actors,
                                       max_size=max(data.augment_actors, data.augment_actors_max or 0))
     columns = ("image", "label") if info.labelled else ("image",)
-    return train_rows(config, info, columns).map_batches(
+    return train_rows(config, info, columns, config.train.epochs).map_batches(
         AugmentBatch,
         fn_constructor_kwargs={"method": config.method.model_dump(mode="json"), "image_size": data.image_size,
                                "channels": info.channels, "crop_scale_min": data.crop_scale_min},

@@ -137,15 +137,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
                       if is_chief and config.eval.picture_every else None)
     shard = ray.train.get_dataset_shard("train")
     batch_size = config.data.batch_size
+    # one stream holds every epoch (see pipelines/row_groups.py); a resumed run reads it from its start
+    batches = iter(shard.iter_torch_batches(batch_size=batch_size, drop_last=True,
+                                            local_shuffle_buffer_size=config.data.shuffle_buffer or None,
+                                            prefetch_batches=config.data.prefetch_batches,
+                                            pin_memory=device.type == "cuda"))
     for epoch in range(start_epoch, epochs):
         started, seen, window = time.time(), 0, MetricWindow()
-        batches = shard.iter_torch_batches(batch_size=batch_size, drop_last=True,
-                                           local_shuffle_buffer_size=config.data.shuffle_buffer or None,
-                                           prefetch_batches=config.data.prefetch_batches,
-                                           pin_memory=device.type == "cuda")
-        for index, batch in enumerate(batches):
-            if index >= steps_per_epoch:
-                continue  # drain the shard so every worker ends its epoch together
+        for index, batch in zip(range(steps_per_epoch), batches):
             views = [normalize(batch[view_column(v)]) for v in range(method.num_views)]
             values = train_step(views, step)
             if "label" in batch:
