@@ -129,7 +129,7 @@ def split_labels(root: str, split: str) -> np.ndarray:
 
 def read_rows(root: str, split: str, rows, columns=("image", "label")) -> pa.Table:
     """The rows at positions `rows` of a split (counted over its files in name order), in that order;
-    only the row groups that hold them are read."""
+    only the row groups that hold them are read. Positions past the end of the split are left out."""
     rows = np.asarray(rows, dtype=np.int64)
     parts, positions, offset = [], [], 0
     for uri in split_files(root, split):
@@ -145,4 +145,4 @@ def read_rows(root: str, split: str, rows, columns=("image", "label")) -> pa.Tab
     if not parts:
         return pa.table({name: pa.array([], SCHEMA.field(name).type) for name in columns})
     index_of = {int(position): index for index, position in enumerate(np.concatenate(positions))}
-    return pa.concat_tables(parts).take([index_of[int(position)] for position in rows])
+    return pa.concat_tables(parts).take([index_of[int(p)] for p in rows if int(p) in index_of])
