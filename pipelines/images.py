@@ -1,5 +1,6 @@
 """Decoding stored image bytes into uint8 arrays of a fixed channel count."""
 import io
+import re
 
 import cv2
 import numpy as np
@@ -26,7 +27,8 @@ def verified_pil_image(data: bytes, channels: int) -> np.ndarray:
             image.load()
             array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
     except Exception as error:  # Pillow raises many types for bad files
-        raise ValueError(f"not a readable image ({type(error).__name__}: {error})") from None
+        message = re.sub(r" ?<[^<>]* at 0x[0-9a-fA-F]+>", "", str(error))  # no memory addresses in reports
+        raise ValueError(f"not a readable image ({type(error).__name__}: {message})") from None
     return array[:, :, None] if channels == 1 else array
 
 

@@ -9,7 +9,9 @@ counted and listed in `ingest_report.json`; one bad file never stops the ingest.
 written in a random order drawn with `--seed`, so no shard or row group holds one class only.
 """
 import argparse
+import errno
 import gzip
+import os
 import json
 import random
 import struct
@@ -21,7 +23,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from pipelines.dataset_store import DatasetInfo, ShardWriter, write_info, write_text
-from pipelines.images import IMAGE_SUFFIXES, encode_png, is_grayscale, verified_pil_image
+from pipelines.images import IMAGE_SUFFIXES, decode_image, encode_png, is_grayscale, verified_pil_image
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = [
@@ -86,10 +88,36 @@ def folder_layout(source: Path, default_split: str) -> dict[str, Path]:
     return {default_split: source}
 
 
-def walk_files(folder: Path) -> Iterator[Path]:
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts):
-            yield path
+def printable(path) -> str:
+    """A path as text, also when its name is not valid UTF-8 (those bytes shown as \\xNN)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def link_problem(path: Path) -> Optional[str]:
+    try:
+        path.stat()
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symbolic link loop"
+        return "dangling symbolic link" if path.is_symlink() else f"cannot be read ({error.strerror})"
+    return None
+
+
+def walk_files(folder: Path) -> Iterator[tuple[Path, Optional[str]]]:
+    """Every entry below `folder`, in name order, with the reason it is skipped (None: a file to read).
+    Folder links are not followed (no loops); hidden files and folders are named, not read."""
+    for root, folders, files in os.walk(folder):
+        folders.sort()
+        for name in [name for name in folders if name.startswith(".") or (Path(root) / name).is_symlink()]:
+            folders.remove(name)
+            hidden = name.startswith(".")
+            yield Path(root) / name, "hidden folder (not read)" if hidden else "link to a folder (not followed)"
+        for name in sorted(files):
+            path = Path(root) / name
+            reason = "hidden file" if name.startswith(".") else link_problem(path)
+            if reason is None and not path.is_file():
+                reason = "not a regular file"
+            yield path, reason
 
 
 def ingest_folder(
@@ -98,37 +126,45 @@ def ingest_folder(
 ) -> tuple[DatasetInfo, list[dict]]:
     if not source.is_dir():
         raise FileNotFoundError(f"image folder not found: {source}")
+    started = time.time()
     layout = folder_layout(source, split)
     candidates = {name: list(walk_files(folder)) for name, folder in layout.items()}
     class_names = sorted(
-        {path.relative_to(layout[name]).parts[0] for name, paths in candidates.items() for path in paths
-         if len(path.relative_to(layout[name]).parts) > 1}
+        {printable(path.relative_to(layout[name]).parts[0]) for name, entries in candidates.items()
+         for path, reason in entries if reason is None and len(path.relative_to(layout[name]).parts) > 1}
     )
     class_index = {name: index for index, name in enumerate(class_names)}
     skipped: list[dict] = []
     readable: dict[str, list[tuple[Path, bytes, Optional[int]]]] = {}
     gray_flags, seen, smallest = [], 0, None
-    for name, paths in candidates.items():
+    for name, entries in candidates.items():
         readable[name] = []
-        for path in paths:
+        for path, reason in entries:
             seen += 1
             if seen % progress_every == 0:
-                print(f"  checked {seen} files ({len(skipped)} skipped)", flush=True)
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                skipped.append({"file": str(path), "reason": "not an image file (suffix)"})
-                continue
-            data = path.read_bytes()
-            try:
-                height, width = verified_pil_image(data, 3).shape[:2]
-            except ValueError as error:
-                skipped.append({"file": str(path), "reason": str(error)})
-                continue
-            if min(height, width) < min_size:
-                skipped.append({"file": str(path), "reason": f"too small ({width}x{height} px, below --min-size {min_size})"})
+                rate = seen / max(time.time() - started, 1e-9)
+                print(f"  checked {seen} files ({len(skipped)} skipped), {rate:.0f} files/s", flush=True)
+            if reason is None and path.suffix.lower() not in IMAGE_SUFFIXES:
+                reason = "not an image file (suffix)"
+            data = b""
+            if reason is None:
+                try:
+                    data = path.read_bytes()
+                except OSError as error:
+                    reason = f"cannot be read ({type(error).__name__}: {error.strerror})"
+            if reason is None:
+                try:
+                    height, width = verified_pil_image(data, 3).shape[:2]
+                    if min(height, width) < min_size:
+                        reason = f"too small ({width}x{height} px, below --min-size {min_size})"
+                except ValueError as error:
+                    reason = str(error)
+            if reason is not None:
+                skipped.append({"file": printable(path), "reason": reason})
                 continue
             smallest = min(height, width) if smallest is None else min(smallest, height, width)
             parts = path.relative_to(layout[name]).parts
-            label = class_index[parts[0]] if len(parts) > 1 else None
+            label = class_index[printable(parts[0])] if len(parts) > 1 else None
             readable[name].append((path, data, label))
             gray_flags.append(is_grayscale(data))
     if not any(readable.values()):
@@ -139,13 +175,14 @@ def ingest_folder(
         writer = ShardWriter(out, name, rows_per_shard)
         random.Random(seed).shuffle(rows)  # folders are walked class by class
         for path, data, label in rows:
-            writer.add(data, label, str(path.relative_to(source)))
+            writer.add(data, label, printable(path.relative_to(source)))
         writer.flush()
         splits[name] = writer.count
         print(f"  {name}: {writer.count} images in {writer.shards} shards")
     rows = [row for rows in readable.values() for row in rows]
     sample = random.Random(0).sample(rows, min(len(rows), 500))
-    mean, std = channel_stats([verified_pil_image(data, channels) for _, data, _ in sample])
+    # decoded as training decodes them (16-bit images scaled to 8 bits, not clipped)
+    mean, std = channel_stats([decode_image(data, channels) for _, data, _ in sample])
     info = DatasetInfo(source.name, channels, splits, class_names or None, mean, std, skipped=len(skipped),
                        min_side=smallest)
     write_info(out, info)

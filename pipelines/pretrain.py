@@ -15,6 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
+import pyarrow.fs as pafs
+
 from pipelines.config import Config, ConfigError, apply_override, build_config, load_config, parse_override, save_config
 from pipelines.dataset_store import DatasetError, filesystem, read_info, write_text
 from pipelines.evaluate import eval_plan
@@ -65,8 +67,16 @@ def is_local(path: str) -> bool:
 
 def check_shared_storage(config: Config, uri: str, nodes: int) -> None:
     """On several nodes every worker must reach the data, the checkpoints and MLflow: local paths
-    only do if they are a shared mount, which the user has to say (train.shared_storage)."""
-    if nodes < 2 or config.train.shared_storage:
+    only do if they are a shared mount, which the user has to say (train.shared_storage); MLflow must be
+    a server, since SQLite's file locking is unreliable over network mounts."""
+    if nodes < 2:
+        return
+    if uri.startswith("sqlite:") and config.train.shared_storage:
+        raise ConfigError(
+            f"the Ray cluster has {nodes} nodes and tracking.tracking_uri={uri} is a SQLite file: several nodes "
+            "writing one SQLite file over a shared mount corrupt it (its locking is unreliable there); run an "
+            "MLflow server (scripts/cluster.sh start) and set tracking.tracking_uri=http://...")
+    if config.train.shared_storage:
         return
     local = [f"{name}={value}" for name, value in (("data.path", config.data.path),
                                                    ("train.storage_path", config.train.storage_path),
@@ -88,6 +98,11 @@ def read_run_file(storage_path: str, name: str) -> dict:
             return json.loads(stream.read())
     except (FileNotFoundError, OSError):
         raise ConfigError(f"no run named '{name}' under {storage_path} (nothing to resume)") from None
+
+
+def run_exists(storage_path: str, name: str) -> bool:
+    fs, base = filesystem(f"{storage_path.rstrip('/')}/{name}")
+    return fs.get_file_info(f"{base}/{RUN_FILE}").type == pafs.FileType.File
 
 
 def last_run_name(storage_path: str) -> str:
@@ -138,6 +153,11 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
     head_arguments(config)
     spe = steps_per_epoch(config, train_size(config, info))
     previous = read_run_file(config.train.storage_path, resume) if resume else None
+    if not resume and config.tracking.run_name and run_exists(config.train.storage_path, config.tracking.run_name):
+        # Ray Train would silently restore that run's checkpoint under the same name
+        raise ConfigError(f"a run named '{config.tracking.run_name}' already exists under "
+                          f"{config.train.storage_path}: continue it with --resume {config.tracking.run_name}, or "
+                          "choose another tracking.run_name")
     uri = previous["tracking_uri"] if resume else tracking_uri(config)
     check_reachable(uri)
     init_ray(config)

@@ -78,7 +78,9 @@ def test_a_multi_node_run_refuses_node_local_paths_unless_they_are_shared():
     message = str(refused.value)
     assert "2 nodes" in message and "train.storage_path=" in message and "tracking.tracking_uri=sqlite" in message
     assert "data.path" not in message and "train.shared_storage=true" in message
-    check_shared_storage(load_config(None, ["train.shared_storage=true"]), "sqlite:////nfs/m.db", nodes=2)
+    check_shared_storage(load_config(None, ["train.shared_storage=true"]), "http://10.0.0.1:5000", nodes=2)
+    with pytest.raises(ConfigError, match="SQLite file: several nodes"):  # even on a shared mount
+        check_shared_storage(load_config(None, ["train.shared_storage=true"]), "sqlite:////nfs/m.db", nodes=2)
 
 
 def test_a_new_experiment_keeps_its_artifacts_where_tracking_artifact_location_says(tmp_path):

@@ -93,3 +93,50 @@ def test_an_empty_folder_or_one_without_a_readable_image_is_a_message(tmp_path, 
     (tmp_path / "junk" / "b.txt").write_text("text")
     assert main(["folder", "--source", str(tmp_path / "junk"), "--out", str(tmp_path / "o")]) == 2
     assert f"no readable image in {tmp_path / 'junk'} (2 files skipped)" in capsys.readouterr().err
+
+
+def test_a_folder_of_odd_files_never_stops_the_ingest_and_each_skip_is_named(tmp_path):
+    import os
+
+    import numpy as np
+
+    root = tmp_path / "odd"
+    (root / "things").mkdir(parents=True)
+    (root / "more").mkdir()
+    picture = photos.coffee()[:64, :64]
+    Image.fromarray(picture).save(root / "things" / "good.png")
+    Image.fromarray(picture).save(root / "more" / "good.jpg")
+    bad_name = os.path.join(os.fsencode(root / "things"), b"caf\xe9-latin1.png")  # not valid UTF-8
+    Image.fromarray(picture).save(open(bad_name, "wb"), format="PNG")
+    (root / "things" / "empty.png").write_bytes(b"")
+    (root / "things" / "text.jpg").write_text("this is text, not a JPEG")
+    Image.fromarray(picture).save(root / "things" / ".hidden.png")
+    (root / ".cache").mkdir()
+    Image.fromarray(picture).save(root / ".cache" / "thumb.png")
+    os.symlink("loop.png", root / "things" / "loop.png")
+    os.symlink("missing.png", root / "things" / "dangling.png")
+    os.symlink(root / "more", root / "things" / "linked-folder")
+    os.symlink(root / "more" / "good.jpg", root / "things" / "linked.jpg")  # a link to a file is read
+    info, skipped = ingest_folder(root, str(tmp_path / "out"))
+    reasons = {item["file"].rsplit("/", 1)[-1]: item["reason"] for item in skipped}
+    assert reasons["loop.png"] == "symbolic link loop" and reasons["dangling.png"] == "dangling symbolic link"
+    assert reasons[".hidden.png"] == "hidden file" and reasons[".cache"] == "hidden folder (not read)"
+    assert reasons["linked-folder"] == "link to a folder (not followed)"
+    assert reasons["empty.png"].startswith("not a readable image") and reasons["text.jpg"].startswith("not a readable")
+    assert not any("0x" in reason for reason in reasons.values())  # no memory addresses: the same every run
+    assert info.splits == {"train": 4} and info.skipped == len(skipped) == 7
+    sources = read_split(str(tmp_path / "out"), "train", ("source",)).column("source").to_pylist()
+    assert "things/caf\\xe9-latin1.png" in sources  # ingested, and named readably
+
+
+def test_sixteen_bit_images_get_statistics_as_training_decodes_them(tmp_path):
+    import numpy as np
+
+    root = tmp_path / "deep"
+    root.mkdir()
+    ramp = np.tile(np.linspace(0, 65535, 256).astype(np.uint16), (64, 1))
+    Image.fromarray(ramp).save(root / "ramp.png")  # 16-bit greyscale PNG
+    info, _ = ingest_folder(root, str(tmp_path / "out"))
+    assert info.channels == 1 and info.mean[0] == pytest.approx(0.5, abs=0.01)  # not clipped to 255 (0.99)
+    stored = read_split(str(tmp_path / "out"), "train", ("image",)).column("image")[0].as_py()
+    assert decode_image(stored, 1).mean() / 255 == pytest.approx(info.mean[0], abs=0.01)

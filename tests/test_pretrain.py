@@ -10,7 +10,7 @@ import timm
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipelines.config import load_config
+from pipelines.config import ConfigError, load_config
 from pipelines.pretrain import RunFailed, pretrain, resolve_config, parse_args
 from tests.conftest import tiny_overrides
 
@@ -155,3 +155,10 @@ def test_a_dataset_without_labels_trains_and_skips_knn_with_a_message(ray_sessio
     assert "no labels in the dataset: kNN evaluation skipped (the run goes on)" in capsys.readouterr().out
     assert outcome["metrics"]["step"] == 2 and not [k for k in outcome["metrics"] if "knn" in k]
     assert MlflowClient(uri).get_run(outcome["run_id"]).info.status == "FINISHED"
+
+
+def test_a_new_run_with_an_existing_name_is_refused_unless_resumed(first_run, fmnist_slice):
+    outcome, folder, uri = first_run
+    overrides = tiny_overrides(fmnist_slice, str(folder / "runs"), uri, **{"tracking.run_name": "tiny"})
+    with pytest.raises(ConfigError, match="a run named 'tiny' already exists under .*: continue it with --resume tiny"):
+        pretrain(load_config(None, overrides))
