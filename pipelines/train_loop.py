@@ -24,6 +24,7 @@ from pipelines.export import save_backbone
 from pipelines.pictures import method_pictures
 from pipelines.step import TrainStep, configure_device, prepare
 from pipelines.tracking import MetricLogger
+from ssl_models.distributed import gather_objects
 
 
 def seed_everything(seed: int) -> None:
@@ -200,15 +201,6 @@ def replica_fingerprint(method) -> str:
         if id(tensor) not in skip:
             digest.update(tensor.detach().reshape(-1).cpu().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def gather_objects(value) -> list:
-    """`value` of every worker, in rank order."""
-    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
-        return [value]
-    values = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(values, value)
-    return values
 
 
 def worker_nodes() -> list[str]:

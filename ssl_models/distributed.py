@@ -28,6 +28,15 @@ def gather_no_grad(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
+def gather_objects(value) -> list:
+    """`value` (any picklable object) of every worker, in rank order."""
+    if world()[1] == 1:
+        return [value]
+    values = [None] * world()[1]
+    dist.all_gather_object(values, value)
+    return values
+
+
 @torch.no_grad()
 def broadcast_tensors(tensors: list[torch.Tensor], src: int = 0) -> None:
     """Sets every rank's `tensors` (in place) to rank `src`'s, one broadcast per dtype."""
