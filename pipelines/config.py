@@ -160,6 +160,9 @@ class TrainConfig(Section):
                               "several nodes a URI (s3://, gs://) or a shared folder (see shared_storage)")
     shared_storage: bool = Field(False, description="local paths (data, storage, sqlite MLflow) are a mount every "
                                  "node sees, e.g. NFS; only then may a multi-node run use them")
+    checkpoint_upload: Literal["async", "sync"] = Field(
+        "async", description="async: workers train on while the checkpoint uploads (Ray Train's background "
+        "upload); sync: every worker waits at each epoch's end until it is stored")
     max_failures: int = Field(0, ge=0, description="worker-group restarts from the last checkpoint")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = Field(
         "PACK", description="where Train workers go: PACK fills a node first, STRICT_SPREAD one worker per node")

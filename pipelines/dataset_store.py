@@ -15,6 +15,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from pipelines.storage import filesystem, write_text
+
 ROWS_PER_GROUP = 256
 SCHEMA = pa.schema(
     [("image", pa.binary()), ("label", pa.int32()), ("split", pa.string()), ("source", pa.string())]
@@ -39,20 +41,6 @@ class DatasetInfo:
 
 class DatasetError(ValueError):
     """The dataset is missing, empty or unusable: a user mistake, printed as a message."""
-
-
-def filesystem(root: str) -> tuple[pafs.FileSystem, str]:
-    try:
-        return pafs.FileSystem.from_uri(root)
-    except (pa.ArrowInvalid, ValueError):
-        return pafs.LocalFileSystem(), root
-
-
-def write_text(root: str, name: str, text: str) -> None:
-    fs, base = filesystem(root)
-    fs.create_dir(base, recursive=True)
-    with fs.open_output_stream(f"{base}/{name}") as stream:
-        stream.write(text.encode())
 
 
 def write_info(root: str, info: DatasetInfo) -> None:

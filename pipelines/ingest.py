@@ -22,7 +22,8 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from pipelines.dataset_store import DatasetInfo, ShardWriter, write_info, write_text
+from pipelines.dataset_store import DatasetInfo, ShardWriter, write_info
+from pipelines.storage import write_text
 from pipelines.images import IMAGE_SUFFIXES, decode_image, encode_png, is_grayscale, verified_pil_image
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -15,10 +15,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
-import pyarrow.fs as pafs
-
-from pipelines.config import Config, ConfigError, apply_override, build_config, load_config, parse_override, save_config
-from pipelines.dataset_store import DatasetError, filesystem, read_info, write_text
+from pipelines.config import PROJECT_ROOT, Config, ConfigError, apply_override, build_config, load_config, parse_override, save_config
+from pipelines.dataset_store import DatasetError, read_info
+from pipelines.storage import file_exists, filesystem, newest_folder_with, write_text
 from pipelines.evaluate import eval_plan
 
 RUN_FILE = "run.json"
@@ -91,6 +90,25 @@ def check_shared_storage(config: Config, uri: str, nodes: int) -> None:
             "mount every node sees")
 
 
+def check_job_locations(config: Config, uri: str) -> None:
+    """Under `ray job submit` the project folder is Ray's unpacked copy of the working directory, deleted when
+    the job ends: defaults built from it would lose the job's checkpoints and runs (and hold no data)."""
+    if "runtime_resources" not in PROJECT_ROOT.parts:
+        return
+    inside = [f"{name}={value.replace(PROJECT_ROOT.as_posix(), '<job copy>')}" for name, value in (("data.path", config.data.path),
+                                                   ("train.storage_path", config.train.storage_path),
+                                                   ("tracking.tracking_uri", uri),
+                                                   ("tracking.artifact_location", config.tracking.artifact_location))
+              if value and is_local(value) and PROJECT_ROOT.as_posix() in value]
+    if inside:
+        raise ConfigError(
+            f"this job runs in Ray's temporary copy of the project ({PROJECT_ROOT}), deleted when the job ends, "
+            f"and {', '.join(inside)} {'points' if len(inside) == 1 else 'point'} into it: set cluster-wide "
+            "locations, e.g. --set data.path=s3://bucket/data --set train.storage_path=s3://bucket/runs "
+            "--set tracking.tracking_uri=http://mlflow-server:5000 (or export MLFLOW_TRACKING_URI), or folders "
+            "on a mount every node sees")
+
+
 def read_run_file(storage_path: str, name: str) -> dict:
     fs, base = filesystem(f"{storage_path.rstrip('/')}/{name}")
     try:
@@ -101,15 +119,14 @@ def read_run_file(storage_path: str, name: str) -> dict:
 
 
 def run_exists(storage_path: str, name: str) -> bool:
-    fs, base = filesystem(f"{storage_path.rstrip('/')}/{name}")
-    return fs.get_file_info(f"{base}/{RUN_FILE}").type == pafs.FileType.File
+    return file_exists(f"{storage_path.rstrip('/')}/{name}/{RUN_FILE}")
 
 
 def last_run_name(storage_path: str) -> str:
-    runs = sorted(Path(storage_path).glob(f"*/{RUN_FILE}"), key=lambda path: path.stat().st_mtime)
-    if not runs:
+    name = newest_folder_with(storage_path, RUN_FILE)
+    if name is None:
         raise ConfigError(f"no run to resume under {storage_path}")
-    return runs[-1].parent.name
+    return name
 
 
 def failure_reason(error: BaseException) -> str:
@@ -143,6 +160,7 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
     from pipelines.pictures import augmented_views_grid
     from pipelines.tracking import check_reachable, fail_run, start_run, tracking_uri
 
+    check_job_locations(config, tracking_uri(config))
     info = read_info(config.data.path)
     if info.splits.get("train", 0) == 0:
         raise DatasetError(f"dataset '{config.data.path}' has no training images")

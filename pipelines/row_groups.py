@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from pipelines.dataset_store import SCHEMA, filesystem
+from pipelines.dataset_store import SCHEMA
+from pipelines.storage import filesystem
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,9 @@ from typing import Optional
 import yaml
 
 from pipelines.config import Config, ConfigError, apply_override, build_config, load_config, read_yaml
-from pipelines.dataset_store import DatasetError, filesystem, write_text
-from pipelines.pretrain import RUN_FILE, RunFailed, init_ray, read_run_file, required_cpus
+from pipelines.dataset_store import DatasetError
+from pipelines.storage import file_exists, filesystem, newest_folder_with, write_text
+from pipelines.pretrain import RUN_FILE, RunFailed, check_job_locations, init_ray, read_run_file, required_cpus
 from pipelines.tune_space import Space, load_space
 
 SWEEP_FILE = "sweep.json"
@@ -116,6 +117,7 @@ def sweep(state: dict, resume: bool = False) -> dict:
     base_tree = state["base"]
     space = space_from_state(state)  # the text saved when the sweep began, also on resume
     base = build_config(copy.deepcopy(base_tree))
+    check_job_locations(base, state["tracking_uri"] if resume else tracking_uri(base))
     check_reachable(state["tracking_uri"] if resume else tracking_uri(base))
     init_ray(base)
     import ray
@@ -337,7 +339,7 @@ def new_state(args) -> dict:
     if args.search == "optuna" and space.has_grid:
         searcher("optuna", space, 0)  # raises the message
     name = args.name or f"{space.method}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
-    if Path(base.train.storage_path, name, SWEEP_FILE).exists():
+    if file_exists(f"{base.train.storage_path.rstrip('/')}/{name}/{SWEEP_FILE}"):
         raise ConfigError(f"a sweep named '{name}' exists under {base.train.storage_path}: --resume {name} or pick "
                           "another --name")
     return {"name": name, "space_file": str(args.space), "space_text": Path(args.space).read_text(),
@@ -349,10 +351,9 @@ def new_state(args) -> dict:
 def resumed_state(args) -> dict:
     storage = load_config(None, args.overrides).train.storage_path
     if args.resume == "last":
-        found = sorted(Path(storage).glob(f"*/{SWEEP_FILE}"), key=lambda p: p.stat().st_mtime)
-        if not found:
+        args.resume = newest_folder_with(storage, SWEEP_FILE)
+        if args.resume is None:
             raise ConfigError(f"no sweep to resume under {storage}")
-        args.resume = found[-1].parent.name
     fs, path = filesystem(f"{storage.rstrip('/')}/{args.resume}/{SWEEP_FILE}")
     if not fs.get_file_info(path).is_file:
         raise ConfigError(f"no sweep named '{args.resume}' under {storage} (nothing to resume)")

@@ -122,7 +122,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     is_chief = rank == 0
     logger = MetricLogger(loop_config["tracking_uri"], loop_config["mlflow_run_id"]) if is_chief else None
-    if logger and checkpoint:
+    if logger:  # a resumed or restarted run (even one restarted before its first checkpoint) trains steps again
         logger.skip_steps_already_logged()
     nodes = worker_nodes()
     if logger:
@@ -180,7 +180,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
             logger.log(metrics, step)
             logger.flush()
             say(f"epoch {epoch + 1}/{epochs} done in {seconds:.0f}s: {fmt(metrics)}")
-        report(method, optimizer, step, epoch + 1, {**baseline_metrics, **metrics}, is_chief, config, info)
+        blocked = report(method, optimizer, step, epoch + 1, {**baseline_metrics, **metrics}, is_chief, config, info)
+        if is_chief:
+            logger.log({"checkpoint_seconds": blocked}, step)  # how long training waited for the checkpoint
+            logger.flush()
     if start_epoch >= epochs and is_chief:
         say(f"nothing to train: the checkpoint already holds {start_epoch} of {epochs} epochs")
 
@@ -208,19 +211,23 @@ def worker_nodes() -> list[str]:
     return gather_objects(ray.get_runtime_context().get_node_id())
 
 
-def report(method, optimizer, step, epoch, metrics, is_chief, config, info) -> None:
+def report(method, optimizer, step, epoch, metrics, is_chief, config, info) -> float:
+    """Saves the checkpoint (chief) and reports the epoch; returns the seconds training waited for it."""
+    started = time.time()
     rng_states = gather_objects(rng_state())  # each rank resumes its own random stream
-    with tempfile.TemporaryDirectory() as folder:
-        checkpoint = None
-        if is_chief:
-            save_training_state(Path(folder), method, optimizer, step, epoch, metrics, rng_states)
-            save_backbone(Path(folder), method.backbone, build_spec(config, info.channels),
-                          {"feature_dim": method.backbone.num_features, "image_size": config.data.image_size,
-                           "mean": info.mean, "std": info.std, "method": config.method.name,
-                           "epochs": epoch, "steps": step})
-            checkpoint = ray.train.Checkpoint.from_directory(folder)
-        ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)},
-                         checkpoint=checkpoint)
+    checkpoint = None
+    if is_chief:
+        folder = Path(tempfile.mkdtemp(prefix="checkpoint_"))  # an async upload deletes it when done
+        save_training_state(folder, method, optimizer, step, epoch, metrics, rng_states)
+        save_backbone(folder, method.backbone, build_spec(config, info.channels),
+                      {"feature_dim": method.backbone.num_features, "image_size": config.data.image_size,
+                       "mean": info.mean, "std": info.std, "method": config.method.name,
+                       "epochs": epoch, "steps": step})
+        checkpoint = ray.train.Checkpoint.from_directory(str(folder))
+    mode = ray.train.CheckpointUploadMode[config.train.checkpoint_upload.upper()]
+    ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)},
+                     checkpoint=checkpoint, checkpoint_upload_mode=mode, delete_local_checkpoint_after_upload=True)
+    return time.time() - started
 
 
 def say(line: str) -> None:

@@ -1,5 +1,6 @@
-"""Against real processes: a token-authenticated Ray head and an MLflow server started by
-scripts/cluster.sh, a job sent with `ray job submit`, a second node, a Train worker killed mid-epoch."""
+"""Against real processes: a token-authenticated Ray head, an MLflow server and an S3 server (moto) started
+by scripts/cluster.sh, jobs sent with `ray job submit`, a second node that trains from object storage with no
+shared folder, a Train worker killed mid-epoch, and the second node lost mid-run."""
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from pyarrow.fs import FileType, S3FileSystem
 
 from pipelines.config import PROJECT_ROOT
 from tests.conftest import tiny_overrides
@@ -29,16 +31,53 @@ def free_port() -> int:
 def cluster(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cluster")
     ports = {name: str(free_port()) for name in ("RAY_PORT", "DASHBOARD_PORT", "MLFLOW_PORT", "AGENT_PORT",
-                                                  "NODE_AGENT_PORT")}
-    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+                                                  "NODE_AGENT_PORT", "S3_PORT")}
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS" and not key.startswith("AWS_")}
     env.update(ports, CLUSTER_DIR=str(folder), RAY_TMP=f"/tmp/ray_t{ports['RAY_PORT']}", RAY_AUTH_MODE="token")
     script = str(PROJECT_ROOT / "scripts" / "cluster.sh")
-    subprocess.run([script, "start", "2"], env=env, check=True, timeout=300)
+    # 4 logical CPUs: after the second node is lost, both workers of a 2-worker run fit on the head
+    subprocess.run([script, "start", "4"], env=env, check=True, timeout=300)
+    endpoint = f"http://127.0.0.1:{ports['S3_PORT']}"
+    # what the script prints for the user's shell, so drivers and this test reach the same object store
+    env.update(AWS_ENDPOINT_URL=endpoint, MLFLOW_S3_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing",
+               AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
     try:
         yield {"env": env, "script": script, "folder": folder, "gcs": f"127.0.0.1:{ports['RAY_PORT']}",
-               "jobs": f"http://127.0.0.1:{ports['DASHBOARD_PORT']}", "mlflow": f"http://127.0.0.1:{ports['MLFLOW_PORT']}"}
+               "jobs": f"http://127.0.0.1:{ports['DASHBOARD_PORT']}", "mlflow": f"http://127.0.0.1:{ports['MLFLOW_PORT']}",
+               "s3": S3FileSystem(endpoint_override=f"127.0.0.1:{ports['S3_PORT']}", scheme="http",
+                                  access_key="testing", secret_key="testing", region="us-east-1")}
     finally:
         subprocess.run([script, "stop"], env=env, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def s3_slice(cluster) -> str:
+    """The Fashion-MNIST slice ingested into the cluster's S3 bucket, as a user would."""
+    uri = "s3://ssl/data/fmnist_slice"
+    subprocess.run([sys.executable, "-m", "pipelines.ingest", "fashion-mnist", "--out", uri, "--limit", "640",
+                    "--rows-per-shard", "320"], env=cluster["env"], check=True, timeout=120, cwd=PROJECT_ROOT)
+    return uri
+
+
+def s3_overrides(cluster, s3_slice, name: str, **extra) -> list[str]:
+    """Data, checkpoints and MLflow artifacts in object storage, runs in the MLflow server: no shared folder."""
+    return tiny_overrides(s3_slice, "s3://ssl/runs", cluster["mlflow"], **{
+        "tracking.run_name": name, "tracking.experiment": "s3", "tracking.artifact_location": "s3://ssl/mlflow",
+        **extra})
+
+
+def wait_for_checkpoint(cluster, driver, run_name: str) -> None:
+    """Until Ray Train has registered a checkpoint of the run (uploaded and recorded, not just begun)."""
+    deadline = time.time() + 300
+    snapshot = f"ssl/runs/{run_name}/checkpoint_manager_snapshot.json"
+    while cluster["s3"].get_file_info(snapshot).type != FileType.File:
+        assert driver.poll() is None and time.time() < deadline, driver.stdout.read()[-3000:]
+        time.sleep(0.5)
+
+
+def s3_artifact(cluster, run, path: str) -> bool:
+    location = run.info.artifact_uri.removeprefix("s3://")
+    return cluster["s3"].get_file_info(f"{location}/{path}").type == FileType.File
 
 
 def sets(overrides: list[str]) -> list[str]:
@@ -64,6 +103,18 @@ def test_a_submitted_job_succeeds_and_its_run_is_in_the_mlflow_server(cluster, f
     client, run = finished_run(cluster["mlflow"], "submitted")
     assert run.info.status == "FINISHED" and 0 < run.data.metrics["final_knn_top1_k20"] <= 1
     assert "backbone" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_a_job_without_storage_settings_is_refused_before_its_results_could_vanish(cluster):
+    """Defaults built from the project folder would point into Ray's temporary copy of it."""
+    result = subprocess.run(
+        [RAY_CLI, "job", "submit", "--address", cluster["jobs"], "--working-dir", str(PROJECT_ROOT), "--",
+         "python", "-m", "pipelines.pretrain", "--set", f"tracking.tracking_uri={cluster['mlflow']}"],
+        env=cluster["env"], capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and "exit code 2" in output, output[-3000:]
+    assert "deleted when the job ends" in output and "Traceback" not in output
+    assert "data.path=<job copy>/data/fashion_mnist, train.storage_path=<job copy>/runs point into it" in output
 
 
 def test_a_sweep_runs_under_ray_job_submit(cluster, fmnist_slice):
@@ -99,22 +150,23 @@ def run_driver(cluster, overrides: list[str], timeout: float = 600, **popen) -> 
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
-def test_two_nodes_train_with_one_worker_on_each(cluster, fmnist_slice):
+def test_two_nodes_train_from_object_storage_with_no_shared_folder(cluster, fmnist_slice, s3_slice):
     subprocess.run([cluster["script"], "add-node", "2"], env=cluster["env"], check=True, timeout=120)
-    overrides = tiny_overrides(fmnist_slice, str(cluster["folder"] / "runs"), cluster["mlflow"],
-                               **{"tracking.run_name": "two-nodes", "train.num_workers": 2, "data.batch_size": 32,
-                                  "train.placement_strategy": "STRICT_SPREAD"})
-    refused = run_driver(cluster, overrides)
+    local = tiny_overrides(fmnist_slice, str(cluster["folder"] / "runs"), cluster["mlflow"],
+                           **{"tracking.run_name": "two-nodes", "train.num_workers": 2})
+    refused = run_driver(cluster, local)
     output, _ = refused.communicate(timeout=300)
     assert refused.returncode == 2 and "the Ray cluster has 2 nodes but data.path=" in output, output[-3000:]
 
-    driver = run_driver(cluster, overrides + ["train.shared_storage=true"])  # one machine: paths are shared
+    driver = run_driver(cluster, s3_overrides(cluster, s3_slice, "two-nodes", **{
+        "train.num_workers": 2, "data.batch_size": 32, "train.placement_strategy": "STRICT_SPREAD"}))
     output, _ = driver.communicate(timeout=600)
     assert driver.returncode == 0, output[-3000:]
     _, run = finished_run(cluster["mlflow"], "two-nodes")
     nodes = run.data.tags["worker_nodes"].split(",")
     assert len(nodes) == 2 and nodes[0] != nodes[1]
     assert run.info.status == "FINISHED" and run.data.metrics["step"] == 8  # 512 images / (2 workers x 32)
+    assert run.info.artifact_uri.startswith("s3://ssl/mlflow/") and s3_artifact(cluster, run, "backbone/backbone.safetensors")
 
 
 def train_worker_pids(cluster) -> list[int]:
@@ -126,17 +178,26 @@ def train_worker_pids(cluster) -> list[int]:
     return pids
 
 
-def test_a_worker_killed_mid_epoch_resumes_from_its_checkpoint_in_the_same_mlflow_run(cluster, fmnist_slice):
-    storage = cluster["folder"] / "runs"
-    overrides = tiny_overrides(fmnist_slice, str(storage), cluster["mlflow"],
-                               **{"tracking.run_name": "killed", "train.epochs": 2, "train.max_failures": 1,
-                                  "train.shared_storage": "true"})
-    driver = run_driver(cluster, overrides)
+def assert_resumed_once(cluster, output: str, name: str, epochs: int, steps_per_epoch: int):
+    """Resumed from the epoch-1 checkpoint, in one MLflow run, with the steps of an uninterrupted run: none
+    lost and none logged twice."""
+    assert "resumed from checkpoint: epoch 1" in output, output[-3000:]
+    client, run = finished_run(cluster["mlflow"], name)
+    assert run.info.status == "FINISHED"
+    steps = epochs * steps_per_epoch
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == list(range(2, steps + 1, 2))
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "epoch")] == list(range(1, epochs + 1))
+    assert run.data.metrics["step"] == steps
+    assert s3_artifact(cluster, run, "backbone/backbone.safetensors")  # the weights exported to object storage
+    return run
+
+
+def test_a_worker_killed_mid_epoch_resumes_from_its_s3_checkpoint_in_the_same_mlflow_run(cluster, s3_slice,
+                                                                                          monkeypatch):
+    driver = run_driver(cluster, s3_overrides(cluster, s3_slice, "killed", **{"train.epochs": 2,
+                                                                               "train.max_failures": 1}))
     try:
-        deadline = time.time() + 300
-        while not list((storage / "killed").glob("checkpoint_*")):  # epoch 1 is saved, epoch 2 starts
-            assert driver.poll() is None and time.time() < deadline, driver.stdout.read()[-3000:]
-            time.sleep(0.5)
+        wait_for_checkpoint(cluster, driver, "killed")  # epoch 1 is saved, epoch 2 starts
         time.sleep(2)
         for pid in train_worker_pids(cluster):  # this cluster's only, not those of other Ray instances here
             os.kill(pid, signal.SIGKILL)
@@ -144,10 +205,50 @@ def test_a_worker_killed_mid_epoch_resumes_from_its_checkpoint_in_the_same_mlflo
     finally:
         driver.kill()
     assert driver.returncode == 0, output[-3000:]
-    assert "resumed from checkpoint: epoch 1" in output
-    client, run = finished_run(cluster["mlflow"], "killed")
-    assert run.info.status == "FINISHED"
-    # the same steps as an uninterrupted run, none lost and none logged twice
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == list(range(2, 17, 2))
-    assert [m.value for m in client.get_metric_history(run.info.run_id, "epoch")] == [1, 2]
-    assert run.data.metrics["step"] == 16
+    assert_resumed_once(cluster, output, "killed", epochs=2, steps_per_epoch=8)
+    # `--resume last` and `pipelines.sweep --resume last` look for the newest run in object storage too
+    for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.setenv(key, cluster["env"][key])
+    from pipelines.pretrain import last_run_name
+
+    assert last_run_name("s3://ssl/runs") == "killed"
+
+
+def node_processes(node_id: str) -> list[int]:
+    """The raylet of `node_id` (this cluster's own, found by its id) and every process under it."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            parents[int(entry.name)] = (command, int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]))
+        except (ValueError, OSError):
+            continue
+    tree = {pid for pid, (command, _) in parents.items() if "raylet" in command and f"--node_id={node_id}" in command}
+    assert tree, f"no raylet process of node {node_id}"
+    while True:
+        children = {pid for pid, (_, parent) in parents.items() if parent in tree} - tree
+        if not children:
+            return sorted(tree)
+        tree |= children
+
+
+def test_a_node_lost_mid_run_resumes_on_the_nodes_left(cluster, s3_slice):
+    listed = subprocess.run([RAY_CLI, "list", "nodes", "--address", cluster["jobs"], "--format", "json"],
+                            env=cluster["env"], capture_output=True, text=True, timeout=60)
+    second = [node["node_id"] for node in json.loads(listed.stdout) if not node["is_head_node"] and node["state"] == "ALIVE"]
+    assert len(second) == 1, listed.stdout[-2000:]
+    driver = run_driver(cluster, s3_overrides(cluster, s3_slice, "node-lost", **{
+        "train.epochs": 2, "train.max_failures": 1, "train.num_workers": 2, "data.batch_size": 32,
+        "train.placement_strategy": "SPREAD"}))
+    try:
+        wait_for_checkpoint(cluster, driver, "node-lost")
+        _, run = finished_run(cluster["mlflow"], "node-lost")
+        assert second[0] in run.data.tags["worker_nodes"].split(","), "no worker on the node to lose"
+        for pid in node_processes(second[0]):
+            os.kill(pid, signal.SIGKILL)
+        output, _ = driver.communicate(timeout=600)
+    finally:
+        driver.kill()
+    assert driver.returncode == 0, output[-3000:]
+    run = assert_resumed_once(cluster, output, "node-lost", epochs=2, steps_per_epoch=8)
+    assert second[0] not in run.data.tags["worker_nodes"]  # the restarted workers ran on the head
