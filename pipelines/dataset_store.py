@@ -64,29 +64,46 @@ def split_path(root: str, split: str) -> str:
 
 
 class ShardWriter:
-    """Buffers rows and writes one Parquet file each `rows_per_shard` rows."""
+    """Writes rows into Parquet files of `rows_per_shard` rows, one row group at a time: it never holds
+    more than `rows_per_group` images."""
 
     def __init__(self, root: str, split: str, rows_per_shard: int = 10_000, rows_per_group: int = ROWS_PER_GROUP):
         self.fs, base = filesystem(split_path(root, split))
         self.base, self.split, self.rows_per_shard, self.rows_per_group = base, split, rows_per_shard, rows_per_group
         self.fs.create_dir(base, recursive=True)
         self.rows: list[dict] = []
+        self.writer: Optional[pq.ParquetWriter] = None
+        self.in_shard = 0
         self.shards = 0
         self.count = 0
 
     def add(self, image: bytes, label: Optional[int], source: str) -> None:
         self.rows.append({"image": image, "label": label, "split": self.split, "source": source})
         self.count += 1
-        if len(self.rows) >= self.rows_per_shard:
-            self.flush()
+        if len(self.rows) >= min(self.rows_per_group, self.rows_per_shard - self.in_shard):
+            self.write_group()
 
-    def flush(self) -> None:
+    def write_group(self) -> None:
         if not self.rows:
             return
-        table = pa.Table.from_pylist(self.rows, schema=SCHEMA)
-        pq.write_table(table, f"{self.base}/part-{self.shards:05d}.parquet", filesystem=self.fs,
-                       row_group_size=self.rows_per_group)
-        self.rows, self.shards = [], self.shards + 1
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(f"{self.base}/part-{self.shards:05d}.parquet", SCHEMA, filesystem=self.fs)
+            self.shards += 1
+        self.writer.write_table(pa.Table.from_pylist(self.rows, schema=SCHEMA), row_group_size=self.rows_per_group)
+        self.in_shard += len(self.rows)
+        self.rows = []
+        if self.in_shard >= self.rows_per_shard:
+            self.close_shard()
+
+    def close_shard(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.writer, self.in_shard = None, 0
+
+    def flush(self) -> None:
+        """Writes what is buffered and closes the current file (call once at the end)."""
+        self.write_group()
+        self.close_shard()
 
 
 def split_files(root: str, split: str) -> list[str]:

@@ -42,3 +42,9 @@ def encode_png(array: np.ndarray) -> bytes:
     if not ok:
         raise ValueError("PNG encoding failed")
     return buffer.tobytes()
+
+
+def channel_stats(images: list[np.ndarray]) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation of uint8 HxWxC images, in [0, 1]."""
+    pixels = np.concatenate([image.reshape(-1, image.shape[-1]) for image in images]).astype(np.float64) / 255
+    return pixels.mean(0).round(4).tolist(), pixels.std(0).round(4).tolist()

@@ -6,11 +6,13 @@ run from its last checkpoint, in the same MLflow run.
 """
 import argparse
 import json
+import logging
 import math
 import os
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
@@ -35,20 +37,28 @@ def required_cpus(config: Config) -> float:
     return workers + data.augment_actors * data.augment_cpus + max(1.0, data.read_cpus)
 
 
-def init_ray(config: Config) -> None:
+def init_ray(config: Config, verbose: bool = True) -> None:
     """Joins RAY_ADDRESS's cluster, else starts a local instance with enough logical CPUs for the run
-    (threads are set explicitly, so logical CPUs only decide what may be scheduled together)."""
+    (threads are set explicitly, so logical CPUs only decide what may be scheduled together). Not
+    `verbose`: the workers' and Ray's own output stays in Ray's log files."""
     import ray
 
     from pipelines.tracking import tracking_uri
 
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
+        quiet = {} if verbose else {"log_to_driver": False, "logging_level": logging.ERROR}
         if address:
-            ray.init(address=address)
+            context = ray.init(address=address, **quiet)
         else:
             cpus = max(os.cpu_count() or 1, math.ceil(required_cpus(config)))
-            ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1")
+            context = ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
+        if not verbose:
+            from ray._private.worker import _global_node
+
+            dashboard = f"dashboard http://{context.dashboard_url}; " if context.dashboard_url else ""
+            print(f"Ray: {dashboard}its logs and the workers' in {_global_node.get_logs_dir_path()} "
+                  "(--verbose shows them here)", flush=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
     available = ray.cluster_resources().get("CPU", 0)
     check_shared_storage(config, tracking_uri(config), len([n for n in ray.nodes() if n["Alive"]]))
@@ -149,9 +159,11 @@ def steps_per_epoch(config: Config, train_images: int) -> int:
     return steps
 
 
-def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] = None, callbacks=()) -> dict:
+def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] = None, callbacks=(),
+             verbose: bool = True, progress: bool = True) -> dict:
     """Runs (or resumes) one pretraining; returns run name, MLflow run id, tracking URI and final metrics.
-    `tags` go on a new MLflow run (a sweep's parent id), `callbacks` to Ray Train (a sweep's Tune reporter)."""
+    `tags` go on a new MLflow run (a sweep's parent id), `callbacks` to Ray Train (a sweep's Tune reporter);
+    `verbose`: Ray's and the workers' output on this console; `progress`: the progress line."""
     # Imported here, not at the top: the command line answers configuration mistakes in a second.
     from mlflow.tracking import MlflowClient
 
@@ -178,7 +190,9 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
                           "choose another tracking.run_name")
     uri = previous["tracking_uri"] if resume else tracking_uri(config)
     check_reachable(uri)
-    init_ray(config)
+    if not verbose:
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+    init_ray(config, verbose)
 
     if resume:
         run_name, run_id = resume, previous["mlflow_run_id"]
@@ -198,7 +212,7 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
             augmented_views_grid(config, info).save(Path(folder) / "augmented_views.png")
             for name in ("config.yaml", "dataset.json", "augmented_views.png"):
                 client.log_artifact(run_id, str(Path(folder) / name))
-        result = fit(config, info, spe, run_name, run_id, uri, training_dataset(config, info), callbacks)
+        result = fit(config, info, spe, run_name, run_id, uri, training_dataset(config, info), callbacks, progress)
         with result.checkpoint.as_directory() as folder:
             for name in ("backbone.safetensors", "backbone.json"):
                 client.log_artifact(run_id, str(Path(folder) / name), "backbone")
@@ -214,20 +228,24 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
             "artifact_uri": client.get_run(run_id).info.artifact_uri}
 
 
-def fit(config: Config, info, spe: int, run_name: str, run_id: str, uri: str, dataset, callbacks=()):
+def fit(config: Config, info, spe: int, run_name: str, run_id: str, uri: str, dataset, callbacks=(),
+        progress: bool = True):
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from pipelines.progress import ProgressLine, start_board
     from pipelines.train_loop import train_loop_per_worker
 
+    board = start_board() if progress else None
     use_gpu = config.train.use_gpu
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.model_dump(mode="json"), "dataset": asdict(info),
-                           "steps_per_epoch": spe, "mlflow_run_id": run_id, "tracking_uri": uri},
+                           "steps_per_epoch": spe, "mlflow_run_id": run_id, "tracking_uri": uri,
+                           "progress_board": board},
         scaling_config=ScalingConfig(num_workers=config.train.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": config.train.cpus_per_worker},
                                      placement_strategy=config.train.placement_strategy),
@@ -237,7 +255,8 @@ def fit(config: Config, info, spe: int, run_name: str, run_id: str, uri: str, da
                              callbacks=list(callbacks)),
         datasets={"train": dataset},
     )
-    return trainer.fit()
+    with ProgressLine(board) if board else nullcontext():
+        return trainer.fit()
 
 
 def summary(outcome: dict) -> str:
@@ -269,6 +288,8 @@ def parse_args(argv):
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any field, e.g. --set optim.lr=1e-3 (repeatable)")
     parser.add_argument("--resume", metavar="RUN_NAME", help="continue a run from its last checkpoint ('last': the newest)")
+    parser.add_argument("--verbose", action="store_true", help="show Ray's and every worker's output here (else "
+                        "they stay in Ray's log files and one progress line shows the run)")
     return parser.parse_args(argv)
 
 
@@ -288,7 +309,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     try:
         config, resume = resolve_config(args)
-        outcome = pretrain(config, resume)
+        outcome = pretrain(config, resume, verbose=args.verbose)
     except (ConfigError, DatasetError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

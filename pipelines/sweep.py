@@ -82,7 +82,7 @@ def run_trial(sampled: dict, base_tree: dict, sweep_name: str, parent_run_id: st
     fs, path = filesystem(f"{storage}/{run_name}/{RUN_FILE}")
     resume = run_name if fs.get_file_info(path).is_file else None
     tags = {"mlflow.parentRunId": parent_run_id, "sweep": sweep_name, "trial_id": trial_id}
-    pretrain(build_config(tree), resume, tags=tags, callbacks=[TuneReportCallback()])
+    pretrain(build_config(tree), resume, tags=tags, callbacks=[TuneReportCallback()], progress=False)
 
 
 def searcher(kind: str, space: Space, seed: int):

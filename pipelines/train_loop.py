@@ -3,7 +3,6 @@ import hashlib
 import math
 import os
 import random
-import sys
 import tempfile
 import time
 from contextlib import nullcontext
@@ -22,6 +21,7 @@ from pipelines.dataset_store import DatasetInfo
 from pipelines.evaluate import Normalizer, evaluate_backbone, load_eval_sets, load_images
 from pipelines.export import save_backbone
 from pipelines.pictures import method_pictures
+from pipelines.progress import say
 from pipelines.step import TrainStep, configure_device, prepare
 from pipelines.tracking import MetricLogger
 from ssl_models.distributed import gather_objects
@@ -99,6 +99,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     steps_per_epoch, epochs = loop_config["steps_per_epoch"], config.train.epochs
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
+    board = loop_config.get("progress_board") if rank == 0 else None  # pipelines/progress.py
     # the cores of this node are shared by the workers on this node, not by every worker of the run
     torch.set_num_threads(config.train.torch_threads or max(1, (os.cpu_count() or 1) // context.get_local_world_size()))
     device = ray.train.torch.get_device()
@@ -118,7 +119,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if not restored["rng_restored"]:  # more workers than when the checkpoint was written
             seed_everything(config.train.seed + rank + 7919 * step)
         if rank == 0:
-            say(f"resumed from checkpoint: epoch {start_epoch}, step {step}")
+            say(f"resumed from checkpoint: epoch {start_epoch}, step {step}", board)
 
     is_chief = rank == 0
     logger = MetricLogger(loop_config["tracking_uri"], loop_config["mlflow_run_id"]) if is_chief else None
@@ -132,7 +133,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if evaluator and step == 0 and config.eval.baseline:
         baseline_metrics.update(evaluator.final(method.backbone, "init_"))
         logger.log(baseline_metrics, step=0)
-        say(f"random-init backbone: {fmt(baseline_metrics)}")
+        say(f"random-init backbone: {fmt(baseline_metrics)}", board)
 
     picture_images = (load_images(config.data.path, "train", info.channels, config.data.image_size, 6)
                       if is_chief and config.eval.picture_every else None)
@@ -159,16 +160,21 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     averaged["train/skipped_steps"] = train_step.skipped_steps
                 if is_chief:
                     logger.log(averaged, step)
-                    rate = seen / (time.time() - started)
+                    elapsed = time.time() - started
                     say(f"epoch {epoch + 1}/{epochs} step {index + 1}/{steps_per_epoch} "
-                        f"loss {averaged['train/loss']:.4f} lr {averaged['train/lr']:.2e} {rate:.0f} img/s")
+                        f"loss {averaged['train/loss']:.4f} lr {averaged['train/lr']:.2e} {seen / elapsed:.0f} img/s")
+                    if board is not None:
+                        left = (epochs - epoch - 1) * steps_per_epoch + steps_per_epoch - index - 1
+                        board.update.remote({"epoch": epoch + 1, "epochs": epochs, "step": index + 1,
+                                             "steps": steps_per_epoch, "images_per_second": seen / elapsed,
+                                             "loss": averaged["train/loss"], "seconds_left": left * elapsed / (index + 1)})
         seconds = time.time() - started
         metrics = {"epoch": epoch + 1, "step": step, "images_per_second": seen / seconds, "epoch_seconds": seconds}
         last = epoch == epochs - 1
         if world_size > 1:
             metrics["replicas_identical"] = float(len(set(gather_objects(replica_fingerprint(method)))) == 1)
             if not metrics["replicas_identical"] and is_chief:
-                say("warning: the workers' copies of the method differ (targets, teachers or queues out of sync)")
+                say("warning: the workers' copies of the method differ (targets, teachers or queues out of sync)", board)
         if evaluator and config.eval.every_epochs and ((epoch + 1) % config.eval.every_epochs == 0 or last):
             metrics.update(evaluator.online(method.backbone))
         if evaluator and last:
@@ -179,13 +185,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if is_chief:
             logger.log(metrics, step)
             logger.flush()
-            say(f"epoch {epoch + 1}/{epochs} done in {seconds:.0f}s: {fmt(metrics)}")
+            say(f"epoch {epoch + 1}/{epochs} done in {seconds:.0f}s: {fmt(metrics)}", board)
         blocked = report(method, optimizer, step, epoch + 1, {**baseline_metrics, **metrics}, is_chief, config, info)
         if is_chief:
             logger.log({"checkpoint_seconds": blocked}, step)  # how long training waited for the checkpoint
             logger.flush()
     if start_epoch >= epochs and is_chief:
-        say(f"nothing to train: the checkpoint already holds {start_epoch} of {epochs} epochs")
+        say(f"nothing to train: the checkpoint already holds {start_epoch} of {epochs} epochs", board)
 
 
 def classes_present(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -228,12 +234,6 @@ def report(method, optimizer, step, epoch, metrics, is_chief, config, info) -> f
     ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)},
                      checkpoint=checkpoint, checkpoint_upload_mode=mode, delete_local_checkpoint_after_upload=True)
     return time.time() - started
-
-
-def say(line: str) -> None:
-    # Ray Train patches print() to go through a logger that echoes it twice on the driver.
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 def fmt(metrics: dict[str, float]) -> str:

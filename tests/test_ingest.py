@@ -140,3 +140,46 @@ def test_sixteen_bit_images_get_statistics_as_training_decodes_them(tmp_path):
     assert info.channels == 1 and info.mean[0] == pytest.approx(0.5, abs=0.01)  # not clipped to 255 (0.99)
     stored = read_split(str(tmp_path / "out"), "train", ("image",)).column("image")[0].as_py()
     assert decode_image(stored, 1).mean() / 255 == pytest.approx(info.mean[0], abs=0.01)
+
+
+def test_a_folder_in_object_storage_is_ingested_by_a_ray_data_job(s3_server, sorted_folder, tmp_path):
+    """As a user on a cluster would: pictures under an s3:// prefix, the shards written to another."""
+    import subprocess
+    import sys
+
+    from pyarrow.fs import LocalFileSystem, copy_files
+
+    from pipelines.config import PROJECT_ROOT
+
+    copy_files(str(sorted_folder), "test/pictures", source_filesystem=LocalFileSystem(),
+               destination_filesystem=s3_server["fs"])
+    with s3_server["fs"].open_output_stream("test/pictures/moon/broken.png") as stream:
+        stream.write(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    result = subprocess.run([sys.executable, "-m", "pipelines.ingest", "folder", "--source", "s3://test/pictures",
+                             "--out", "s3://test/shards"], env=s3_server["env"], cwd=PROJECT_ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "ingested 480 images (1 skipped) into s3://test/shards" in result.stdout
+    with s3_server["fs"].open_input_stream("test/shards/dataset.json") as stream:
+        info = json.loads(stream.read())
+    assert info["splits"] == {"train": 480} and len(info["classes"]) == 10 and info["min_side"] == 32
+    with s3_server["fs"].open_input_stream("test/shards/ingest_report.json") as stream:
+        report = json.loads(stream.read())["skipped"]
+    assert [item["file"] for item in report] == ["s3://test/pictures/moon/broken.png"]
+    table = pq.read_table("test/shards/train", filesystem=s3_server["fs"], columns=["label"])
+    assert sorted(set(table.column("label").to_pylist())) == list(range(10))
+
+
+def test_shards_are_written_one_row_group_at_a_time(tmp_path):
+    from pipelines.dataset_store import ShardWriter, split_files
+
+    writer = ShardWriter(str(tmp_path), "train", rows_per_shard=600)
+    for index in range(1000):
+        writer.add(bytes([index % 256]), index % 10, f"row {index}")
+        assert len(writer.rows) < 256  # never more than a row group in memory
+    writer.flush()
+    files = split_files(str(tmp_path), "train")
+    groups = [[pq.ParquetFile(path).metadata.row_group(g).num_rows for g in range(pq.ParquetFile(path).num_row_groups)]
+              for path in files]
+    assert groups == [[256, 256, 88], [256, 144]] and writer.count == 1000 and writer.shards == 2
+    assert pq.read_table(files[1]).column("source")[0].as_py() == "row 600"
