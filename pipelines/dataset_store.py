@@ -65,13 +65,14 @@ def split_path(root: str, split: str) -> str:
 
 class ShardWriter:
     """Writes rows into Parquet files of `rows_per_shard` rows, one row group at a time: it never holds
-    more than `rows_per_group` images."""
+    more than `rows_per_group` images (plus the last table given to `add_table`)."""
 
     def __init__(self, root: str, split: str, rows_per_shard: int = 10_000, rows_per_group: int = ROWS_PER_GROUP):
         self.fs, base = filesystem(split_path(root, split))
         self.base, self.split, self.rows_per_shard, self.rows_per_group = base, split, rows_per_shard, rows_per_group
         self.fs.create_dir(base, recursive=True)
         self.rows: list[dict] = []
+        self.pending: Optional[pa.Table] = None
         self.writer: Optional[pq.ParquetWriter] = None
         self.in_shard = 0
         self.shards = 0
@@ -80,20 +81,35 @@ class ShardWriter:
     def add(self, image: bytes, label: Optional[int], source: str) -> None:
         self.rows.append({"image": image, "label": label, "split": self.split, "source": source})
         self.count += 1
-        if len(self.rows) >= min(self.rows_per_group, self.rows_per_shard - self.in_shard):
-            self.write_group()
+        if len(self.rows) >= self.rows_per_group:
+            self.add_rows_as_table()
 
-    def write_group(self) -> None:
-        if not self.rows:
-            return
-        if self.writer is None:
-            self.writer = pq.ParquetWriter(f"{self.base}/part-{self.shards:05d}.parquet", SCHEMA, filesystem=self.fs)
-            self.shards += 1
-        self.writer.write_table(pa.Table.from_pylist(self.rows, schema=SCHEMA), row_group_size=self.rows_per_group)
-        self.in_shard += len(self.rows)
-        self.rows = []
-        if self.in_shard >= self.rows_per_shard:
-            self.close_shard()
+    def add_table(self, table: pa.Table) -> None:
+        """Rows with the columns image, label and source."""
+        self.add_rows_as_table()
+        table = table.select(["image", "label", "source"]).append_column(
+            "split", pa.array([self.split] * len(table), pa.string())).select(SCHEMA.names).cast(SCHEMA)
+        self.count += len(table)
+        self.pending = table if self.pending is None else pa.concat_tables([self.pending, table])
+        self.write_groups(final=False)
+
+    def add_rows_as_table(self) -> None:
+        if self.rows:
+            rows, self.rows = pa.Table.from_pylist(self.rows, schema=SCHEMA), []
+            self.count -= len(rows)  # add_table counts them
+            self.add_table(rows)
+
+    def write_groups(self, final: bool) -> None:
+        while self.pending is not None and len(self.pending) and (
+                final or len(self.pending) >= min(self.rows_per_group, self.rows_per_shard - self.in_shard)):
+            size = min(self.rows_per_group, self.rows_per_shard - self.in_shard, len(self.pending))
+            if self.writer is None:
+                self.writer = pq.ParquetWriter(f"{self.base}/part-{self.shards:05d}.parquet", SCHEMA, filesystem=self.fs)
+                self.shards += 1
+            self.writer.write_table(self.pending.slice(0, size), row_group_size=self.rows_per_group)
+            self.pending, self.in_shard = self.pending.slice(size), self.in_shard + size
+            if self.in_shard >= self.rows_per_shard:
+                self.close_shard()
 
     def close_shard(self) -> None:
         if self.writer is not None:
@@ -102,7 +118,8 @@ class ShardWriter:
 
     def flush(self) -> None:
         """Writes what is buffered and closes the current file (call once at the end)."""
-        self.write_group()
+        self.add_rows_as_table()
+        self.write_groups(final=True)
         self.close_shard()
 
 

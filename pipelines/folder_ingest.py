@@ -16,6 +16,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from pipelines.dataset_store import DatasetInfo, ShardWriter, write_info
@@ -24,7 +25,7 @@ from pipelines.storage import filesystem, write_text
 
 SPLIT_NAMES = {"train": "train", "test": "test", "val": "test", "valid": "test", "validation": "test"}
 STATS_SAMPLE = 500
-CHECK_BATCH = 64
+CHECK_BATCH = 128
 BLOCK_ROWS = 1024
 
 
@@ -194,22 +195,24 @@ def ingest_folder(
         checked = ray.data.from_arrow(blocks).map_batches(
             check_files, fn_kwargs={"min_size": min_size}, batch_size=CHECK_BATCH, batch_format="numpy")
         seen, last_print = len(listing.skipped), time.time()
-        for batch in checked.iter_batches(batch_size=CHECK_BATCH, batch_format="numpy", prefetch_batches=4):
-            for index in range(len(batch["path"])):
-                if batch["reason"][index]:
-                    skipped.append({"file": printable(os.fsdecode(bytes(batch["path"][index]))),
-                                    "reason": batch["reason"][index]})
-                    continue
-                name, image, label = str(batch["split"][index]), bytes(batch["image"][index]), int(batch["label"][index])
-                if name not in writers:
-                    writers[name] = ShardWriter(out, name, rows_per_shard)
-                writers[name].add(image, label if label >= 0 else None, str(batch["relative"][index]))
-                all_gray &= bool(batch["gray"][index])
-                side = int(batch["side"][index])
-                smallest = side if smallest is None else min(smallest, side)
-                if len(sample) < STATS_SAMPLE:  # the order is random: the first ones are a random sample
-                    sample.append(image)
-            seen += len(batch["path"])
+        for batch in checked.iter_batches(batch_size=CHECK_BATCH * 4, batch_format="pyarrow", prefetch_batches=4):
+            bad = pc.not_equal(batch["reason"], "")
+            skipped += [{"file": printable(os.fsdecode(row["path"])), "reason": row["reason"]}
+                        for row in batch.filter(bad).select(["path", "reason"]).to_pylist()]
+            kept = batch.filter(pc.invert(bad))
+            if len(kept):
+                kept = kept.set_column(kept.schema.get_field_index("label"), "label", pc.if_else(
+                    pc.less(kept["label"], 0), pa.scalar(None, pa.int32()), kept["label"]))
+                for name in pc.unique(kept["split"]).to_pylist():
+                    if name not in writers:
+                        writers[name] = ShardWriter(out, name, rows_per_shard)
+                    writers[name].add_table(kept.filter(pc.equal(kept["split"], name)).rename_columns(
+                        ["source" if column == "relative" else column for column in kept.column_names]))
+                all_gray &= pc.all(kept["gray"]).as_py()
+                smallest = min(filter(None, (smallest, pc.min(kept["side"]).as_py())))
+                # the order is random: the first images are a random sample
+                sample += kept["image"].slice(0, STATS_SAMPLE - len(sample)).to_pylist()
+            seen += len(batch)
             if time.time() - last_print >= progress_every:
                 last_print = time.time()
                 print(f"  checked {seen}/{total} files ({len(skipped)} skipped), "
