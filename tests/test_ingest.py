@@ -183,3 +183,25 @@ def test_shards_are_written_one_row_group_at_a_time(tmp_path):
               for path in files]
     assert groups == [[256, 256, 88], [256, 144]] and writer.count == 1000 and writer.shards == 2
     assert pq.read_table(files[1]).column("source")[0].as_py() == "row 600"
+
+
+def test_images_of_every_common_format_and_mode_are_ingested(tmp_path):
+    """Palette, alpha, CMYK, 1-bit, 16-bit, grey with alpha; PNG, JPEG, GIF, BMP, TIFF, WebP, PPM."""
+    import numpy as np
+
+    root = tmp_path / "modes"
+    root.mkdir()
+    picture = Image.fromarray(photos.astronaut()[:48, :48])
+    picture.convert("P").save(root / "palette.png")
+    picture.convert("RGBA").save(root / "alpha.png")
+    picture.convert("CMYK").save(root / "cmyk.jpg")
+    picture.convert("1").save(root / "bilevel.bmp")
+    picture.convert("LA").save(root / "grey_alpha.png")
+    Image.fromarray((np.asarray(picture.convert("L")).astype(np.uint16) * 257)).save(root / "sixteen.tif")
+    picture.save(root / "animated.gif", save_all=True, append_images=[picture.rotate(90)])
+    picture.save(root / "photo.webp")
+    picture.save(root / "photo.ppm")
+    info, skipped = ingest_folder(root, str(tmp_path / "out"))
+    assert skipped == [] and info.splits == {"train": 9} and info.channels == 3 and info.min_side == 48
+    for encoded in read_split(str(tmp_path / "out"), "train", ("image",)).column("image").to_pylist():
+        assert decode_image(encoded, 3).shape == (48, 48, 3)
