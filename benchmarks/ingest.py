@@ -23,8 +23,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = r"""
-import importlib.util, json, os, resource, sys, time
+import importlib.util, json, sys, time
 from pathlib import Path
+from benchmarks.memory import own_peak_mb, ray_worker_peak_mb
 kind, source, out, baseline = sys.argv[1:5]
 started = time.time()
 if kind == "baseline":
@@ -35,18 +36,8 @@ if kind == "baseline":
 else:
     from pipelines.folder_ingest import ingest_folder
     info, _ = ingest_folder(source, out, progress_every=10**9)
-seconds = time.time() - started
-workers = []
-for entry in Path("/proc").iterdir():
-    try:
-        if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(b"ray::"):
-            status = (entry / "status").read_text()
-            workers.append(int(status.split("VmHWM:")[1].split()[0]) / 1024)
-    except (OSError, IndexError):
-        pass
-print(json.dumps({"images": sum(info.splits.values()), "seconds": seconds,
-                  "driver_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "worker_mb": max(workers, default=0.0)}))
+print(json.dumps({"images": sum(info.splits.values()), "seconds": time.time() - started,
+                  "driver_mb": own_peak_mb(), "worker_mb": ray_worker_peak_mb()}))
 """
 
 

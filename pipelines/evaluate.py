@@ -138,3 +138,11 @@ def evaluate_backbone(
     }
     metrics["feature_std"] = embedding_std(query_features).item()
     return metrics
+
+
+if __name__ == "__main__":  # python -m pipelines.evaluate: the transfer evaluation command
+    import sys
+
+    from pipelines.transfer import main
+
+    sys.exit(main())

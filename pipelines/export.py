@@ -15,7 +15,7 @@ from typing import Any
 import safetensors.torch
 from torch import nn
 
-from ssl_models import BackboneSpec
+from ssl_models import BackboneSpec, create_backbone
 
 WEIGHTS_FILE = "backbone.safetensors"
 META_FILE = "backbone.json"
@@ -27,3 +27,11 @@ def save_backbone(folder: Path, backbone: nn.Module, spec: BackboneSpec, extra: 
     safetensors.torch.save_file(state, folder / WEIGHTS_FILE)
     (folder / META_FILE).write_text(json.dumps({**spec.to_dict(), **extra}, indent=2))
 
+
+
+def load_backbone(weights: bytes, meta: dict[str, Any]) -> nn.Module:
+    """The backbone `save_backbone` wrote, rebuilt from its description (nothing unpickled), in eval mode."""
+    spec = BackboneSpec(meta["timm_name"], meta.get("timm_kwargs", {}), meta.get("small_stem", False))
+    backbone, _ = create_backbone(spec)
+    backbone.load_state_dict(safetensors.torch.load(weights))
+    return backbone.eval()

@@ -65,9 +65,9 @@ def reconstruction_grid(method, images: torch.Tensor, normalize) -> Image.Image:
 
 
 def method_pictures(method, images: torch.Tensor, normalize) -> dict[str, Image.Image]:
-    """The pictures a method has to show of itself on fixed images: {file name: picture}."""
+    """The pictures a method has to show of itself on fixed images: {MLflow image key: picture}."""
     if isinstance(method, MAE):
-        return {"mae_reconstruction.png": reconstruction_grid(method, images, normalize)}
+        return {"mae_reconstruction": reconstruction_grid(method, images, normalize)}
     if isinstance(method, DINO) and isinstance(method.backbone, VisionTransformer):
-        return {"dino_attention.png": attention_grid(method, images, normalize)}
+        return {"dino_attention": attention_grid(method, images, normalize)}
     return {}

@@ -29,6 +29,7 @@ class RowGroup:
     rows: int  # rows read from it
     size_bytes: int
     keep: Optional[np.ndarray] = None  # positions within the group to keep; None: all
+    offset: int = 0  # position of the group's first row in the split
 
 
 def list_row_groups(files: list[str], rows: Optional[np.ndarray] = None) -> list[RowGroup]:
@@ -42,27 +43,31 @@ def list_row_groups(files: list[str], rows: Optional[np.ndarray] = None) -> list
             keep = None
             if rows is not None:
                 keep = rows[np.searchsorted(rows, offset):np.searchsorted(rows, offset + count)] - offset
-            offset += count
             if keep is None:
-                units.append(RowGroup(uri, group, count, size))
+                units.append(RowGroup(uri, group, count, size, offset=offset))
             elif len(keep):
-                units.append(RowGroup(uri, group, len(keep), size * len(keep) // count, keep))
+                units.append(RowGroup(uri, group, len(keep), size * len(keep) // count, keep, offset))
+            offset += count
     return units
 
 
-def read_row_groups(units: list[RowGroup], columns: list[str]):
+def read_row_groups(units: list[RowGroup], columns: list[str], row_ids: bool = False):
+    """The units' rows; with `row_ids` a column `row`: each row's position in the split."""
     for unit in units:
         fs, path = filesystem(unit.uri)
         table = pq.ParquetFile(path, filesystem=fs).read_row_group(unit.group, columns=columns)
-        yield table if unit.keep is None else table.take(unit.keep)
+        positions = np.arange(len(table)) if unit.keep is None else unit.keep
+        table = table if unit.keep is None else table.take(unit.keep)
+        yield table.append_column("row", pa.array(unit.offset + positions, pa.int64())) if row_ids else table
 
 
 class ShuffledRowGroups(Datasource):
     def __init__(self, files: list[str], columns: list[str], seed: int, rows: Optional[np.ndarray] = None,
-                 epochs: int = 1):
+                 epochs: int = 1, row_ids: bool = False):
         super().__init__()
         self.units, self.columns, self.seed, self.epochs = list_row_groups(files, rows), list(columns), seed, epochs
-        self.schema = pa.schema([SCHEMA.field(name) for name in self.columns])
+        self.row_ids = row_ids
+        self.schema = pa.schema([SCHEMA.field(name) for name in self.columns] + ([("row", pa.int64())] if row_ids else []))
 
     def estimate_inmemory_data_size(self) -> int:
         return self.epochs * sum(unit.size_bytes for unit in self.units)
@@ -81,7 +86,7 @@ class ShuffledRowGroups(Datasource):
             units = [order[index] for index in chunk]
             metadata = BlockMetadata(num_rows=sum(u.rows for u in units), size_bytes=sum(u.size_bytes for u in units),
                                      input_files=sorted({u.uri for u in units}), exec_stats=None)
-            tasks.append(ReadTask(lambda units=units: read_row_groups(units, self.columns), metadata,
+            tasks.append(ReadTask(lambda units=units: read_row_groups(units, self.columns, self.row_ids), metadata,
                                   schema=self.schema, per_task_row_limit=per_task_row_limit))
         return tasks
 

@@ -37,3 +37,17 @@ def newest_folder_with(root: str, file_name: str) -> Optional[str]:
              zip(folders, fs.get_file_info([f"{base}/{folder}/{file_name}" for folder in folders]))
              if info.type == pafs.FileType.File]
     return max(found)[1] if found else None
+
+
+def latest_checkpoint(run_folder: str) -> Optional[str]:
+    """The newest `checkpoint_*` folder Ray Train wrote under a run's folder (a path or URI), or None."""
+    fs, base = filesystem(run_folder)
+    names = sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+                   if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"))
+    return f"{run_folder.rstrip('/')}/{names[-1]}" if names else None
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    with fs.open_input_stream(path) as stream:
+        return stream.read()

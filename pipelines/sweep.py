@@ -21,7 +21,7 @@ import yaml
 
 from pipelines.config import Config, ConfigError, apply_override, build_config, load_config, read_yaml
 from pipelines.dataset_store import DatasetError
-from pipelines.storage import file_exists, filesystem, newest_folder_with, write_text
+from pipelines.storage import file_exists, filesystem, latest_checkpoint, newest_folder_with, read_bytes, write_text
 from pipelines.pretrain import RUN_FILE, RunFailed, check_job_locations, init_ray, read_run_file, required_cpus
 from pipelines.tune_space import Space, load_space
 
@@ -258,17 +258,12 @@ def trial_rows(client, state: dict, space: Space, base: Config, results) -> list
 
 def log_last_backbone(client, run_id: str, train_run_folder: str) -> None:
     """The weights of the trial's last checkpoint, as `pretrain` logs them when a run ends by itself."""
-    from pyarrow.fs import FileSelector
-
-    fs, base = filesystem(train_run_folder)
-    checkpoints = sorted(info.path for info in fs.get_file_info(FileSelector(base))
-                         if info.type.name == "Directory" and info.base_name.startswith("checkpoint_"))
-    if not checkpoints:
+    checkpoint = latest_checkpoint(train_run_folder)
+    if checkpoint is None:
         return
     with tempfile.TemporaryDirectory() as folder:
         for name in ("backbone.safetensors", "backbone.json"):
-            with fs.open_input_stream(f"{checkpoints[-1]}/{name}") as source:
-                (Path(folder) / name).write_bytes(source.read())
+            (Path(folder) / name).write_bytes(read_bytes(f"{checkpoint}/{name}"))
             client.log_artifact(run_id, str(Path(folder) / name), "backbone")
 
 

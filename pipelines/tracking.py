@@ -1,6 +1,5 @@
 """MLflow: where runs go, how they start, what the training loop logs, how they end."""
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -51,11 +50,30 @@ def ensure_experiment(client: MlflowClient, name: str, uri: str, artifact_locati
     return client.create_experiment(name, artifact_location=artifact_location)
 
 
+def source_tags() -> dict[str, str]:
+    """MLflow's source tags: the entry point and the git commit of the code (from `GIT_COMMIT` when set,
+    as a job's submitter can pass it: Ray's copy of the working directory has no .git)."""
+    import subprocess
+    import sys
+
+    entry = Path(sys.argv[0]).resolve()
+    tags = {"mlflow.source.name": str(entry.relative_to(PROJECT_ROOT) if entry.is_relative_to(PROJECT_ROOT) else entry),
+            "mlflow.source.type": "JOB" if "runtime_resources" in PROJECT_ROOT.parts else "LOCAL"}
+    commit = os.environ.get("GIT_COMMIT")
+    if not commit:
+        found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True)
+        commit = found.stdout.strip() if found.returncode == 0 else None
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
 def start_run(config: Config, uri: str, run_name: str, tags: Optional[dict] = None) -> tuple[MlflowClient, str]:
     client = MlflowClient(uri)
     experiment_id = ensure_experiment(client, config.tracking.experiment or config.method.name, uri,
                                       config.tracking.artifact_location)
-    run = client.create_run(experiment_id, run_name=run_name, tags={"method": config.method.name, **(tags or {})})
+    run = client.create_run(experiment_id, run_name=run_name,
+                            tags={"method": config.method.name, **source_tags(), **(tags or {})})
     params = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in config.flat().items()]
     for start in range(0, len(params), 100):
         client.log_batch(run.info.run_id, params=params[start : start + 100])
@@ -91,11 +109,10 @@ class MetricLogger:
         if len(self.buffer) >= self.flush_every:
             self.flush()
 
-    def log_picture(self, name: str, picture, epoch: int) -> None:
-        with tempfile.TemporaryDirectory() as folder:
-            path = Path(folder) / name
-            picture.save(path)
-            self.client.log_artifact(self.run_id, str(path), f"pictures/epoch_{epoch:03d}")
+    def log_picture(self, key: str, picture, step: int) -> None:
+        """With MLflow's image logging: the UI shows a step slider and compares runs side by side."""
+        if step > self.logged_through:
+            self.client.log_image(self.run_id, picture, key=key, step=step)
 
     def flush(self) -> None:
         for start in range(0, len(self.buffer), 1000):

@@ -181,7 +181,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             metrics.update(evaluator.final(method.backbone, "final_"))
         if picture_images is not None and ((epoch + 1) % config.eval.picture_every == 0 or last):
             for name, picture in method_pictures(method, picture_images.to(device), normalize).items():
-                logger.log_picture(name, picture, epoch + 1)
+                logger.log_picture(name, picture, step)
         if is_chief:
             logger.log(metrics, step)
             logger.flush()

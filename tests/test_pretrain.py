@@ -1,6 +1,7 @@
 """Real Ray Train runs on a slice of Fashion-MNIST, writing to a real MLflow store."""
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import timm
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipelines.config import ConfigError, load_config
+from pipelines.config import PROJECT_ROOT, ConfigError, load_config
 from pipelines.pretrain import RunFailed, pretrain, resolve_config, parse_args
 from tests.conftest import tiny_overrides
 
@@ -32,6 +33,8 @@ def test_one_epoch_run_logs_metrics_config_and_loadable_weights(first_run, tmp_p
     run = client.get_run(outcome["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["optim.lr"] == "0.002" and run.data.params["method.name"] == "byol"
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout
+    assert run.data.tags["mlflow.source.git.commit"] == commit.strip() and run.data.tags["mlflow.source.type"] == "LOCAL"
     losses = client.get_metric_history(run.info.run_id, "train/loss")
     assert [m.step for m in losses] == [2, 4, 6, 8]
     assert all(m.value > 0 for m in losses)
@@ -95,9 +98,10 @@ def test_every_method_runs_end_to_end(ray_session, fmnist_slice, tmp_path, metho
     assert 0 <= run.data.metrics["final_knn_top1_k20"] <= 1
     assert {a.path for a in client.list_artifacts(run.info.run_id, "backbone")} == {
         "backbone/backbone.safetensors", "backbone/backbone.json"}
-    pictures = {a.path for a in client.list_artifacts(run.info.run_id, "pictures/epoch_001")}
-    expected = {"mae": {"pictures/epoch_001/mae_reconstruction.png"},
-                "dino": {"pictures/epoch_001/dino_attention.png"}}.get(method, set())
+    # MLflow image logging (step slider in the UI): images/<key>+step+<step>+timestamp+...png
+    pictures = {a.path.split("/")[1].split("+timestamp")[0] for a in client.list_artifacts(run.info.run_id, "images")
+                if a.path.endswith(".png")}
+    expected = {"mae": {"mae_reconstruction+step+8"}, "dino": {"dino_attention+step+8"}}.get(method, set())
     assert pictures == expected
 
 
@@ -162,3 +166,21 @@ def test_a_new_run_with_an_existing_name_is_refused_unless_resumed(first_run, fm
     overrides = tiny_overrides(fmnist_slice, str(folder / "runs"), uri, **{"tracking.run_name": "tiny"})
     with pytest.raises(ConfigError, match="a run named 'tiny' already exists under .*: continue it with --resume tiny"):
         pretrain(load_config(None, overrides))
+
+
+def test_evaluate_by_run_name_logs_into_the_pretraining_run_with_a_nested_run_per_protocol(first_run, capsys):
+    from pipelines.transfer import main as evaluate_main
+
+    outcome, folder, uri = first_run
+    assert evaluate_main(["--run", "tiny", "--storage", str(folder / "runs"), "--protocol", "knn,linear",
+                          "--linear-epochs", "2", "--linear-lrs", "0.1"]) == 0
+    assert f"logged into MLflow run {outcome['run_id']}" in capsys.readouterr().out
+    client = MlflowClient(uri)
+    run = client.get_run(outcome["run_id"])
+    for key in ("eval/knn_top1_k20", "eval/knn_top1_k200", "eval/linear_top1"):
+        assert 0.1 < run.data.metrics[key] <= 1, key  # above chance (10 classes) for a trained backbone
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{outcome['run_id']}'")
+    assert sorted(child.data.tags["protocol"] for child in children) == ["knn", "linear"]
+    linear = next(child for child in children if child.data.tags["protocol"] == "linear")
+    assert linear.data.params["chosen_lr"] == "0.1" and linear.data.params["embeddings"] == "cached, no augmentation"
+    assert len(client.get_metric_history(linear.info.run_id, "linear/holdout_top1")) == 2

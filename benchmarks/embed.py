@@ -1,0 +1,71 @@
+"""Embedding throughput: Ray Data batch inference (1 and 2 actors) against a plain in-process loop over the
+same images, and the peak memory of each, in one run; then kNN and the linear probe of the weights.
+
+    .venv/bin/python -m benchmarks.embed --weights runs/NAME/checkpoint_.../ [--data data/fashion_mnist]
+
+The in-process loop is what the training loop's evaluation does: decode the whole split into one tensor,
+then embed it in batches. Each variant runs in a fresh process.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CHILD = r"""
+import json, sys, time
+import torch
+from benchmarks.memory import own_peak_mb, ray_worker_peak_mb
+from pipelines.dataset_store import read_info
+kind, weights, data, split, out = sys.argv[1:6]
+info = read_info(data)
+started = time.time()
+if kind == "in_process":
+    from pipelines.embed import weights_meta
+    from pipelines.evaluate import Normalizer, extract_features, load_labelled
+    from pipelines.export import load_backbone
+    from pipelines.storage import read_bytes
+    meta = weights_meta(weights, info)
+    backbone = load_backbone(read_bytes(weights + "/backbone.safetensors"), meta)
+    images = load_labelled(data, split, info.channels, meta["image_size"], range(info.splits[split])).images
+    count = len(extract_features(backbone, images, Normalizer(info.mean, info.std, torch.device("cpu")), 256))
+else:
+    from pipelines.embed import embed_split, read_embeddings
+    from pipelines.folder_ingest import start_ray
+    start_ray()
+    started = time.time()  # Ray's start-up not counted: a cluster is already up
+    count = len(read_embeddings(embed_split(weights, data, split, out, actors=int(kind.split("_")[-1])))[0])
+print(json.dumps({"images": count, "seconds": time.time() - started, "driver_mb": own_peak_mb(),
+                  "worker_mb": ray_worker_peak_mb()}))
+"""
+
+
+def measure(kind: str, weights: str, data: str, split: str, out: str) -> dict:
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    result = subprocess.run([sys.executable, "-c", CHILD, kind, weights, data, split, out], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=3600)
+    if result.returncode != 0:
+        raise RuntimeError(f"{kind} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", required=True)
+    parser.add_argument("--data", default=str(ROOT / "data" / "fashion_mnist"))
+    parser.add_argument("--split", default="test")
+    args = parser.parse_args()
+    print(f"{'embedding':22} {'images':>7} {'s':>7} {'img/s':>7} {'driver MB':>10} {'worker MB':>10}", flush=True)
+    with tempfile.TemporaryDirectory() as out:
+        for kind in ("in_process", "ray_data_1", "ray_data_2"):
+            row = measure(kind, args.weights, args.data, args.split, f"{out}/{kind}")
+            print(f"{kind:22} {row['images']:>7} {row['seconds']:>7.1f} {row['images'] / row['seconds']:>7.0f} "
+                  f"{row['driver_mb']:>10.0f} {row['worker_mb']:>10.0f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

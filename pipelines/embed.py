@@ -1,0 +1,160 @@
+"""Embeddings of an ingested split by Ray Data batch inference, written to Parquet.
+
+    python -m pipelines.embed --weights runs/NAME/checkpoint_.../ --data data/fashion_mnist --split train --out emb/
+    python -m pipelines.embed --run NAME --split test --out s3://bucket/embeddings/NAME
+
+A frozen backbone (backbone.safetensors + backbone.json, as pretraining exports it) is loaded once per
+actor of a pool (GPU actors where the cluster has GPUs); the split streams through it and each row's
+embedding is written with its label and its position in the split (`row`), so no process ever holds
+the whole split. Useful on its own for near-duplicate search and data curation.
+"""
+import argparse
+import json
+import os
+import sys
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+
+from pipelines.dataset_store import DatasetError, DatasetInfo, read_info, split_files
+from pipelines.evaluate import Normalizer, decode_for_eval, extract_features
+from pipelines.export import META_FILE, WEIGHTS_FILE, load_backbone
+from pipelines.storage import filesystem, latest_checkpoint, read_bytes
+
+EMBED_BATCH = 256
+READ_CPUS = 0.25
+PIXELS = "pixels"  # as --weights: the raw pixels (normalised, flattened), the baseline any backbone must beat
+
+
+class Embedder:
+    """Ray Data actor: decodes a batch as evaluation does (resize, centre crop), embeds it with the backbone."""
+
+    def __init__(self, weights: str, channels: int, meta: dict, threads: int = 1):
+        torch.set_num_threads(threads)
+        self.meta = meta
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.backbone = (nn.Flatten() if weights == PIXELS else
+                         load_backbone(read_bytes(f"{weights}/{WEIGHTS_FILE}"), meta).to(self.device))
+        self.normalize = Normalizer(self.meta["mean"], self.meta["std"], self.device)
+        self.channels = channels
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        images, kept = decode_for_eval(batch["image"].to_pylist(), self.channels, self.meta["image_size"])
+        if not images:
+            return empty_embeddings(self.meta["feature_dim"])
+        features = extract_features(self.backbone, torch.from_numpy(np.stack(images)), self.normalize, len(images))
+        return pa.table({"row": batch["row"].take(kept), "label": batch["label"].take(kept),
+                         "embedding": embedding_array(features.cpu().numpy())})
+
+
+def embedding_array(features: np.ndarray) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(features.astype(np.float32).reshape(-1)), features.shape[1])
+
+
+def empty_embeddings(width: int) -> pa.Table:
+    return pa.table({"row": pa.array([], pa.int64()), "label": pa.array([], pa.int32()),
+                     "embedding": embedding_array(np.zeros((0, width), np.float32))})
+
+
+def weights_meta(weights: str, info: DatasetInfo) -> dict:
+    if weights == PIXELS:
+        size = info.min_side or 32
+        return {"timm_kwargs": {"in_chans": info.channels}, "mean": info.mean, "std": info.std, "image_size": size,
+                "feature_dim": info.channels * size * size}
+    try:
+        return json.loads(read_bytes(f"{weights}/{META_FILE}"))
+    except (FileNotFoundError, OSError):
+        raise DatasetError(f"no backbone at '{weights}' (expected {WEIGHTS_FILE} and {META_FILE} there, as a "
+                           "pretraining's checkpoint or its MLflow artifact 'backbone' holds them)") from None
+
+
+def check_compatible(meta: dict, info: DatasetInfo, data: str) -> None:
+    """Weights trained on grey images cannot embed colour ones (and the other way round)."""
+    expected = meta.get("timm_kwargs", {}).get("in_chans", 3)
+    if expected != info.channels:
+        raise DatasetError(f"the weights take {expected}-channel images but '{data}' holds {info.channels}-channel "
+                           "ones: embed a dataset ingested like the one they were trained on")
+
+
+def run_weights(storage_path: str, run_name: str) -> str:
+    """The last checkpoint of a pretraining run (by name) under `storage_path`."""
+    checkpoint = latest_checkpoint(f"{storage_path.rstrip('/')}/{run_name}")
+    if checkpoint is None:
+        raise DatasetError(f"no run named '{run_name}' with a checkpoint under {storage_path}")
+    return checkpoint
+
+
+def embed_split(weights: str, data: str, split: str, out: str, actors: int = 1, batch_size: int = EMBED_BATCH,
+                use_gpu: Optional[bool] = None) -> str:
+    """Writes `<out>/<split>/*.parquet` (row, label, embedding) and returns that folder."""
+    import ray
+
+    info = read_info(data)
+    if split not in info.splits:
+        raise DatasetError(f"'{data}' has no split '{split}' (it has {', '.join(info.splits)})")
+    meta = weights_meta(weights, info)
+    check_compatible(meta, info, data)
+    if use_gpu is None:
+        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    from pipelines.row_groups import ShuffledRowGroups
+
+    threads = max(1, (os.cpu_count() or 1) // actors)
+    # the actors must leave room for the read tasks, or a small machine deadlocks
+    actor_cpus = 0 if use_gpu else min(1.0, (ray.cluster_resources().get("CPU", 1) - READ_CPUS) / actors)
+    dataset = ray.data.read_datasource(ShuffledRowGroups(split_files(data, split), ["image", "label"], seed=0,
+                                                         row_ids=True), num_cpus=READ_CPUS)
+    embedded = dataset.map_batches(
+        Embedder, fn_constructor_kwargs={"weights": weights, "channels": info.channels, "meta": meta, "threads": threads},
+        batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
+        num_gpus=1 if use_gpu else 0, num_cpus=actor_cpus)
+    folder = f"{out.rstrip('/')}/{split}"
+    fs, path = filesystem(folder)
+    fs.create_dir(path, recursive=True)
+    embedded.write_parquet(folder)
+    return folder
+
+
+def read_embeddings(folder: str) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """(rows, labels, embeddings) of a folder `embed_split` wrote, in row order."""
+    fs, path = filesystem(folder)
+    table = pq.read_table(path, filesystem=fs).sort_by("row")
+    width = table.schema.field("embedding").type.list_size
+    flat = table["embedding"].combine_chunks().flatten().to_numpy()
+    labels = table["label"].fill_null(-1).to_numpy()
+    return table["row"].to_numpy(), labels, torch.from_numpy(flat.reshape(-1, width).copy())
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.embed", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--weights", help="folder or URI holding backbone.safetensors and backbone.json "
+                        "('pixels': the raw pixels)")
+    source.add_argument("--run", help="a pretraining run's name: its last checkpoint")
+    parser.add_argument("--storage", help="where the run's checkpoints are (default: train.storage_path)")
+    parser.add_argument("--data", help="ingested dataset (default with --run: the run's data.path)")
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--out", required=True, help="folder or URI; the embeddings go to OUT/SPLIT/")
+    parser.add_argument("--actors", type=int, default=1, help="embedding actors (one GPU each where there are GPUs)")
+    args = parser.parse_args(argv)
+    from pipelines.folder_ingest import start_ray
+    from pipelines.transfer import resolve_source
+
+    try:
+        weights, data = resolve_source(args.weights, args.run, args.storage, args.data)
+        start_ray()
+        folder = embed_split(weights, data, args.split, args.out, args.actors)
+    except (DatasetError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    rows, _, embeddings = read_embeddings(folder)
+    print(f"embedded {len(rows)} images of '{args.split}' ({embeddings.shape[1]} features each) into {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Transfer evaluation of a frozen backbone on embeddings: kNN and the linear probe.
+
+    python -m pipelines.evaluate --run NAME --protocol knn,linear
+    python -m pipelines.evaluate --weights runs/NAME/checkpoint_.../ --data data/fashion_mnist --protocol knn
+
+The splits are embedded by Ray Data batch inference (pipelines/embed.py), then evaluated on the embeddings:
+kNN (cosine, weighted vote, T = 0.07, k = 20 and 200, the bank compared a chunk at a time) and the linear
+probe on cached embeddings (no augmentation; "fast path"). Bank and queries as in pretraining: the train
+split against the test split, or a stratified 10 % of train held out when there is no test split. With
+`--run` the results go into that run's MLflow run (`eval/...`) and a nested run per protocol.
+"""
+import argparse
+import sys
+import tempfile
+import time
+from typing import Optional
+
+import numpy as np
+import torch
+
+from pipelines.config import Config, ConfigError
+from pipelines.dataset_store import DatasetError, DatasetInfo, read_info
+from pipelines.embed import embed_split, read_embeddings, run_weights
+from pipelines.evaluate import eval_rows
+from pipelines.knn import knn_accuracy
+from pipelines.linear_probe import ProbeResult, linear_probe
+
+PROTOCOLS = ("knn", "linear")
+BANK_CHUNK = 8192
+
+
+def resolve_source(weights: Optional[str], run: Optional[str], storage: Optional[str],
+                   data: Optional[str]) -> tuple[str, str]:
+    """(weights folder, dataset) from `--weights` or a run's name (its last checkpoint and its data.path)."""
+    if run:
+        from pipelines.pretrain import read_run_file
+
+        storage = storage or Config().train.storage_path
+        config = read_run_file(storage, run)["config"]
+        return run_weights(storage, run), data or config["data"]["path"]
+    if not data:
+        raise ConfigError("--data is required with --weights (the ingested dataset to evaluate on)")
+    return weights, data
+
+
+def select(rows: np.ndarray, labels: np.ndarray, embeddings: torch.Tensor, wanted: np.ndarray):
+    """The embeddings (and labels) of the split positions `wanted` that were embedded."""
+    index = np.searchsorted(rows, wanted)
+    present = (index < len(rows)) & (rows[np.minimum(index, len(rows) - 1)] == wanted)
+    index = index[present]
+    return embeddings[torch.from_numpy(index)], torch.from_numpy(labels[index].astype(np.int64))
+
+
+def evaluate_embeddings(info: DatasetInfo, data: str, folders: dict[str, str], protocols: list[str],
+                        ks=(20, 200), temperature: float = 0.07, seed: int = 0,
+                        probe_settings: Optional[dict] = None) -> tuple[dict[str, float], Optional[ProbeResult]]:
+    plan = eval_rows(info, data, None, None, seed)
+    if plan is None:
+        raise DatasetError(f"'{data}' has no labels: kNN and the linear probe need labelled images")
+    loaded = {split: read_embeddings(folder) for split, folder in folders.items()}
+    (bank_split, bank_rows), (query_split, query_rows) = plan
+    bank, bank_labels = select(*loaded[bank_split], bank_rows)
+    queries, query_labels = select(*loaded[query_split], query_rows)
+    classes = len(info.classes)
+    metrics, probe = {}, None
+    if "knn" in protocols:
+        for k in ks:
+            metrics[f"knn_top1_k{k}"] = knn_accuracy(bank, bank_labels, queries, query_labels, classes, k,
+                                                     temperature, bank_chunk=BANK_CHUNK)
+    if "linear" in protocols:
+        probe = linear_probe(bank, bank_labels, queries, query_labels, classes, seed=seed, **(probe_settings or {}))
+        metrics["linear_top1"] = probe.top1
+    return metrics, probe
+
+
+def log_to_run(storage: str, run: str, metrics: dict[str, float], probe: Optional[ProbeResult], settings: dict) -> str:
+    """Into the pretraining's MLflow run (`eval/...`) and a nested run per protocol with its settings."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.pretrain import read_run_file
+
+    record = read_run_file(storage, run)
+    client, parent = MlflowClient(record["tracking_uri"]), record["mlflow_run_id"]
+    now = int(time.time() * 1000)
+    client.log_batch(parent, metrics=[Metric(f"eval/{key}", value, now, 0) for key, value in metrics.items()])
+    experiment = client.get_run(parent).info.experiment_id
+    for protocol in settings["protocols"]:
+        child = client.create_run(experiment, run_name=f"{run}-{protocol}",
+                                  tags={"mlflow.parentRunId": parent, "protocol": protocol}).info.run_id
+        params = {"protocol": protocol, "embeddings": "cached, no augmentation", **settings[protocol]}
+        if protocol == "linear" and probe is not None:
+            params["chosen_lr"] = probe.lr
+            curve = [Metric("linear/holdout_top1", value, now, epoch + 1) for epoch, value in enumerate(probe.curve)]
+            lrs = [Metric("linear/holdout_top1_by_lr", value, now, index) for index, value in enumerate(probe.validation.values())]
+            client.log_batch(child, metrics=curve + lrs)
+        client.log_batch(child, params=[Param(key, str(value)) for key, value in params.items()],
+                         metrics=[Metric(key, value, now, 0) for key, value in metrics.items()
+                                  if key.startswith(protocol)])
+        client.set_terminated(child, "FINISHED")
+    return parent
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", help="a pretraining run's name: its last checkpoint, its data, its MLflow run")
+    source.add_argument("--weights", help="folder or URI holding backbone.safetensors and backbone.json ('pixels': "
+                        "the raw-pixel baseline, normalised and flattened at the dataset's smallest image side)")
+    parser.add_argument("--storage", help="where the run's checkpoints are (default: train.storage_path)")
+    parser.add_argument("--data", help="ingested, labelled dataset (default with --run: the run's data.path)")
+    parser.add_argument("--protocol", default="knn,linear", help=f"comma-separated, of: {', '.join(PROTOCOLS)}")
+    parser.add_argument("--embeddings", help="keep the embeddings in this folder or URI (default: a temporary one)")
+    parser.add_argument("--actors", type=int, default=1, help="embedding actors")
+    parser.add_argument("--linear-epochs", type=int, default=50)
+    parser.add_argument("--linear-lrs", default="0.01,0.1,1.0", help="learning rates tried (chosen on a held-out 10 %%)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    protocols = [name.strip() for name in args.protocol.split(",") if name.strip()]
+    unknown = sorted(set(protocols) - set(PROTOCOLS))
+    if unknown or not protocols:
+        print(f"error: unknown protocol {', '.join(unknown) or '(none)'}; choose from {', '.join(PROTOCOLS)}",
+              file=sys.stderr)
+        return 2
+    from pipelines.folder_ingest import start_ray
+
+    probe_settings = {"epochs": args.linear_epochs, "lrs": tuple(float(v) for v in args.linear_lrs.split(","))}
+    settings = {"protocols": protocols, "knn": {"k": "20,200", "temperature": 0.07},
+                "linear": {"epochs": args.linear_epochs, "lrs": args.linear_lrs, "optimizer": "sgd momentum 0.9",
+                           "schedule": "cosine", "batch_size": 256, "norm": "BatchNorm1d(affine=False)"}}
+    try:
+        weights, data = resolve_source(args.weights, args.run, args.storage, args.data)
+        info = read_info(data)
+        if not info.labelled:
+            raise DatasetError(f"'{data}' has no labels: kNN and the linear probe need labelled images")
+        start_ray()
+        with tempfile.TemporaryDirectory() as scratch:
+            out = args.embeddings or scratch
+            folders = {split: embed_split(weights, data, split, out, args.actors)
+                       for split in sorted({"train", "test"} & set(info.splits))}
+            metrics, probe = evaluate_embeddings(info, data, folders, protocols, seed=args.seed,
+                                                 probe_settings=probe_settings)
+    except (ConfigError, DatasetError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for key, value in metrics.items():
+        print(f"{key}: {value:.2%}")
+    if probe is not None:
+        print(f"linear probe lr {probe.lr:g} (held-out accuracy by lr: "
+              + ", ".join(f"{lr:g} {value:.2%}" for lr, value in probe.validation.items()) + ")")
+    if args.run:
+        parent = log_to_run(args.storage or Config().train.storage_path, args.run, metrics, probe, settings)
+        print(f"logged into MLflow run {parent} (eval/...) with a nested run per protocol")
+    return 0

@@ -1,0 +1,103 @@
+"""Transfer evaluation: the linear probe and chunked kNN on fixed features, and embeddings by Ray Data batch
+inference on the real Fashion-MNIST slice against the in-process path the training loop uses."""
+import json
+
+import pytest
+import torch
+
+from pipelines.dataset_store import read_info
+from pipelines.embed import embed_split, read_embeddings
+from pipelines.evaluate import Normalizer, evaluate_backbone, extract_features, load_eval_sets, load_labelled
+from pipelines.export import save_backbone
+from pipelines.knn import knn_predict
+from pipelines.linear_probe import linear_probe
+from pipelines.transfer import evaluate_embeddings, main
+from ssl_models import backbone_spec, create_backbone
+
+
+def clusters(count: int, classes: int, width: int, spread: float, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, width, generator=generator) * 3
+    labels = torch.arange(count) % classes
+    return centres[labels] + spread * torch.randn(count, width, generator=generator), labels
+
+
+def test_the_linear_probe_separates_separable_features_and_stays_at_chance_on_random_ones():
+    features, labels = clusters(1200, 10, 32, 0.5, seed=0)
+    queries, query_labels = clusters(400, 10, 32, 0.5, seed=0)
+    separable = linear_probe(features, labels, queries[-400:], query_labels[-400:], 10, lrs=(0.1,), epochs=10)
+    assert separable.top1 >= 0.98 and len(separable.curve) == 10
+    noise = torch.randn(1200, 32)
+    chance = linear_probe(noise, labels, torch.randn(400, 32), query_labels, 10, lrs=(0.01, 0.1), epochs=10)
+    assert chance.top1 < 0.2 and set(chance.validation) == {0.01, 0.1}
+
+
+def test_knn_with_the_bank_in_chunks_equals_knn_on_the_whole_bank():
+    bank, bank_labels = clusters(3000, 10, 16, 3.0, seed=1)
+    queries, _ = clusters(500, 10, 16, 3.0, seed=2)
+    whole = knn_predict(bank, bank_labels, queries, 10, k=20)
+    assert torch.equal(knn_predict(bank, bank_labels, queries, 10, k=20, bank_chunk=700), whole)
+    assert torch.equal(knn_predict(bank, bank_labels, queries, 10, k=200, bank_chunk=128),
+                       knn_predict(bank, bank_labels, queries, 10, k=200))
+
+
+@pytest.fixture(scope="module")
+def weights(fmnist_slice, tmp_path_factory):
+    """A random-init ResNet-18 (small stem) exported as pretraining exports it."""
+    info = read_info(fmnist_slice)
+    spec = backbone_spec("resnet18", in_chans=1, image_size=28, small_stem=True)
+    torch.manual_seed(0)
+    backbone, width = create_backbone(spec)
+    folder = tmp_path_factory.mktemp("weights")
+    save_backbone(folder, backbone, spec, {"feature_dim": width, "image_size": 28, "mean": info.mean,
+                                           "std": info.std, "method": "none"})
+    return str(folder), backbone.eval()
+
+
+@pytest.mark.slow
+def test_embeddings_from_two_actors_equal_the_in_process_ones_and_knn_matches_the_training_loop(
+        ray_session, fmnist_slice, weights, tmp_path):
+    folder, backbone = weights
+    info = read_info(fmnist_slice)
+    out = str(tmp_path / "embeddings")
+    folders = {split: embed_split(folder, fmnist_slice, split, out, actors=2) for split in ("train", "test")}
+    rows, labels, embedded = read_embeddings(folders["train"])
+    assert list(rows) == list(range(info.splits["train"])) and embedded.shape == (info.splits["train"], 512)
+    direct = load_labelled(fmnist_slice, "train", 1, 28, rows)
+    normalize = Normalizer(info.mean, info.std, torch.device("cpu"))
+    expected = extract_features(backbone, direct.images, normalize, 128)
+    assert torch.allclose(embedded, expected, atol=1e-4) and list(labels) == direct.labels.tolist()
+
+    ours, _ = evaluate_embeddings(info, fmnist_slice, folders, ["knn"])
+    bank, queries = load_eval_sets(info, fmnist_slice, 28, None, None)
+    in_loop = evaluate_backbone(backbone, bank, queries, 10, normalize, [20, 200], 0.07, 128)
+    for k in (20, 200):
+        assert ours[f"knn_top1_k{k}"] == pytest.approx(in_loop[f"knn_top1_k{k}"], abs=0.001)
+
+
+@pytest.mark.slow
+def test_the_evaluate_command_prints_each_protocol_and_names_bad_input(ray_session, fmnist_slice, weights, tmp_path,
+                                                                       capsys):
+    folder, _ = weights
+    assert main(["--weights", folder, "--data", fmnist_slice, "--protocol", "knn,linear", "--linear-epochs", "3",
+                 "--linear-lrs", "0.1"]) == 0
+    printed = capsys.readouterr().out
+    assert "knn_top1_k20: " in printed and "linear_top1: " in printed and "linear probe lr 0.1" in printed
+
+    assert main(["--weights", "pixels", "--data", fmnist_slice, "--protocol", "knn"]) == 0
+    assert float(capsys.readouterr().out.split("knn_top1_k20: ")[1].split("%")[0]) > 50  # raw pixels: ~70 %
+
+    assert main(["--weights", folder, "--protocol", "knn"]) == 2
+    assert "--data is required with --weights" in capsys.readouterr().err
+    assert main(["--weights", folder, "--data", fmnist_slice, "--protocol", "finetune"]) == 2
+    assert "unknown protocol finetune" in capsys.readouterr().err
+    assert main(["--run", "nothing-here", "--storage", str(tmp_path), "--protocol", "knn"]) == 2
+    assert "no run named 'nothing-here'" in capsys.readouterr().err
+    colour = tmp_path / "colour"
+    colour.mkdir()
+    spec = backbone_spec("resnet18", in_chans=3, image_size=28)
+    backbone, width = create_backbone(spec)
+    save_backbone(colour, backbone, spec, {"feature_dim": width, "image_size": 28, "mean": [0.5] * 3,
+                                           "std": [0.25] * 3, "method": "none"})
+    assert main(["--weights", str(colour), "--data", fmnist_slice, "--protocol", "knn"]) == 2
+    assert "the weights take 3-channel images but" in capsys.readouterr().err
