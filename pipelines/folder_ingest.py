@@ -155,15 +155,24 @@ def check_files(batch: dict[str, np.ndarray], min_size: int) -> dict[str, np.nda
             "gray": np.array(gray), "side": np.array(sides, dtype=np.int64)}
 
 
-def start_ray() -> None:
-    """Joins RAY_ADDRESS's cluster (as under `ray job submit`), else starts a local instance."""
+def start_ray(verbose: bool = False) -> None:
+    """Joins RAY_ADDRESS's cluster (as under `ray job submit`), else starts a local instance. Not `verbose`:
+    the output of Ray and of its workers stays in Ray's log files (errors still reach this process)."""
+    import logging
+
     import ray
 
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS")
-        ray.init(address=address) if address else ray.init(include_dashboard=True, dashboard_host="127.0.0.1")
+        quiet = {} if verbose else {"log_to_driver": False, "logging_level": logging.ERROR}
+        if address:
+            ray.init(address=address, **quiet)
+        else:
+            ray.init(include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
+    if not verbose:
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
 def ingest_folder(
