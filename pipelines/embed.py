@@ -140,13 +140,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--split", default="train")
     parser.add_argument("--out", required=True, help="folder or URI; the embeddings go to OUT/SPLIT/")
     parser.add_argument("--actors", type=int, default=1, help="embedding actors (one GPU each where there are GPUs)")
+    parser.add_argument("--verbose", action="store_true", help="show Ray's and its workers' output here")
     args = parser.parse_args(argv)
     from pipelines.folder_ingest import start_ray
     from pipelines.transfer import resolve_source
 
     try:
         weights, data = resolve_source(args.weights, args.run, args.storage, args.data)
-        start_ray()
+        start_ray(args.verbose)
         folder = embed_split(weights, data, args.split, args.out, args.actors)
     except (DatasetError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -177,7 +177,7 @@ def start_ray(verbose: bool = False) -> None:
 
 def ingest_folder(
     source, out: str, split: str = "train", rows_per_shard: int = 10_000, progress_every: float = 5.0,
-    min_size: int = 8, seed: int = 0,
+    min_size: int = 8, seed: int = 0, verbose: bool = False,
 ) -> tuple[DatasetInfo, list[dict]]:
     """`source`: a local folder or an object-storage prefix (s3://bucket/pictures). Returns the dataset's
     description and the skipped files with their reasons."""
@@ -195,7 +195,7 @@ def ingest_folder(
     print(f"  {total} entries listed in {time.time() - started:.1f}s; checking {len(rows)} files", flush=True)
     writers, sample, all_gray, smallest = {}, [], True, None
     if rows:
-        start_ray()
+        start_ray(verbose)
         ray.data.DataContext.get_current().execution_options.preserve_order = True  # the seeded order
         table = pa.table({"path": pa.array([row[0] for row in rows], pa.binary()),
                           "split": [row[1] for row in rows], "relative": [row[2] for row in rows],

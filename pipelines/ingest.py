@@ -91,6 +91,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         each.add_argument("--out", required=True, help="output folder or URI")
         each.add_argument("--rows-per-shard", type=int, default=10_000)
         each.add_argument("--seed", type=int, default=0, help="seed of the random order rows are written in")
+    folder.add_argument("--verbose", action="store_true", help="show Ray's and its workers' output here")
     args = parser.parse_args(argv)
     started = time.time()
     try:
@@ -98,7 +99,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             info = ingest_fashion_mnist(args.source, args.out, args.limit, args.rows_per_shard, args.seed)
         else:
             info, skipped = ingest_folder(args.source, args.out, args.split, args.rows_per_shard,
-                                          min_size=args.min_size, seed=args.seed)
+                                          min_size=args.min_size, seed=args.seed, verbose=args.verbose)
             for item in skipped[:20]:
                 print(f"  skipped {item['file']}: {item['reason']}")
             if len(skipped) > 20:

@@ -116,6 +116,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--linear-epochs", type=int, default=50)
     parser.add_argument("--linear-lrs", default="0.01,0.1,1.0", help="learning rates tried (chosen on a held-out 10 %%)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--verbose", action="store_true", help="show Ray's and its workers' output here")
     args = parser.parse_args(argv)
     protocols = [name.strip() for name in args.protocol.split(",") if name.strip()]
     unknown = sorted(set(protocols) - set(PROTOCOLS))
@@ -134,7 +135,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         info = read_info(data)
         if not info.labelled:
             raise DatasetError(f"'{data}' has no labels: kNN and the linear probe need labelled images")
-        start_ray()
+        start_ray(args.verbose)
         with tempfile.TemporaryDirectory() as scratch:
             out = args.embeddings or scratch
             folders = {split: embed_split(weights, data, split, out, args.actors)
