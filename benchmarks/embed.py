@@ -37,7 +37,7 @@ else:
     import pyarrow.parquet as pq
     from pathlib import Path
     from pipelines.embed import embed_split
-    from pipelines.folder_ingest import start_ray
+    from pipelines.ray_start import start_ray
     start_ray()
     started = time.time()  # Ray's start-up not counted: a cluster is already up
     folder = embed_split(weights, data, split, out, actors=int(kind.split("_")[-1]))

@@ -6,6 +6,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# under `ray job submit` the project is Ray's unpacked copy of the working directory, deleted after the job
+IN_RAY_JOB_COPY = "runtime_resources" in PROJECT_ROOT.parts
 
 
 class ConfigError(ValueError):

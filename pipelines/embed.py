@@ -142,7 +142,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--actors", type=int, default=1, help="embedding actors (one GPU each where there are GPUs)")
     parser.add_argument("--verbose", action="store_true", help="show Ray's and its workers' output here")
     args = parser.parse_args(argv)
-    from pipelines.folder_ingest import start_ray
+    from pipelines.ray_start import start_ray
     from pipelines.transfer import resolve_source
 
     try:

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from pipelines.dataset_store import DatasetInfo, ShardWriter, write_info
+from pipelines.ray_start import start_ray
 from pipelines.images import IMAGE_SUFFIXES, channel_stats, decode_image, is_grayscale, verified_pil_image
 from pipelines.storage import filesystem, write_text
 
@@ -153,26 +154,6 @@ def check_files(batch: dict[str, np.ndarray], min_size: int) -> dict[str, np.nda
         sides.append(side)
     return {**batch, "image": np.array(images, dtype=object), "reason": np.array(reasons, dtype=object),
             "gray": np.array(gray), "side": np.array(sides, dtype=np.int64)}
-
-
-def start_ray(verbose: bool = False) -> None:
-    """Joins RAY_ADDRESS's cluster (as under `ray job submit`), else starts a local instance. Not `verbose`:
-    the output of Ray and of its workers stays in Ray's log files (errors still reach this process)."""
-    import logging
-
-    import ray
-
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS")
-        quiet = {} if verbose else {"log_to_driver": False, "logging_level": logging.ERROR}
-        if address:
-            ray.init(address=address, **quiet)
-        else:
-            ray.init(include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    if not verbose:
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
 def ingest_folder(

@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
-from pipelines.config import PROJECT_ROOT, Config, ConfigError, apply_override, build_config, load_config, parse_override, save_config
+from pipelines.config import IN_RAY_JOB_COPY, PROJECT_ROOT, Config, ConfigError, apply_override, build_config, load_config, parse_override, save_config
 from pipelines.dataset_store import DatasetError, read_info
 from pipelines.storage import file_exists, filesystem, newest_folder_with, write_text
 from pipelines.evaluate import eval_plan
@@ -43,23 +43,10 @@ def init_ray(config: Config, verbose: bool = True) -> None:
     `verbose`: the workers' and Ray's own output stays in Ray's log files."""
     import ray
 
+    from pipelines.ray_start import start_ray
     from pipelines.tracking import tracking_uri
 
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS")
-        quiet = {} if verbose else {"log_to_driver": False, "logging_level": logging.ERROR}
-        if address:
-            context = ray.init(address=address, **quiet)
-        else:
-            cpus = max(os.cpu_count() or 1, math.ceil(required_cpus(config)))
-            context = ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
-        if not verbose:
-            from ray._private.worker import _global_node
-
-            dashboard = f"dashboard http://{context.dashboard_url}; " if context.dashboard_url else ""
-            print(f"Ray: {dashboard}its logs and the workers' in {_global_node.get_logs_dir_path()} "
-                  "(--verbose shows them here)", flush=True)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    start_ray(verbose, num_cpus=max(os.cpu_count() or 1, math.ceil(required_cpus(config))))
     available = ray.cluster_resources().get("CPU", 0)
     check_shared_storage(config, tracking_uri(config), len([n for n in ray.nodes() if n["Alive"]]))
     if available < required_cpus(config):
@@ -72,6 +59,15 @@ def init_ray(config: Config, verbose: bool = True) -> None:
 
 def is_local(path: str) -> bool:
     return "://" not in path or path.startswith(("file://", "sqlite://"))
+
+
+def local_locations(config: Config, uri: str) -> list[tuple[str, str]]:
+    """(setting, value) of the run's data, checkpoint and MLflow locations that are paths on this machine."""
+    return [(name, value) for name, value in (("data.path", config.data.path),
+                                              ("train.storage_path", config.train.storage_path),
+                                              ("tracking.tracking_uri", uri),
+                                              ("tracking.artifact_location", config.tracking.artifact_location))
+            if value and is_local(value)]
 
 
 def check_shared_storage(config: Config, uri: str, nodes: int) -> None:
@@ -87,11 +83,7 @@ def check_shared_storage(config: Config, uri: str, nodes: int) -> None:
             "MLflow server (scripts/cluster.sh start) and set tracking.tracking_uri=http://...")
     if config.train.shared_storage:
         return
-    local = [f"{name}={value}" for name, value in (("data.path", config.data.path),
-                                                   ("train.storage_path", config.train.storage_path),
-                                                   ("tracking.tracking_uri", uri),
-                                                   ("tracking.artifact_location", config.tracking.artifact_location))
-             if value and is_local(value)]
+    local = [f"{name}={value}" for name, value in local_locations(config, uri)]
     if local:
         raise ConfigError(
             f"the Ray cluster has {nodes} nodes but {', '.join(local)} "
@@ -103,13 +95,10 @@ def check_shared_storage(config: Config, uri: str, nodes: int) -> None:
 def check_job_locations(config: Config, uri: str) -> None:
     """Under `ray job submit` the project folder is Ray's unpacked copy of the working directory, deleted when
     the job ends: defaults built from it would lose the job's checkpoints and runs (and hold no data)."""
-    if "runtime_resources" not in PROJECT_ROOT.parts:
+    if not IN_RAY_JOB_COPY:
         return
-    inside = [f"{name}={value.replace(PROJECT_ROOT.as_posix(), '<job copy>')}" for name, value in (("data.path", config.data.path),
-                                                   ("train.storage_path", config.train.storage_path),
-                                                   ("tracking.tracking_uri", uri),
-                                                   ("tracking.artifact_location", config.tracking.artifact_location))
-              if value and is_local(value) and PROJECT_ROOT.as_posix() in value]
+    inside = [f"{name}={value.replace(PROJECT_ROOT.as_posix(), '<job copy>')}"
+              for name, value in local_locations(config, uri) if PROJECT_ROOT.as_posix() in value]
     if inside:
         raise ConfigError(
             f"this job runs in Ray's temporary copy of the project ({PROJECT_ROOT}), deleted when the job ends, "

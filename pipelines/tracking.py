@@ -7,7 +7,7 @@ from typing import Optional
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from pipelines.config import PROJECT_ROOT, Config, ConfigError
+from pipelines.config import IN_RAY_JOB_COPY, PROJECT_ROOT, Config, ConfigError
 
 MAX_PARAM_LENGTH = 6000
 
@@ -58,7 +58,7 @@ def source_tags() -> dict[str, str]:
 
     entry = Path(sys.argv[0]).resolve()
     tags = {"mlflow.source.name": str(entry.relative_to(PROJECT_ROOT) if entry.is_relative_to(PROJECT_ROOT) else entry),
-            "mlflow.source.type": "JOB" if "runtime_resources" in PROJECT_ROOT.parts else "LOCAL"}
+            "mlflow.source.type": "JOB" if IN_RAY_JOB_COPY else "LOCAL"}
     commit = os.environ.get("GIT_COMMIT")
     if not commit:
         found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True)

@@ -124,7 +124,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: unknown protocol {', '.join(unknown) or '(none)'}; choose from {', '.join(PROTOCOLS)}",
               file=sys.stderr)
         return 2
-    from pipelines.folder_ingest import start_ray
+    from pipelines.ray_start import start_ray
 
     probe_settings = {"epochs": args.linear_epochs, "lrs": tuple(float(v) for v in args.linear_lrs.split(","))}
     settings = {"protocols": protocols, "knn": {"k": "20,200", "temperature": 0.07},
