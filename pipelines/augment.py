@@ -80,6 +80,7 @@ RECIPES = {
     "moco": symmetric_views,
     "dino": multi_crop_views,
     "mae": single_crop_view,
+    "finetune": single_crop_view,  # MAE's fine-tuning and linear probing crop and flip as its pretraining does
 }
 
 

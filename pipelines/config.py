@@ -179,6 +179,10 @@ class EvalConfig(Section):
     final_bank_size: Optional[int] = Field(None, ge=1, description="null: the whole train split")
     final_query_size: Optional[int] = Field(None, ge=1, description="null: the whole test split")
     baseline: bool = Field(True, description="also evaluate the randomly initialised backbone")
+    online_probe: bool = Field(True, description="train a linear classifier on the detached features of each labelled "
+                               "training batch (solo-learn's online probe); logs train/online_probe_top1 and, per "
+                               "epoch, online_linear_top1 (a sweep objective)")
+    online_probe_lr: float = Field(0.1, gt=0)
     picture_every: int = Field(5, ge=0, description="DINO attention maps / MAE reconstructions every N epochs (0: off)")
     batch_size: int = Field(512, ge=1)
 
@@ -190,6 +194,8 @@ class TrackingConfig(Section):
                                              "or URI, e.g. s3://bucket/mlflow); null: next to a sqlite store, or "
                                              "the MLflow server's own artifact root")
     run_name: Optional[str] = None
+    log_model: bool = Field(True, description="log the final backbone as an MLflow model (Models tab, registry, "
+                            "mlflow.pyfunc.load_model returns embeddings)")
 
 
 class Config(Section):

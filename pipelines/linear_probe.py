@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from pipelines.sampling import stratified_holdout
+from ssl_models.online_probe import linear_classifier
 
 
 @dataclass
@@ -16,10 +17,6 @@ class ProbeResult:
     lr: float
     validation: dict[float, float]  # held-out accuracy per lr tried
     curve: list[float] = field(default_factory=list)  # held-out accuracy per epoch, chosen lr
-
-
-def linear_classifier(width: int, num_classes: int) -> nn.Module:
-    return nn.Sequential(nn.BatchNorm1d(width, affine=False, eps=1e-6), nn.Linear(width, num_classes))
 
 
 def accuracy(model: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> float:

@@ -205,6 +205,11 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
         with result.checkpoint.as_directory() as folder:
             for name in ("backbone.safetensors", "backbone.json"):
                 client.log_artifact(run_id, str(Path(folder) / name), "backbone")
+            if config.tracking.log_model:
+                from pipelines.backbone_model import log_backbone_model
+
+                log_backbone_model(uri, run_id, folder, {k: v for k, v in result.metrics.items()
+                                                         if k.startswith(("final_", "init_"))})
     except KeyboardInterrupt:
         fail_run(client, run_id, "interrupted by the user", status="KILLED")
         raise

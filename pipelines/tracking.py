@@ -86,13 +86,13 @@ def fail_run(client: MlflowClient, run_id: str, reason: str, status: str = "FAIL
 
 
 class MetricLogger:
-    """Buffers metrics and sends them in batches (one round trip per flush, not per value)."""
+    """Metrics through MLflow's asynchronous logging (its own queue and thread batch them; training never waits
+    on a round trip), points of steps already in MLflow left out, `flush()` waiting until all are stored."""
 
-    def __init__(self, uri: str, run_id: str, flush_every: int = 200):
+    def __init__(self, uri: str, run_id: str):
         self.client = MlflowClient(uri)
         self.run_id = run_id
-        self.flush_every = flush_every
-        self.buffer: list[Metric] = []
+        self.pending = []
         self.logged_through = -1
 
     def skip_steps_already_logged(self, key: str = "train/loss") -> None:
@@ -105,9 +105,10 @@ class MetricLogger:
         if step <= self.logged_through:
             return
         now = int(time.time() * 1000)
-        self.buffer += [Metric(key, float(value), now, step) for key, value in metrics.items()]
-        if len(self.buffer) >= self.flush_every:
-            self.flush()
+        points = [Metric(key, float(value), now, step) for key, value in metrics.items()]
+        for start in range(0, len(points), 1000):  # MLflow's limit per batch
+            self.pending.append(self.client.log_batch(self.run_id, metrics=points[start:start + 1000],
+                                                      synchronous=False))
 
     def log_picture(self, key: str, picture, step: int) -> None:
         """With MLflow's image logging: the UI shows a step slider and compares runs side by side."""
@@ -115,6 +116,6 @@ class MetricLogger:
             self.client.log_image(self.run_id, picture, key=key, step=step)
 
     def flush(self) -> None:
-        for start in range(0, len(self.buffer), 1000):
-            self.client.log_batch(self.run_id, metrics=self.buffer[start : start + 1000])
-        self.buffer = []
+        for operation in self.pending:
+            operation.wait()
+        self.pending = []

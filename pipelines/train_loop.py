@@ -25,6 +25,7 @@ from pipelines.progress import say
 from pipelines.step import TrainStep, configure_device, prepare
 from pipelines.tracking import MetricLogger
 from ssl_models.distributed import gather_objects
+from ssl_models.online_probe import FirstOutput, OnlineProbe
 
 
 def seed_everything(seed: int) -> None:
@@ -135,6 +136,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         logger.log(baseline_metrics, step=0)
         say(f"random-init backbone: {fmt(baseline_metrics)}", board)
 
+    probe = OnlineProbe(method.backbone.num_features, len(info.classes), config.eval.online_probe_lr).to(device) \
+        if info.labelled and config.eval.online_probe else None
+    tap = FirstOutput(method.backbone) if probe else None
     picture_images = (load_images(config.data.path, "train", info.channels, config.data.image_size, 6)
                       if is_chief and config.eval.picture_every else None)
     shard = ray.train.get_dataset_shard("train")
@@ -145,12 +149,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                             prefetch_batches=config.data.prefetch_batches,
                                             pin_memory=device.type == "cuda"))
     for epoch in range(start_epoch, epochs):
-        started, seen, window = time.time(), 0, MetricWindow()
+        started, seen, window, probe_top1 = time.time(), 0, MetricWindow(), []
         for index, batch in zip(range(steps_per_epoch), batches):
             views = [normalize(batch[view_column(v)]) for v in range(method.num_views)]
+            if tap:
+                tap.take()  # drop what evaluation or pictures embedded since the last step
             values = train_step(views, step)
             if "label" in batch:
                 values["classes_per_batch"] = classes_present(batch["label"], len(info.classes))
+            if probe:
+                values.update(probe_step(probe, tap, method, views[0], batch["label"], train_step.autocast))
+                probe_top1.append(values["online_probe_top1"])
             window.add(step, values)
             step += 1
             seen += batch_size * world_size
@@ -170,9 +179,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
                                              "loss": averaged["train/loss"], "seconds_left": left * elapsed / (index + 1)})
         seconds = time.time() - started
         metrics = {"epoch": epoch + 1, "step": step, "images_per_second": seen / seconds, "epoch_seconds": seconds}
+        if probe_top1:  # the online probe's accuracy over the epoch's batches (as solo-learn logs it)
+            metrics["online_linear_top1"] = torch.stack(probe_top1).mean().item()
         last = epoch == epochs - 1
         if world_size > 1:
-            metrics["replicas_identical"] = float(len(set(gather_objects(replica_fingerprint(method)))) == 1)
+            metrics["replicas_identical"] = float(len(set(gather_objects(replica_fingerprint(method, probe)))) == 1)
             if not metrics["replicas_identical"] and is_chief:
                 say("warning: the workers' copies of the method differ (targets, teachers or queues out of sync)", board)
         if evaluator and config.eval.every_epochs and ((epoch + 1) % config.eval.every_epochs == 0 or last):
@@ -194,6 +205,19 @@ def train_loop_per_worker(loop_config: dict) -> None:
         say(f"nothing to train: the checkpoint already holds {start_epoch} of {epochs} epochs", board)
 
 
+def probe_step(probe: OnlineProbe, tap: FirstOutput, method, first_view: torch.Tensor, labels: torch.Tensor,
+               autocast) -> dict:
+    """The online probe's step on the features the method's first backbone call produced (its first view); a
+    method that does not call its backbone on whole images (MAE embeds visible patches only) gets one more
+    forward pass of the first view, without gradients."""
+    features = tap.take()
+    if features is None or features.ndim != 2:
+        with torch.no_grad(), autocast():
+            features = method.backbone(first_view)
+        tap.take()
+    return probe.step(features[: len(first_view)], labels)
+
+
 def classes_present(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """How many classes a batch holds (unlabelled rows, -1, not counted), without a host sync."""
     counts = torch.zeros(num_classes + 1, device=labels.device).scatter_add_(
@@ -201,12 +225,13 @@ def classes_present(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return (counts[1:] > 0).sum()
 
 
-def replica_fingerprint(method) -> str:
+def replica_fingerprint(method, probe=None) -> str:
     """A hash of every parameter and of every buffer outside the DDP-wrapped network (whose BatchNorm
-    statistics DDP re-broadcasts at each forward): equal on every rank when the replicas are in sync."""
+    statistics DDP re-broadcasts at each forward), and of the online probe's parameters: equal on every rank
+    when the replicas are in sync."""
     skip = {id(buffer) for buffer in method.trained.buffers()}
     digest = hashlib.sha1()
-    for tensor in [*method.parameters(), *method.buffers()]:
+    for tensor in [*method.parameters(), *method.buffers(), *(probe.parameters() if probe else ())]:
         if id(tensor) not in skip:
             digest.update(tensor.detach().reshape(-1).cpu().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()

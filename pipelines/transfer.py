@@ -1,18 +1,23 @@
-"""Transfer evaluation of a frozen backbone on embeddings: kNN and the linear probe.
+"""Transfer evaluation of a pretrained backbone: kNN, the linear probe, fine-tuning and its scratch baseline.
 
     python -m pipelines.evaluate --run NAME --protocol knn,linear
     python -m pipelines.evaluate --weights runs/NAME/checkpoint_.../ --data data/fashion_mnist --protocol knn
+    python -m pipelines.evaluate --run NAME --protocol finetune,scratch,linear_aug --epochs 10
 
 The splits are embedded by Ray Data batch inference (pipelines/embed.py), then evaluated on the embeddings:
 kNN (cosine, weighted vote, T = 0.07, k = 20 and 200, the bank compared a chunk at a time) and the linear
 probe on cached embeddings (no augmentation; "fast path"). Bank and queries as in pretraining: the train
 split against the test split, or a stratified 10 % of train held out when there is no test split. With
 `--run` the results go into that run's MLflow run (`eval/...`) and a nested run per protocol.
+`finetune`, `scratch` and `linear_aug` train on Ray Train with augmentation (pipelines/finetune.py).
 """
 import argparse
+import math
+import os
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from typing import Optional
 
 import numpy as np
@@ -20,12 +25,16 @@ import torch
 
 from pipelines.config import Config, ConfigError
 from pipelines.dataset_store import DatasetError, DatasetInfo, read_info
-from pipelines.embed import embed_split, read_embeddings, run_weights
+from pipelines.embed import PIXELS, embed_split, read_embeddings, run_weights
 from pipelines.evaluate import eval_rows
+from pipelines.finetune import SUPERVISED, FinetuneSettings, required_cpus, run_supervised
 from pipelines.knn import knn_accuracy
 from pipelines.linear_probe import ProbeResult, linear_probe
+from pipelines.pretrain import RunFailed, failure_reason, read_run_file
+from pipelines.tracking import fail_run
 
-PROTOCOLS = ("knn", "linear")
+EMBEDDING_PROTOCOLS = ("knn", "linear")
+PROTOCOLS = EMBEDDING_PROTOCOLS + SUPERVISED
 BANK_CHUNK = 8192
 
 
@@ -33,8 +42,6 @@ def resolve_source(weights: Optional[str], run: Optional[str], storage: Optional
                    data: Optional[str]) -> tuple[str, str]:
     """(weights folder, dataset) from `--weights` or a run's name (its last checkpoint and its data.path)."""
     if run:
-        from pipelines.pretrain import read_run_file
-
         storage = storage or Config().train.storage_path
         config = read_run_file(storage, run)["config"]
         return run_weights(storage, run), data or config["data"]["path"]
@@ -52,9 +59,9 @@ def select(rows: np.ndarray, labels: np.ndarray, embeddings: torch.Tensor, wante
 
 
 def evaluate_embeddings(info: DatasetInfo, data: str, folders: dict[str, str], protocols: list[str],
-                        ks=(20, 200), temperature: float = 0.07, seed: int = 0,
-                        probe_settings: Optional[dict] = None) -> tuple[dict[str, float], Optional[ProbeResult]]:
-    plan = eval_rows(info, data, None, None, seed)
+                        ks=(20, 200), temperature: float = 0.07, seed: int = 0, probe_settings: Optional[dict] = None,
+                        limits=(None, None)) -> tuple[dict[str, float], Optional[ProbeResult]]:
+    plan = eval_rows(info, data, *limits, seed)
     if plan is None:
         raise DatasetError(f"'{data}' has no labels: kNN and the linear probe need labelled images")
     loaded = {split: read_embeddings(folder) for split, folder in folders.items()}
@@ -73,22 +80,29 @@ def evaluate_embeddings(info: DatasetInfo, data: str, folders: dict[str, str], p
     return metrics, probe
 
 
-def log_to_run(storage: str, run: str, metrics: dict[str, float], probe: Optional[ProbeResult], settings: dict) -> str:
-    """Into the pretraining's MLflow run (`eval/...`) and a nested run per protocol with its settings."""
+def child_run(client, parent: str, run: str, protocol: str) -> str:
+    """A nested run under the pretraining's MLflow run, one per protocol."""
+    experiment = client.get_run(parent).info.experiment_id
+    return client.create_run(experiment, run_name=f"{run}-{protocol}",
+                             tags={"mlflow.parentRunId": parent, "protocol": protocol}).info.run_id
+
+
+def log_to_run(record: dict, run: str, metrics: dict[str, float], probe: Optional[ProbeResult], settings: dict,
+               children: Optional[dict[str, str]] = None) -> str:
+    """Into the pretraining's MLflow run (`eval/...`) and a nested run per protocol with its settings
+    (`children`: nested runs made already, which hold their curves)."""
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
 
-    from pipelines.pretrain import read_run_file
+    from pipelines.backbone_model import model_of_run
 
-    record = read_run_file(storage, run)
     client, parent = MlflowClient(record["tracking_uri"]), record["mlflow_run_id"]
     now = int(time.time() * 1000)
-    client.log_batch(parent, metrics=[Metric(f"eval/{key}", value, now, 0) for key, value in metrics.items()])
-    experiment = client.get_run(parent).info.experiment_id
+    model = model_of_run(record["tracking_uri"], parent)  # the results also show on the run's backbone model
+    client.log_batch(parent, metrics=[Metric(f"eval/{key}", value, now, 0, model_id=model) for key, value in metrics.items()])
     for protocol in settings["protocols"]:
-        child = client.create_run(experiment, run_name=f"{run}-{protocol}",
-                                  tags={"mlflow.parentRunId": parent, "protocol": protocol}).info.run_id
-        params = {"protocol": protocol, "embeddings": "cached, no augmentation", **settings[protocol]}
+        child = (children or {}).get(protocol) or child_run(client, parent, run, protocol)
+        params = {"protocol": protocol, **settings[protocol]}
         if protocol == "linear" and probe is not None:
             params["chosen_lr"] = probe.lr
             curve = [Metric("linear/holdout_top1", value, now, epoch + 1) for epoch, value in enumerate(probe.curve)]
@@ -96,12 +110,12 @@ def log_to_run(storage: str, run: str, metrics: dict[str, float], probe: Optiona
             client.log_batch(child, metrics=curve + lrs)
         client.log_batch(child, params=[Param(key, str(value)) for key, value in params.items()],
                          metrics=[Metric(key, value, now, 0) for key, value in metrics.items()
-                                  if key.startswith(protocol)])
+                                  if key.startswith(f"{protocol}_") or (protocol == "knn" and key.startswith("knn"))])
         client.set_terminated(child, "FINISHED")
     return parent
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m pipelines.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -115,42 +129,109 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--actors", type=int, default=1, help="embedding actors")
     parser.add_argument("--linear-epochs", type=int, default=50)
     parser.add_argument("--linear-lrs", default="0.01,0.1,1.0", help="learning rates tried (chosen on a held-out 10 %%)")
+    parser.add_argument("--train-limit", type=int, help="a stratified random subset of the labelled train images")
+    parser.add_argument("--test-limit", type=int, help="a stratified random subset of the test images")
+    supervised = parser.add_argument_group("finetune, scratch and linear_aug (Ray Train)")
+    supervised.add_argument("--epochs", type=int, default=10)
+    supervised.add_argument("--batch-size", type=int, default=128, help="per worker")
+    supervised.add_argument("--lr", type=float, help="per 256 images (default: 1e-3 AdamW; 0.1 SGD for linear_aug)")
+    supervised.add_argument("--layer-decay", type=float, default=0.75, help="layer-wise lr decay (ViTs)")
+    supervised.add_argument("--warmup-epochs", type=float, default=1.0)
+    supervised.add_argument("--workers", type=int, default=1, help="Ray Train workers")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", action="store_true", help="show Ray's and its workers' output here")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def protocol_settings(args, protocols: list[str]) -> dict:
+    """What each protocol ran with, as the nested runs' params (and the supervised protocols' settings)."""
+    settings = {"protocols": protocols, "knn": {"k": "20,200", "temperature": 0.07, "embeddings": "cached"},
+                "linear": {"epochs": args.linear_epochs, "lrs": args.linear_lrs, "optimizer": "sgd momentum 0.9",
+                           "schedule": "cosine", "batch_size": 256, "norm": "BatchNorm1d(affine=False)",
+                           "embeddings": "cached, no augmentation"}}
+    for protocol in set(protocols) & set(SUPERVISED):
+        settings[protocol] = asdict(FinetuneSettings(
+            protocol=protocol, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, layer_decay=args.layer_decay,
+            warmup_epochs=args.warmup_epochs, num_workers=args.workers, train_limit=args.train_limit,
+            test_limit=args.test_limit, seed=args.seed))
+    return settings
+
+
+def evaluate(args, protocols: list[str], settings: dict) -> tuple[dict[str, float], Optional[ProbeResult], dict]:
+    """Runs the protocols; returns (metrics, linear probe, nested MLflow runs made)."""
+    from pipelines.ray_start import start_ray
+
+    weights, data = resolve_source(args.weights, args.run, args.storage, args.data)
+    info = read_info(data)
+    if not info.labelled:
+        raise DatasetError(f"'{data}' has no labels: {', '.join(protocols)} need labelled images")
+    metrics, probe, children = {}, None, {}
+    embedding = [p for p in protocols if p in EMBEDDING_PROTOCOLS]
+    if weights == PIXELS and set(protocols) & set(SUPERVISED):
+        raise ConfigError("--weights pixels has no network to fine-tune: use it with knn,linear")
+    needed = max([required_cpus(FinetuneSettings(**settings[p])) for p in protocols if p in SUPERVISED], default=1)
+    start_ray(args.verbose, num_cpus=max(os.cpu_count() or 1, math.ceil(needed)))
+    if embedding:
+        probe_settings = {"epochs": args.linear_epochs, "lrs": tuple(float(v) for v in args.linear_lrs.split(","))}
+        with tempfile.TemporaryDirectory() as scratch:
+            out = args.embeddings or scratch
+            folders = {split: embed_split(weights, data, split, out, args.actors)
+                       for split in sorted({"train", "test"} & set(info.splits))}
+            found, probe = evaluate_embeddings(info, data, folders, embedding, seed=args.seed,
+                                               probe_settings=probe_settings, limits=(args.train_limit, args.test_limit))
+            metrics.update(found)
+    storage = args.storage or Config().train.storage_path
+    record = read_run_file(storage, args.run) if args.run else None
+    for protocol in [p for p in protocols if p in SUPERVISED]:
+        run_id = None
+        if record:
+            from mlflow.tracking import MlflowClient
+
+            run_id = children[protocol] = child_run(MlflowClient(record["tracking_uri"]), record["mlflow_run_id"],
+                                                    args.run, protocol)
+        try:
+            result = run_supervised(weights, data, FinetuneSettings(**settings[protocol]),
+                                    f"{storage.rstrip('/')}/{args.run or 'transfer'}", run_id,
+                                    record and record["tracking_uri"], progress=not args.verbose)
+        except (ConfigError, DatasetError, ValueError):
+            raise
+        except Exception as error:
+            reason = f"{protocol}: {failure_reason(error)}"
+            if run_id:
+                from mlflow.tracking import MlflowClient
+
+                fail_run(MlflowClient(record["tracking_uri"]), run_id, reason)
+            raise RunFailed(reason) from error
+        metrics[f"{protocol}_top1"] = result.top1
+        print(f"{protocol}: top-1 {result.top1:.2%} after {len(result.curve)} epochs "
+              f"({result.images_per_second:.0f} img/s); the trained classifier is in {result.checkpoint}", flush=True)
+    return metrics, probe, children
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
     protocols = [name.strip() for name in args.protocol.split(",") if name.strip()]
     unknown = sorted(set(protocols) - set(PROTOCOLS))
     if unknown or not protocols:
         print(f"error: unknown protocol {', '.join(unknown) or '(none)'}; choose from {', '.join(PROTOCOLS)}",
               file=sys.stderr)
         return 2
-    from pipelines.ray_start import start_ray
-
-    probe_settings = {"epochs": args.linear_epochs, "lrs": tuple(float(v) for v in args.linear_lrs.split(","))}
-    settings = {"protocols": protocols, "knn": {"k": "20,200", "temperature": 0.07},
-                "linear": {"epochs": args.linear_epochs, "lrs": args.linear_lrs, "optimizer": "sgd momentum 0.9",
-                           "schedule": "cosine", "batch_size": 256, "norm": "BatchNorm1d(affine=False)"}}
     try:
-        weights, data = resolve_source(args.weights, args.run, args.storage, args.data)
-        info = read_info(data)
-        if not info.labelled:
-            raise DatasetError(f"'{data}' has no labels: kNN and the linear probe need labelled images")
-        start_ray(args.verbose)
-        with tempfile.TemporaryDirectory() as scratch:
-            out = args.embeddings or scratch
-            folders = {split: embed_split(weights, data, split, out, args.actors)
-                       for split in sorted({"train", "test"} & set(info.splits))}
-            metrics, probe = evaluate_embeddings(info, data, folders, protocols, seed=args.seed,
-                                                 probe_settings=probe_settings)
+        settings = protocol_settings(args, protocols)
+        metrics, probe, children = evaluate(args, protocols, settings)
     except (ConfigError, DatasetError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except RunFailed as error:
+        print(f"evaluation failed: {error}", file=sys.stderr)
+        return 1
     for key, value in metrics.items():
         print(f"{key}: {value:.2%}")
     if probe is not None:
         print(f"linear probe lr {probe.lr:g} (held-out accuracy by lr: "
               + ", ".join(f"{lr:g} {value:.2%}" for lr, value in probe.validation.items()) + ")")
     if args.run:
-        parent = log_to_run(args.storage or Config().train.storage_path, args.run, metrics, probe, settings)
+        record = read_run_file(args.storage or Config().train.storage_path, args.run)
+        parent = log_to_run(record, args.run, metrics, probe, settings, children)
         print(f"logged into MLflow run {parent} (eval/...) with a nested run per protocol")
     return 0

@@ -82,6 +82,9 @@ def test_two_worker_run_on_a_class_sorted_folder(ray_session, sorted_shards, tmp
     assert run.info.status == "FINISHED" and outcome["metrics"]["step"] == 2 * 7  # 480 images / (2 x 32)
     # the replicas (targets / teachers included) are bit-identical at the end of every epoch
     assert [m.value for m in client.get_metric_history(run.info.run_id, "replicas_identical")] == [1.0, 1.0]
+    # the online probe ran on each worker's batches, its gradients averaged (its weights are in the fingerprint)
+    probe = client.get_metric_history(run.info.run_id, "online_linear_top1")
+    assert len(probe) == 2 and all(0 <= m.value <= 1 for m in probe)
     # mixed-class batches: 32 images of 10 classes hold 9.7 classes on average when drawn uniformly;
     # each logged value is a mean over 1-2 batches (bound 7), their mean over the run at least 9
     mixed = [m.value for m in client.get_metric_history(run.info.run_id, "train/classes_per_batch")]

@@ -53,6 +53,35 @@ def test_one_epoch_run_logs_metrics_config_and_loadable_weights(first_run, tmp_p
     assert outcome["metrics"]["step"] == 8
 
 
+def test_the_backbone_is_an_mlflow_model_that_loads_outside_the_project_and_embeds(first_run, fmnist_slice, tmp_path):
+    import mlflow
+    import os
+    import sys
+
+    from pipelines.backbone_model import model_of_run
+    from pipelines.evaluate import Normalizer, extract_features, load_images
+    from pipelines.export import load_backbone
+
+    outcome, folder, uri = first_run
+    model_id = model_of_run(uri, outcome["run_id"])
+    mlflow.set_tracking_uri(uri)
+    logged = mlflow.get_logged_model(model_id)
+    assert logged.name == "backbone_model" and logged.source_run_id == outcome["run_id"]
+    assert 0 <= float(logged.params["final_knn_top1_k20"]) <= 1
+    images = load_images(fmnist_slice, "test", 1, 28, 5)
+    np.save(tmp_path / "images.npy", images[:, 0].numpy())
+    script = (f"import mlflow, numpy as np; mlflow.set_tracking_uri({uri!r}); "
+              f"model = mlflow.pyfunc.load_model('models:/{model_id}'); "
+              f"np.save('embeddings.npy', model.predict(np.load('images.npy')))")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, check=True, timeout=120)
+    local = Path(MlflowClient(uri).download_artifacts(outcome["run_id"], "backbone", str(tmp_path)))
+    meta = json.loads((local / "backbone.json").read_text())
+    backbone = load_backbone((local / "backbone.safetensors").read_bytes(), meta)
+    expected = extract_features(backbone, images, Normalizer(meta["mean"], meta["std"], torch.device("cpu")), 8)
+    assert np.allclose(np.load(tmp_path / "embeddings.npy"), expected.numpy(), atol=1e-5)
+
+
 def test_resume_continues_the_step_count_in_the_same_mlflow_run(first_run):
     outcome, folder, uri = first_run
     args = parse_args(["--resume", "tiny", "--set", "train.epochs=2",
@@ -172,15 +201,35 @@ def test_evaluate_by_run_name_logs_into_the_pretraining_run_with_a_nested_run_pe
     from pipelines.transfer import main as evaluate_main
 
     outcome, folder, uri = first_run
-    assert evaluate_main(["--run", "tiny", "--storage", str(folder / "runs"), "--protocol", "knn,linear",
-                          "--linear-epochs", "2", "--linear-lrs", "0.1"]) == 0
-    assert f"logged into MLflow run {outcome['run_id']}" in capsys.readouterr().out
+    assert evaluate_main(["--run", "tiny", "--storage", str(folder / "runs"), "--protocol", "knn,linear,finetune",
+                          "--linear-epochs", "2", "--linear-lrs", "0.1", "--epochs", "2", "--batch-size", "16",
+                          "--train-limit", "256", "--test-limit", "160", "--workers", "2", "--lr", "0.004",
+                          "--warmup-epochs", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert f"logged into MLflow run {outcome['run_id']}" in printed
     client = MlflowClient(uri)
     run = client.get_run(outcome["run_id"])
     for key in ("eval/knn_top1_k20", "eval/knn_top1_k200", "eval/linear_top1"):
         assert 0.1 < run.data.metrics[key] <= 1, key  # above chance (10 classes) for a trained backbone
+    # 16 steps cannot fine-tune this 8-step backbone (nearly collapsed: feature_std ~0.004) past chance;
+    # that fine-tuning learns is tested from a random init in tests/test_transfer.py
+    assert 0 <= run.data.metrics["eval/finetune_top1"] <= 1
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{outcome['run_id']}'")
-    assert sorted(child.data.tags["protocol"] for child in children) == ["knn", "linear"]
+    assert sorted(child.data.tags["protocol"] for child in children) == ["finetune", "knn", "linear"]
+    finetune = next(child for child in children if child.data.tags["protocol"] == "finetune")
+    assert finetune.data.params["num_workers"] == "2" and finetune.data.params["label_smoothing"] == "0.1"
+    assert [m.step for m in client.get_metric_history(finetune.info.run_id, "finetune/top1")] == [1, 2]
+    assert finetune.data.metrics["finetune_top1"] == run.data.metrics["eval/finetune_top1"]
+    import mlflow
+
+    from pipelines.backbone_model import model_of_run
+
+    mlflow.set_tracking_uri(uri)
+    attached = {m.key: m.value for m in mlflow.get_logged_model(model_of_run(uri, outcome["run_id"])).metrics}
+    assert attached["eval/finetune_top1"] == run.data.metrics["eval/finetune_top1"] and "eval/linear_top1" in attached
+    classifier = Path(printed.split("the trained classifier is in ")[1].split()[0])
+    state = safetensors.torch.load_file(classifier / "classifier.safetensors")
+    assert state["head.weight"].shape == (10, 512) and json.loads((classifier / "backbone.json").read_text())["feature_dim"] == 512
     linear = next(child for child in children if child.data.tags["protocol"] == "linear")
     assert linear.data.params["chosen_lr"] == "0.1" and linear.data.params["embeddings"] == "cached, no augmentation"
     assert len(client.get_metric_history(linear.info.run_id, "linear/holdout_top1")) == 2

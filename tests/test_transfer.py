@@ -1,14 +1,17 @@
 """Transfer evaluation: the linear probe and chunked kNN on fixed features, and embeddings by Ray Data batch
 inference on the real Fashion-MNIST slice against the in-process path the training loop uses."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from pipelines.dataset_store import read_info
 from pipelines.embed import embed_split, read_embeddings
 from pipelines.evaluate import Normalizer, evaluate_backbone, extract_features, load_eval_sets, load_labelled
 from pipelines.export import save_backbone
+from pipelines.finetune import Classifier, FinetuneSettings, build_classifier, param_groups, run_supervised
 from pipelines.knn import knn_predict
 from pipelines.linear_probe import linear_probe
 from pipelines.transfer import evaluate_embeddings, main
@@ -39,6 +42,42 @@ def test_knn_with_the_bank_in_chunks_equals_knn_on_the_whole_bank():
     assert torch.equal(knn_predict(bank, bank_labels, queries, 10, k=20, bank_chunk=700), whole)
     assert torch.equal(knn_predict(bank, bank_labels, queries, 10, k=200, bank_chunk=128),
                        knn_predict(bank, bank_labels, queries, 10, k=200))
+
+
+def test_the_linear_probe_with_augmentation_keeps_the_backbone_frozen_and_its_statistics():
+    spec = backbone_spec("resnet18", in_chans=1, image_size=28, small_stem=True)
+    backbone, width = create_backbone(spec)
+    before = {key: value.clone() for key, value in backbone.state_dict().items()}
+    model = Classifier(backbone, width, 10, frozen=True).train()
+    optimizer = torch.optim.SGD(param_groups(model, FinetuneSettings(protocol="linear_aug"), vit=False), lr=0.1)
+    loss = nn.functional.cross_entropy(model(torch.randn(8, 1, 28, 28)), torch.arange(8))
+    loss.backward()
+    optimizer.step()
+    assert not backbone.training and all(p.grad is None for p in backbone.parameters())
+    assert all(torch.equal(before[key], value) for key, value in backbone.state_dict().items())
+    assert model.head[1].weight.grad is not None and sum(len(g["params"]) for g in optimizer.param_groups) == 2
+
+
+def test_fine_tuning_decays_the_lr_layer_by_layer_on_vits_and_scratch_is_a_seeded_random_init():
+    spec = backbone_spec("vit_tiny_patch16_224", in_chans=1, image_size=28, patch_size=4)
+    meta = {**spec.to_dict(), "feature_dim": 192}
+    settings = FinetuneSettings(protocol="scratch", layer_decay=0.5)
+    model = build_classifier(meta, None, 10, settings)
+    groups = param_groups(model, settings, vit=True)
+    scale = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    blocks = model.backbone.blocks
+    assert scale[id(model.head.weight)] == 1.0
+    assert scale[id(blocks[-1].mlp.fc1.weight)] == 0.5 and scale[id(blocks[0].mlp.fc1.weight)] == 0.5 ** 12
+    assert scale[id(model.backbone.patch_embed.proj.weight)] == 0.5 ** 13 and scale[id(model.backbone.norm.weight)] == 1
+    assert scale[id(model.backbone.cls_token)] == 0.5 ** 13
+    decay = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    assert decay[id(blocks[0].mlp.fc1.weight)] == 0.05 and decay[id(blocks[0].mlp.fc1.bias)] == 0.0
+    assert decay[id(model.backbone.pos_embed)] == 0.0 and decay[id(model.head.weight)] == 0.05
+    again = build_classifier(meta, None, 10, settings)
+    assert torch.equal(again.backbone.blocks[0].mlp.fc1.weight, blocks[0].mlp.fc1.weight)
+    assert FinetuneSettings(protocol="linear_aug").label_smoothing == 0.0 and settings.label_smoothing == 0.1
+    with pytest.raises(ValueError, match="unknown supervised protocol 'knn'"):
+        FinetuneSettings(protocol="knn")
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +126,28 @@ def test_the_evaluate_command_prints_each_protocol_and_names_bad_input(ray_sessi
     assert main(["--weights", "pixels", "--data", fmnist_slice, "--protocol", "knn"]) == 0
     assert float(capsys.readouterr().out.split("knn_top1_k20: ")[1].split("%")[0]) > 50  # raw pixels: ~70 %
 
+    # transfer: weights for 28 px Fashion-MNIST on scikit-learn's 8 px digits (upsampled as evaluation resizes)
+    from pipelines.ingest import main as ingest_main
+
+    assert ingest_main(["digits", "--out", str(tmp_path / "digits")]) == 0
+    digits = read_info(str(tmp_path / "digits"))
+    assert digits.splits == {"train": 1438, "test": 359} and digits.min_side == 8 and len(digits.classes) == 10
+    assert main(["--weights", folder, "--data", str(tmp_path / "digits"), "--protocol", "knn"]) == 0
+    assert float(capsys.readouterr().out.split("knn_top1_k20: ")[1].split("%")[0]) > 50  # chance: 10 %
+
     assert main(["--weights", folder, "--protocol", "knn"]) == 2
     assert "--data is required with --weights" in capsys.readouterr().err
-    assert main(["--weights", folder, "--data", fmnist_slice, "--protocol", "finetune"]) == 2
-    assert "unknown protocol finetune" in capsys.readouterr().err
+    # from a random init, 40 steps of 16 images: the training loss falls below chance's ln(10) = 2.30
+    settings = FinetuneSettings(protocol="scratch", epochs=2, batch_size=16, train_limit=320, test_limit=160, lr=0.02,
+                                warmup_epochs=0)
+    result = run_supervised(folder, fmnist_slice, settings, str(tmp_path / "runs"), progress=False)
+    assert result.losses[1] < min(result.losses[0], 2.2) and len(result.curve) == 2 and 0 <= result.top1 <= 1
+    assert (Path(result.checkpoint) / "classifier.safetensors").exists()
+
+    assert main(["--weights", folder, "--data", fmnist_slice, "--protocol", "dance"]) == 2
+    assert "unknown protocol dance" in capsys.readouterr().err
+    assert main(["--weights", "pixels", "--data", fmnist_slice, "--protocol", "finetune"]) == 2
+    assert "--weights pixels has no network to fine-tune" in capsys.readouterr().err
     assert main(["--run", "nothing-here", "--storage", str(tmp_path), "--protocol", "knn"]) == 2
     assert "no run named 'nothing-here'" in capsys.readouterr().err
     colour = tmp_path / "colour"

@@ -1,0 +1,334 @@
+"""Supervised transfer on Ray Train: fine-tuning (MAE's protocol), the same network from random init at the
+same budget (what pretraining is worth), and the linear probe with augmentation (the "full path").
+
+Every protocol trains a backbone plus a linear head on the labelled train split (random resized crop and
+flip, decoded and augmented by Ray Data actors) and scores top-1 on the test split (or the held-out 10 %
+of train) after each epoch, every worker on its shard of it:
+
+- `finetune`: the whole network, AdamW, layer-wise lr decay for ViTs, linear warm-up then cosine, label
+  smoothing 0.1, weight decay 0.05, head initialised at std 2e-5 (MAE's fine-tuning recipe);
+- `scratch`: the same, from the same architecture's random initialisation;
+- `linear_aug`: the backbone frozen (its BatchNorm statistics too), a parameter-free BatchNorm and a linear
+  layer trained with SGD (momentum 0.9, no weight decay), cosine schedule (MAE's linear probing).
+"""
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipelines.dataset_store import DatasetError, DatasetInfo, split_files
+from pipelines.evaluate import Normalizer, decode_for_eval, eval_rows
+from ssl_models.online_probe import linear_classifier
+
+SUPERVISED = ("finetune", "scratch", "linear_aug")
+# logical CPUs: a Train worker and an augmentation actor half a CPU each, the test decoding actor a quarter and
+# each read an eighth, so that two workers fit on two cores (threads are set explicitly; these numbers only decide what Ray schedules side by side)
+WORKER_CPUS, AUGMENT_CPUS, EVAL_CPUS, READ_CPUS = 0.5, 0.5, 0.25, 0.125
+
+
+def required_cpus(settings: "FinetuneSettings") -> float:
+    return settings.num_workers * WORKER_CPUS + settings.augment_actors * AUGMENT_CPUS + EVAL_CPUS + 2 * READ_CPUS
+
+
+@dataclass
+class FinetuneSettings:
+    protocol: str = "finetune"
+    epochs: int = 10
+    batch_size: int = 128  # per worker
+    lr: Optional[float] = None  # per 256 images; None: 1e-3 (AdamW) for fine-tuning, 0.1 (SGD) for linear_aug
+    layer_decay: float = 0.75  # ViTs only
+    warmup_epochs: float = 1.0
+    label_smoothing: Optional[float] = None  # None: 0.1 for fine-tuning, 0 for linear_aug
+    weight_decay: Optional[float] = None  # None: 0.05 for fine-tuning, 0 for linear_aug
+    crop_scale_min: float = 0.2  # MAE uses 0.08 on ImageNet; 28 px images keep more of the object
+    num_workers: int = 1
+    augment_actors: int = 1
+    train_limit: Optional[int] = None  # a stratified random subset of the labelled train rows
+    test_limit: Optional[int] = None
+    precision: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.protocol not in SUPERVISED:
+            raise ValueError(f"unknown supervised protocol '{self.protocol}'; choose from {', '.join(SUPERVISED)}")
+        linear = self.protocol == "linear_aug"
+        self.lr = self.lr if self.lr is not None else (0.1 if linear else 1e-3)
+        self.label_smoothing = self.label_smoothing if self.label_smoothing is not None else (0.0 if linear else 0.1)
+        self.weight_decay = self.weight_decay if self.weight_decay is not None else (0.0 if linear else 0.05)
+
+
+@dataclass
+class FinetuneResult:
+    top1: float
+    curve: list[float]  # test top-1 after each epoch
+    losses: list[float]  # mean training loss of each epoch
+    images_per_second: float
+    checkpoint: str  # the trained classifier (classifier.safetensors, backbone.json)
+
+
+class Classifier(nn.Module):
+    """Backbone and linear head; a frozen backbone stays in eval mode and out of autograd."""
+
+    def __init__(self, backbone: nn.Module, width: int, classes: int, frozen: bool):
+        super().__init__()
+        self.backbone, self.frozen = backbone, frozen
+        if frozen:
+            backbone.requires_grad_(False)
+            self.head = linear_classifier(width, classes)
+        else:
+            self.head = nn.Linear(width, classes)
+            nn.init.trunc_normal_(self.head.weight, std=2e-5)
+            nn.init.zeros_(self.head.bias)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.frozen:
+            with torch.no_grad():
+                features = self.backbone(images).float()
+            return self.head(features)
+        return self.head(self.backbone(images))
+
+
+def vit_layer(name: str, depth: int) -> int:
+    """0 for the embeddings, i + 1 for block i, depth + 1 for what follows the blocks (BEiT's and MAE's numbering)."""
+    if name.startswith(("cls_token", "reg_token", "pos_embed", "patch_embed")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
+
+
+def param_groups(model: Classifier, settings: FinetuneSettings, vit: bool) -> list[dict]:
+    """One group per (layer, with or without weight decay): on ViTs layer l of n gets lr x decay^(n - l), so the
+    head and the final norm learn at the full rate and the patch embedding slowest; no weight decay on biases,
+    norms and tokens."""
+    backbone_names = {id(p): name for name, p in model.backbone.named_parameters()}
+    depth = len(model.backbone.blocks) if vit else 0
+    skip = set(getattr(model.backbone, "no_weight_decay", lambda: ())())
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        inner = backbone_names.get(id(parameter))
+        layer = vit_layer(inner, depth) if vit and inner is not None else depth + 1
+        decay = parameter.ndim > 1 and (inner or "") not in skip
+        group = groups.setdefault((layer, decay), {"params": [], "lr_scale": settings.layer_decay ** (depth + 1 - layer),
+                                                   "weight_decay": settings.weight_decay if decay else 0.0})
+        group["params"].append(parameter)
+    return list(groups.values())
+
+
+def build_classifier(meta: dict, weights: Optional[bytes], classes: int, settings: FinetuneSettings) -> Classifier:
+    """The backbone `meta` describes, with `weights` (None: random init, seeded) and a new head."""
+    from pipelines.export import load_backbone
+    from ssl_models import BackboneSpec, create_backbone
+
+    if weights is None:
+        torch.manual_seed(settings.seed)
+        backbone, _ = create_backbone(BackboneSpec(meta["timm_name"], meta.get("timm_kwargs", {}),
+                                                   meta.get("small_stem", False)))
+    else:
+        backbone = load_backbone(weights, meta)
+    return Classifier(backbone, meta["feature_dim"], classes, frozen=settings.protocol == "linear_aug")
+
+
+class EvalBatch:
+    """Ray Data stage for the test split: decoded as evaluation decodes (resize, centre crop)."""
+
+    def __init__(self, channels: int, image_size: int):
+        self.channels, self.image_size = channels, image_size
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images, kept = decode_for_eval(list(batch["image"]), self.channels, self.image_size)
+        shape = (0, self.channels, self.image_size, self.image_size)
+        return {"view_0": np.stack(images) if images else np.zeros(shape, np.uint8),
+                "label": np.asarray(batch["label"])[kept].astype(np.int64)}
+
+
+def finetune_loop(loop_config: dict) -> None:
+    """One Ray Train worker: trains the classifier on its shard, scores its shard of the test split each epoch
+    and sums the counts over the workers; the chief logs to MLflow (when a run is given)."""
+    import ray.train
+    import ray.train.torch
+
+    from pipelines.progress import say
+    from pipelines.step import autocast_for, configure_device, resolve_precision
+    from pipelines.tracking import MetricLogger
+    from ssl_models.backbones import is_vit
+    from ssl_models.schedules import value_at, warmup_cosine_schedule
+
+    settings, meta = FinetuneSettings(**loop_config["settings"]), loop_config["meta"]
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.get_local_world_size()))
+    device = ray.train.torch.get_device()
+    configure_device(device)
+    torch.manual_seed(settings.seed + rank)
+    model = build_classifier(meta, loop_config["weights"], loop_config["classes"], settings).to(device)
+    groups = param_groups(model, settings, is_vit(meta["timm_name"]))
+    lr = settings.lr * settings.batch_size * world_size / 256
+    if model.frozen:
+        optimizer = torch.optim.SGD(groups, lr=lr, momentum=0.9)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
+    model = ray.train.torch.prepare_model(model)
+    precision = resolve_precision(settings.precision, device)
+    autocast, scaler = autocast_for(precision, device), torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
+    spe, epochs = loop_config["steps_per_epoch"], settings.epochs
+    schedule = warmup_cosine_schedule(lr, 0.0, spe * epochs, round(settings.warmup_epochs * spe))
+    normalize = Normalizer(meta["mean"], meta["std"], device)
+    logger = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 and loop_config["run_id"] else None
+    board = loop_config.get("progress_board") if rank == 0 else None
+    batches = iter(ray.train.get_dataset_shard("train").iter_torch_batches(
+        batch_size=settings.batch_size, drop_last=True, local_shuffle_buffer_size=4 * settings.batch_size))
+    step, curve, epoch_losses = 0, [], []
+    for epoch in range(epochs):
+        model.train()
+        started, losses = time.time(), []
+        for _, batch in zip(range(spe), batches):
+            for group in optimizer.param_groups:
+                group["lr"] = value_at(schedule, step) * group.get("lr_scale", 1.0)
+            with autocast():
+                loss = criterion(model(normalize(batch["view_0"])).float(), batch["label"].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            losses.append(loss.detach())
+            step += 1
+        seconds = time.time() - started
+        train_loss = torch.stack(losses).mean().item()
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(f"{settings.protocol}: the training loss is {train_loss} in epoch {epoch + 1}; "
+                                     "lower the learning rate")
+        model.eval()
+        counts = torch.zeros(2, dtype=torch.float64, device=device)
+        with torch.no_grad():
+            for batch in ray.train.get_dataset_shard("test").iter_torch_batches(batch_size=256):
+                with autocast():
+                    logits = model(normalize(batch["view_0"]))
+                counts += torch.tensor([(logits.argmax(1).cpu() == batch["label"].cpu()).sum().item(),
+                                        len(batch["label"])], dtype=torch.float64, device=device)
+        if world_size > 1:
+            torch.distributed.all_reduce(counts)
+        correct, total = counts.tolist()
+        curve.append(correct / max(total, 1))
+        epoch_losses.append(train_loss)
+        metrics = {"epoch": epoch + 1, f"{settings.protocol}/train_loss": train_loss,
+                   f"{settings.protocol}/top1": curve[-1],
+                   "images_per_second": spe * settings.batch_size * world_size / seconds}
+        if logger:
+            logger.log(metrics, epoch + 1)
+            logger.flush()
+        if rank == 0:
+            say(f"{settings.protocol} epoch {epoch + 1}/{epochs}: loss {train_loss:.4f}, "
+                f"top-1 {correct / max(total, 1):.2%} on {int(total)} images", board)
+        report({**metrics, "curve": curve, "losses": epoch_losses}, model, meta, last=epoch == epochs - 1,
+               chief=rank == 0)
+
+
+def report(metrics: dict, model: nn.Module, meta: dict, last: bool, chief: bool) -> None:
+    """Each epoch's metrics; after the last one the trained classifier as the checkpoint (safetensors, with
+    the backbone's description), which also carries the metrics back to the driver."""
+    import json
+    import tempfile
+
+    import ray.train
+    import safetensors.torch
+
+    checkpoint = None
+    if last and chief:
+        folder = tempfile.mkdtemp(prefix="classifier_")
+        module = getattr(model, "module", model)
+        safetensors.torch.save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
+                                    f"{folder}/classifier.safetensors")
+        with open(f"{folder}/backbone.json", "w") as out:
+            json.dump(meta, out, indent=2)
+        checkpoint = ray.train.Checkpoint.from_directory(folder)
+    ray.train.report(metrics, checkpoint=checkpoint, delete_local_checkpoint_after_upload=checkpoint is not None)
+
+
+def supervised_datasets(info: DatasetInfo, data: str, image_size: int, settings: FinetuneSettings):
+    """(train dataset with every epoch in one stream, test dataset, labelled train images used)."""
+    import ray.data
+
+    from pipelines.augment import AugmentBatch
+    from pipelines.row_groups import ShuffledRowGroups
+
+    plan = eval_rows(info, data, settings.train_limit, settings.test_limit, settings.seed)
+    if plan is None:
+        raise DatasetError(f"'{data}' has no labels: {settings.protocol} trains with labels")
+    (train_split, train_rows), (test_split, test_rows) = plan
+    train = ray.data.read_datasource(ShuffledRowGroups(split_files(data, train_split), ["image", "label"],
+                                                       settings.seed, train_rows, settings.epochs), num_cpus=READ_CPUS)
+    train = train.map_batches(
+        AugmentBatch, fn_constructor_kwargs={"method": {"name": "finetune"}, "image_size": image_size,
+                                             "channels": info.channels, "crop_scale_min": settings.crop_scale_min},
+        batch_size=min(settings.batch_size, 256), batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=settings.augment_actors), num_cpus=AUGMENT_CPUS)
+    test = ray.data.read_datasource(ShuffledRowGroups(split_files(data, test_split), ["image", "label"],
+                                                      settings.seed, test_rows), num_cpus=READ_CPUS)
+    test = test.map_batches(EvalBatch, fn_constructor_kwargs={"channels": info.channels, "image_size": image_size},
+                            batch_size=256, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=1), num_cpus=EVAL_CPUS)
+    return train, test, len(train_rows)
+
+
+def run_supervised(weights: str, data: str, settings: FinetuneSettings, storage: str,
+                   run_id: Optional[str] = None, uri: Optional[str] = None, progress: bool = True) -> FinetuneResult:
+    """Trains and scores one supervised protocol; `weights` as pretraining exports them (for `scratch`
+    only their description is used). With `run_id` the chief logs the curves into that MLflow run."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.dataset_store import read_info
+    from pipelines.embed import check_compatible, weights_meta
+    from pipelines.export import WEIGHTS_FILE
+    from pipelines.progress import ProgressLine, start_board
+    from pipelines.storage import read_bytes
+
+    available = ray.cluster_resources().get("CPU", 0)
+    if available < required_cpus(settings):
+        raise ValueError(f"{settings.protocol} reserves {required_cpus(settings):g} CPUs ({WORKER_CPUS:g} per worker, "
+                         f"{AUGMENT_CPUS:g} per augmentation actor, {EVAL_CPUS + 2 * READ_CPUS:g} for reading and "
+                         f"test decoding) but the Ray cluster has {available:g}: use fewer --workers")
+    info = read_info(data)
+    meta = weights_meta(weights, info)
+    check_compatible(meta, info, data)
+    train, test, images = supervised_datasets(info, data, meta["image_size"], settings)
+    spe = images // (settings.batch_size * settings.num_workers)
+    if spe < 1:
+        raise ValueError(f"{images} labelled training images cannot fill one batch of {settings.batch_size} per "
+                         f"worker on {settings.num_workers} workers: lower the batch size")
+    board = start_board() if progress else None
+    trainer = TorchTrainer(
+        finetune_loop,
+        train_loop_config={"settings": asdict(settings), "meta": meta, "classes": len(info.classes),
+                           "weights": None if settings.protocol == "scratch" else read_bytes(f"{weights}/{WEIGHTS_FILE}"),
+                           "steps_per_epoch": spe, "run_id": run_id, "tracking_uri": uri, "progress_board": board},
+        scaling_config=ScalingConfig(num_workers=settings.num_workers, resources_per_worker={"CPU": WORKER_CPUS},
+                                     use_gpu=ray.cluster_resources().get("GPU", 0) > 0),
+        run_config=RunConfig(name=f"{settings.protocol}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage,
+                             checkpoint_config=CheckpointConfig(num_to_keep=1),
+                             failure_config=FailureConfig(max_failures=0)),
+        datasets={"train": train, "test": test},
+    )
+    with ProgressLine(board) if board else nullcontext():
+        result = trainer.fit()
+    if result.error:
+        raise result.error
+    metrics = result.metrics
+    return FinetuneResult(metrics[f"{settings.protocol}/top1"], list(metrics["curve"]), list(metrics["losses"]),
+                          metrics["images_per_second"], result.checkpoint.path)
