@@ -44,8 +44,9 @@ def main() -> None:
                                       f"data.path={args.data}", "eval.baseline=false", "eval.picture_every=0",
                                       f"tracking.experiment=benchmark-{method}"])
         began = time.time()
-        metrics = pretrain(config)["metrics"]
-        rows.append((method, config.model.backbone, metrics["final_knn_top1_k20"], metrics["images_per_second"],
+        outcome = pretrain(config)
+        metrics = outcome["metrics"]
+        rows.append((method, config.model.backbone, outcome["eval"]["knn_top1_k20"], metrics["images_per_second"],
                      time.time() - began))
         print(f"{method}: kNN top-1 {rows[-1][2]:.2%}, {rows[-1][3]:.0f} img/s", flush=True)
     print("\n| method | backbone | kNN top-1 k=20 | vs raw pixels | images/s | wall |\n|---|---|---|---|---|---|")

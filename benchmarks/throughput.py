@@ -90,7 +90,7 @@ def pipeline(config: Config) -> float:
     run = config.model_copy(deep=True)
     run.train.epochs = 2
     run.eval.every_epochs, run.eval.baseline, run.eval.picture_every = 0, False, 0
-    run.eval.final_bank_size, run.eval.final_query_size = 100, 100
+    run.eval.final_protocols = []
     run.tracking.experiment = f"benchmark-throughput-{config.method.name}"
     return pretrain(run)["metrics"]["images_per_second"]
 

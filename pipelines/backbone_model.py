@@ -77,17 +77,16 @@ def pinned_requirements() -> list[str]:
     return pins
 
 
-def log_backbone_model(uri: str, run_id: str, folder: str, results: dict[str, float]) -> str:
-    """Logs the backbone in `folder` as the run's model `backbone_model`, with `results` (its evaluation) as the
-    model's params; returns the model id."""
+def log_backbone_model(uri: str, run_id: str, folder: str) -> str:
+    """Logs the backbone in `folder` as the run's model `backbone_model`; returns the model id. Evaluation results
+    are attached to it as metrics later (pipelines/transfer.py)."""
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME, python_model=str(PROJECT / "pipelines" / "backbone_model_code.py"),
             artifacts={"weights": f"{folder}/{WEIGHTS_FILE}", "meta": f"{folder}/{META_FILE}"},
             code_paths=[str(PROJECT / "pipelines"), str(PROJECT / "ssl_models")],
-            pip_requirements=pinned_requirements(),
-            params={key: f"{value:.6g}" for key, value in results.items()})
+            pip_requirements=pinned_requirements())
     return info.model_id
 
 

@@ -176,9 +176,14 @@ class EvalConfig(Section):
     every_epochs: int = Field(1, ge=0, description="online kNN every N epochs on a labelled subset (0: off)")
     online_bank_size: int = Field(5000, ge=1, description="memory-bank images of the per-epoch kNN")
     online_query_size: int = Field(1000, ge=1, description="query images of the per-epoch kNN")
-    final_bank_size: Optional[int] = Field(None, ge=1, description="null: the whole train split")
-    final_query_size: Optional[int] = Field(None, ge=1, description="null: the whole test split")
-    baseline: bool = Field(True, description="also evaluate the randomly initialised backbone")
+    final_protocols: list[Literal["knn", "linear"]] = Field(
+        ["knn"], description="after training, the transfer stage (pipelines.evaluate) on the run's data: embeddings "
+        "by Ray Data, then these protocols, logged as eval/... into the run ([]: none)")
+    final_bank_size: Optional[int] = Field(None, ge=1, description="labelled train images the final evaluation "
+                                           "uses (stratified, seeded); null: all")
+    final_query_size: Optional[int] = Field(None, ge=1, description="test images it scores; null: all")
+    baseline: bool = Field(True, description="the final evaluation also scores the randomly initialised backbone "
+                           "(eval/init_knn_top1_k*), on a new run")
     online_probe: bool = Field(True, description="train a linear classifier on the detached features of each labelled "
                                "training batch (solo-learn's online probe); logs train/online_probe_top1 and, per "
                                "epoch, online_linear_top1 (a sweep objective)")

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -194,6 +195,7 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
         {"mlflow_run_id": run_id, "tracking_uri": uri, "config": config.model_dump(mode="json")}, indent=2))
     print(f"MLflow run {run_id} ({run_name}); {eval_plan(info)[1]}", flush=True)
 
+    baseline = None
     try:
         with tempfile.TemporaryDirectory() as folder:
             save_config(config, Path(folder) / "config.yaml")
@@ -201,6 +203,8 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
             augmented_views_grid(config, info).save(Path(folder) / "augmented_views.png")
             for name in ("config.yaml", "dataset.json", "augmented_views.png"):
                 client.log_artifact(run_id, str(Path(folder) / name))
+        baseline = random_init_backbone(config, info, spe) if info.labelled and config.eval.baseline and not resume \
+            and config.eval.final_protocols else None
         result = fit(config, info, spe, run_name, run_id, uri, training_dataset(config, info), callbacks, progress)
         with result.checkpoint.as_directory() as folder:
             for name in ("backbone.safetensors", "backbone.json"):
@@ -208,8 +212,8 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
             if config.tracking.log_model:
                 from pipelines.backbone_model import log_backbone_model
 
-                log_backbone_model(uri, run_id, folder, {k: v for k, v in result.metrics.items()
-                                                         if k.startswith(("final_", "init_"))})
+                log_backbone_model(uri, run_id, folder)
+        evaluated = evaluate_at_end(config, info, run_name, baseline)
     except KeyboardInterrupt:
         fail_run(client, run_id, "interrupted by the user", status="KILLED")
         raise
@@ -217,9 +221,38 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
         reason = failure_reason(error)
         fail_run(client, run_id, reason)
         raise RunFailed(reason) from error
+    finally:
+        if baseline:
+            shutil.rmtree(baseline, ignore_errors=True)
     client.set_terminated(run_id, "FINISHED")
     return {"run_name": run_name, "run_id": run_id, "tracking_uri": uri, "metrics": dict(result.metrics),
-            "artifact_uri": client.get_run(run_id).info.artifact_uri}
+            "eval": evaluated, "artifact_uri": client.get_run(run_id).info.artifact_uri}
+
+
+def random_init_backbone(config: Config, info, spe: int) -> str:
+    """The backbone as rank 0 initialises it (same seed), exported to a temporary folder for the baseline."""
+    from pipelines.build import build_method
+    from pipelines.train_loop import export_backbone, seed_everything
+
+    seed_everything(config.train.seed)
+    folder = tempfile.mkdtemp(prefix="random_init_")
+    export_backbone(Path(folder), build_method(config, info.channels, spe).backbone, config, info, 0, 0)
+    return folder
+
+
+def evaluate_at_end(config: Config, info, run_name: str, baseline: Optional[str]) -> dict[str, float]:
+    """`eval.final_protocols` by the transfer stage on the final checkpoint (the Train workers are gone by now)."""
+    protocols = config.eval.final_protocols
+    if not protocols or not info.labelled:
+        return {}
+    from pipelines.embed import run_weights
+    from pipelines.transfer import final_evaluation
+
+    print(f"evaluating the trained backbone: {', '.join(protocols)} on {config.data.path} "
+          "(embeddings by Ray Data, as `python -m pipelines.evaluate`)", flush=True)
+    record = read_run_file(config.train.storage_path, run_name)
+    return final_evaluation(run_weights(config.train.storage_path, run_name), info, config.data.path, list(protocols), record, run_name,
+                            (config.eval.final_bank_size, config.eval.final_query_size), config.train.seed, baseline)
 
 
 def fit(config: Config, info, spe: int, run_name: str, run_id: str, uri: str, dataset, callbacks=(),
@@ -255,13 +288,16 @@ def fit(config: Config, info, spe: int, run_name: str, run_id: str, uri: str, da
 
 def summary(outcome: dict) -> str:
     metrics, lines = outcome["metrics"], []
-    for key in sorted(k for k in metrics if k.startswith("final_knn_top1_k")):
-        k = key.removeprefix("final_knn_top1_k")
-        before = metrics.get(f"init_knn_top1_k{k}")
+    evaluated = outcome.get("eval") or {}
+    for key in sorted(k for k in evaluated if k.startswith("knn_top1_k")):
+        k = key.removeprefix("knn_top1_k")
+        before = evaluated.get(f"init_knn_top1_k{k}")
         start = f"random init {before:.2%} -> " if before is not None else ""
-        lines.append(f"kNN top-1 (k={k}): {start}pretrained {metrics[key]:.2%}")
+        lines.append(f"kNN top-1 (k={k}): {start}pretrained {evaluated[key]:.2%}")
+    if "linear_top1" in evaluated:
+        lines.append(f"linear probe top-1: {evaluated['linear_top1']:.2%}")
     if not lines:
-        lines.append("kNN skipped: the dataset has no labels")
+        lines.append("no final evaluation (the dataset has no labels, or eval.final_protocols is empty)")
     from pipelines.tracking import ui_command
 
     lines += [

@@ -28,7 +28,8 @@ from pipelines.tune_space import Space, load_space
 SWEEP_FILE = "sweep.json"
 TRIAL_ACTOR_MEMORY = 2**27  # the trial function only drives its TorchTrainer: no CPU, 128 MiB
 # What every trial needs to be comparable and cheap; `--set` can still change them.
-SWEEP_DEFAULTS = ["eval.every_epochs=1", "eval.baseline=false", "eval.picture_every=0"]
+# trials report the online kNN; the final evaluation (a Ray Data job of its own) is left to `pipelines.evaluate`
+SWEEP_DEFAULTS = ["eval.every_epochs=1", "eval.baseline=false", "eval.picture_every=0", "eval.final_protocols=[]"]
 
 
 class SweepInterrupted(RuntimeError):

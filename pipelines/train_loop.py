@@ -35,32 +35,21 @@ def seed_everything(seed: int) -> None:
 
 
 class Evaluator:
-    """kNN on the labelled subset every few epochs, and on the whole splits at the end (rank 0 only)."""
+    """kNN on a labelled subset every few epochs (rank 0 only); the whole splits are evaluated after training,
+    by the transfer stage (pipelines/transfer.py)."""
 
     def __init__(self, config: Config, info: DatasetInfo, device, autocast):
         self.config, self.info, self.autocast = config, info, autocast
         self.normalize = Normalizer(info.mean, info.std, device)
-        self.full = None
         self.subset = load_eval_sets(info, config.data.path, config.data.image_size,
                                      config.eval.online_bank_size, config.eval.online_query_size, config.train.seed)
 
-    def _run(self, backbone, sets, prefix: str) -> dict[str, float]:
-        if sets is None:
+    def online(self, backbone) -> dict[str, float]:
+        if self.subset is None:
             return {}
         e = self.config.eval
-        metrics = evaluate_backbone(backbone, *sets, len(self.info.classes), self.normalize, e.knn_k,
-                                    e.knn_temperature, e.batch_size, self.autocast)
-        return {f"{prefix}{key}": value for key, value in metrics.items()}
-
-    def online(self, backbone) -> dict[str, float]:
-        return self._run(backbone, self.subset, "")
-
-    def final(self, backbone, prefix: str) -> dict[str, float]:
-        if self.full is None:
-            e = self.config.eval
-            self.full = load_eval_sets(self.info, self.config.data.path, self.config.data.image_size,
-                                       e.final_bank_size, e.final_query_size, self.config.train.seed)
-        return self._run(backbone, self.full, prefix)
+        return evaluate_backbone(backbone, *self.subset, len(self.info.classes), self.normalize, e.knn_k,
+                                 e.knn_temperature, e.batch_size, self.autocast)
 
 
 class MetricWindow:
@@ -113,10 +102,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
                            ray.train.torch.prepare_model)
     method, optimizer, restored = prepared.method, prepared.optimizer, prepared.restored
     train_step = TrainStep(config, method, optimizer, steps_per_epoch, device)
-    step, start_epoch, baseline_metrics = 0, 0, {}
+    step, start_epoch = 0, 0
     if restored:
         step, start_epoch = restored["step"], restored["epoch"]
-        baseline_metrics = {k: v for k, v in restored["metrics"].items() if k.startswith("init_")}
         if not restored["rng_restored"]:  # more workers than when the checkpoint was written
             seed_everything(config.train.seed + rank + 7919 * step)
         if rank == 0:
@@ -131,10 +119,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
         logger.client.set_tag(logger.run_id, "worker_nodes", ",".join(nodes))
     evaluator = Evaluator(config, info, device, train_step.autocast) if is_chief and info.labelled else None
     normalize = Normalizer(info.mean, info.std, device)
-    if evaluator and step == 0 and config.eval.baseline:
-        baseline_metrics.update(evaluator.final(method.backbone, "init_"))
-        logger.log(baseline_metrics, step=0)
-        say(f"random-init backbone: {fmt(baseline_metrics)}", board)
 
     probe = OnlineProbe(method.backbone.num_features, len(info.classes), config.eval.online_probe_lr).to(device) \
         if info.labelled and config.eval.online_probe else None
@@ -188,8 +172,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 say("warning: the workers' copies of the method differ (targets, teachers or queues out of sync)", board)
         if evaluator and config.eval.every_epochs and ((epoch + 1) % config.eval.every_epochs == 0 or last):
             metrics.update(evaluator.online(method.backbone))
-        if evaluator and last:
-            metrics.update(evaluator.final(method.backbone, "final_"))
         if picture_images is not None and ((epoch + 1) % config.eval.picture_every == 0 or last):
             for name, picture in method_pictures(method, picture_images.to(device), normalize).items():
                 logger.log_picture(name, picture, step)
@@ -197,7 +179,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             logger.log(metrics, step)
             logger.flush()
             say(f"epoch {epoch + 1}/{epochs} done in {seconds:.0f}s: {fmt(metrics)}", board)
-        blocked = report(method, optimizer, step, epoch + 1, {**baseline_metrics, **metrics}, is_chief, config, info)
+        blocked = report(method, optimizer, step, epoch + 1, metrics, is_chief, config, info)
         if is_chief:
             logger.log({"checkpoint_seconds": blocked}, step)  # how long training waited for the checkpoint
             logger.flush()
@@ -250,15 +232,19 @@ def report(method, optimizer, step, epoch, metrics, is_chief, config, info) -> f
     if is_chief:
         folder = Path(tempfile.mkdtemp(prefix="checkpoint_"))  # an async upload deletes it when done
         save_training_state(folder, method, optimizer, step, epoch, metrics, rng_states)
-        save_backbone(folder, method.backbone, build_spec(config, info.channels),
-                      {"feature_dim": method.backbone.num_features, "image_size": config.data.image_size,
-                       "mean": info.mean, "std": info.std, "method": config.method.name,
-                       "epochs": epoch, "steps": step})
+        export_backbone(folder, method.backbone, config, info, epoch, step)
         checkpoint = ray.train.Checkpoint.from_directory(str(folder))
     mode = ray.train.CheckpointUploadMode[config.train.checkpoint_upload.upper()]
     ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)},
                      checkpoint=checkpoint, checkpoint_upload_mode=mode, delete_local_checkpoint_after_upload=True)
     return time.time() - started
+
+
+def export_backbone(folder: Path, backbone, config: Config, info: DatasetInfo, epoch: int, step: int) -> None:
+    """backbone.safetensors and backbone.json (with what evaluation needs: image size, normalisation)."""
+    save_backbone(folder, backbone, build_spec(config, info.channels),
+                  {"feature_dim": backbone.num_features, "image_size": config.data.image_size, "mean": info.mean,
+                   "std": info.std, "method": config.method.name, "epochs": epoch, "steps": step})
 
 
 def fmt(metrics: dict[str, float]) -> str:

@@ -172,14 +172,8 @@ def evaluate(args, protocols: list[str], settings: dict) -> tuple[dict[str, floa
     needed = max([required_cpus(FinetuneSettings(**settings[p])) for p in protocols if p in SUPERVISED], default=1)
     start_ray(args.verbose, num_cpus=max(os.cpu_count() or 1, math.ceil(needed)))
     if embedding:
-        probe_settings = {"epochs": args.linear_epochs, "lrs": tuple(float(v) for v in args.linear_lrs.split(","))}
-        with tempfile.TemporaryDirectory() as scratch:
-            out = args.embeddings or scratch
-            folders = {split: embed_split(weights, data, split, out, args.actors)
-                       for split in sorted({"train", "test"} & set(info.splits))}
-            found, probe = evaluate_embeddings(info, data, folders, embedding, seed=args.seed,
-                                               probe_settings=probe_settings, limits=(args.train_limit, args.test_limit))
-            metrics.update(found)
+        found, probe = embed_and_evaluate(weights, data, info, embedding, args, args.embeddings)
+        metrics.update(found)
     storage = args.storage or Config().train.storage_path
     record = read_run_file(storage, args.run) if args.run else None
     for protocol in [p for p in protocols if p in SUPERVISED]:
@@ -206,6 +200,32 @@ def evaluate(args, protocols: list[str], settings: dict) -> tuple[dict[str, floa
         print(f"{protocol}: top-1 {result.top1:.2%} after {len(result.curve)} epochs "
               f"({result.images_per_second:.0f} img/s); the trained classifier is in {result.checkpoint}", flush=True)
     return metrics, probe, children
+
+
+def embed_and_evaluate(weights: str, data: str, info: DatasetInfo, protocols: list[str], args,
+                       keep: Optional[str] = None) -> tuple[dict[str, float], Optional[ProbeResult]]:
+    """The embedding protocols: both splits embedded by Ray Data (into `keep`, else a temporary folder), then
+    kNN and the linear probe on the embeddings."""
+    probe_settings = {"epochs": args.linear_epochs, "lrs": tuple(float(v) for v in args.linear_lrs.split(","))}
+    with tempfile.TemporaryDirectory() as scratch:
+        folders = {split: embed_split(weights, data, split, keep or scratch, args.actors)
+                   for split in sorted({"train", "test"} & set(info.splits))}
+        return evaluate_embeddings(info, data, folders, protocols, seed=args.seed, probe_settings=probe_settings,
+                                   limits=(args.train_limit, args.test_limit))
+
+
+def final_evaluation(weights: str, info: DatasetInfo, data: str, protocols: list[str], record: dict, run: str,
+                     limits=(None, None), seed: int = 0, baseline: Optional[str] = None) -> dict[str, float]:
+    """The end of a pretraining: `protocols` on the run's data with the command's defaults, and kNN of the
+    random-init backbone in `baseline` (as init_knn_top1_k*), logged into the run and its backbone model."""
+    args = parse_args(["--weights", weights, "--seed", str(seed)])
+    args.train_limit, args.test_limit = limits
+    metrics, probe = embed_and_evaluate(weights, data, info, protocols, args)
+    if baseline:
+        before, _ = embed_and_evaluate(baseline, data, info, ["knn"], args)
+        metrics.update({f"init_{key}": value for key, value in before.items()})
+    log_to_run(record, run, metrics, probe, protocol_settings(args, protocols))
+    return metrics
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -48,7 +48,7 @@ def tiny_overrides(data_path: str, storage: str, uri: str, method: str = "byol",
         "data.path": data_path, "data.limit": 512, "data.batch_size": 64, "data.shuffle_buffer": 256, **heads,
         "train.epochs": 1, "train.storage_path": storage, "train.log_every": 2,
         "eval.online_bank_size": 320, "eval.online_query_size": 160,
-        "eval.final_bank_size": 640, "eval.final_query_size": 320, "tracking.tracking_uri": uri,
+        "eval.final_protocols": "[]", "tracking.tracking_uri": uri,
         **extra,
     }
     return [f"{key}={value}" for key, value in values.items()]

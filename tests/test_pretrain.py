@@ -22,7 +22,8 @@ pytestmark = pytest.mark.slow
 def first_run(ray_session, fmnist_slice, tmp_path_factory):
     folder = tmp_path_factory.mktemp("run")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    overrides = tiny_overrides(fmnist_slice, str(folder / "runs"), uri, **{"tracking.run_name": "tiny"})
+    overrides = tiny_overrides(fmnist_slice, str(folder / "runs"), uri, **{"tracking.run_name": "tiny",
+                                                                          "eval.final_protocols": "[knn]"})
     outcome = pretrain(load_config(None, overrides))
     return outcome, folder, uri
 
@@ -40,8 +41,12 @@ def test_one_epoch_run_logs_metrics_config_and_loadable_weights(first_run, tmp_p
     assert all(m.value > 0 for m in losses)
     momentum = client.get_metric_history(run.info.run_id, "train/ema_momentum")
     assert 0.99 <= momentum[0].value < momentum[-1].value <= 1.0
-    for key in ("knn_top1_k20", "knn_top1_k200", "feature_std", "final_knn_top1_k20", "init_knn_top1_k20"):
+    for key in ("knn_top1_k20", "knn_top1_k200", "feature_std", "eval/knn_top1_k20", "eval/init_knn_top1_k20"):
         assert 0 <= run.data.metrics[key] <= 1, key
+    # the final evaluation ran as the transfer stage on the whole slice: its kNN is the command's
+    assert outcome["eval"]["knn_top1_k20"] == run.data.metrics["eval/knn_top1_k20"]
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    assert [child.data.tags["protocol"] for child in children] == ["knn"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "dataset.json", "augmented_views.png", "backbone"} <= artifacts
     local = Path(client.download_artifacts(run.info.run_id, "backbone", str(tmp_path)))
@@ -67,7 +72,7 @@ def test_the_backbone_is_an_mlflow_model_that_loads_outside_the_project_and_embe
     mlflow.set_tracking_uri(uri)
     logged = mlflow.get_logged_model(model_id)
     assert logged.name == "backbone_model" and logged.source_run_id == outcome["run_id"]
-    assert 0 <= float(logged.params["final_knn_top1_k20"]) <= 1
+    assert {m.key for m in logged.metrics} >= {"eval/knn_top1_k20", "eval/init_knn_top1_k20"}
     images = load_images(fmnist_slice, "test", 1, 28, 5)
     np.save(tmp_path / "images.npy", images[:, 0].numpy())
     script = (f"import mlflow, numpy as np; mlflow.set_tracking_uri({uri!r}); "
@@ -124,7 +129,7 @@ def test_every_method_runs_end_to_end(ray_session, fmnist_slice, tmp_path, metho
     run = client.get_run(outcome["run_id"])
     assert run.info.status == "FINISHED" and run.data.params["method.name"] == method
     assert client.get_experiment(run.info.experiment_id).name == method
-    assert 0 <= run.data.metrics["final_knn_top1_k20"] <= 1
+    assert 0 <= run.data.metrics["knn_top1_k20"] <= 1
     assert {a.path for a in client.list_artifacts(run.info.run_id, "backbone")} == {
         "backbone/backbone.safetensors", "backbone/backbone.json"}
     # MLflow image logging (step slider in the UI): images/<key>+step+<step>+timestamp+...png
@@ -156,7 +161,7 @@ def test_every_method_runs_on_an_image_folder_without_test_split(ray_session, tm
         "eval.picture_every": 0, **({"method.queue_size": 64} if method == "moco" else {})})
     outcome = pretrain(load_config(None, overrides))
     metrics = MlflowClient(uri).get_run(outcome["run_id"]).data.metrics
-    assert 0 <= metrics["final_knn_top1_k20"] <= 1 and outcome["metrics"]["step"] == 4
+    assert 0 <= metrics["knn_top1_k20"] <= 1 and outcome["metrics"]["step"] == 4
 
 
 def test_a_loss_gone_nan_stops_the_run_with_the_reason(ray_session, fmnist_slice, tmp_path):
@@ -215,7 +220,8 @@ def test_evaluate_by_run_name_logs_into_the_pretraining_run_with_a_nested_run_pe
     # that fine-tuning learns is tested from a random init in tests/test_transfer.py
     assert 0 <= run.data.metrics["eval/finetune_top1"] <= 1
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{outcome['run_id']}'")
-    assert sorted(child.data.tags["protocol"] for child in children) == ["finetune", "knn", "linear"]
+    # the pretraining's own final evaluation made the first knn child
+    assert sorted(child.data.tags["protocol"] for child in children) == ["finetune", "knn", "knn", "linear"]
     finetune = next(child for child in children if child.data.tags["protocol"] == "finetune")
     assert finetune.data.params["num_workers"] == "2" and finetune.data.params["label_smoothing"] == "0.1"
     assert [m.step for m in client.get_metric_history(finetune.info.run_id, "finetune/top1")] == [1, 2]
