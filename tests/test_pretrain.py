@@ -101,7 +101,8 @@ def test_resume_continues_the_step_count_in_the_same_mlflow_run(first_run):
     assert steps == [2, 4, 6, 8, 10, 12, 14, 16]
     assert [m.value for m in client.get_metric_history(outcome["run_id"], "epoch")] == [1, 2]
     assert client.get_run(outcome["run_id"]).info.status == "FINISHED"
-    assert len(client.search_runs([client.get_run(outcome["run_id"]).info.experiment_id])) == 1
+    runs = client.search_runs([client.get_run(outcome["run_id"]).info.experiment_id])
+    assert len([run for run in runs if "mlflow.parentRunId" not in run.data.tags]) == 1  # nested: evaluations
 
 
 def test_failing_run_is_marked_failed_with_the_reason(ray_session, fmnist_slice, tmp_path):
@@ -220,8 +221,8 @@ def test_evaluate_by_run_name_logs_into_the_pretraining_run_with_a_nested_run_pe
     # that fine-tuning learns is tested from a random init in tests/test_transfer.py
     assert 0 <= run.data.metrics["eval/finetune_top1"] <= 1
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{outcome['run_id']}'")
-    # the pretraining's own final evaluation made the first knn child
-    assert sorted(child.data.tags["protocol"] for child in children) == ["finetune", "knn", "knn", "linear"]
+    protocols = [child.data.tags["protocol"] for child in children]  # knn: also each final evaluation's
+    assert protocols.count("finetune") == protocols.count("linear") == 1 and protocols.count("knn") >= 2
     finetune = next(child for child in children if child.data.tags["protocol"] == "finetune")
     assert finetune.data.params["num_workers"] == "2" and finetune.data.params["label_smoothing"] == "0.1"
     assert [m.step for m in client.get_metric_history(finetune.info.run_id, "finetune/top1")] == [1, 2]
