@@ -120,8 +120,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     evaluator = Evaluator(config, info, device, train_step.autocast) if is_chief and info.labelled else None
     normalize = Normalizer(info.mean, info.std, device)
 
-    probe = OnlineProbe(method.backbone.num_features, len(info.classes), config.eval.online_probe_lr).to(device) \
-        if info.labelled and config.eval.online_probe else None
+    probe = None
+    if info.labelled and config.eval.online_probe:
+        probe = OnlineProbe(method.backbone.num_features, len(info.classes), config.eval.online_probe_lr)
+        probe = probe.to(device).start_in_sync()
     tap = FirstOutput(method.backbone) if probe else None
     picture_images = (load_images(config.data.path, "train", info.channels, config.data.image_size, 6)
                       if is_chief and config.eval.picture_every else None)

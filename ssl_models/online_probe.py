@@ -4,7 +4,7 @@ step how linearly separable the representation is, without a separate evaluation
 import torch
 from torch import nn
 
-from ssl_models.distributed import world
+from ssl_models.distributed import broadcast_tensors, world
 
 
 def linear_classifier(width: int, num_classes: int) -> nn.Module:
@@ -35,6 +35,12 @@ class OnlineProbe(nn.Module):
         self.classifier = linear_classifier(width, num_classes)
         self.optimizer = torch.optim.SGD(self.classifier.parameters(), lr=lr, momentum=0.9)
 
+    def start_in_sync(self) -> "OnlineProbe":
+        """Rank 0's initial weights on every worker (each rank seeds differently); averaged gradients then keep
+        the copies identical."""
+        broadcast_tensors(list(self.classifier.parameters()))
+        return self
+
     def step(self, features: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """One SGD step on the labelled rows (labels >= 0); the batch's accuracy measured before it. Gradients are
         averaged over the workers, so every worker keeps the same probe. Tensors only: no host sync."""
@@ -46,9 +52,11 @@ class OnlineProbe(nn.Module):
         loss = (losses * labelled).sum() / count
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if world()[1] > 1:
+        workers = world()[1]
+        if workers > 1:  # summed then divided: gloo has no AVG
             for parameter in self.classifier.parameters():
-                torch.distributed.all_reduce(parameter.grad, op=torch.distributed.ReduceOp.AVG)
+                torch.distributed.all_reduce(parameter.grad)
+                parameter.grad /= workers
         self.optimizer.step()
         correct = ((logits.argmax(1) == labels).float() * labelled).sum() / count
         return {"online_probe_loss": loss.detach(), "online_probe_top1": correct.detach()}
