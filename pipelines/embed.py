@@ -89,8 +89,9 @@ def run_weights(storage_path: str, run_name: str) -> str:
 
 
 def embed_split(weights: str, data: str, split: str, out: str, actors: int = 1, batch_size: int = EMBED_BATCH,
-                use_gpu: Optional[bool] = None) -> str:
-    """Writes `<out>/<split>/*.parquet` (row, label, embedding) and returns that folder."""
+                use_gpu: Optional[bool] = None, rows: Optional[np.ndarray] = None) -> str:
+    """Writes `<out>/<split>/*.parquet` (row, label, embedding) and returns that folder; with `rows` (sorted
+    positions in the split) only those rows are read and embedded."""
     import ray
 
     info = read_info(data)
@@ -106,7 +107,7 @@ def embed_split(weights: str, data: str, split: str, out: str, actors: int = 1, 
     # the actors must leave room for the read tasks, or a small machine deadlocks
     actor_cpus = 0 if use_gpu else min(1.0, (ray.cluster_resources().get("CPU", 1) - READ_CPUS) / actors)
     dataset = ray.data.read_datasource(ShuffledRowGroups(split_files(data, split), ["image", "label"], seed=0,
-                                                         row_ids=True), num_cpus=READ_CPUS)
+                                                         rows=rows, row_ids=True), num_cpus=READ_CPUS)
     embedded = dataset.map_batches(
         Embedder, fn_constructor_kwargs={"weights": weights, "channels": info.channels, "meta": meta, "threads": threads},
         batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),

@@ -163,7 +163,7 @@ def finetune_loop(loop_config: dict) -> None:
     import ray.train.torch
 
     from pipelines.progress import say
-    from pipelines.step import autocast_for, configure_device, resolve_precision
+    from pipelines.step import autocast_for, configure_device, resolve_precision, scaled_step
     from pipelines.tracking import MetricLogger
     from ssl_models.backbones import is_vit
     from ssl_models.schedules import value_at, warmup_cosine_schedule
@@ -202,10 +202,7 @@ def finetune_loop(loop_config: dict) -> None:
                 group["lr"] = value_at(schedule, step) * group.get("lr_scale", 1.0)
             with autocast():
                 loss = criterion(model(normalize(batch["view_0"])).float(), batch["label"].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            scaled_step(loss, optimizer, scaler)
             losses.append(loss.detach())
             step += 1
         seconds = time.time() - started
@@ -214,13 +211,14 @@ def finetune_loop(loop_config: dict) -> None:
             raise FloatingPointError(f"{settings.protocol}: the training loss is {train_loss} in epoch {epoch + 1}; "
                                      "lower the learning rate")
         model.eval()
-        counts = torch.zeros(2, dtype=torch.float64, device=device)
+        counts = torch.zeros(2, dtype=torch.float64, device=device)  # correct, total: summed on the device
         with torch.no_grad():
             for batch in ray.train.get_dataset_shard("test").iter_torch_batches(batch_size=256):
                 with autocast():
                     logits = model(normalize(batch["view_0"]))
-                counts += torch.tensor([(logits.argmax(1).cpu() == batch["label"].cpu()).sum().item(),
-                                        len(batch["label"])], dtype=torch.float64, device=device)
+                labels = batch["label"].to(device)
+                counts[0] += (logits.argmax(1) == labels).sum()
+                counts[1] += len(labels)
         if world_size > 1:
             torch.distributed.all_reduce(counts)
         correct, total = counts.tolist()

@@ -78,6 +78,25 @@ def prepare(config: Config, channels: int, steps_per_epoch: int, device: torch.d
     return Prepared(method, optimizer, restored)
 
 
+def scaled_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                after_backward: Optional[Callable[[], None]] = None, clip: Optional[Callable[[], None]] = None) -> bool:
+    """Backward through the (fp16) loss scaler, `clip` on the unscaled gradients, the optimizer step.
+    False when fp16 gradients held inf/nan: the step was skipped and the scale lowered."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if after_backward is not None:
+        after_backward()
+    if clip is not None:
+        scaler.unscale_(optimizer)
+        clip()
+    scaler.step(optimizer)
+    if not scaler.is_enabled():
+        return True
+    scale = scaler.get_scale()
+    scaler.update()
+    return scaler.get_scale() >= scale
+
+
 class TrainStep:
     """One optimisation step. Returns the step's values as tensors on the device (no host sync) and the
     scheduled values as floats."""
@@ -101,19 +120,8 @@ class TrainStep:
                 group["weight_decay"] = weight_decay
         with self.autocast():
             outputs = method.training_step(views, step)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(outputs["loss"]).backward()
-        method.after_backward(step)
-        if self.clip:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(method.trained.parameters(), self.clip)
-        scaler.step(optimizer)
-        stepped = True
-        if scaler.is_enabled():  # fp16: a step with inf/nan gradients is skipped and the scale lowered
-            scale = scaler.get_scale()
-            scaler.update()
-            stepped = scaler.get_scale() >= scale
-        if stepped:
+        clip = (lambda: torch.nn.utils.clip_grad_norm_(method.trained.parameters(), self.clip)) if self.clip else None
+        if scaled_step(outputs["loss"], optimizer, scaler, lambda: method.after_backward(step), clip):
             logged = method.after_optimizer_step(step)
         else:  # the EMA follows only steps the optimizer took
             logged, self.skipped_steps = {}, self.skipped_steps + 1

@@ -129,8 +129,9 @@ def parse_args(argv):
     parser.add_argument("--actors", type=int, default=1, help="embedding actors")
     parser.add_argument("--linear-epochs", type=int, default=50)
     parser.add_argument("--linear-lrs", default="0.01,0.1,1.0", help="learning rates tried (chosen on a held-out 10 %%)")
-    parser.add_argument("--train-limit", type=int, help="a stratified random subset of the labelled train images")
-    parser.add_argument("--test-limit", type=int, help="a stratified random subset of the test images")
+    parser.add_argument("--train-limit", type=int, help="a stratified random subset of the labelled train images "
+                        "(only those are embedded or trained on)")
+    parser.add_argument("--test-limit", type=int, help="a stratified random subset of the test images (likewise)")
     supervised = parser.add_argument_group("finetune, scratch and linear_aug (Ray Train)")
     supervised.add_argument("--epochs", type=int, default=10)
     supervised.add_argument("--batch-size", type=int, default=128, help="per worker")
@@ -207,11 +208,18 @@ def embed_and_evaluate(weights: str, data: str, info: DatasetInfo, protocols: li
     """The embedding protocols: both splits embedded by Ray Data (into `keep`, else a temporary folder), then
     kNN and the linear probe on the embeddings."""
     probe_settings = {"epochs": args.linear_epochs, "lrs": tuple(float(v) for v in args.linear_lrs.split(","))}
+    limits = (args.train_limit, args.test_limit)
+    plan = eval_rows(info, data, *limits, args.seed)
+    if plan is None:
+        raise DatasetError(f"'{data}' has no labels: kNN and the linear probe need labelled images")
+    wanted: dict[str, np.ndarray] = {}
+    for split, rows in plan:  # bank and queries share the train split when there is no test split
+        wanted[split] = np.union1d(wanted.get(split, rows), rows)
     with tempfile.TemporaryDirectory() as scratch:
-        folders = {split: embed_split(weights, data, split, keep or scratch, args.actors)
-                   for split in sorted({"train", "test"} & set(info.splits))}
+        folders = {split: embed_split(weights, data, split, keep or scratch, args.actors, rows=rows)
+                   for split, rows in sorted(wanted.items())}
         return evaluate_embeddings(info, data, folders, protocols, seed=args.seed, probe_settings=probe_settings,
-                                   limits=(args.train_limit, args.test_limit))
+                                   limits=limits)
 
 
 def final_evaluation(weights: str, info: DatasetInfo, data: str, protocols: list[str], record: dict, run: str,

@@ -3,6 +3,7 @@ inference on the real Fashion-MNIST slice against the in-process path the traini
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -106,6 +107,9 @@ def test_embeddings_from_two_actors_equal_the_in_process_ones_and_knn_matches_th
     normalize = Normalizer(info.mean, info.std, torch.device("cpu"))
     expected = extract_features(backbone, direct.images, normalize, 128)
     assert torch.allclose(embedded, expected, atol=1e-4) and list(labels) == direct.labels.tolist()
+    subset = embed_split(folder, fmnist_slice, "train", str(tmp_path / "subset"), rows=np.array([3, 50, 399]))
+    some_rows, _, some = read_embeddings(subset)  # only the rows asked for are read and embedded
+    assert list(some_rows) == [3, 50, 399] and torch.allclose(some, embedded[[3, 50, 399]], atol=1e-5)
 
     ours, _ = evaluate_embeddings(info, fmnist_slice, folders, ["knn"])
     bank, queries = load_eval_sets(info, fmnist_slice, 28, None, None)
@@ -119,7 +123,7 @@ def test_the_evaluate_command_prints_each_protocol_and_names_bad_input(ray_sessi
                                                                        capsys):
     folder, _ = weights
     assert main(["--weights", folder, "--data", fmnist_slice, "--protocol", "knn,linear", "--linear-epochs", "3",
-                 "--linear-lrs", "0.1"]) == 0
+                 "--linear-lrs", "0.1", "--train-limit", "320", "--test-limit", "160"]) == 0
     printed = capsys.readouterr().out
     assert "knn_top1_k20: " in printed and "linear_top1: " in printed and "linear probe lr 0.1" in printed
 
@@ -132,7 +136,8 @@ def test_the_evaluate_command_prints_each_protocol_and_names_bad_input(ray_sessi
     assert ingest_main(["digits", "--out", str(tmp_path / "digits")]) == 0
     digits = read_info(str(tmp_path / "digits"))
     assert digits.splits == {"train": 1438, "test": 359} and digits.min_side == 8 and len(digits.classes) == 10
-    assert main(["--weights", folder, "--data", str(tmp_path / "digits"), "--protocol", "knn"]) == 0
+    assert main(["--weights", folder, "--data", str(tmp_path / "digits"), "--protocol", "knn", "--train-limit", "500",
+                 "--test-limit", "200"]) == 0
     assert float(capsys.readouterr().out.split("knn_top1_k20: ")[1].split("%")[0]) > 50  # chance: 10 %
 
     assert main(["--weights", folder, "--protocol", "knn"]) == 2
