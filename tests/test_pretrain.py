@@ -123,7 +123,8 @@ def test_failing_run_is_marked_failed_with_the_reason(ray_session, fmnist_slice,
 @pytest.mark.parametrize("method", ["simsiam", "simclr", "barlow_twins", "vicreg", "moco", "dino", "mae"])
 def test_every_method_runs_end_to_end_on_an_image_folder_without_test_split(ray_session, tmp_path, method):
     """Each method's one end-to-end run (BYOL's is `first_run`, on Fashion-MNIST): colour photos of mixed
-    sizes, some below the crop, no test split (kNN queries held out of the train split)."""
+    sizes, some below the crop, no test split (kNN queries held out of the train split). DINO trains in
+    bf16 (CPU autocast, as on a GPU; fp16: tests/test_precision.py)."""
     from PIL import Image
     from skimage import data as photos
 
@@ -141,13 +142,15 @@ def test_every_method_runs_end_to_end_on_an_image_folder_without_test_split(ray_
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     overrides = tiny_overrides(str(tmp_path / "shards"), str(tmp_path / "runs"), uri, method, **{
         "data.image_size": 32, "data.batch_size": 32, "data.limit": 144, "eval.baseline": False,
-        **({"method.queue_size": 64} if method == "moco" else {})})
+        **({"method.queue_size": 64} if method == "moco" else {}), **({"train.precision": "bf16"} if method == "dino" else {})})
     outcome = pretrain(load_config(None, overrides))
     client = MlflowClient(uri)
     run = client.get_run(outcome["run_id"])
     assert run.info.status == "FINISHED" and run.data.params["method.name"] == method
     assert client.get_experiment(run.info.experiment_id).name == method
     assert 0 <= run.data.metrics["knn_top1_k20"] <= 1 and outcome["metrics"]["step"] == 4
+    assert all(0 < m.value < 20 for m in client.get_metric_history(run.info.run_id, "train/loss"))
+    assert run.data.params["train.precision"] == ("bf16" if method == "dino" else "auto")
     assert {a.path for a in client.list_artifacts(run.info.run_id, "backbone")} == {
         "backbone/backbone.safetensors", "backbone/backbone.json"}
     # MLflow image logging (step slider in the UI): images/<key>+step+<step>+timestamp+...png

@@ -21,7 +21,7 @@ SIMCLR_SPACE = str(PROJECT_ROOT / "tune_spaces" / "simclr.yaml")
 def sweep_arguments(data: str, folder: Path, name: str, samples: int = 2) -> list[str]:
     # 0.25 CPU per Train worker: one trial (0.25 + 0.5 augmentation + 1 file listing) fits the 2-CPU session
     overrides = tiny_overrides(data, str(folder / "runs"), f"sqlite:///{folder / 'mlflow.db'}", "simclr",
-                               **{"train.epochs": 2, "train.cpus_per_worker": 0.25})
+                               **{"train.epochs": 2, "train.cpus_per_worker": 0.25, "data.limit": 256})
     return ["--space", SIMCLR_SPACE, "--num-samples", str(samples), "--name", name,
             *[part for text in overrides for part in ("--set", text)]]
 
@@ -36,32 +36,6 @@ def parent_of(client: MlflowClient, name: str):
     return client.search_runs([experiment], filter_string=f"tags.sweep = '{name}' and attributes.run_name = '{name}'")[0]
 
 
-@pytest.mark.slow
-def test_two_trial_sweep_logs_parent_children_best_and_a_preset(ray_session, fmnist_slice, tmp_path, capsys):
-    assert sweep.main(sweep_arguments(fmnist_slice, tmp_path, "two") + ["--search", "optuna"]) == 0
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    parent = parent_of(client, "two")
-    assert parent.info.status == "FINISHED"
-    runs = children(client, parent.info.run_id)
-    assert len(runs) == 2 and all(run.info.status == "FINISHED" for run in runs)
-    temperatures = {float(run.data.params["method.temperature"]) for run in runs}
-    assert len(temperatures) == 2 and all(0.05 <= t <= 0.5 for t in temperatures)
-    for run in runs:  # every epoch's objective is a point of the trial's curve
-        curve = client.get_metric_history(run.info.run_id, "knn_top1_k20")
-        assert [m.step for m in curve] == [8, 16] and all(0 < m.value <= 1 for m in curve)
-    best = [run for run in runs if run.data.tags.get("sweep.best") == "true"]
-    assert len(best) == 1 and parent.data.tags["best_run_id"] == best[0].info.run_id
-    assert best[0].data.metrics["knn_top1_k20"] == max(run.data.metrics["knn_top1_k20"] for run in runs)
-    assert parent.data.metrics["best_knn_top1_k20"] == best[0].data.metrics["knn_top1_k20"]
-    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"trials.json", "trials.txt", "objective_vs_axes.png", "best_preset.yaml"} <= artifacts
-    preset = tmp_path / "runs" / "two" / "best.yaml"
-    config = load_config(preset)  # accepted by pipelines.pretrain as it is
-    assert config.method.temperature == float(best[0].data.params["method.temperature"])
-    assert config.train.storage_path == str(tmp_path / "runs") and config.tracking.run_name is None
-    assert "python -m pipelines.pretrain --config" in capsys.readouterr().out
-
-
 def _wait_for(condition, timeout: float, what: str):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -72,8 +46,11 @@ def _wait_for(condition, timeout: float, what: str):
 
 
 @pytest.mark.slow
-def test_interrupted_sweep_resumes_without_rerunning_a_finished_trial(ray_session, fmnist_slice, tmp_path):
-    arguments = sweep_arguments(fmnist_slice, tmp_path, "cut") + ["--max-concurrent", "1"]
+def test_an_interrupted_sweep_resumes_without_rerunning_a_finished_trial_then_logs_best_and_a_preset(
+        ray_session, fmnist_slice, tmp_path, capsys):
+    """Two trials one after the other (optuna), Ctrl+C during the second, `--resume`: the parent run, both
+    children, their curves, the best trial and its preset, as an uninterrupted sweep has them."""
+    arguments = sweep_arguments(fmnist_slice, tmp_path, "cut") + ["--max-concurrent", "1", "--search", "optuna"]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     address = ray_session.get_runtime_context().gcs_address
     process = subprocess.Popen([sys.executable, "-m", "pipelines.sweep", *arguments], cwd=PROJECT_ROOT,
@@ -114,7 +91,24 @@ def test_interrupted_sweep_resumes_without_rerunning_a_finished_trial(ray_sessio
     assert len(runs) == 2 and all(run.info.status == "FINISHED" for run in runs)
     # the finished trial was not rerun: same run, same logged points
     assert [(m.step, m.timestamp) for m in client.get_metric_history(first.info.run_id, "train/loss")] == first_curve
-    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    parent = client.get_run(parent.info.run_id)
+    assert parent.info.status == "FINISHED"
+    temperatures = {float(run.data.params["method.temperature"]) for run in runs}
+    assert len(temperatures) == 2 and all(0.05 <= t <= 0.5 for t in temperatures)
+    for run in runs:  # every epoch's objective is a point of the trial's curve
+        curve = client.get_metric_history(run.info.run_id, "knn_top1_k20")
+        assert [m.step for m in curve] == [4, 8] and all(0 < m.value <= 1 for m in curve)
+    best = [run for run in runs if run.data.tags.get("sweep.best") == "true"]
+    assert len(best) == 1 and parent.data.tags["best_run_id"] == best[0].info.run_id
+    assert best[0].data.metrics["knn_top1_k20"] == max(run.data.metrics["knn_top1_k20"] for run in runs)
+    assert parent.data.metrics["best_knn_top1_k20"] == best[0].data.metrics["knn_top1_k20"]
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"trials.json", "trials.txt", "objective_vs_axes.png", "best_preset.yaml"} <= artifacts
+    preset = tmp_path / "runs" / "cut" / "best.yaml"
+    config = load_config(preset)  # accepted by pipelines.pretrain as it is
+    assert config.method.temperature == float(best[0].data.params["method.temperature"])
+    assert config.train.storage_path == str(tmp_path / "runs") and config.tracking.run_name is None
+    assert "python -m pipelines.pretrain --config" in capsys.readouterr().out
 
 
 BAD_SPACES = {

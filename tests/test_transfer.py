@@ -1,6 +1,5 @@
 """Transfer evaluation: the linear probe and chunked kNN on fixed features, and embeddings by Ray Data batch
 inference on the real Fashion-MNIST slice against the in-process path the training loop uses."""
-import json
 from pathlib import Path
 
 import numpy as np
