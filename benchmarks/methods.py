@@ -1,10 +1,12 @@
-"""Every method under one budget on Fashion-MNIST, beside the raw-pixel kNN measured in the same run.
+"""Every method under one budget on Fashion-MNIST, beside raw pixels measured the same way in the same run.
 
-    .venv/bin/python -m benchmarks.methods --epochs 1 --limit 20000
+    .venv/bin/python -m benchmarks.methods --epochs 1 --limit 10000
 
 Each method runs its `configs/<method>_fmnist_quick.yaml` preset with the epochs and training-image
-limit given here; kNN (k=20, T=0.07) always uses the whole train split as bank and the whole test
-split as queries. Prints a Markdown table for BENCHMARKS.md.
+limit given here, then the final evaluation of pretraining (the transfer stage, `eval.final_protocols`
+[knn, linear]): kNN (k=20 and 200, T=0.07) and the linear probe on cached embeddings, with the whole
+train split as bank / training set and the whole test split as queries. The raw-pixel row goes through
+the same stage (`--weights pixels`). Prints a Markdown table for BENCHMARKS.md (the DINO table's columns).
 """
 import argparse
 import time
@@ -13,17 +15,17 @@ import torch
 
 from pipelines.config import PROJECT_ROOT, load_config
 from pipelines.dataset_store import read_info
-from pipelines.evaluate import load_eval_sets
-from pipelines.knn import knn_accuracy
 from pipelines.pretrain import pretrain
 from ssl_models import METHODS
 
 
-def raw_pixel_knn(root: str, k: int = 20, temperature: float = 0.07) -> float:
-    info = read_info(root)
-    bank, queries = load_eval_sets(info, root, 28, None, None)
-    return knn_accuracy(bank.images.flatten(1).float(), bank.labels, queries.images.flatten(1).float(),
-                        queries.labels, len(info.classes), k, temperature)
+def raw_pixels(root: str) -> dict[str, float]:
+    from pipelines.embed import PIXELS
+    from pipelines.ray_start import start_ray
+    from pipelines.transfer import embed_and_evaluate, parse_args
+
+    start_ray(False)
+    return embed_and_evaluate(PIXELS, root, read_info(root), ["knn", "linear"], parse_args(["--weights", PIXELS]))[0]
 
 
 def main() -> None:
@@ -35,25 +37,29 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     started = time.time()
-    pixels = raw_pixel_knn(args.data)
-    print(f"raw pixels: kNN top-1 {pixels:.2%} ({time.time() - started:.0f}s)", flush=True)
+    pixels = raw_pixels(args.data)
+    print(f"raw pixels: kNN top-1 {pixels['knn_top1_k20']:.2%}, linear {pixels['linear_top1']:.2%} "
+          f"({time.time() - started:.0f}s)", flush=True)
     rows = []
     for method in args.methods:
         preset = PROJECT_ROOT / "configs" / f"{method}_fmnist_quick.yaml"
         config = load_config(preset, [f"train.epochs={args.epochs}", f"data.limit={args.limit}",
                                       f"data.path={args.data}", "eval.baseline=false", "eval.picture_every=0",
-                                      f"tracking.experiment=benchmark-{method}"])
+                                      "eval.final_protocols=[knn, linear]", f"tracking.experiment=benchmark-{method}"])
         began = time.time()
         outcome = pretrain(config)
-        metrics = outcome["metrics"]
-        rows.append((method, config.model.backbone, outcome["eval"]["knn_top1_k20"], metrics["images_per_second"],
-                     time.time() - began))
-        print(f"{method}: kNN top-1 {rows[-1][2]:.2%}, {rows[-1][3]:.0f} img/s", flush=True)
-    print("\n| method | backbone | kNN top-1 k=20 | vs raw pixels | images/s | wall |\n|---|---|---|---|---|---|")
-    print(f"| raw pixels | - | {pixels:.2%} | 1.00 | - | - |")
-    for method, backbone, accuracy, speed, wall in rows:
-        print(f"| {method} | {backbone} | {accuracy:.2%} | {accuracy / pixels:.2f} | {speed:.0f} | {wall:.0f} s |")
-
+        rows.append((method, config.model.backbone, outcome["eval"], outcome["metrics"]["images_per_second"],
+                     time.time() - began, outcome["run_name"]))
+        print(f"{method}: kNN top-1 {outcome['eval']['knn_top1_k20']:.2%}, linear {outcome['eval']['linear_top1']:.2%}, "
+              f"{rows[-1][3]:.0f} img/s", flush=True)
+    print("\n| method | backbone | kNN k=20 | kNN k=200 | linear (cached) | kNN vs raw pixels | images/s | wall "
+          "(train + eval) | run |\n|---|---|---|---|---|---|---|---|---|")
+    print(f"| raw pixels | - | {pixels['knn_top1_k20']:.2%} | {pixels['knn_top1_k200']:.2%} | "
+          f"{pixels['linear_top1']:.2%} | 1.00 | - | - | - |")
+    for method, backbone, found, speed, wall, run in rows:
+        print(f"| {method} | {backbone} | {found['knn_top1_k20']:.2%} | {found['knn_top1_k200']:.2%} | "
+              f"{found['linear_top1']:.2%} | {found['knn_top1_k20'] / pixels['knn_top1_k20']:.2f} | {speed:.0f} | "
+              f"{wall:.0f} s | {run} |")
 
 if __name__ == "__main__":
     main()

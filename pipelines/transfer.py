@@ -39,11 +39,12 @@ BANK_CHUNK = 8192
 
 
 def resolve_source(weights: Optional[str], run: Optional[str], storage: Optional[str],
-                   data: Optional[str]) -> tuple[str, str]:
-    """(weights folder, dataset) from `--weights` or a run's name (its last checkpoint and its data.path)."""
+                   data: Optional[str], record: Optional[dict] = None) -> tuple[str, str]:
+    """(weights folder, dataset) from `--weights` or a run's name (its last checkpoint and its data.path;
+    `record`: its run.json, when read already)."""
     if run:
         storage = storage or Config().train.storage_path
-        config = read_run_file(storage, run)["config"]
+        config = (record or read_run_file(storage, run))["config"]
         return run_weights(storage, run), data or config["data"]["path"]
     if not data:
         raise ConfigError("--data is required with --weights (the ingested dataset to evaluate on)")
@@ -158,11 +159,14 @@ def protocol_settings(args, protocols: list[str]) -> dict:
     return settings
 
 
-def evaluate(args, protocols: list[str], settings: dict) -> tuple[dict[str, float], Optional[ProbeResult], dict]:
-    """Runs the protocols; returns (metrics, linear probe, nested MLflow runs made)."""
+def evaluate(args, protocols: list[str], settings: dict, record: Optional[dict]
+             ) -> tuple[dict[str, float], Optional[ProbeResult], dict]:
+    """Runs the protocols (`record`: the run.json of `--run`); returns (metrics, linear probe, nested MLflow
+    runs made)."""
     from pipelines.ray_start import start_ray
 
-    weights, data = resolve_source(args.weights, args.run, args.storage, args.data)
+    storage = args.storage or Config().train.storage_path
+    weights, data = resolve_source(args.weights, args.run, storage, args.data, record)
     info = read_info(data)
     if not info.labelled:
         raise DatasetError(f"'{data}' has no labels: {', '.join(protocols)} need labelled images")
@@ -175,8 +179,6 @@ def evaluate(args, protocols: list[str], settings: dict) -> tuple[dict[str, floa
     if embedding:
         found, probe = embed_and_evaluate(weights, data, info, embedding, args, args.embeddings)
         metrics.update(found)
-    storage = args.storage or Config().train.storage_path
-    record = read_run_file(storage, args.run) if args.run else None
     for protocol in [p for p in protocols if p in SUPERVISED]:
         run_id = None
         if record:
@@ -246,7 +248,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     try:
         settings = protocol_settings(args, protocols)
-        metrics, probe, children = evaluate(args, protocols, settings)
+        record = read_run_file(args.storage or Config().train.storage_path, args.run) if args.run else None
+        metrics, probe, children = evaluate(args, protocols, settings, record)
     except (ConfigError, DatasetError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -258,8 +261,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if probe is not None:
         print(f"linear probe lr {probe.lr:g} (held-out accuracy by lr: "
               + ", ".join(f"{lr:g} {value:.2%}" for lr, value in probe.validation.items()) + ")")
-    if args.run:
-        record = read_run_file(args.storage or Config().train.storage_path, args.run)
+    if record:
         parent = log_to_run(record, args.run, metrics, probe, settings, children)
         print(f"logged into MLflow run {parent} (eval/...) with a nested run per protocol")
     return 0

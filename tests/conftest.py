@@ -27,6 +27,14 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def two_worker_results(ray_session, tmp_path_factory) -> dict:
+    """Every `@two_worker_check` of the collected test modules, run in one 2-worker Ray Train run."""
+    from tests.two_workers import CHECKS, run_on_two_workers
+
+    return run_on_two_workers(dict(CHECKS), tmp_path_factory.mktemp("two_workers"))
+
+
 @pytest.fixture()
 def tracking_uri(tmp_path) -> str:
     return f"sqlite:///{Path(tmp_path) / 'mlflow.db'}"

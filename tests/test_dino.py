@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_models import DINO, backbone_spec, create_backbone
-from tests.two_workers import run_on_two_workers
+from tests.two_workers import results_of, two_worker_check
 from ssl_models.dino import DINOHead, dino_loss, teacher_temperature_schedule, view_pairs
 
 
@@ -98,13 +98,14 @@ def test_dino_steps_with_resnets_and_vits(name, kwargs):
     method.training_step(views, 0)["loss"].backward()
 
 
+@two_worker_check
 def _center(rank: int):
     method = tiny_dino(center_momentum=0.5)
     method.update_center(torch.full((3, 16), float(rank)))  # rank 0: zeros, rank 1: ones
     return method.center.clone()
 
 
-def test_center_is_all_reduced_across_workers(ray_session, tmp_path):
-    results = run_on_two_workers(_center, tmp_path)
+def test_center_is_all_reduced_across_workers(two_worker_results):
+    results = results_of(two_worker_results, _center)
     # global mean over both workers' 6 rows is 0.5; EMA from 0 with momentum 0.5 gives 0.25 on both
     assert torch.allclose(results[0], torch.full((1, 16), 0.25)) and torch.equal(results[0], results[1])

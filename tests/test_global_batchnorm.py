@@ -8,7 +8,7 @@ from torch import nn
 
 from ssl_models.batchnorm import GlobalBatchNorm, convert_to_global_batchnorm
 from ssl_models.distributed import world
-from tests.two_workers import run_on_two_workers
+from tests.two_workers import results_of, two_worker_check
 
 
 def _net() -> nn.Sequential:
@@ -73,6 +73,7 @@ def test_conversion_is_recursive_and_shares_parameters_and_buffers():
     assert convert_to_global_batchnorm(net)[1] is net[1]  # converting again changes nothing
 
 
+@two_worker_check
 def _two_worker_step(rank: int) -> dict:
     images, weights = _global_batch()
     rows = slice(rank * 4, (rank + 1) * 4)
@@ -81,8 +82,8 @@ def _two_worker_step(rank: int) -> dict:
 
 
 @pytest.mark.slow
-def test_two_workers_normalise_with_the_global_batch(ray_session, tmp_path):
-    results = run_on_two_workers(_two_worker_step, tmp_path)
+def test_two_workers_normalise_with_the_global_batch(two_worker_results):
+    results = results_of(two_worker_results, _two_worker_step)
     images, weights = _global_batch()
     reference = _step(_net(), images, weights)  # one process, the whole global batch, the loss over all rows
     assert all(torch.equal(results[rank]["world"], torch.tensor([rank, 2])) for rank in range(2))

@@ -10,7 +10,7 @@ from pipelines.config import load_config
 from pipelines.pretrain import pretrain
 from ssl_models.batchnorm import GlobalBatchNorm
 from tests.conftest import tiny_overrides
-from tests.two_workers import run_on_two_workers
+from tests.two_workers import results_of, two_worker_check
 
 pytestmark = pytest.mark.slow
 
@@ -26,6 +26,7 @@ def small_config(method: str):
     return load_config(None, [f"method.name={method}", "data.batch_size=8", "train.num_workers=2", *SMALL[method]])
 
 
+@two_worker_check
 def _first_step(rank: int) -> dict:
     import ray.train.torch
 
@@ -53,8 +54,8 @@ def _first_step(rank: int) -> dict:
     return results
 
 
-def test_after_step_0_every_rank_holds_the_same_targets_teachers_and_queues(ray_session, tmp_path):
-    results = run_on_two_workers(_first_step, tmp_path)
+def test_after_step_0_every_rank_holds_the_same_targets_teachers_and_queues(two_worker_results):
+    results = results_of(two_worker_results, _first_step)
     for method in SMALL:
         # without the start-up broadcast each rank would have had its own target/teacher/key encoder
         assert not torch.equal(results[0][f"{method}/own_init"], results[1][f"{method}/own_init"])

@@ -9,7 +9,7 @@ from torch import nn
 from ssl_models import BarlowTwins, MoCo, SimCLR, SimSiam, VICReg
 from ssl_models.distributed import gather_with_grad
 from ssl_models.losses import barlow_twins_loss, negative_cosine, nt_xent, queue_info_nce, vicreg_loss
-from tests.two_workers import run_on_two_workers
+from tests.two_workers import results_of, two_worker_check
 
 
 def test_negative_cosine_by_hand():
@@ -103,6 +103,7 @@ def test_simsiam_stop_gradient_blocks_the_target_branch():
     assert isinstance(without_predictor.network.predictor, nn.Identity)
 
 
+@two_worker_check
 def _gather(rank: int):
     local = torch.full((2, 3), float(rank + 1), requires_grad=True)
     gathered = gather_with_grad(local)
@@ -110,8 +111,8 @@ def _gather(rank: int):
     return gathered.detach().clone(), local.grad.clone()
 
 
-def test_gather_with_grad_spans_workers_and_returns_gradients(ray_session, tmp_path):
-    results = run_on_two_workers(_gather, tmp_path)
+def test_gather_with_grad_spans_workers_and_returns_gradients(two_worker_results):
+    results = results_of(two_worker_results, _gather)
     for rank in range(2):
         gathered, grad = results[rank]
         assert torch.equal(gathered[:2], torch.ones(2, 3)) and torch.equal(gathered[2:], torch.full((2, 3), 2.0))
@@ -160,6 +161,7 @@ def test_moco_step_enqueues_keys_and_moves_key_encoder_by_ema():
         assert torch.allclose(after, 0.9 * before + 0.1 * query)
 
 
+@two_worker_check
 def _enqueue(rank: int):
     torch.manual_seed(0)
     method = tiny(MoCo, queue_size=8)
@@ -167,8 +169,8 @@ def _enqueue(rank: int):
     return method.queue[:4].clone()
 
 
-def test_moco_enqueues_keys_from_every_worker(ray_session, tmp_path):
-    results = run_on_two_workers(_enqueue, tmp_path)
+def test_moco_enqueues_keys_from_every_worker(two_worker_results):
+    results = results_of(two_worker_results, _enqueue)
     expected = torch.cat([torch.ones(2, 8), torch.full((2, 8), 2.0)])
     assert torch.equal(results[0], expected) and torch.equal(results[1], expected)
 
@@ -188,6 +190,7 @@ def test_moco_single_worker_normalises_shuffled_keys_in_sub_batches():
     assert not torch.allclose(keys, F.normalize(whole_batch, dim=1), atol=1e-3)
 
 
+@two_worker_check
 def _simclr_and_moco_steps(rank: int):
     torch.manual_seed(0)  # same weights on both workers, as DDP would give
     simclr, moco = tiny(SimCLR, temperature=0.3), tiny(MoCo, queue_size=16, shuffle_bn_splits=2)
@@ -205,8 +208,8 @@ def _simclr_and_moco_steps(rank: int):
             "initial_queue": initial_queue}
 
 
-def test_simclr_negatives_and_moco_keys_span_both_workers_of_a_ray_train_run(ray_session, tmp_path):
-    results = run_on_two_workers(_simclr_and_moco_steps, tmp_path)
+def test_simclr_negatives_and_moco_keys_span_both_workers_of_a_ray_train_run(two_worker_results):
+    results = results_of(two_worker_results, _simclr_and_moco_steps)
     z1 = torch.cat([results[r]["z1"] for r in range(2)])
     z2 = torch.cat([results[r]["z2"] for r in range(2)])
     # the two workers' losses average to NT-Xent over the global batch of 8 pairs (14 negatives per anchor)
