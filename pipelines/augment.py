@@ -14,13 +14,25 @@ def blur_kernel(image_size: int) -> int:
     return max(3, int(image_size * 0.1) // 2 * 2 + 1)
 
 
+# Colour jitter (brightness, contrast, saturation, hue), applied with p = 0.8, as each paper's reference
+# sets it; BYOL's strengths (also Barlow Twins', VICReg's and DINO's) for the others.
+COLOUR_JITTER = {"simclr": (0.8, 0.8, 0.8, 0.2), "moco": (0.4, 0.4, 0.4, 0.1), "simsiam": (0.4, 0.4, 0.4, 0.1)}
+BYOL_JITTER = (0.4, 0.4, 0.2, 0.1)
+
+
+def colour_jitter(method: dict) -> tuple[float, float, float, float]:
+    return COLOUR_JITTER.get(method["name"], BYOL_JITTER)
+
+
 def view_recipe(image_size: int, channels: int, crop_scale_min: float, blur_p: float, solarize_p: float,
-                crop_scale_max: float = 1.0) -> A.Compose:
-    """Random resized crop, flip, colour jitter, grayscale (colour images), blur and solarize."""
+                crop_scale_max: float = 1.0, jitter: tuple[float, float, float, float] = BYOL_JITTER) -> A.Compose:
+    """Random resized crop, flip, colour jitter, grayscale (colour images), blur and solarize; grey images
+    get the jitter's brightness and contrast only."""
+    brightness, contrast, saturation, hue = jitter
     colour = (
-        [A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, p=0.8), A.ToGray(p=0.2)]
+        [A.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue, p=0.8), A.ToGray(p=0.2)]
         if channels == 3
-        else [A.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.0, hue=0.0, p=0.8)]
+        else [A.ColorJitter(brightness=brightness, contrast=contrast, saturation=0.0, hue=0.0, p=0.8)]
     )
     return A.Compose(
         [
@@ -37,14 +49,14 @@ def asymmetric_views(image_size: int, channels: int, crop_scale_min: float, meth
     """BYOL's pair (also Barlow Twins' and VICReg's): the first view always blurred, the second rarely
     blurred and sometimes solarized."""
     return [
-        view_recipe(image_size, channels, crop_scale_min, blur_p=1.0, solarize_p=0.0),
-        view_recipe(image_size, channels, crop_scale_min, blur_p=0.1, solarize_p=0.2),
+        view_recipe(image_size, channels, crop_scale_min, blur_p=1.0, solarize_p=0.0, jitter=colour_jitter(method)),
+        view_recipe(image_size, channels, crop_scale_min, blur_p=0.1, solarize_p=0.2, jitter=colour_jitter(method)),
     ]
 
 
 def symmetric_views(image_size: int, channels: int, crop_scale_min: float, method: dict) -> list[A.Compose]:
-    """SimCLR's and SimSiam's pair: both views drawn from one recipe, blurred half of the time."""
-    view = view_recipe(image_size, channels, crop_scale_min, blur_p=0.5, solarize_p=0.0)
+    """SimCLR's, SimSiam's and MoCo v2's pair: both views drawn from one recipe, blurred half of the time."""
+    view = view_recipe(image_size, channels, crop_scale_min, blur_p=0.5, solarize_p=0.0, jitter=colour_jitter(method))
     return [view, view]
 
 

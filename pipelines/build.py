@@ -1,17 +1,26 @@
 """From the configuration to the method, optimizer and schedules (the only place config meets ssl_models)."""
 import inspect
+from typing import Sequence
 
 import timm.optim
 import torch
 
 from pipelines.config import Config, ConfigError
 from ssl_models import METHODS, BackboneSpec, SSLMethod, backbone_spec, create_backbone
+from ssl_models.backbones import is_vit
 from ssl_models.schedules import cosine_schedule, warmup_cosine_schedule
+
+
+def drop_path_rate(config: Config) -> float:
+    if config.model.drop_path_rate is not None:
+        return config.model.drop_path_rate
+    return 0.1 if config.method.name == "dino" and is_vit(config.model.backbone) else 0.0
 
 
 def build_spec(config: Config, channels: int) -> BackboneSpec:
     model = config.model
-    return backbone_spec(model.backbone, channels, config.data.image_size, model.small_stem, model.patch_size)
+    return backbone_spec(model.backbone, channels, config.data.image_size, model.small_stem, model.patch_size,
+                         drop_path_rate(config))
 
 
 def head_arguments(config: Config) -> dict[str, int]:
@@ -43,11 +52,20 @@ def build_method(config: Config, channels: int, steps_per_epoch: int) -> SSLMeth
                                        **method_arguments(config, steps_per_epoch))
 
 
-def build_optimizer(config: Config, module: torch.nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(config: Config, module: torch.nn.Module, fixed_lr: Sequence[torch.nn.Parameter] = ()
+                    ) -> torch.optim.Optimizer:
+    """AdamW or LARS over `module`; biases and normalisation parameters get no weight decay (timm's grouping),
+    the parameters in `fixed_lr` keep the initial lr (groups flagged `fixed_lr`, skipped by the schedule)."""
     optim = config.optim
     extra = {"betas": optim.betas} if optim.name == "adamw" else {"momentum": optim.momentum}
-    # Biases and normalisation parameters get no weight decay (timm's filter_bias_and_bn).
-    return timm.optim.create_optimizer_v2(module, opt=optim.name, lr=config.effective_lr(),
+    fixed = {id(parameter) for parameter in fixed_lr}
+    groups = []
+    for group in timm.optim.param_groups_weight_decay(module, optim.weight_decay):
+        for is_fixed in (False, True):
+            params = [parameter for parameter in group["params"] if (id(parameter) in fixed) == is_fixed]
+            if params:
+                groups.append({**group, "params": params, "fixed_lr": is_fixed})
+    return timm.optim.create_optimizer_v2(groups, opt=optim.name, lr=config.effective_lr(),
                                           weight_decay=optim.weight_decay, **extra)
 
 

@@ -31,7 +31,9 @@ class DataConfig(Section):
     augment_cpus: float = Field(0.5, gt=0, description="CPUs reserved per augmentation actor")
     read_cpus: float = Field(0.25, gt=0, description="CPUs reserved per Parquet read task")
     shuffle_buffer: int = Field(2048, ge=0, description="local shuffle buffer of the training iterator (0: off)")
-    crop_scale_min: float = Field(0.2, gt=0, le=1, description="smallest area fraction of the random resized crop")
+    crop_scale_min: Optional[float] = Field(None, gt=0, le=1, description="smallest area fraction of the random "
+                                            "resized crop; null: the method's paper value (0.08: BYOL, SimCLR, Barlow "
+                                            "Twins, VICReg; 0.2: MoCo v2, SimSiam, MAE; DINO: method.global_crop_scale)")
 
 
 class ModelConfig(Section):
@@ -42,6 +44,9 @@ class ModelConfig(Section):
     projection_dim: Optional[int] = Field(None, ge=1, description="null: the method's paper value")
     projector_layers: Optional[int] = Field(None, ge=1, le=4, description="null: the method's paper value")
     predictor_hidden_dim: Optional[int] = Field(None, ge=1, description="null: the method's paper value")
+    drop_path_rate: Optional[float] = Field(None, ge=0, lt=1, description="stochastic depth of the trained backbone "
+                                            "(momentum copies drop nothing); null: the method's paper value (DINO "
+                                            "on ViTs 0.1, else 0)")
 
     def heads(self) -> dict[str, int]:
         """The head sizes set explicitly."""
@@ -65,6 +70,8 @@ class SimSiamConfig(Section):
     name: Literal["simsiam"] = "simsiam"
     stop_gradient: bool = Field(True, description="false: the paper's ablation, which collapses")
     predictor: bool = Field(True, description="false: the paper's ablation, which collapses")
+    fix_predictor_lr: bool = Field(False, description="the paper's fix-pred-lr: the predictor keeps the initial "
+                                   "lr (no warm-up, no decay)")
 
 
 class SimCLRConfig(Section):
@@ -139,6 +146,9 @@ class OptimConfig(Section):
     weight_decay: float = Field(1e-6, ge=0)
     weight_decay_end: Optional[float] = Field(None, ge=0, description="null: constant; else cosine to this (DINO: 0.04 -> 0.4)")
     clip_grad: Optional[float] = Field(None, gt=0, description="gradient-norm clipping (DINO: 3.0)")
+    clip_mode: Literal["global", "per_parameter"] = Field(
+        "global", description="global: the norm of all gradients together; per_parameter: each parameter's "
+        "gradient on its own (DINO's clipping)")
     warmup_epochs: float = Field(0.2, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     momentum: float = Field(0.9, ge=0, lt=1, description="LARS momentum")
@@ -219,6 +229,11 @@ class Config(Section):
         scale = self.global_batch() / 256 if self.optim.lr_scaling == "linear" else 1.0
         return self.optim.lr * scale
 
+    def crop_scale_min(self) -> float:
+        if self.data.crop_scale_min is not None:
+            return self.data.crop_scale_min
+        return 0.2 if self.method.name in ("moco", "simsiam", "mae") else 0.08
+
     def sync_batchnorm(self) -> bool:
         setting = self.train.sync_batchnorm
         return self.method.name in GLOBAL_BATCHNORM_METHODS if setting is None else setting
@@ -226,7 +241,7 @@ class Config(Section):
     def flat(self) -> dict[str, Any]:
         """Dotted keys to values, for MLflow params, with the values derived from them (`resolved.*`)."""
         resolved = {"resolved.global_batch": self.global_batch(), "resolved.effective_lr": self.effective_lr(),
-                    "resolved.sync_batchnorm": self.sync_batchnorm()}
+                    "resolved.sync_batchnorm": self.sync_batchnorm(), "resolved.crop_scale_min": self.crop_scale_min()}
         return {**dict(_flatten(self.model_dump(mode="json"))), **resolved}
 
 
@@ -281,9 +296,20 @@ def format_validation_error(error: ValidationError) -> str:
     return "invalid configuration:\n" + "\n".join(lines)
 
 
+# The papers' optimizer settings where they differ from the shared defaults; a preset or override wins.
+PAPER_OPTIM = {
+    "dino": {"lr": 5e-4, "weight_decay": 0.04, "weight_decay_end": 0.4, "clip_grad": 3.0, "clip_mode": "per_parameter"},
+    "mae": {"lr": 1.5e-4, "betas": [0.9, 0.95], "weight_decay": 0.05},
+}
+
+
 def build_config(tree: dict) -> Config:
     if isinstance(tree.get("method"), dict):
         tree["method"].setdefault("name", "byol")
+    method = tree["method"].get("name") if isinstance(tree.get("method"), dict) else "byol"
+    if method in PAPER_OPTIM and isinstance(tree.setdefault("optim", {}), dict):
+        for key, value in PAPER_OPTIM[method].items():
+            tree["optim"].setdefault(key, value)
     try:
         return Config.model_validate(tree)
     except ValidationError as error:

@@ -21,7 +21,7 @@ def _cell(image: np.ndarray) -> Image.Image:
 
 def augmented_views_grid(config: Config, info: DatasetInfo, rows: int = 8) -> Image.Image:
     """One row per training image: the original, then each view the method's recipe makes of it."""
-    views = RECIPES[config.method.name](config.data.image_size, info.channels, config.data.crop_scale_min,
+    views = RECIPES[config.method.name](config.data.image_size, info.channels, config.crop_scale_min(),
                                         config.method.model_dump(mode="json"))
     picked = read_rows(config.data.path, "train", range(rows), ("image",)).column("image").to_pylist()
     images = [decode_image(data, info.channels) for data in picked]

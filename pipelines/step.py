@@ -66,7 +66,7 @@ def prepare(config: Config, channels: int, steps_per_epoch: int, device: torch.d
         method = use_global_batchnorm(method, device)
     if device.type == "cuda":
         method = method.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(config, method.trained)
+    optimizer = build_optimizer(config, method.trained, method.fixed_lr_parameters())
     restored = None
     if checkpoint_folder is not None:
         restored = load_training_state(checkpoint_folder, method, optimizer, world()[0])
@@ -76,6 +76,14 @@ def prepare(config: Config, channels: int, steps_per_epoch: int, device: torch.d
         trained = torch.compile(trained)
     method.wrap_trained(lambda _: trained)
     return Prepared(method, optimizer, restored)
+
+
+@torch.no_grad()
+def clip_each_parameter(parameters, max_norm: float) -> None:
+    """DINO's clipping: each parameter's gradient scaled down to norm `max_norm` on its own."""
+    for parameter in parameters:
+        if parameter.grad is not None:
+            parameter.grad.mul_((max_norm / (parameter.grad.norm() + 1e-6)).clamp(max=1.0))
 
 
 def scaled_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -104,6 +112,7 @@ class TrainStep:
     def __init__(self, config: Config, method: SSLMethod, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
                  device: torch.device):
         self.method, self.optimizer, self.clip = method, optimizer, config.optim.clip_grad
+        self.clip_norm = clip_each_parameter if config.optim.clip_mode == "per_parameter" else torch.nn.utils.clip_grad_norm_
         self.precision = resolve_precision(config.train.precision, device)
         self.autocast = autocast_for(self.precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
@@ -115,12 +124,13 @@ class TrainStep:
         method, optimizer, scaler = self.method, self.optimizer, self.scaler
         lr, weight_decay = value_at(self.lrs, step), value_at(self.wds, step)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            if not group.get("fixed_lr"):  # SimSiam's fix-pred-lr: the predictor keeps the initial lr
+                group["lr"] = lr
             if group["weight_decay"] > 0:  # biases and norms stay at 0
                 group["weight_decay"] = weight_decay
         with self.autocast():
             outputs = method.training_step(views, step)
-        clip = (lambda: torch.nn.utils.clip_grad_norm_(method.trained.parameters(), self.clip)) if self.clip else None
+        clip = (lambda: self.clip_norm(method.trained.parameters(), self.clip)) if self.clip else None
         if scaled_step(outputs["loss"], optimizer, scaler, lambda: method.after_backward(step), clip):
             logged = method.after_optimizer_step(step)
         else:  # the EMA follows only steps the optimizer took

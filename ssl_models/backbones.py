@@ -36,6 +36,7 @@ def backbone_spec(
     image_size: int = 224,
     small_stem: bool = False,
     patch_size: Optional[int] = None,
+    drop_path_rate: float = 0.0,
 ) -> BackboneSpec:
     """Validate the options for `name` and turn them into timm arguments."""
     if name not in timm.list_models():
@@ -59,6 +60,8 @@ def backbone_spec(
         if not name.startswith("convnext"):
             raise ValueError(f"model.patch_size applies to ViTs and ConvNeXts, not '{name}'")
         kwargs["patch_size"] = patch_size
+    if drop_path_rate:
+        kwargs["drop_path_rate"] = drop_path_rate
     return BackboneSpec(timm_name=name, timm_kwargs=kwargs, small_stem=small_stem)
 
 

@@ -2,6 +2,7 @@
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from timm.layers import trunc_normal_
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
@@ -19,6 +20,10 @@ class DINOHead(nn.Module):
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim),
                                  nn.GELU(), nn.Linear(hidden_dim, bottleneck_dim))
+        for layer in self.mlp:  # the reference's initialisation (the last layer keeps PyTorch's)
+            if isinstance(layer, nn.Linear):
+                trunc_normal_(layer.weight, std=0.02)
+                nn.init.zeros_(layer.bias)
         self.last_layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
         self.last_layer.parametrizations.weight.original0.data.fill_(1.0)
         self.last_layer.parametrizations.weight.original0.requires_grad_(False)
@@ -90,7 +95,8 @@ class DINO(SSLMethod):
 
     @property
     def backbone(self) -> nn.Module:
-        return self.student.backbone
+        """The teacher's: what DINO evaluates and exports (its `checkpoint_key teacher`)."""
+        return self.teacher.backbone
 
     @torch.no_grad()
     def teacher_probabilities(self, global_crops: list[torch.Tensor], step: int) -> torch.Tensor:
@@ -124,5 +130,5 @@ class DINO(SSLMethod):
 
     def after_optimizer_step(self, step: int) -> dict[str, float]:
         momentum = value_at(self.momentum_schedule, step)
-        update_momentum(self.teacher, self.student, momentum)
+        update_momentum(self.teacher, self.student, momentum, copy_buffers=False)  # BN statistics: the teacher's own
         return {"ema_momentum": momentum}

@@ -58,12 +58,30 @@ class MaskedAutoencoder(nn.Module):
         encoder.pos_embed.requires_grad_(False)
         self.decoder_embed = nn.Linear(encoder.embed_dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
-        nn.init.normal_(self.mask_token, std=0.02)
         self.register_buffer("decoder_pos_embed", sincos_2d(decoder_dim, *grid, prefix_tokens=prefix)[None])
         self.decoder_blocks = nn.Sequential(*[Block(decoder_dim, decoder_heads, mlp_ratio=4.0, qkv_bias=True)
                                               for _ in range(decoder_depth)])
         self.decoder_norm = nn.LayerNorm(decoder_dim)
         self.decoder_pred = nn.Linear(decoder_dim, self.patch * self.patch * self.channels)
+        self.reference_init()
+
+    def reference_init(self) -> None:
+        """MAE's initialisation of encoder and decoder: xavier-uniform linear layers (the patch embedding's
+        kernel as one flat matrix), zero biases, unit LayerNorms, normal(0.02) class and mask tokens."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        kernel = self.encoder.patch_embed.proj.weight
+        nn.init.xavier_uniform_(kernel.data.view(kernel.shape[0], -1))
+        nn.init.zeros_(self.encoder.patch_embed.proj.bias)
+        for token in (self.encoder.cls_token, self.mask_token):
+            if token is not None:
+                nn.init.normal_(token, std=0.02)
 
     def forward_encoder(self, images: torch.Tensor, mask_ratio: float):
         encoder = self.encoder

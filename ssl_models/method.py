@@ -40,6 +40,10 @@ class SSLMethod(nn.Module):
     def after_backward(self, step: int) -> None:
         pass
 
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        """Parameters the lr schedule leaves at the initial lr (SimSiam's predictor with `fix_predictor_lr`)."""
+        return []
+
     def after_optimizer_step(self, step: int) -> dict[str, float]:
         return {}
 

@@ -26,7 +26,7 @@ class MoCo(SSLMethod):
                  shuffle_bn_splits: int = 8):
         super().__init__()
         self.query_encoder = nn.Sequential(backbone, mlp_head(feature_dim, projector_hidden_dim, projection_dim,
-                                                              projector_layers))
+                                                              projector_layers, norm=False))  # MoCo v2: no BN
         self.key_encoder = frozen_copy(self.query_encoder)
         self.temperature = temperature
         self.shuffle_bn_splits = shuffle_bn_splits
@@ -74,5 +74,5 @@ class MoCo(SSLMethod):
 
     def after_optimizer_step(self, step: int) -> dict[str, float]:
         momentum = value_at(self.momentum_schedule, step)
-        update_momentum(self.key_encoder, self.query_encoder, momentum)
+        update_momentum(self.key_encoder, self.query_encoder, momentum, copy_buffers=False)  # as the reference
         return {"ema_momentum": momentum}

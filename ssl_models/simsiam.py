@@ -9,16 +9,18 @@ from ssl_models.method import SSLMethod
 
 
 class SimSiam(SSLMethod):
-    """`stop_gradient=False` or `predictor=False` are the paper's ablations: both collapse."""
+    """`stop_gradient=False` or `predictor=False` are the paper's ablations: both collapse. `fix_predictor_lr`:
+    the paper's fix-pred-lr (the predictor at the initial lr, no decay), which it found slightly better."""
 
     def __init__(self, backbone: nn.Module, feature_dim: int, total_steps: int, projector_hidden_dim: int = 2048,
                  projection_dim: int = 2048, predictor_hidden_dim: int = 512, stop_gradient: bool = True,
-                 predictor: bool = True):
+                 predictor: bool = True, fix_predictor_lr: bool = False):
         super().__init__()
         projector = mlp_head(feature_dim, projector_hidden_dim, projection_dim, num_layers=3, last_norm=True)
         head = mlp_head(projection_dim, predictor_hidden_dim, projection_dim) if predictor else nn.Identity()
         self.network = EncoderWithPredictor(nn.Sequential(backbone, projector), head)
         self.stop_gradient = stop_gradient
+        self.fix_predictor_lr = fix_predictor_lr
 
     @property
     def trained(self) -> nn.Module:
@@ -27,6 +29,9 @@ class SimSiam(SSLMethod):
     @property
     def backbone(self) -> nn.Module:
         return self.network.encoder[0]
+
+    def fixed_lr_parameters(self) -> list[nn.Parameter]:
+        return list(self.network.predictor.parameters()) if self.fix_predictor_lr else []
 
     def training_step(self, views: list[torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         predictions, projections = self.call_trained(torch.cat(views))

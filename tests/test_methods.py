@@ -177,7 +177,8 @@ def test_moco_enqueues_keys_from_every_worker(two_worker_results):
 
 def test_moco_single_worker_normalises_shuffled_keys_in_sub_batches():
     torch.manual_seed(0)
-    method = tiny(MoCo, queue_size=16, shuffle_bn_splits=4)
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.BatchNorm1d(8))  # MoCo v2's head has no BN
+    method = MoCo(backbone, 8, 10, projector_hidden_dim=16, projection_dim=8, queue_size=16, shuffle_bn_splits=4)
     images = torch.randn(16, 3, 2, 2)
     torch.manual_seed(3)
     keys = method.keys(images)

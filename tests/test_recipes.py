@@ -1,0 +1,146 @@
+"""Each method trains as its paper (and reference code) trains it: the recipe details that change results."""
+import pytest
+import torch
+from timm.layers import DropPath
+from torch import nn
+
+from pipelines.build import build_method, build_optimizer
+from pipelines.config import load_config
+from pipelines.step import TrainStep, clip_each_parameter
+from ssl_models import DINO, MoCo, SimSiam
+
+CPU = torch.device("cpu")
+SMALL_DINO = ["method.name=dino", "method.out_dim=64", "method.head_hidden_dim=64", "method.bottleneck_dim=32",
+              "method.num_local_crops=2", "method.local_crop_size=12", "data.batch_size=8"]
+VIT = ["model.backbone=vit_tiny_patch16_224", "model.patch_size=4"]
+
+
+def test_dino_evaluates_and_exports_the_teacher_and_initialises_its_head_as_the_reference():
+    method = build_method(load_config(None, SMALL_DINO + ["method.head_hidden_dim=1024"]), 1, 10)
+    assert isinstance(method, DINO) and method.backbone is method.teacher.backbone
+    for layer in [m for m in method.student.head.mlp if isinstance(m, nn.Linear)]:
+        assert torch.count_nonzero(layer.bias) == 0
+        assert layer.weight.std().item() == pytest.approx(0.02, rel=0.1)  # truncated normal, std 0.02
+
+
+def test_dino_teacher_keeps_its_own_batchnorm_statistics_and_takes_only_the_ema_of_parameters():
+    torch.manual_seed(0)
+    method = build_method(load_config(None, SMALL_DINO), 1, 10)  # ResNet-18: BatchNorm
+    views = [torch.randn(8, 1, 28, 28) + 3, torch.randn(8, 1, 28, 28) + 3] + [torch.randn(8, 1, 12, 12)] * 2
+    method.training_step(views, 0)
+    method.after_optimizer_step(0)
+    teacher_bn, student_bn = method.teacher.backbone.bn1, method.student.backbone.bn1
+    # each moved by its own forward passes (the teacher: global crops only), not copied from the student
+    assert not torch.equal(teacher_bn.running_mean, student_bn.running_mean)
+    assert teacher_bn.running_mean.abs().sum() > 0
+
+
+def test_moco_v2_head_has_no_batchnorm_and_its_key_encoder_keeps_its_own_statistics():
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.BatchNorm1d(8))
+    method = MoCo(backbone, 8, 10, projector_hidden_dim=16, projection_dim=8, queue_size=16, shuffle_bn_splits=1)
+    head = method.query_encoder[1]
+    assert [type(m) for m in head] == [nn.Linear, nn.ReLU, nn.Linear]
+    method.training_step([torch.randn(6, 3, 2, 2), torch.randn(6, 3, 2, 2) + 5], 0)
+    method.after_optimizer_step(0)
+    assert not torch.equal(method.key_encoder[0][2].running_mean, method.query_encoder[0][2].running_mean)
+
+
+def test_dino_student_vit_drops_paths_at_0_1_and_its_teacher_drops_none():
+    dino = build_method(load_config(None, SMALL_DINO + VIT), 1, 10)
+    rates = [m.drop_prob for m in dino.student.backbone.modules() if isinstance(m, DropPath)]
+    assert rates and max(rates) == pytest.approx(0.1)
+    assert all(m.drop_prob == 0 for m in dino.teacher.backbone.modules() if isinstance(m, DropPath))
+    byol = build_method(load_config(None, VIT + ["model.projector_hidden_dim=32", "model.projection_dim=16",
+                                                 "model.predictor_hidden_dim=32"]), 1, 10)
+    assert not [m for m in byol.backbone.modules() if isinstance(m, DropPath)]
+    chosen = build_method(load_config(None, SMALL_DINO + VIT + ["model.drop_path_rate=0"]), 1, 10)
+    assert not [m for m in chosen.student.backbone.modules() if isinstance(m, DropPath)]
+
+
+def test_a_run_without_a_preset_gets_its_papers_optimizer_and_a_preset_or_override_wins():
+    dino = load_config(None, ["method.name=dino"]).optim
+    assert (dino.lr, dino.weight_decay, dino.weight_decay_end, dino.clip_grad, dino.clip_mode) == (
+        5e-4, 0.04, 0.4, 3.0, "per_parameter")
+    mae = load_config(None, ["method.name=mae"]).optim
+    assert (mae.lr, mae.betas, mae.weight_decay, mae.clip_grad) == (1.5e-4, (0.9, 0.95), 0.05, None)
+    byol = load_config(None).optim
+    assert (byol.lr, byol.betas, byol.weight_decay, byol.clip_mode) == (2e-3, (0.9, 0.999), 1e-6, "global")
+    assert load_config(None, ["method.name=dino", "optim.clip_mode=global", "optim.lr=0.01"]).optim.lr == 0.01
+    from pipelines.config import PROJECT_ROOT
+
+    mae_preset = load_config(PROJECT_ROOT / "configs" / "mae_fmnist_quick.yaml")
+    assert mae_preset.optim.lr == 1.5e-4 and mae_preset.effective_lr() == pytest.approx(1.5e-4)  # batch 256
+
+
+def test_dino_clips_each_parameters_gradient_on_its_own():
+    big, small = nn.Parameter(torch.zeros(4)), nn.Parameter(torch.zeros(4))
+    big.grad, small.grad = torch.full((4,), 5.0), torch.full((4,), 0.1)  # norms 10 and 0.2
+    clip_each_parameter([big, small], 3.0)
+    assert big.grad.norm().item() == pytest.approx(3.0, rel=1e-5) and torch.equal(small.grad, torch.full((4,), 0.1))
+    config = load_config(None, SMALL_DINO)
+    method = build_method(config, 1, 10)
+    step = TrainStep(config, method, build_optimizer(config, method.trained), 10, CPU)
+    assert step.clip_norm is clip_each_parameter and step.clip == 3.0
+
+
+def test_simsiam_projector_ends_in_batchnorm_without_affine_and_the_predictor_lr_can_be_fixed():
+    config = load_config(None, ["method.name=simsiam", "method.fix_predictor_lr=true", "model.projector_hidden_dim=32",
+                                "model.projection_dim=16", "model.predictor_hidden_dim=8", "optim.warmup_epochs=1",
+                                "data.batch_size=8"])
+    torch.manual_seed(0)
+    method = build_method(config, 1, 10)
+    assert isinstance(method, SimSiam)
+    last = method.network.encoder[1][-1]
+    assert isinstance(last, nn.BatchNorm1d) and not last.affine
+    optimizer = build_optimizer(config, method.trained, method.fixed_lr_parameters())
+    step = TrainStep(config, method, optimizer, 10, CPU)
+    step([torch.randn(8, 1, 28, 28), torch.randn(8, 1, 28, 28)], 3)  # mid warm-up
+    predictor = {id(p) for p in method.network.predictor.parameters()}
+    for group in optimizer.param_groups:
+        fixed = all(id(p) in predictor for p in group["params"])
+        assert group["fixed_lr"] == fixed
+        expected = config.effective_lr() if fixed else config.effective_lr() * 3 / 10
+        assert group["lr"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_mae_initialises_encoder_and_decoder_as_the_reference():
+    import math
+
+    from ssl_models import MAE, backbone_spec, create_backbone
+
+    torch.manual_seed(0)
+    backbone, width = create_backbone(backbone_spec("vit_tiny_patch16_224", in_chans=1, image_size=28, patch_size=4))
+    model = MAE(backbone, width, 10, decoder_dim=64, decoder_depth=1, decoder_heads=4).autoencoder
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert linears and all(torch.count_nonzero(m.bias) == 0 for m in linears if m.bias is not None)
+    for layer in linears:  # xavier-uniform: bounded by sqrt(6 / (fan_in + fan_out)) and filling the bound
+        bound = math.sqrt(6 / sum(layer.weight.shape))
+        assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.9 * bound
+    kernel = model.encoder.patch_embed.proj.weight
+    bound = math.sqrt(6 / (kernel.shape[0] + kernel[0].numel()))  # the kernel as one (192, 16) matrix
+    assert kernel.abs().max() <= bound and kernel.abs().max() > 0.9 * bound
+    assert model.encoder.cls_token.std().item() == pytest.approx(0.02, rel=0.25)
+    assert model.mask_token.std().item() == pytest.approx(0.02, rel=0.3)
+
+
+def test_augmentation_strengths_and_crop_scales_follow_each_paper():
+    import albumentations as A
+
+    from pipelines.augment import RECIPES
+
+    def jitter(method: str, channels: int = 3):
+        views = RECIPES[method](32, channels, 0.08, load_config(None, [f"method.name={method}"]).method.model_dump())
+        found = [t for t in views[0].transforms if isinstance(t, A.ColorJitter)][0]
+        return tuple(round(max(abs(x - 1) if name != "hue" else abs(x) for x in getattr(found, name)), 3)
+                     for name in ("brightness", "contrast", "saturation", "hue"))
+
+    assert jitter("simclr") == (0.8, 0.8, 0.8, 0.2)
+    assert jitter("moco") == jitter("simsiam") == (0.4, 0.4, 0.4, 0.1)
+    assert jitter("byol") == jitter("barlow_twins") == jitter("vicreg") == jitter("dino") == (0.4, 0.4, 0.2, 0.1)
+    assert jitter("simclr", channels=1)[:2] == (0.8, 0.8)
+    scales = {m: load_config(None, [f"method.name={m}"]).crop_scale_min()
+              for m in ("byol", "simclr", "barlow_twins", "vicreg", "moco", "simsiam", "mae")}
+    assert scales == {"byol": 0.08, "simclr": 0.08, "barlow_twins": 0.08, "vicreg": 0.08, "moco": 0.2,
+                      "simsiam": 0.2, "mae": 0.2}
+    assert load_config(None, ["data.crop_scale_min=0.3"]).crop_scale_min() == 0.3
