@@ -107,6 +107,15 @@ def test_a_submitted_job_on_one_node_trains_from_object_storage(cluster, s3_slic
     assert run.info.status == "FINISHED" and 0 < run.data.metrics["eval/knn_top1_k20"] <= 1
     assert run.info.artifact_uri.startswith("s3://ssl/mlflow/") and s3_artifact(cluster, run, "backbone/backbone.json")
     assert cluster["s3"].get_file_info("ssl/runs/submitted/run.json").type == FileType.File
+    # the evaluation command as a job of its own: the run found in S3 by name, its results into the server
+    result = subprocess.run(
+        [RAY_CLI, "job", "submit", "--address", cluster["jobs"], "--working-dir", str(PROJECT_ROOT), "--",
+         "python", "-m", "pipelines.evaluate", "--run", "submitted", "--storage", "s3://ssl/runs", "--protocol",
+         "linear", "--linear-epochs", "2", "--linear-lrs", "0.1", "--train-limit", "200", "--test-limit", "100"],
+        env=cluster["env"], capture_output=True, text=True, timeout=600)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and f"logged into MLflow run {run.info.run_id}" in output, output[-3000:]
+    assert 0 < client.get_run(run.info.run_id).data.metrics["eval/linear_top1"] <= 1
 
 
 def test_a_job_without_storage_settings_is_refused_before_its_results_could_vanish(cluster):

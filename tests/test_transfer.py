@@ -118,8 +118,8 @@ def test_embeddings_from_two_actors_equal_the_in_process_ones_and_knn_matches_th
 
 
 @pytest.mark.slow
-def test_the_evaluate_command_prints_each_protocol_and_names_bad_input(ray_session, fmnist_slice, weights, tmp_path,
-                                                                       capsys):
+def test_the_evaluate_command_prints_each_protocol_and_names_bad_input(ray_session, fmnist_slice, sorted_shards,
+                                                                       weights, tmp_path, capsys):
     folder, _ = weights
     assert main(["--weights", folder, "--data", fmnist_slice, "--protocol", "knn,linear", "--linear-epochs", "3",
                  "--linear-lrs", "0.1", "--train-limit", "320", "--test-limit", "160"]) == 0
@@ -141,10 +141,16 @@ def test_the_evaluate_command_prints_each_protocol_and_names_bad_input(ray_sessi
 
     assert main(["--weights", folder, "--protocol", "knn"]) == 2
     assert "--data is required with --weights" in capsys.readouterr().err
-    # from a random init, 40 steps of 16 images: the training loss falls below chance's ln(10) = 2.30
-    settings = FinetuneSettings(protocol="scratch", epochs=2, batch_size=16, train_limit=320, test_limit=160, lr=0.02,
-                                warmup_epochs=0)
-    result = run_supervised(folder, fmnist_slice, settings, str(tmp_path / "runs"), progress=False)
+    colour = tmp_path / "colour"
+    colour.mkdir()
+    spec = backbone_spec("resnet18", in_chans=3, image_size=28)
+    backbone, width = create_backbone(spec)
+    save_backbone(colour, backbone, spec, {"feature_dim": width, "image_size": 28, "mean": [0.5] * 3,
+                                           "std": [0.25] * 3, "method": "none"})
+    # from a random init on the class-sorted folder (no test split: a stratified 10 % held out), 2 workers of
+    # 16 images for 2 epochs: the training loss falls below chance's ln(10) = 2.30
+    settings = FinetuneSettings(protocol="scratch", epochs=2, batch_size=16, lr=0.02, warmup_epochs=0, num_workers=2)
+    result = run_supervised(str(colour), sorted_shards, settings, str(tmp_path / "runs"), progress=False)
     assert result.losses[1] < min(result.losses[0], 2.2) and len(result.curve) == 2 and 0 <= result.top1 <= 1
     assert (Path(result.checkpoint) / "classifier.safetensors").exists()
 
@@ -154,11 +160,5 @@ def test_the_evaluate_command_prints_each_protocol_and_names_bad_input(ray_sessi
     assert "--weights pixels has no network to fine-tune" in capsys.readouterr().err
     assert main(["--run", "nothing-here", "--storage", str(tmp_path), "--protocol", "knn"]) == 2
     assert "no run named 'nothing-here'" in capsys.readouterr().err
-    colour = tmp_path / "colour"
-    colour.mkdir()
-    spec = backbone_spec("resnet18", in_chans=3, image_size=28)
-    backbone, width = create_backbone(spec)
-    save_backbone(colour, backbone, spec, {"feature_dim": width, "image_size": 28, "mean": [0.5] * 3,
-                                           "std": [0.25] * 3, "method": "none"})
     assert main(["--weights", str(colour), "--data", fmnist_slice, "--protocol", "knn"]) == 2
     assert "the weights take 3-channel images but" in capsys.readouterr().err
