@@ -14,7 +14,7 @@ from pipelines.build import build_method, build_optimizer, lr_schedule, weight_d
 from pipelines.checkpoint import load_training_state
 from pipelines.config import Config
 from ssl_models import SSLMethod
-from ssl_models.batchnorm import convert_to_global_batchnorm
+from ssl_models.batchnorm import GlobalBatchNorm, convert_to_global_batchnorm
 from ssl_models.distributed import broadcast_tensors, world
 from ssl_models.schedules import value_at
 
@@ -43,8 +43,10 @@ def configure_device(device: torch.device) -> None:
 
 
 def use_global_batchnorm(method: nn.Module, device: torch.device) -> nn.Module:
-    """torch's SyncBatchNorm on CUDA (fused kernels, NCCL); on CPU, where it refuses to run, our all-reduce one."""
-    if device.type == "cuda":
+    """torch's SyncBatchNorm on CUDA (fused kernels, NCCL); on CPU, where it refuses to run, and for methods that
+    normalise their views apart (SyncBatchNorm has no per-view statistics), our all-reduce one."""
+    views_apart = any(isinstance(m, GlobalBatchNorm) and m.groups > 1 for m in method.modules())
+    if device.type == "cuda" and not views_apart:
         return nn.SyncBatchNorm.convert_sync_batchnorm(method)
     return convert_to_global_batchnorm(method)
 

@@ -2,6 +2,7 @@
 import torch
 from torch import nn
 
+from ssl_models.batchnorm import normalise_views_apart
 from ssl_models.ema import frozen_copy, update_momentum
 from ssl_models.heads import EncoderWithPredictor, mlp_head
 from ssl_models.losses import normalized_regression_loss
@@ -24,8 +25,9 @@ class BYOL(SSLMethod):
     ):
         super().__init__()
         encoder = nn.Sequential(backbone, mlp_head(feature_dim, projector_hidden_dim, projection_dim))
-        self.online = EncoderWithPredictor(encoder, mlp_head(projection_dim, predictor_hidden_dim, projection_dim))
-        self.target = frozen_copy(encoder)
+        self.online = normalise_views_apart(
+            EncoderWithPredictor(encoder, mlp_head(projection_dim, predictor_hidden_dim, projection_dim)), views=2)
+        self.target = frozen_copy(self.online.encoder)
         self.momentum_schedule = cosine_schedule(momentum_start, momentum_end, total_steps)
 
     @property

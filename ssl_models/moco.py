@@ -3,13 +3,16 @@
 Batch-norm leakage is handled as in the paper with shuffle-BN: the key encoder sees the global batch
 shuffled across workers and, within a worker, runs on `shuffle_bn_splits` sub-batches of it (the
 paper normalised 32 images per GPU). A key's BN statistics so come from a random group of images
-other than the batch its query was normalised with, also on a single worker.
+other than the batch its query was normalised with, also on a single worker. The queries are
+normalised over sub-batches of the same size (their BatchNorm takes each sub-batch apart), so that
+queries and keys see comparable statistics, as on the paper's GPUs.
 """
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ssl_models.batchnorm import convert_batchnorm
 from ssl_models.distributed import gather_no_grad, world
 from ssl_models.ema import frozen_copy, update_momentum
 from ssl_models.heads import mlp_head
@@ -27,6 +30,7 @@ class MoCo(SSLMethod):
         super().__init__()
         self.query_encoder = nn.Sequential(backbone, mlp_head(feature_dim, projector_hidden_dim, projection_dim,
                                                               projector_layers, norm=False))  # MoCo v2: no BN
+        convert_batchnorm(self.query_encoder)  # sub-batches set per step (`groups`)
         self.key_encoder = frozen_copy(self.query_encoder)
         self.temperature = temperature
         self.shuffle_bn_splits = shuffle_bn_splits
@@ -52,8 +56,7 @@ class MoCo(SSLMethod):
             dist.broadcast(order, src=0)
         mine = order.view(size, -1)[rank]
         shuffled = everything[mine]
-        splits = max(1, min(self.shuffle_bn_splits, len(shuffled) // 2))
-        keys = torch.cat([self.key_encoder(part) for part in shuffled.tensor_split(splits)])
+        keys = torch.cat([self.key_encoder(part) for part in shuffled.tensor_split(self.splits(len(shuffled)))])
         keys = gather_no_grad(keys)[torch.argsort(order)].view(size, -1, keys.shape[1])[rank]
         return F.normalize(keys, dim=1)
 
@@ -65,7 +68,12 @@ class MoCo(SSLMethod):
         self.queue[positions] = keys.to(self.queue.dtype)
         self.queue_pointer.copy_((self.queue_pointer + len(keys)) % len(self.queue))
 
+    def splits(self, rows: int) -> int:
+        """Sub-batches of a worker's batch for BatchNorm: at most `shuffle_bn_splits`, equal, of 2 rows or more."""
+        return max(g for g in range(1, max(1, min(self.shuffle_bn_splits, rows // 2)) + 1) if rows % g == 0)
+
     def training_step(self, views: list[torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        convert_batchnorm(self.query_encoder, groups=self.splits(len(views[0])))
         queries = self.call_trained(views[0]).float()
         keys = self.keys(views[1]).float()
         loss = queue_info_nce(queries, keys, self.queue.clone(), self.temperature)

@@ -8,6 +8,8 @@ from ssl_models.two_view import TwoViewMethod
 
 
 class SimCLR(TwoViewMethod):
+    views_apart_in_batchnorm = False  # its reference normalises both views as one batch
+
     def __init__(self, backbone: nn.Module, feature_dim: int, total_steps: int, projector_hidden_dim: int = 2048,
                  projection_dim: int = 128, projector_layers: int = 2, temperature: float = 0.2):
         super().__init__(backbone, feature_dim, projector_hidden_dim, projection_dim, projector_layers)

@@ -2,6 +2,7 @@
 import torch
 from torch import nn
 
+from ssl_models.batchnorm import normalise_views_apart
 from ssl_models.heads import EncoderWithPredictor, mlp_head
 from ssl_models.losses import negative_cosine
 from ssl_models.metrics import embedding_std
@@ -18,7 +19,7 @@ class SimSiam(SSLMethod):
         super().__init__()
         projector = mlp_head(feature_dim, projector_hidden_dim, projection_dim, num_layers=3, last_norm=True)
         head = mlp_head(projection_dim, predictor_hidden_dim, projection_dim) if predictor else nn.Identity()
-        self.network = EncoderWithPredictor(nn.Sequential(backbone, projector), head)
+        self.network = normalise_views_apart(EncoderWithPredictor(nn.Sequential(backbone, projector), head), views=2)
         self.stop_gradient = stop_gradient
         self.fix_predictor_lr = fix_predictor_lr
 

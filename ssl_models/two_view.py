@@ -1,18 +1,24 @@
-"""The shape shared by SimCLR, Barlow Twins and VICReg: one encoder embeds both views, a loss compares them."""
+"""The shape shared by SimCLR, Barlow Twins and VICReg: one encoder embeds both views (one call on the views
+concatenated), a loss compares them."""
 import torch
 from torch import nn
 
+from ssl_models.batchnorm import normalise_views_apart
 from ssl_models.heads import mlp_head
 from ssl_models.metrics import embedding_std
 from ssl_models.method import SSLMethod
 
 
 class TwoViewMethod(SSLMethod):
+    views_apart_in_batchnorm = True  # each view its own BatchNorm batch (Barlow Twins', VICReg's references)
+
     def __init__(self, backbone: nn.Module, feature_dim: int, projector_hidden_dim: int, projection_dim: int,
                  projector_layers: int):
         super().__init__()
         projector = mlp_head(feature_dim, projector_hidden_dim, projection_dim, projector_layers)
         self.encoder = nn.Sequential(backbone, projector)
+        if self.views_apart_in_batchnorm:
+            normalise_views_apart(self.encoder, views=2)
 
     @property
     def trained(self) -> nn.Module:

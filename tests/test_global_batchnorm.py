@@ -6,7 +6,7 @@ import torch
 from timm.layers import BatchNormAct2d
 from torch import nn
 
-from ssl_models.batchnorm import GlobalBatchNorm, convert_to_global_batchnorm
+from ssl_models.batchnorm import GlobalBatchNorm, convert_to_global_batchnorm, normalise_views_apart
 from ssl_models.distributed import world
 from tests.two_workers import results_of, two_worker_check
 
@@ -102,3 +102,59 @@ def test_two_workers_normalise_with_the_global_batch(two_worker_results):
     # plain batch norm on each worker's half would not match the reference
     unconverted = torch.cat([results[r]["unconverted_out"] for r in range(2)])
     assert not torch.allclose(unconverted, reference["out"], atol=1e-2)
+
+
+def _per_view_reference(net: nn.Module, views: list[torch.Tensor], weights: list[torch.Tensor]) -> dict:
+    """Each view through the plain network on its own (as the references forward them), one loss over both."""
+    inputs = [view.clone().requires_grad_() for view in views]
+    outs = [net(view) for view in inputs]
+    sum((out * w).sum() for out, w in zip(outs, weights)).backward()
+    return {"out": torch.cat([out.detach() for out in outs]), "input_grad": torch.cat([x.grad for x in inputs]),
+            "param_grads": {name: p.grad for name, p in net.named_parameters()},
+            "buffers": {name: b.clone() for name, b in net.named_buffers()}}
+
+
+def test_views_apart_match_each_view_through_plain_batchnorm_on_its_own():
+    images, weights = _global_batch()
+    shifted = torch.cat([images[:4], images[4:] * 3 + 5])  # two views with different statistics
+    reference = _per_view_reference(_net(), list(shifted.chunk(2)), list(weights.chunk(2)))
+    grouped = normalise_views_apart(_net(), views=2)
+    assert all(m.groups == 2 and not m.across_workers for m in grouped.modules() if isinstance(m, GlobalBatchNorm))
+    result = _step(grouped, shifted, weights)
+    close = dict(atol=1e-5, rtol=1e-4)
+    for key in ("out", "input_grad"):
+        torch.testing.assert_close(result[key], reference[key], **close)
+    for group in ("param_grads", "buffers"):
+        for name, expected in reference[group].items():
+            torch.testing.assert_close(result[group][name], expected, **close)
+    assert not torch.allclose(_step(_net(), shifted, weights)["out"], reference["out"], atol=1e-2)  # one joint batch
+    with pytest.raises(ValueError, match="does not split into 2 views"):
+        grouped(torch.randn(5, 3, 6, 6))
+
+
+@two_worker_check
+def _two_worker_views_apart(rank: int) -> dict:
+    images, weights = _global_batch()
+    shifted = torch.cat([images[:4], images[4:] * 3 + 5])  # view 0: rows 0-3, view 1: rows 4-7, 2 of each per rank
+    mine = torch.cat([shifted[rank * 2:rank * 2 + 2], shifted[4 + rank * 2:6 + rank * 2]])
+    mine_weights = torch.cat([weights[rank * 2:rank * 2 + 2], weights[4 + rank * 2:6 + rank * 2]])
+    net = convert_to_global_batchnorm(normalise_views_apart(_net(), views=2))
+    return _step(net, mine, mine_weights)
+
+
+@pytest.mark.slow
+def test_views_apart_across_two_workers_normalise_each_views_global_batch(two_worker_results):
+    results = results_of(two_worker_results, _two_worker_views_apart)
+    images, weights = _global_batch()
+    shifted = torch.cat([images[:4], images[4:] * 3 + 5])
+    reference = _per_view_reference(_net(), list(shifted.chunk(2)), list(weights.chunk(2)))
+    close = dict(atol=1e-5, rtol=1e-4)
+    # rank r holds rows (2r, 2r+1) of view 0 then of view 1
+    order = [0, 1, 4, 5, 2, 3, 6, 7]
+    for key in ("out", "input_grad"):
+        torch.testing.assert_close(torch.cat([results[r][key] for r in range(2)]), reference[key][order], **close)
+    for name, expected in reference["param_grads"].items():
+        torch.testing.assert_close(results[0]["param_grads"][name] + results[1]["param_grads"][name], expected, **close)
+    for rank in range(2):
+        for name, expected in reference["buffers"].items():
+            torch.testing.assert_close(results[rank]["buffers"][name], expected, **close)

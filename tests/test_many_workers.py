@@ -50,7 +50,7 @@ def _first_step(rank: int) -> dict:
         results[method] = {name: tensor.detach().clone()
                            for name, tensor in [*model.named_parameters(), *model.named_buffers()]
                            if id(tensor) not in in_ddp}
-        results[f"{method}/global_bn"] = any(isinstance(m, GlobalBatchNorm) for m in model.modules())
+        results[f"{method}/global_bn"] = any(isinstance(m, GlobalBatchNorm) and m.across_workers for m in model.modules())
     return results
 
 

@@ -92,7 +92,7 @@ def test_simsiam_projector_ends_in_batchnorm_without_affine_and_the_predictor_lr
     method = build_method(config, 1, 10)
     assert isinstance(method, SimSiam)
     last = method.network.encoder[1][-1]
-    assert isinstance(last, nn.BatchNorm1d) and not last.affine
+    assert isinstance(last, nn.modules.batchnorm._BatchNorm) and not last.affine
     optimizer = build_optimizer(config, method.trained, method.fixed_lr_parameters())
     step = TrainStep(config, method, optimizer, 10, CPU)
     step([torch.randn(8, 1, 28, 28), torch.randn(8, 1, 28, 28)], 3)  # mid warm-up
@@ -144,3 +144,33 @@ def test_augmentation_strengths_and_crop_scales_follow_each_paper():
     assert scales == {"byol": 0.08, "simclr": 0.08, "barlow_twins": 0.08, "vicreg": 0.08, "moco": 0.2,
                       "simsiam": 0.2, "mae": 0.2}
     assert load_config(None, ["data.crop_scale_min=0.3"]).crop_scale_min() == 0.3
+
+
+@pytest.mark.parametrize("name, apart", [("byol", True), ("simsiam", True), ("barlow_twins", True), ("vicreg", True),
+                                         ("simclr", False)])
+def test_each_view_is_its_own_batchnorm_batch_where_the_reference_forwards_views_apart(name, apart):
+    from ssl_models.batchnorm import GlobalBatchNorm
+
+    heads = ["model.projector_hidden_dim=32", "model.projection_dim=16"]
+    heads += ["model.predictor_hidden_dim=32"] if name in ("byol", "simsiam") else []
+    method = build_method(load_config(None, [f"method.name={name}", *heads]), 1, 10)
+    norms = [m for m in method.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    grouped = [m for m in norms if isinstance(m, GlobalBatchNorm) and m.groups == 2]
+    assert norms and (len(grouped) == len(norms) if apart else not grouped)  # BYOL's target network included
+    out = method.training_step([torch.randn(4, 1, 28, 28), torch.randn(4, 1, 28, 28) * 3 + 1], 0)
+    assert torch.isfinite(out["loss"])
+
+
+def test_moco_normalises_queries_over_sub_batches_the_size_of_the_keys():
+    import copy
+
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.BatchNorm1d(8))
+    method = MoCo(backbone, 8, 10, projector_hidden_dim=16, projection_dim=8, queue_size=32, shuffle_bn_splits=4)
+    assert method.splits(16) == 4 and method.splits(6) == 3 and method.splits(7) == 1 and method.splits(2) == 1
+    plain = copy.deepcopy(method.query_encoder)
+    images = torch.randn(16, 3, 2, 2) * torch.linspace(0.5, 4, 16).view(16, 1, 1, 1)
+    method.training_step([images, torch.randn(16, 3, 2, 2)], 0)
+    queries = method.query_encoder(images)  # still in sub-batches of 4 (the last step's setting)
+    expected = torch.cat([plain(part) for part in images.chunk(4)])
+    assert torch.allclose(queries, expected, atol=1e-5) and not torch.allclose(queries, plain(images), atol=1e-3)
