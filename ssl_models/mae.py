@@ -1,10 +1,18 @@
 """MAE (He et al., 2022): a ViT encodes the visible patches only; a light decoder rebuilds the masked pixels."""
 import torch
+from timm.layers import build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
 from ssl_models.method import SSLMethod
-from ssl_models.positions import sincos_2d
+
+
+def sincos_2d(dim: int, grid: tuple[int, int], prefix_tokens: int = 0) -> torch.Tensor:
+    """(prefix_tokens + H*W, dim): timm's fixed 2-D sin-cos embedding (a quarter of the channels each for the
+    sine and cosine of rows and of columns); prefix tokens get zeros, as in MAE."""
+    if dim % 4:
+        raise ValueError(f"MAE's sin-cos position embedding needs a width divisible by 4, got {dim}")
+    return torch.cat([torch.zeros(prefix_tokens, dim), build_sincos2d_pos_embed(list(grid), dim)])
 
 
 def random_masking(tokens: torch.Tensor, mask_ratio: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -54,11 +62,11 @@ class MaskedAutoencoder(nn.Module):
         self.channels = encoder.patch_embed.proj.in_channels
         prefix = encoder.num_prefix_tokens
         with torch.no_grad():
-            encoder.pos_embed.copy_(sincos_2d(encoder.embed_dim, *grid, prefix_tokens=prefix)[None])
+            encoder.pos_embed.copy_(sincos_2d(encoder.embed_dim, grid, prefix_tokens=prefix)[None])
         encoder.pos_embed.requires_grad_(False)
         self.decoder_embed = nn.Linear(encoder.embed_dim, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
-        self.register_buffer("decoder_pos_embed", sincos_2d(decoder_dim, *grid, prefix_tokens=prefix)[None])
+        self.register_buffer("decoder_pos_embed", sincos_2d(decoder_dim, grid, prefix_tokens=prefix)[None])
         self.decoder_blocks = nn.Sequential(*[Block(decoder_dim, decoder_heads, mlp_ratio=4.0, qkv_bias=True)
                                               for _ in range(decoder_depth)])
         self.decoder_norm = nn.LayerNorm(decoder_dim)
