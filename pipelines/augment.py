@@ -21,7 +21,7 @@ BYOL_JITTER = (0.4, 0.4, 0.2, 0.1)
 
 
 def colour_jitter(method: dict) -> tuple[float, float, float, float]:
-    return COLOUR_JITTER.get(method["name"], BYOL_JITTER)
+    return COLOUR_JITTER.get(method.get("name"), BYOL_JITTER)
 
 
 def view_recipe(image_size: int, channels: int, crop_scale_min: float, blur_p: float, solarize_p: float,

@@ -32,7 +32,7 @@ def augmented(images, indices, views):
 def train_simsiam(images, **ablation) -> tuple[float, float]:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    views = RECIPES["simsiam"](28, 1, 0.2, {})
+    views = RECIPES["simsiam"](28, 1, 0.2, {"name": "simsiam"})
     backbone = nn.Sequential(nn.Flatten(), nn.Linear(784, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, 256))
     method = SimSiam(backbone, 256, STEPS, projector_hidden_dim=256, projection_dim=64, predictor_hidden_dim=16,
                      **ablation)
