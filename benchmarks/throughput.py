@@ -28,7 +28,7 @@ CPU = torch.device("cpu")
 
 def augmenter(config: Config, channels: int) -> AugmentBatch:
     return AugmentBatch(config.method.model_dump(mode="json"), config.data.image_size, channels,
-                        config.crop_scale_min())
+                        config.crop_scale_min(), config.data.remove_augmentations)
 
 
 def views_of(batch: dict, num_views: int, normalize: Normalizer) -> list[torch.Tensor]:

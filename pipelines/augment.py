@@ -1,5 +1,5 @@
 """Augmentation recipes (albumentations) and the Ray Data stage that turns image bytes into views."""
-from typing import Callable
+from typing import Callable, Sequence
 
 import albumentations as A
 import numpy as np
@@ -78,9 +78,20 @@ def multi_crop_views(image_size: int, channels: int, crop_scale_min: float, meth
 
 
 def single_crop_view(image_size: int, channels: int, crop_scale_min: float, method: dict) -> list[A.Compose]:
-    """MAE's only augmentation: a random resized crop and a flip."""
-    return [A.Compose([A.RandomResizedCrop(size=(image_size, image_size), scale=(crop_scale_min, 1.0)),
-                       A.HorizontalFlip(p=0.5)])]
+    """MAE's only augmentation: a random resized crop and a flip; `method["augmentation"]` picks the paper's
+    ablation rows (none: the centre; fixed_crop: a fixed-size random crop of the image resized by 256/224;
+    random_crop_jitter: colour jitter as well)."""
+    kind = method.get("augmentation", "random_crop")
+    if kind == "none":
+        return [eval_transform(image_size)]
+    if kind == "fixed_crop":
+        crop = [A.SmallestMaxSize(max_size=round(image_size * 256 / 224)), A.RandomCrop(height=image_size, width=image_size)]
+    else:
+        crop = [A.RandomResizedCrop(size=(image_size, image_size), scale=(crop_scale_min, 1.0))]
+    brightness, contrast, saturation, hue = BYOL_JITTER
+    jitter = [A.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation if channels == 3 else 0.0,
+                            hue=hue if channels == 3 else 0.0, p=0.8)] if kind == "random_crop_jitter" else []
+    return [A.Compose([*crop, A.HorizontalFlip(p=0.5), *jitter])]
 
 
 RECIPES = {
@@ -94,6 +105,28 @@ RECIPES = {
     "mae": single_crop_view,
     "finetune": single_crop_view,  # MAE's fine-tuning and linear probing crop and flip as its pretraining does
 }
+
+
+REMOVABLE = {"flip": A.HorizontalFlip, "colour": A.ColorJitter, "grayscale": A.ToGray, "blur": A.GaussianBlur,
+             "solarize": A.Solarize}
+
+
+def without(view: A.Compose, removed: Sequence[str]) -> A.Compose:
+    """`view` less the `removed` transformations; crop: the whole image resized to the crop's size instead."""
+    kept = []
+    for transform in view.transforms:
+        if "crop" in removed and isinstance(transform, A.RandomResizedCrop):
+            kept.append(A.Resize(*transform.size))
+        elif not any(isinstance(transform, REMOVABLE[name]) for name in removed if name in REMOVABLE):
+            kept.append(transform)
+    return A.Compose(kept)
+
+
+def method_views(method: dict, image_size: int, channels: int, crop_scale_min: float,
+                 removed: Sequence[str] = ()) -> list[A.Compose]:
+    """The method's views (its recipe), less the `removed` transformations."""
+    views = RECIPES[method["name"]](image_size, channels, crop_scale_min, method)
+    return [without(view, removed) for view in views] if removed else views
 
 
 def eval_transform(image_size: int) -> A.Compose:
@@ -116,8 +149,8 @@ class AugmentBatch:
     Rows that do not decode are left out instead of failing the epoch (ingest already filters them).
     """
 
-    def __init__(self, method: dict, image_size: int, channels: int, crop_scale_min: float):
-        self.views = RECIPES[method["name"]](image_size, channels, crop_scale_min, method)
+    def __init__(self, method: dict, image_size: int, channels: int, crop_scale_min: float, removed: Sequence[str] = ()):
+        self.views = method_views(method, image_size, channels, crop_scale_min, removed)
         self.channels = channels
         probe = np.zeros((image_size, image_size, channels), np.uint8)
         self.shapes = [to_chw(view(image=probe)["image"]).shape for view in self.views]

@@ -31,6 +31,9 @@ class DataConfig(Section):
     augment_cpus: float = Field(0.5, gt=0, description="CPUs reserved per augmentation actor")
     read_cpus: float = Field(0.25, gt=0, description="CPUs reserved per Parquet read task")
     shuffle_buffer: int = Field(2048, ge=0, description="local shuffle buffer of the training iterator (0: off)")
+    remove_augmentations: list[Literal["crop", "flip", "colour", "grayscale", "blur", "solarize"]] = Field(
+        [], description="transformations left out of the method's recipe (the BYOL/SimCLR removal study); "
+        "crop: the whole image resized instead of a random crop")
     crop_scale_min: Optional[float] = Field(None, gt=0, le=1, description="smallest area fraction of the random "
                                             "resized crop; null: the method's paper value (0.08: BYOL, SimCLR, Barlow "
                                             "Twins, VICReg; 0.2: MoCo v2, SimSiam, MAE; DINO: method.global_crop_scale)")
@@ -118,6 +121,9 @@ class DINOConfig(Section):
     momentum_start: float = Field(0.996, ge=0, le=1)
     momentum_end: float = Field(1.0, ge=0, le=1)
     freeze_last_layer_epochs: float = Field(1, ge=0, description="the head's last layer gets no update this long")
+    centering: bool = Field(True, description="false: the paper's ablation (no centring), which collapses")
+    loss: Literal["ce", "mse"] = Field("ce", description="mse: the paper's ablation (squared distance of the "
+                                       "probabilities instead of cross-entropy)")
 
 
 class MAEConfig(Section):
@@ -127,6 +133,9 @@ class MAEConfig(Section):
     decoder_depth: int = Field(2, ge=1, description="paper: 8")
     decoder_heads: int = Field(4, ge=1)
     normalize_target: bool = Field(True, description="per-patch normalised pixel targets")
+    augmentation: Literal["none", "fixed_crop", "random_crop", "random_crop_jitter"] = Field(
+        "random_crop", description="the paper's ablation rows: none (centre crop), fixed-size crop, random-size "
+        "crop (the paper's choice), random-size crop with colour jitter")
 
 
 GLOBAL_BATCHNORM_METHODS = ("byol", "simsiam", "simclr", "barlow_twins", "vicreg", "dino")

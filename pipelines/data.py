@@ -37,7 +37,8 @@ def training_dataset(config: Config, info: DatasetInfo) -> ray.data.Dataset:
     return train_rows(config, info, columns, config.train.epochs).map_batches(
         AugmentBatch,
         fn_constructor_kwargs={"method": config.method.model_dump(mode="json"), "image_size": data.image_size,
-                               "channels": info.channels, "crop_scale_min": config.crop_scale_min()},
+                               "channels": info.channels, "crop_scale_min": config.crop_scale_min(),
+                               "removed": list(data.remove_augmentations)},
         batch_size=min(data.batch_size, 256),
         batch_format="numpy",
         compute=pool,

@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 from timm.models.vision_transformer import VisionTransformer
 
-from pipelines.augment import RECIPES
+from pipelines.augment import method_views
 from pipelines.config import Config
 from pipelines.dataset_store import DatasetInfo, read_rows
 from pipelines.images import decode_image
@@ -21,8 +21,8 @@ def _cell(image: np.ndarray) -> Image.Image:
 
 def augmented_views_grid(config: Config, info: DatasetInfo, rows: int = 8) -> Image.Image:
     """One row per training image: the original, then each view the method's recipe makes of it."""
-    views = RECIPES[config.method.name](config.data.image_size, info.channels, config.crop_scale_min(),
-                                        config.method.model_dump(mode="json"))
+    views = method_views(config.method.model_dump(mode="json"), config.data.image_size, info.channels,
+                         config.crop_scale_min(), config.data.remove_augmentations)
     picked = read_rows(config.data.path, "train", range(rows), ("image",)).column("image").to_pylist()
     images = [decode_image(data, info.channels) for data in picked]
     return _grid([[image] + [view(image=image)["image"] for view in views] for image in images])

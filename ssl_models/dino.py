@@ -62,11 +62,15 @@ def view_pairs(num_teacher_views: int, num_student_views: int) -> list[tuple[int
 
 
 def dino_loss(student_output: torch.Tensor, teacher_probs: torch.Tensor, num_student_views: int,
-              student_temperature: float) -> torch.Tensor:
-    """Mean over pairs of the cross-entropy between teacher probabilities and student log-probabilities."""
-    student = F.log_softmax(student_output / student_temperature, dim=-1).chunk(num_student_views)
+              student_temperature: float, kind: str = "ce") -> torch.Tensor:
+    """Mean over pairs of the cross-entropy between teacher probabilities and student log-probabilities;
+    `kind="mse"`: the squared distance between the two probability vectors instead (the paper's ablation)."""
+    scores = student_output / student_temperature
+    student = (F.log_softmax(scores, dim=-1) if kind == "ce" else F.softmax(scores, dim=-1)).chunk(num_student_views)
     teacher = teacher_probs.chunk(len(teacher_probs) // student[0].shape[0])
     pairs = view_pairs(len(teacher), num_student_views)
+    if kind == "mse":
+        return sum(((teacher[t] - student[s]) ** 2).sum(-1).mean() for t, s in pairs) / len(pairs)
     return sum(-(teacher[t] * student[s]).sum(-1).mean() for t, s in pairs) / len(pairs)
 
 
@@ -76,7 +80,7 @@ class DINO(SSLMethod):
                  student_temperature: float = 0.1, teacher_temperature: float = 0.04,
                  warmup_teacher_temperature: float = 0.04, teacher_temperature_warmup_steps: int = 0,
                  center_momentum: float = 0.9, momentum_start: float = 0.996, momentum_end: float = 1.0,
-                 freeze_last_layer_steps: int = 0):
+                 freeze_last_layer_steps: int = 0, centering: bool = True, loss: str = "ce"):
         super().__init__()
         self.student = MultiCropNetwork(backbone, DINOHead(feature_dim, out_dim, head_hidden_dim, bottleneck_dim))
         self.teacher = frozen_copy(self.student)
@@ -84,6 +88,7 @@ class DINO(SSLMethod):
         self.student_temperature = student_temperature
         self.center_momentum = center_momentum
         self.freeze_last_layer_steps = freeze_last_layer_steps
+        self.centering, self.loss_kind = centering, loss
         self.register_buffer("center", torch.zeros(1, out_dim))
         self.teacher_temperatures = teacher_temperature_schedule(
             warmup_teacher_temperature, teacher_temperature, teacher_temperature_warmup_steps, total_steps)
@@ -102,7 +107,8 @@ class DINO(SSLMethod):
     def teacher_probabilities(self, global_crops: list[torch.Tensor], step: int) -> torch.Tensor:
         output = self.teacher(global_crops).float()
         probabilities = F.softmax((output - self.center) / value_at(self.teacher_temperatures, step), dim=-1)
-        self.update_center(output)
+        if self.centering:  # off: the paper's ablation (the centre stays 0), which collapses to one dimension
+            self.update_center(output)
         return probabilities
 
     @torch.no_grad()
@@ -118,7 +124,7 @@ class DINO(SSLMethod):
     def training_step(self, views: list[torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         teacher = self.teacher_probabilities(views[:2], step)
         student = self.call_trained(views).float()
-        loss = dino_loss(student, teacher, len(views), self.student_temperature)
+        loss = dino_loss(student, teacher, len(views), self.student_temperature, self.loss_kind)
         return {"loss": loss, "teacher_temperature": value_at(self.teacher_temperatures, step),
                 "teacher_entropy": -(teacher * teacher.clamp_min(1e-12).log()).sum(-1).mean(),
                 "projection_std": embedding_std(student)}

@@ -1,0 +1,70 @@
+"""The settings the lecture's ablation studies need: DINO without centring or with MSE, MAE's augmentation rows,
+transformations removed one by one from a method's recipe."""
+import albumentations as A
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipelines.augment import AugmentBatch, method_views
+from pipelines.build import build_method
+from pipelines.config import ConfigError, load_config
+from ssl_models.dino import dino_loss
+
+SMALL_DINO = ["method.name=dino", "method.out_dim=64", "method.head_hidden_dim=64", "method.bottleneck_dim=32",
+              "method.num_local_crops=0"]
+
+
+def test_dino_mse_is_the_squared_distance_of_the_probabilities():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(8, 16), F.softmax(torch.randn(8, 16), dim=-1)  # 2 views of 4, each side
+    probabilities = F.softmax(student / 0.1, dim=-1).chunk(2)
+    pairs = [(teacher[:4], probabilities[1]), (teacher[4:], probabilities[0])]  # never a view with itself
+    by_hand = sum(((t - s) ** 2).sum(-1).mean() for t, s in pairs) / 2
+    assert dino_loss(student, teacher, 2, 0.1, kind="mse") == pytest.approx(by_hand.item(), rel=1e-6)
+    method = build_method(load_config(None, SMALL_DINO + ["method.loss=mse"]), 1, 10)
+    assert method.loss_kind == "mse"
+
+
+def test_dino_without_centring_keeps_the_centre_at_zero():
+    views = [torch.randn(4, 1, 28, 28) + 2, torch.randn(4, 1, 28, 28) + 2]
+    for centering in (True, False):
+        method = build_method(load_config(None, SMALL_DINO + [f"method.centering={str(centering).lower()}"]), 1, 10)
+        method.training_step(views, 0)
+        assert (method.center.abs().sum() > 0) == centering
+
+
+def kinds(view: A.Compose) -> list[str]:
+    return [type(t).__name__ for t in view.transforms]
+
+
+def test_mae_augmentation_rows_of_the_paper():
+    views = {kind: method_views({"name": "mae", "augmentation": kind}, 28, 1, 0.2)[0]
+             for kind in ("none", "fixed_crop", "random_crop", "random_crop_jitter")}
+    assert kinds(views["none"]) == ["SmallestMaxSize", "CenterCrop"]
+    assert kinds(views["fixed_crop"]) == ["SmallestMaxSize", "RandomCrop", "HorizontalFlip"]
+    assert kinds(views["random_crop"]) == ["RandomResizedCrop", "HorizontalFlip"]
+    assert kinds(views["random_crop_jitter"]) == ["RandomResizedCrop", "HorizontalFlip", "ColorJitter"]
+    image = np.random.default_rng(0).integers(0, 255, (20, 24, 1), dtype=np.uint8)
+    assert all(view(image=image)["image"].shape == (28, 28, 1) for view in views.values())
+    with pytest.raises(ConfigError, match="method.augmentation"):
+        load_config(None, ["method.name=mae", "method.augmentation=mixup"])
+
+
+def test_transformations_removed_one_by_one_from_a_recipe():
+    byol = {"name": "byol"}
+    full = method_views(byol, 32, 3, 0.08)
+    assert kinds(full[0]) == ["RandomResizedCrop", "HorizontalFlip", "ColorJitter", "ToGray", "GaussianBlur", "Solarize"]
+    fewer = method_views(byol, 32, 3, 0.08, ["colour", "blur"])
+    assert all(kinds(view) == ["RandomResizedCrop", "HorizontalFlip", "ToGray", "Solarize"] for view in fewer)
+    uncropped = method_views(byol, 32, 3, 0.08, ["crop", "flip", "colour", "grayscale", "blur", "solarize"])
+    assert all(kinds(view) == ["Resize"] for view in uncropped)
+    image = np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    first, second = (view(image=image)["image"] for view in uncropped)
+    assert np.array_equal(first, second)  # nothing random is left: both views are the image, resized
+    config = load_config(None, ["data.remove_augmentations=[colour, solarize]"])
+    assert config.data.remove_augmentations == ["colour", "solarize"]
+    stage = AugmentBatch(config.method.model_dump(), 32, 3, 0.08, config.data.remove_augmentations)
+    assert all("ColorJitter" not in kinds(view) and "Solarize" not in kinds(view) for view in stage.views)
+    with pytest.raises(ConfigError, match="data.remove_augmentations"):
+        load_config(None, ["data.remove_augmentations=[rotation]"])
