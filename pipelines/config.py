@@ -75,6 +75,8 @@ class SimSiamConfig(Section):
     predictor: bool = Field(True, description="false: the paper's ablation, which collapses")
     fix_predictor_lr: bool = Field(False, description="the paper's fix-pred-lr: the predictor keeps the initial "
                                    "lr (no warm-up, no decay)")
+    projector_output_affine: bool = Field(False, description="an affine BatchNorm at the projector's output (the "
+                                          "reference's has no affine parameters)")
 
 
 class SimCLRConfig(Section):

@@ -3,11 +3,12 @@ from torch import nn
 
 
 def mlp_head(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2, last_norm: bool = False,
-             norm: bool = True) -> nn.Sequential:
+             norm: bool = True, last_norm_affine: bool = False) -> nn.Sequential:
     """Linear-BN-ReLU blocks then a plain Linear (BYOL, SimCLR, Barlow Twins, VICReg heads); `norm=False`:
     Linear-ReLU blocks (MoCo v2's head).
 
-    `last_norm` adds a BatchNorm without affine parameters after the last Linear (SimSiam's projector output).
+    `last_norm` adds a BatchNorm without affine parameters after the last Linear (SimSiam's projector output;
+    with them if `last_norm_affine`).
     """
     layers: list[nn.Module] = []
     dim = in_dim
@@ -16,7 +17,7 @@ def mlp_head(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int = 2, la
         dim = hidden_dim
     layers.append(nn.Linear(dim, out_dim))
     if last_norm:
-        layers.append(nn.BatchNorm1d(out_dim, affine=False))
+        layers.append(nn.BatchNorm1d(out_dim, affine=last_norm_affine))
     return nn.Sequential(*layers)
 
 

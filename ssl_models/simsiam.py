@@ -11,13 +11,15 @@ from ssl_models.method import SSLMethod
 
 class SimSiam(SSLMethod):
     """`stop_gradient=False` or `predictor=False` are the paper's ablations: both collapse. `fix_predictor_lr`:
-    the paper's fix-pred-lr (the predictor at the initial lr, no decay), which it found slightly better."""
+    the paper's fix-pred-lr (the predictor at the initial lr, no decay), which it found slightly better.
+    `projector_output_affine`: an affine BatchNorm at the projector's output (the reference has none)."""
 
     def __init__(self, backbone: nn.Module, feature_dim: int, total_steps: int, projector_hidden_dim: int = 2048,
                  projection_dim: int = 2048, predictor_hidden_dim: int = 512, stop_gradient: bool = True,
-                 predictor: bool = True, fix_predictor_lr: bool = False):
+                 predictor: bool = True, fix_predictor_lr: bool = False, projector_output_affine: bool = False):
         super().__init__()
-        projector = mlp_head(feature_dim, projector_hidden_dim, projection_dim, num_layers=3, last_norm=True)
+        projector = mlp_head(feature_dim, projector_hidden_dim, projection_dim, num_layers=3, last_norm=True,
+                             last_norm_affine=projector_output_affine)
         head = mlp_head(projection_dim, predictor_hidden_dim, projection_dim) if predictor else nn.Identity()
         self.network = normalise_views_apart(EncoderWithPredictor(nn.Sequential(backbone, projector), head), views=2)
         self.stop_gradient = stop_gradient

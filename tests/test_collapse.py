@@ -1,7 +1,14 @@
 """SimSiam's collapse facts, in short real runs: real Fashion-MNIST images, the real augmentation recipe,
 SGD as in the paper. Without the stop-gradient, or without the predictor, the embeddings collapse
 (per-dimension std of the L2-normalised projections near 0, loss at its minimum of -1); the full
-method keeps them spread (std near 1/sqrt(64) = 0.125)."""
+method keeps them spread (std near 1/sqrt(64) = 0.125).
+
+The ablations run with an affine BatchNorm at the projector's output. With the reference's affine-free one
+(the method's default since 2026-11-29), 800 steps of this small MLP do not collapse without stop-gradient
+(loss -0.90, std 0.10) or without predictor (-0.92, 0.11): that BatchNorm holds every output dimension at
+unit variance over the batch, so the constant solution is out of reach and only a slower, degenerate one
+remains. The paper's collapse was measured on ResNet-50 over epochs of ImageNet; the SimSiam study is where
+our model's behaviour at that head is to be measured."""
 import numpy as np
 import pytest
 import torch
@@ -55,5 +62,5 @@ def test_full_simsiam_does_not_collapse(images):
 
 @pytest.mark.parametrize("ablation", [{"stop_gradient": False}, {"predictor": False}])
 def test_simsiam_ablations_collapse(images, ablation):
-    loss, std = train_simsiam(images, **ablation)
+    loss, std = train_simsiam(images, projector_output_affine=True, **ablation)
     assert std < 0.02 and loss < -0.99

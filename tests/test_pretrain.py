@@ -1,5 +1,6 @@
 """Real Ray Train runs on a slice of Fashion-MNIST, writing to a real MLflow store."""
 import json
+import math
 import shutil
 import subprocess
 from pathlib import Path
@@ -149,7 +150,8 @@ def test_every_method_runs_end_to_end_on_an_image_folder_without_test_split(ray_
     assert run.info.status == "FINISHED" and run.data.params["method.name"] == method
     assert client.get_experiment(run.info.experiment_id).name == method
     assert 0 <= run.data.metrics["knn_top1_k20"] <= 1 and outcome["metrics"]["step"] == 4
-    assert all(0 < m.value < 20 for m in client.get_metric_history(run.info.run_id, "train/loss"))
+    losses = [m.value for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert losses and all(math.isfinite(value) for value in losses)  # (SimSiam's is negative, Barlow Twins' ~50)
     assert run.data.params["train.precision"] == ("bf16" if method == "dino" else "auto")
     assert {a.path for a in client.list_artifacts(run.info.run_id, "backbone")} == {
         "backbone/backbone.safetensors", "backbone/backbone.json"}
