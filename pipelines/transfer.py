@@ -61,8 +61,9 @@ def select(rows: np.ndarray, labels: np.ndarray, embeddings: torch.Tensor, wante
 
 def evaluate_embeddings(info: DatasetInfo, data: str, folders: dict[str, str], protocols: list[str],
                         ks=(20, 200), temperature: float = 0.07, seed: int = 0, probe_settings: Optional[dict] = None,
-                        limits=(None, None)) -> tuple[dict[str, float], Optional[ProbeResult]]:
-    plan = eval_rows(info, data, *limits, seed)
+                        limits=(None, None), plan=None) -> tuple[dict[str, float], Optional[ProbeResult]]:
+    """`plan`: the bank and query rows (`eval_rows`), when the caller chose them already."""
+    plan = plan or eval_rows(info, data, *limits, seed)
     if plan is None:
         raise DatasetError(f"'{data}' has no labels: kNN and the linear probe need labelled images")
     loaded = {split: read_embeddings(folder) for split, folder in folders.items()}
@@ -210,8 +211,7 @@ def embed_and_evaluate(weights: str, data: str, info: DatasetInfo, protocols: li
     """The embedding protocols: both splits embedded by Ray Data (into `keep`, else a temporary folder), then
     kNN and the linear probe on the embeddings."""
     probe_settings = {"epochs": args.linear_epochs, "lrs": tuple(float(v) for v in args.linear_lrs.split(","))}
-    limits = (args.train_limit, args.test_limit)
-    plan = eval_rows(info, data, *limits, args.seed)
+    plan = eval_rows(info, data, args.train_limit, args.test_limit, args.seed)
     if plan is None:
         raise DatasetError(f"'{data}' has no labels: kNN and the linear probe need labelled images")
     wanted: dict[str, np.ndarray] = {}
@@ -221,7 +221,7 @@ def embed_and_evaluate(weights: str, data: str, info: DatasetInfo, protocols: li
         folders = {split: embed_split(weights, data, split, keep or scratch, args.actors, rows=rows)
                    for split, rows in sorted(wanted.items())}
         return evaluate_embeddings(info, data, folders, protocols, seed=args.seed, probe_settings=probe_settings,
-                                   limits=limits)
+                                   plan=plan)
 
 
 def final_evaluation(weights: str, info: DatasetInfo, data: str, protocols: list[str], record: dict, run: str,

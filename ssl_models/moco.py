@@ -30,7 +30,8 @@ class MoCo(SSLMethod):
         super().__init__()
         self.query_encoder = nn.Sequential(backbone, mlp_head(feature_dim, projector_hidden_dim, projection_dim,
                                                               projector_layers, norm=False))  # MoCo v2: no BN
-        convert_batchnorm(self.query_encoder)  # sub-batches set per step (`groups`)
+        convert_batchnorm(self.query_encoder)  # sub-batches (`groups`) set at the first step
+        self.query_splits = 1
         self.key_encoder = frozen_copy(self.query_encoder)
         self.temperature = temperature
         self.shuffle_bn_splits = shuffle_bn_splits
@@ -73,7 +74,10 @@ class MoCo(SSLMethod):
         return max(g for g in range(1, max(1, min(self.shuffle_bn_splits, rows // 2)) + 1) if rows % g == 0)
 
     def training_step(self, views: list[torch.Tensor], step: int) -> dict[str, torch.Tensor]:
-        convert_batchnorm(self.query_encoder, groups=self.splits(len(views[0])))
+        splits = self.splits(len(views[0]))
+        if splits != self.query_splits:  # the batch size is fixed: the BatchNorm layers are set once
+            convert_batchnorm(self.query_encoder, groups=splits)
+            self.query_splits = splits
         queries = self.call_trained(views[0]).float()
         keys = self.keys(views[1]).float()
         loss = queue_info_nce(queries, keys, self.queue.clone(), self.temperature)
