@@ -28,6 +28,9 @@ class DataConfig(Section):
     augment_actors_max: Optional[int] = Field(None, ge=1, description="the pool grows onto idle CPUs up to this "
                                               "many actors; null: fixed at augment_actors")
     prefetch_batches: int = Field(2, ge=0, description="batches the training iterator prepares ahead of the step")
+    ahead_mb: Optional[float] = Field(None, gt=0, description="object-store memory the augmented views waiting for "
+                                      "training may fill; null: 8 global batches, at least 64 MiB. One stream holds "
+                                      "every epoch: unbounded, augmentation runs epochs ahead on the cores training needs")
     augment_cpus: float = Field(0.5, gt=0, description="CPUs reserved per augmentation actor")
     read_cpus: float = Field(0.25, gt=0, description="CPUs reserved per Parquet read task")
     shuffle_buffer: int = Field(2048, ge=0, description="local shuffle buffer of the training iterator (0: off)")

@@ -261,6 +261,7 @@ def fit(config: Config, info, spe: int, run_name: str, run_id: str, uri: str, da
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    from pipelines.data import ingest_config
     from pipelines.progress import ProgressLine, start_board
     from pipelines.train_loop import train_loop_per_worker
 
@@ -281,6 +282,7 @@ def fit(config: Config, info, spe: int, run_name: str, run_id: str, uri: str, da
                              failure_config=FailureConfig(max_failures=config.train.max_failures),
                              callbacks=list(callbacks)),
         datasets={"train": dataset},
+        dataset_config=ingest_config(config, info),
     )
     with ProgressLine(board) if board else nullcontext():
         return trainer.fit()

@@ -1,3 +1,8 @@
+import gc
+import os
+import time
+from pathlib import Path
+
 import torch
 
 from pipelines.augment import view_column
@@ -20,3 +25,47 @@ def test_ray_data_yields_two_differently_augmented_views(ray_session, fmnist_sli
     assert not torch.equal(again[view_column(0)], v0)
     assert set(batch) == {view_column(0), view_column(1), "label"}  # labels ride along for the batch-mix signal
     assert batch["label"].shape == (32,) and 0 <= int(batch["label"].min()) and int(batch["label"].max()) < 10
+
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_the_stream_does_not_spin_a_core_while_training_holds_it_back(ray_session, fmnist_slice):
+    """With a Train worker holding part of the CPUs, Ray Data's scheduling loop (in the split coordinator) spins
+    once augmentation is ahead and nothing runs (Ray 2.60): over a long run that took a core from training
+    (BYOL: 49 images/s instead of 200). Here an actor holds the CPUs a Train worker would."""
+    from pipelines.data import ahead_bytes, ingest_options
+
+    config = load_config(None, [f"data.path={fmnist_slice}", "data.limit=512", "train.epochs=200"])
+    info = read_info(fmnist_slice)
+    assert ahead_bytes(config, info) == 64 * 2**20  # 8 batches of 2 views of 28x28: below the floor
+
+    @ray_session.remote(num_cpus=config.train.cpus_per_worker)
+    class TrainWorkerStandIn:
+        def ready(self):
+            return True
+
+    worker = TrainWorkerStandIn.remote()
+    ray_session.get(worker.ready.remote())
+    dataset = training_dataset(config, info)
+    options = ingest_options(config, info)  # as the run gives Train, which leaves its workers' CPUs out
+    options.exclude_resources = options.exclude_resources.copy(cpu=config.train.cpus_per_worker)
+    dataset.context.execution_options = options
+    batches = iter(dataset.streaming_split(1, equal=True)[0].iter_batches(batch_size=256, prefetch_batches=2))
+    for _ in range(16):  # a slow consumer: augmentation gets ahead and is held back
+        next(batches)
+        time.sleep(0.5)
+    coordinator = next(pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+                       if b"SplitCoordinator" in Path(f"/proc/{pid}/cmdline").read_bytes())
+    started, cpu = time.perf_counter(), cpu_seconds(coordinator)
+    for _ in range(10):
+        next(batches)
+        time.sleep(0.5)
+    busy = (cpu_seconds(coordinator) - cpu) / (time.perf_counter() - started)
+    ray_session.kill(worker)
+    del batches, dataset
+    gc.collect()
+    assert busy < 0.3, f"the split coordinator used {busy:.0%} of a core while the consumer held it back"
