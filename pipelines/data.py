@@ -32,6 +32,12 @@ class PollGently(ExecutionCallback):
         self.last = time.perf_counter()
 
 
+def poll_gently(dataset: ray.data.Dataset) -> ray.data.Dataset:
+    """`dataset` executed with `PollGently` (a stream of many epochs that training holds back)."""
+    dataset.context.custom_execution_callback_classes = [*dataset.context.custom_execution_callback_classes, PollGently]
+    return dataset
+
+
 def limited_rows(config: Config, info: DatasetInfo) -> Optional[np.ndarray]:
     """`data.limit` as a seeded random subset of the train split, stratified by class; None: every row."""
     limit = config.data.limit
@@ -54,9 +60,7 @@ def training_dataset(config: Config, info: DatasetInfo) -> ray.data.Dataset:
     pool = ray.data.ActorPoolStrategy(min_size=data.augment_actors,
                                       max_size=max(data.augment_actors, data.augment_actors_max or 0))
     columns = ("image", "label") if info.labelled else ("image",)
-    rows = train_rows(config, info, columns, config.train.epochs)
-    rows.context.custom_execution_callback_classes = [*rows.context.custom_execution_callback_classes, PollGently]
-    return rows.map_batches(
+    return poll_gently(train_rows(config, info, columns, config.train.epochs)).map_batches(
         AugmentBatch,
         fn_constructor_kwargs=augment_arguments(config, info),
         batch_size=min(data.batch_size, 256),

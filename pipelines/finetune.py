@@ -263,6 +263,7 @@ def supervised_datasets(info: DatasetInfo, data: str, image_size: int, settings:
     import ray.data
 
     from pipelines.augment import AugmentBatch
+    from pipelines.data import poll_gently
     from pipelines.row_groups import ShuffledRowGroups
 
     plan = eval_rows(info, data, settings.train_limit, settings.test_limit, settings.seed)
@@ -271,7 +272,7 @@ def supervised_datasets(info: DatasetInfo, data: str, image_size: int, settings:
     (train_split, train_rows), (test_split, test_rows) = plan
     train = ray.data.read_datasource(ShuffledRowGroups(split_files(data, train_split), ["image", "label"],
                                                        settings.seed, train_rows, settings.epochs), num_cpus=READ_CPUS)
-    train = train.map_batches(
+    train = poll_gently(train).map_batches(
         AugmentBatch, fn_constructor_kwargs={"method": {"name": "finetune"}, "image_size": image_size,
                                              "channels": info.channels, "crop_scale_min": settings.crop_scale_min},
         batch_size=min(settings.batch_size, 256), batch_format="numpy",
