@@ -23,7 +23,7 @@ from pipelines.config import Config, ConfigError, apply_override, build_config, 
 from pipelines.dataset_store import DatasetError
 from pipelines.storage import file_exists, filesystem, latest_checkpoint, newest_folder_with, read_bytes, write_text
 from pipelines.pretrain import RUN_FILE, RunFailed, check_job_locations, init_ray, read_run_file, required_cpus
-from pipelines.tune_space import Space, load_space
+from pipelines.tune_space import ROW_AXIS, Space, apply_values, load_space
 
 SWEEP_FILE = "sweep.json"
 TRIAL_ACTOR_MEMORY = 2**27  # the trial function only drives its TorchTrainer: no CPU, 128 MiB
@@ -58,14 +58,7 @@ def trial_storage(base: Config, sweep_name: str) -> str:
     return f"{base.train.storage_path.rstrip('/')}/{sweep_name}/trials"
 
 
-def trial_tree(base_tree: dict, sampled: dict) -> dict:
-    tree = copy.deepcopy(base_tree)
-    for field, value in sampled.items():
-        apply_override(tree, field.split("."), value)
-    return tree
-
-
-def run_trial(sampled: dict, base_tree: dict, sweep_name: str, parent_run_id: str, uri: str) -> None:
+def run_trial(sampled: dict, base_tree: dict, rows: dict, sweep_name: str, parent_run_id: str, uri: str) -> None:
     """One trial: a whole pretraining (its own MLflow child run), reporting every epoch to Tune.
     A trial restarted by `--resume` continues its Train run and its MLflow run."""
     from ray import tune
@@ -74,7 +67,7 @@ def run_trial(sampled: dict, base_tree: dict, sweep_name: str, parent_run_id: st
     from pipelines.pretrain import pretrain
 
     trial_id = tune.get_context().get_trial_id()
-    tree = trial_tree(base_tree, sampled)
+    tree = apply_values(copy.deepcopy(base_tree), sampled, rows)
     storage = trial_storage(build_config(copy.deepcopy(base_tree)), sweep_name)
     run_name = f"{sweep_name}-{trial_id}"
     apply_override(tree, ["train", "storage_path"], storage)
@@ -83,6 +76,8 @@ def run_trial(sampled: dict, base_tree: dict, sweep_name: str, parent_run_id: st
     fs, path = filesystem(f"{storage}/{run_name}/{RUN_FILE}")
     resume = run_name if fs.get_file_info(path).is_file else None
     tags = {"mlflow.parentRunId": parent_run_id, "sweep": sweep_name, "trial_id": trial_id}
+    if ROW_AXIS in sampled:
+        tags[ROW_AXIS] = sampled[ROW_AXIS]
     pretrain(build_config(tree), resume, tags=tags, callbacks=[TuneReportCallback()], progress=False)
 
 
@@ -147,7 +142,7 @@ def sweep(state: dict, resume: bool = False) -> dict:
           f"objective {space.objective} (max)", flush=True)
 
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base_tree=base_tree, sweep_name=name, parent_run_id=parent, uri=uri),
+        tune.with_parameters(run_trial, base_tree=base_tree, rows=space.rows, sweep_name=name, parent_run_id=parent, uri=uri),
         {"CPU": 0, "memory": TRIAL_ACTOR_MEMORY})
     try:
         if resume:
@@ -235,8 +230,9 @@ def trial_rows(client, state: dict, space: Space, base: Config, results) -> list
         try:
             tree = read_run_file(storage, run.info.run_name)["config"]
         except ConfigError:  # the trial failed before its Train run was set up
-            tree = trial_tree(state["base"], {})
-        values = {axis.field: _lookup(tree, axis.field) for axis in space.axes}
+            tree = copy.deepcopy(state["base"])
+        values = {axis.field: run.data.tags.get(ROW_AXIS) if axis.field == ROW_AXIS else _lookup(tree, axis.field)
+                  for axis in space.axes}
         epochs = int(run.data.metrics.get("epoch", 0))
         status = "STOPPED" if "stopped_early" in run.data.tags else run.info.status
         if statuses.get(trial_id) == "DONE" and status in ("RUNNING", "FAILED"):

@@ -1,7 +1,9 @@
 """Sweep spaces (`tune_spaces/*.yaml`): read, checked against the configuration, turned into Ray Tune's.
 
 A space names the method, the preset it starts from, the metric to maximise and the axes: a dotted
-configuration field each, with a distribution (`uniform`, `loguniform`, `choice`, `grid`).
+configuration field each, with a distribution (`uniform`, `loguniform`, `choice`, `grid`). A study
+(`tune_spaces/studies/*.yaml`, `pipelines.study`) is a space with `rows`: named sets of overrides, run as
+one more grid axis, `study.row`; its other keys (the paper's numbers, budgets, checks) are kept in `study`.
 """
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +13,8 @@ from pipelines.config import PROJECT_ROOT, Config, ConfigError, apply_override, 
 
 DISTRIBUTIONS = {"uniform": ("low", "high"), "loguniform": ("low", "high"), "choice": ("values",), "grid": ("values",)}
 TOP_LEVEL = ("method", "preset", "objective", "axes")
+STUDY_KEYS = ("rows", "title", "source", "paper_metric", "metrics", "budgets", "checks", "plot")
+ROW_AXIS = "study.row"
 
 
 @dataclass
@@ -48,6 +52,8 @@ class Space:
     preset: str
     objective: str
     axes: list[Axis]
+    rows: dict[str, dict] = field(default_factory=dict)  # study row -> {dotted field: value}
+    study: dict = field(default_factory=dict)
 
     def param_space(self) -> dict[str, Any]:
         return {axis.field: axis.to_tune() for axis in self.axes}
@@ -85,18 +91,39 @@ def _axis(where: str, name: str, spec: Any) -> Axis:
     return Axis(name, kind, float(low), float(high))
 
 
-def check_axis_values(where: str, base: dict, axis: Axis) -> None:
+def apply_values(tree: dict, sampled: dict, rows: dict[str, dict]) -> dict:
+    """`tree` with a trial's values set in place: each a dotted field, or the study row whose overrides apply."""
+    for name, value in sampled.items():
+        for field_name, field_value in (rows[value].items() if name == ROW_AXIS else [(name, value)]):
+            apply_override(tree, field_name.split("."), field_value)
+    return tree
+
+
+def check_axis_values(where: str, base: dict, axis: Axis, rows: dict[str, dict]) -> None:
     """Every value the axis can take must make a valid configuration; the error names the axis."""
     import copy
 
     for value in axis.examples():
-        tree = copy.deepcopy(base)
         try:
-            apply_override(tree, axis.field.split("."), value)
-            build_config(tree)
+            build_config(apply_values(copy.deepcopy(base), {axis.field: value}, rows))
         except ConfigError as error:
             detail = str(error).removeprefix("invalid configuration:\n").strip()
-            raise ConfigError(f"{where}: axes.{axis.field} = {value!r} is not valid: {detail}") from None
+            what = f"rows.{value}" if axis.field == ROW_AXIS else f"axes.{axis.field} = {value!r}"
+            raise ConfigError(f"{where}: {what} is not valid: {detail}") from None
+
+
+def _rows(where: str, rows) -> dict[str, dict]:
+    if not isinstance(rows, dict) or not rows:
+        raise ConfigError(f"{where}: 'rows' must map at least one row name to its settings")
+    parsed = {}
+    for name, spec in rows.items():
+        spec = spec or {}
+        if not isinstance(spec, dict) or set(spec) - {"set", "paper"}:
+            raise ConfigError(f"{where}: rows.{name} takes 'set' (dotted field: value) and 'paper' (metric: number)")
+        if not isinstance(spec.get("set", {}), dict):
+            raise ConfigError(f"{where}: rows.{name}.set must map dotted configuration fields to values")
+        parsed[str(name)] = dict(spec.get("set") or {})
+    return parsed
 
 
 def objective_names(config: Config) -> list[str]:
@@ -108,13 +135,15 @@ def load_space(path: str | Path, base_tree: Optional[dict] = None, overrides: li
     then `overrides` (`key=value`)."""
     where = str(path)
     tree = read_yaml(path)
+    allowed = TOP_LEVEL + STUDY_KEYS if "rows" in tree else TOP_LEVEL
     for key in tree:
-        if key not in TOP_LEVEL:
-            raise ConfigError(f"{where}: unknown key '{key}'; allowed: {', '.join(TOP_LEVEL)}")
-    for key in ("method", "objective", "axes"):
+        if key not in allowed:
+            raise ConfigError(f"{where}: unknown key '{key}'; allowed: {', '.join(allowed)}")
+    for key in ("method", "objective") if "rows" in tree else ("method", "objective", "axes"):
         if key not in tree:
             raise ConfigError(f"{where}: '{key}' is missing")
-    if not isinstance(tree["axes"], dict) or not tree["axes"]:
+    rows = _rows(where, tree["rows"]) if "rows" in tree else {}
+    if not isinstance(tree.get("axes", {}), dict) or not (tree.get("axes") or rows):
         raise ConfigError(f"{where}: 'axes' must map at least one configuration field to a distribution")
     preset = tree.get("preset") or f"configs/{tree['method']}_fmnist_quick.yaml"
     if base_tree is None:
@@ -130,7 +159,9 @@ def load_space(path: str | Path, base_tree: Optional[dict] = None, overrides: li
     if tree["objective"] not in objective_names(config):
         raise ConfigError(f"{where}: objective '{tree['objective']}' is not reported; the training loop reports "
                           f"{', '.join(objective_names(config))} (eval.knn_k), never the SSL loss")
-    axes = [_axis(where, name, spec) for name, spec in tree["axes"].items()]
+    axes = [Axis(ROW_AXIS, "grid", values=list(rows))] if rows else []
+    axes += [_axis(where, name, spec) for name, spec in (tree.get("axes") or {}).items()]
     for axis in axes:
-        check_axis_values(where, base_tree, axis)
-    return Space(where, tree["method"], preset, tree["objective"], axes), base_tree
+        check_axis_values(where, base_tree, axis, rows)
+    study = {key: tree[key] for key in STUDY_KEYS if key in tree}
+    return Space(where, tree["method"], preset, tree["objective"], axes, rows, study), base_tree

@@ -1,0 +1,238 @@
+"""Studies: `python -m pipelines.study tune_spaces/studies/simsiam_collapse.yaml [--budget smoke|cpu]`.
+
+A study is a sweep whose one grid axis is the study's rows (each a named set of overrides, the rows of an
+ablation table); it runs as any sweep does (Ray Tune, one MLflow child run per row under a parent run, resumable),
+then puts on the parent run the table of our numbers beside the paper's, a plot, and the outcome of the study's
+checks (the directions it expects, e.g. that an ablation collapses).
+"""
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+from pipelines.config import ConfigError, build_config, read_yaml
+from pipelines.dataset_store import DatasetError
+from pipelines.pretrain import RunFailed
+from pipelines.tune_space import ROW_AXIS, Space
+
+# every row ends with the transfer stage, so rows compare on what papers report
+STUDY_DEFAULTS = {"eval.final_protocols": ["knn", "linear"]}
+DEFAULT_METRICS = {"knn": "eval/knn_top1_k20", "linear": "eval/linear_top1"}
+
+
+def budget_overrides(study: dict, budget: str, where: str) -> list[str]:
+    budgets = study.get("budgets") or {}
+    if budget not in budgets:
+        raise ConfigError(f"{where}: no budget '{budget}'; the study has {', '.join(budgets) or 'none'}")
+    settings = {**STUDY_DEFAULTS, **(budgets[budget] or {})}
+    return [f"{field}={json.dumps(value)}" for field, value in settings.items()]
+
+
+def new_state(args) -> dict:
+    from pipelines import sweep
+
+    where = str(args.study)
+    raw = read_yaml(args.study)
+    if "rows" not in raw:
+        raise ConfigError(f"{where}: a study needs 'rows' (a sweep space has none: use pipelines.sweep)")
+    name = args.name or f"{Path(where).stem}-{args.budget}-{time.strftime('%Y%m%d-%H%M%S')}"
+    sweep_args = argparse.Namespace(space=args.study, config=None, search="random", scheduler="fifo",
+                                    num_samples=1, grace_epochs=1, max_concurrent=args.max_concurrent, name=name,
+                                    out=None, overrides=budget_overrides(raw, args.budget, where) + list(args.overrides))
+    state = sweep.new_state(sweep_args)
+    state["study"] = {"budget": args.budget}
+    return state
+
+
+def metrics_of(study: dict) -> dict[str, str]:
+    return study.get("metrics") or DEFAULT_METRICS
+
+
+def shown(label: str, metric: str, value: Optional[float]) -> Optional[float]:
+    """Accuracies in percent, as papers print them; other signals as logged."""
+    if value is None:
+        return None
+    return round(100 * value, 2) if "top1" in metric else round(value, 4)
+
+
+def study_table(client, space: Space, rows: list[dict]) -> list[dict]:
+    """One line per study row, in the study's order: the paper's numbers, ours, the run."""
+    by_row = {row["values"].get(ROW_AXIS): row for row in rows}
+    table = []
+    for name, spec in space.study["rows"].items():
+        spec, run = spec or {}, by_row.get(str(name))
+        measured = client.get_run(run["run_id"]).data.metrics if run else {}
+        line = {"row": str(name)}
+        line.update({f"paper {key}": value for key, value in (spec.get("paper") or {}).items()})
+        line.update({f"ours {label}": shown(label, metric, measured.get(metric))
+                     for label, metric in metrics_of(space.study).items()})
+        line.update({"status": run["status"] if run else "MISSING", "run": run["run_name"] if run else None})
+        table.append(line)
+    return table
+
+
+def check_outcomes(space: Space, table: list[dict]) -> list[dict]:
+    """The study's checks: `{row, metric, below|above: factor, of: other row}` holds when ours[row][metric] is
+    below (above) factor x ours[other][metric]."""
+    ours = {line["row"]: line for line in table}
+    outcomes = []
+    for check in space.study.get("checks") or []:
+        column = f"ours {check['metric']}"
+        value, reference = ours[check["row"]].get(column), ours[check["of"]].get(column)
+        direction = "below" if "below" in check else "above"
+        bound = None if reference is None else check[direction] * reference
+        passed = value is not None and bound is not None and (value < bound if direction == "below" else value > bound)
+        outcomes.append({**check, "value": value, "bound": bound, "passed": passed,
+                         "text": f"{check['row']}: {check['metric']} {value} {direction} {check[direction]} x "
+                                 f"{check['of']} ({reference})"})
+    return outcomes
+
+
+def check_study_file(space: Space) -> None:
+    """What the loader of spaces does not know: checks and plot name rows, metrics and fields that exist."""
+    where, study, labels = space.path, space.study, set(metrics_of(space.study))
+    for index, check in enumerate(study.get("checks") or []):
+        directions = [key for key in ("below", "above") if key in check]
+        if set(check) - {"row", "metric", "of", "below", "above"} or len(directions) != 1 or \
+                not {"row", "metric", "of"} <= set(check):
+            raise ConfigError(f"{where}: checks[{index}] takes row, metric, of and one of below/above")
+        for key in ("row", "of"):
+            if str(check[key]) not in space.rows:
+                raise ConfigError(f"{where}: checks[{index}].{key} '{check[key]}' is not a row")
+        if check["metric"] not in labels:
+            raise ConfigError(f"{where}: checks[{index}].metric '{check['metric']}' is not one of the study's "
+                              f"metrics ({', '.join(sorted(labels))})")
+    x = (study.get("plot") or {}).get("x")
+    if x and any(x not in overrides for overrides in space.rows.values()):
+        raise ConfigError(f"{where}: plot.x '{x}' must be set by every row")
+
+
+def study_plot(space: Space, table: list[dict]):
+    """Paper and ours per row: a line against `plot.x` where the paper has a curve, else bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [label for label in metrics_of(space.study) if any(line.get(f"ours {label}") is not None for line in table)]
+    labels = labels or list(metrics_of(space.study))
+    figure, panels = plt.subplots(1, len(labels), figsize=(5 * len(labels), 3.8), squeeze=False)
+    x_field = (space.study.get("plot") or {}).get("x")
+    rows = [line["row"] for line in table]
+    for panel, label in zip(panels[0], labels):
+        xs = [space.rows[row][x_field] for row in rows] if x_field else list(range(len(rows)))
+        series = {"ours (Fashion-MNIST)": [line.get(f"ours {label}") for line in table]}
+        if any(f"paper {label}" in line for line in table):
+            series["paper (ImageNet)"] = [line.get(f"paper {label}") for line in table]
+        width = 0.8 / len(series)
+        for index, (name, values) in enumerate(series.items()):
+            points = [(x, v) for x, v in zip(xs, values) if v is not None]
+            if not points:
+                continue
+            if x_field:
+                panel.plot(*zip(*points), marker="o", label=name)
+            else:
+                panel.bar([x + (index - (len(series) - 1) / 2) * width for x, _ in points], [v for _, v in points],
+                          width, label=name)
+        if not x_field:
+            panel.set_xticks(range(len(rows)), rows, rotation=20, ha="right")
+        panel.set_xlabel(x_field or "row")
+        panel.set_ylabel(label + (" top-1 (%)" if "top1" in metrics_of(space.study)[label] else ""))
+        panel.grid(alpha=0.3)
+        panel.legend(fontsize="small")
+    figure.suptitle(space.study.get("title", Path(space.path).stem))
+    figure.tight_layout()
+    return figure
+
+
+def markdown(table: list[dict]) -> str:
+    columns = list(dict.fromkeys(key for line in table for key in line))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for line in table:
+        lines.append("| " + " | ".join("-" if line.get(c) is None else str(line.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def report(outcome: dict, space: Space, state: dict) -> dict:
+    """The study's table, plot and checks on the parent run."""
+    from mlflow.tracking import MlflowClient
+
+    client, parent = MlflowClient(outcome["tracking_uri"]), outcome["parent_run_id"]
+    table = study_table(client, space, outcome["rows"])
+    checks = check_outcomes(space, table)
+    study = space.study
+    for key, value in {"study": Path(space.path).stem, "study.title": study.get("title", ""),
+                       "study.source": study.get("source", ""), "study.budget": state["study"]["budget"],
+                       "study.checks": "passed" if all(c["passed"] for c in checks) else "failed"}.items():
+        client.set_tag(parent, key, str(value)[:5000])
+    text = markdown(table)
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "study_table.json").write_text(json.dumps({"table": table, "checks": checks}, indent=2))
+        (Path(folder) / "study_table.md").write_text(f"{study.get('title', '')}\n\n{text}\n\nsource: "
+                                                      f"{study.get('source', '')}\n")
+        study_plot(space, table).savefig(Path(folder) / "study.png", dpi=110)
+        for name in ("study_table.json", "study_table.md", "study.png"):
+            client.log_artifact(parent, str(Path(folder) / name), "study")
+    return {"table": table, "checks": checks, "markdown": text}
+
+
+def resumed_state(args) -> dict:
+    from pipelines import sweep
+
+    state = sweep.resumed_state(argparse.Namespace(resume=args.resume, overrides=list(args.overrides)))
+    if "study" not in state:
+        raise ConfigError(f"'{state['name']}' is a sweep, not a study: resume it with pipelines.sweep")
+    return state
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m pipelines.study", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("study", nargs="?", help="study file, e.g. tune_spaces/studies/simsiam_collapse.yaml")
+    parser.add_argument("--budget", default="cpu", help="one of the study's budgets: smoke (CI, minutes) or cpu "
+                                                        "(the documented CPU run); default cpu")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a field of every row, e.g. --set train.epochs=4 (repeatable)")
+    parser.add_argument("--max-concurrent", type=int, help="at most this many rows at once")
+    parser.add_argument("--name", help="study run name (default: <study>-<budget>-<time>)")
+    parser.add_argument("--resume", metavar="NAME", help="continue an interrupted study; finished rows are kept")
+    args = parser.parse_args(argv)
+    if not args.study and not args.resume:
+        parser.error("give a study file (tune_spaces/studies/*.yaml) or --resume NAME")
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from pipelines import sweep
+
+    args = parse_args(argv)
+    try:
+        state = resumed_state(args) if args.resume else new_state(args)
+        space = sweep.space_from_state(state)
+        check_study_file(space)
+        outcome = sweep.sweep(state, resume=bool(args.resume))
+        result = report(outcome, space, state)
+    except (ConfigError, DatasetError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except RunFailed as error:
+        print(f"study failed: {error}", file=sys.stderr)
+        return 1
+    except sweep.SweepInterrupted as error:
+        print(f"\n{str(error).replace('pipelines.sweep', 'pipelines.study')}", file=sys.stderr)
+        return 130
+    from pipelines.tracking import ui_command
+
+    print(f"\n{space.study.get('title', '')} ({state['study']['budget']} budget)\n\n{result['markdown']}\n")
+    for check in result["checks"]:
+        print(f"check {'passed' if check['passed'] else 'FAILED'}: {check['text']}")
+    print(f"MLflow parent run {outcome['parent_run_id']}; open the UI: {ui_command(outcome['tracking_uri'])}")
+    return 0 if all(check["passed"] for check in result["checks"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

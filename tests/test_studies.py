@@ -1,0 +1,117 @@
+"""Studies: every study file of tune_spaces/studies is a valid grid of runs under each budget; the SimSiam collapse
+study runs end to end (Ray Tune, one MLflow child run per row, the table beside the paper's, its checks)."""
+import copy
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from pipelines import study
+from pipelines.config import PROJECT_ROOT, ConfigError, build_config, read_yaml
+from pipelines.sweep import SWEEP_DEFAULTS
+from pipelines.tune_space import ROW_AXIS, apply_values, load_space
+
+STUDIES = sorted((PROJECT_ROOT / "tune_spaces" / "studies").glob("*.yaml"))
+
+
+def load_study(path, budget: str):
+    space, base = load_space(path, None, SWEEP_DEFAULTS + study.budget_overrides(read_yaml(path), budget, str(path)))
+    study.check_study_file(space)
+    return space, base
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=[path.stem for path in STUDIES])
+def test_every_study_is_a_valid_grid_of_rows_under_each_budget(path):
+    raw = read_yaml(path)
+    assert raw["title"] and raw["source"]
+    for budget in ("smoke", "cpu"):
+        space, base = load_study(path, budget)
+        assert space.axes[0].field == ROW_AXIS and space.axes[0].values == [str(row) for row in raw["rows"]]
+        configs = {row: build_config(apply_values(copy.deepcopy(base), {ROW_AXIS: row}, space.rows))
+                   for row in space.rows}
+        assert all(config.eval.final_protocols == ["knn", "linear"] for config in configs.values())
+        assert len({config.model_dump_json() for config in configs.values()}) == len(configs)  # rows differ
+
+
+def test_study_rows_set_what_they_say():
+    space, base = load_study(PROJECT_ROOT / "tune_spaces" / "studies" / "dino_components.yaml", "smoke")
+    byol = build_config(apply_values(copy.deepcopy(base), {ROW_AXIS: "byol"}, space.rows))
+    assert byol.method.name == "byol" and byol.optim.clip_grad is None
+    frozen = build_config(apply_values(copy.deepcopy(base), {ROW_AXIS: "no_momentum"}, space.rows))
+    assert frozen.method.momentum_start == frozen.method.momentum_end == 0.0  # the teacher is the student
+    space, base = load_study(PROJECT_ROOT / "tune_spaces" / "studies" / "mae_mask_ratio.yaml", "cpu")
+    ratios = [build_config(apply_values(copy.deepcopy(base), {ROW_AXIS: row}, space.rows)).method.mask_ratio
+              for row in space.rows]
+    assert ratios == sorted(ratios) and 0.75 in ratios
+
+
+BAD_STUDIES = {
+    "row with an unknown field": ({"rows": {"a": {"set": {"method.stop_grad": False}}}}, "rows.a is not valid"),
+    "row with an unknown key": ({"rows": {"a": {"sets": {}}}}, "rows.a takes 'set'"),
+    "check on a missing row": ({"checks": [{"row": "nope", "metric": "knn", "below": 1, "of": "baseline"}]},
+                               "checks[0].row 'nope' is not a row"),
+    "check on an unknown metric": ({"checks": [{"row": "baseline", "metric": "std", "below": 1, "of": "baseline"}]},
+                                   "checks[0].metric 'std'"),
+    "unknown budget": ({"budgets": {"cpu": {}}}, "no budget 'smoke'"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_STUDIES, ids=list(BAD_STUDIES))
+def test_a_bad_study_file_is_refused_with_a_message_naming_the_problem(case, tmp_path, capsys):
+    changes, message = BAD_STUDIES[case]
+    tree = {"title": "t", "source": "s", "method": "simsiam", "objective": "knn_top1_k20",
+            "rows": {"baseline": {}, "other": {"set": {"method.predictor": False}}},
+            "budgets": {"smoke": {"train.epochs": 1}}, **changes}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    assert study.main([str(path), "--budget", "smoke", "--set", f"train.storage_path={tmp_path}"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_checks_compare_a_row_with_another():
+    space, _ = load_study(PROJECT_ROOT / "tune_spaces" / "studies" / "simsiam_collapse.yaml", "smoke")
+    table = [{"row": "baseline", "ours std": 0.03}, {"row": "no_stop_gradient", "ours std": 0.01},
+             {"row": "no_predictor", "ours std": 0.029}]
+    outcomes = study.check_outcomes(space, table)
+    assert [outcome["passed"] for outcome in outcomes] == [True, False]
+    assert study.check_outcomes(space, [{**line, "ours std": None} for line in table])[0]["passed"] is False
+
+
+@pytest.mark.slow
+def test_the_simsiam_collapse_study_runs_each_row_and_puts_its_table_beside_the_papers(
+        ray_session, fmnist_slice, tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sets = [f"data.path={fmnist_slice}", f"train.storage_path={tmp_path / 'runs'}", f"tracking.tracking_uri={uri}",
+            "train.cpus_per_worker=0.25"]  # one row (0.25 + 0.5 augmentation + reads) fits the 2-CPU session
+    path = PROJECT_ROOT / "tune_spaces" / "studies" / "simsiam_collapse.yaml"
+    code = study.main([str(path), "--budget", "smoke", "--name", "collapse",
+                       *[part for text in sets for part in ("--set", text)]])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("simsiam").experiment_id
+    parent = client.search_runs([experiment], filter_string="attributes.run_name = 'collapse'")[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["study"] == "simsiam_collapse" and parent.data.tags["study.checks"] == "passed"
+    assert parent.data.tags["study.budget"] == "smoke" and "Chen & He" in parent.data.tags["study.source"]
+    children = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    rows = {run.data.tags[ROW_AXIS]: run for run in children}
+    assert set(rows) == {"baseline", "no_stop_gradient", "no_predictor"}
+    assert rows["no_stop_gradient"].data.params["method.stop_gradient"] == "False"
+    assert rows["no_predictor"].data.params["method.predictor"] == "False"
+    for run in rows.values():
+        assert run.info.status == "FINISHED"
+        assert 0 < run.data.metrics["eval/knn_top1_k20"] <= 1 and 0 < run.data.metrics["eval/linear_top1"] <= 1
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "study")}
+    assert {"study/study_table.json", "study/study_table.md", "study/study.png"} <= artifacts
+    table = yaml.safe_load(open(client.download_artifacts(parent.info.run_id, "study/study_table.json", str(tmp_path))))
+    assert [line["row"] for line in table["table"]] == ["baseline", "no_stop_gradient", "no_predictor"]
+    assert [line["paper linear"] for line in table["table"]] == [67.7, 0.1, 0.1]
+    baseline = table["table"][0]
+    assert baseline["ours knn"] == round(100 * rows["baseline"].data.metrics["eval/knn_top1_k20"], 2)
+    assert all(check["passed"] for check in table["checks"]) and len(table["checks"]) == 2
+    assert "| baseline | 67.7 |" in out and "check passed: no_stop_gradient" in out
+    with pytest.raises(ConfigError, match="is a sweep, not a study"):  # a sweep is not resumed as a study
+        (tmp_path / "runs" / "plain").mkdir()
+        (tmp_path / "runs" / "plain" / "sweep.json").write_text('{"name": "plain"}')
+        study.resumed_state(type("Args", (), {"resume": "plain", "overrides": [f"train.storage_path={tmp_path / 'runs'}"]}))
