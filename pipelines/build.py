@@ -8,6 +8,7 @@ import torch
 from pipelines.config import Config, ConfigError
 from ssl_models import METHODS, BackboneSpec, SSLMethod, backbone_spec, create_backbone
 from ssl_models.backbones import is_vit
+from ssl_models.norms import replace_batchnorm
 from ssl_models.schedules import cosine_schedule, warmup_cosine_schedule
 
 
@@ -20,7 +21,7 @@ def drop_path_rate(config: Config) -> float:
 def build_spec(config: Config, channels: int) -> BackboneSpec:
     model = config.model
     return backbone_spec(model.backbone, channels, config.data.image_size, model.small_stem, model.patch_size,
-                         drop_path_rate(config))
+                         drop_path_rate(config), model.norm)
 
 
 def head_arguments(config: Config) -> dict[str, int]:
@@ -48,8 +49,9 @@ def method_arguments(config: Config, steps_per_epoch: int) -> dict:
 def build_method(config: Config, channels: int, steps_per_epoch: int) -> SSLMethod:
     backbone, feature_dim = create_backbone(build_spec(config, channels))
     total_steps = steps_per_epoch * config.train.epochs
-    return METHODS[config.method.name](backbone, feature_dim, total_steps, **head_arguments(config),
-                                       **method_arguments(config, steps_per_epoch))
+    method = METHODS[config.method.name](backbone, feature_dim, total_steps, **head_arguments(config),
+                                         **method_arguments(config, steps_per_epoch))
+    return replace_batchnorm(method, config.model.norm)  # the heads' too
 
 
 def build_optimizer(config: Config, module: torch.nn.Module, fixed_lr: Sequence[torch.nn.Parameter] = ()

@@ -50,6 +50,9 @@ class ModelConfig(Section):
     projection_dim: Optional[int] = Field(None, ge=1, description="null: the method's paper value")
     projector_layers: Optional[int] = Field(None, ge=1, le=4, description="null: the method's paper value")
     predictor_hidden_dim: Optional[int] = Field(None, ge=1, description="null: the method's paper value")
+    norm: Literal["batch", "none", "group_ws"] = Field(
+        "batch", description="normalisation of backbone and heads: batch (the papers'), none (BatchNorm removed), "
+        "group_ws (GroupNorm + weight-standardised convolutions: BYOL without batch statistics)")
     drop_path_rate: Optional[float] = Field(None, ge=0, lt=1, description="stochastic depth of the trained backbone "
                                             "(momentum copies drop nothing); null: the method's paper value (DINO "
                                             "on ViTs 0.1, else 0)")
@@ -129,6 +132,8 @@ class DINOConfig(Section):
     centering: bool = Field(True, description="false: the paper's ablation (no centring), which collapses")
     loss: Literal["ce", "mse"] = Field("ce", description="mse: the paper's ablation (squared distance of the "
                                        "probabilities instead of cross-entropy)")
+    predictor: bool = Field(False, description="true: the paper's ablation, a 2-layer MLP on the student's "
+                            "bottleneck (the teacher has none)")
 
 
 class MAEConfig(Section):

@@ -6,6 +6,7 @@ Outside this project:
     model = timm.create_model(meta["timm_name"], num_classes=0, **meta["timm_kwargs"])
     if meta["small_stem"]:  # 3x3 stride-1 conv1, no max-pool
         model.conv1 = torch.nn.Conv2d(model.conv1.in_channels, 64, 3, 1, 1, bias=False); model.maxpool = torch.nn.Identity()
+    # meta["norm"] other than "batch": ssl_models.norms.replace_batchnorm(model, meta["norm"]) (GroupNorm + WS, or none)
     model.load_state_dict(safetensors.torch.load_file("backbone.safetensors"))
 """
 import json
@@ -31,7 +32,6 @@ def save_backbone(folder: Path, backbone: nn.Module, spec: BackboneSpec, extra: 
 
 def load_backbone(weights: bytes, meta: dict[str, Any]) -> nn.Module:
     """The backbone `save_backbone` wrote, rebuilt from its description (nothing unpickled), in eval mode."""
-    spec = BackboneSpec(meta["timm_name"], meta.get("timm_kwargs", {}), meta.get("small_stem", False))
-    backbone, _ = create_backbone(spec)
+    backbone, _ = create_backbone(BackboneSpec.from_meta(meta))
     backbone.load_state_dict(safetensors.torch.load(weights))
     return backbone.eval()

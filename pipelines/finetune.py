@@ -136,8 +136,7 @@ def build_classifier(meta: dict, weights: Optional[bytes], classes: int, setting
 
     if weights is None:
         torch.manual_seed(settings.seed)
-        backbone, _ = create_backbone(BackboneSpec(meta["timm_name"], meta.get("timm_kwargs", {}),
-                                                   meta.get("small_stem", False)))
+        backbone, _ = create_backbone(BackboneSpec.from_meta(meta))
     else:
         backbone = load_backbone(weights, meta)
     return Classifier(backbone, meta["feature_dim"], classes, frozen=settings.protocol == "linear_aug")

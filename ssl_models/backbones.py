@@ -2,7 +2,7 @@
 
 Everything needed to rebuild a backbone outside this project is in `BackboneSpec`:
 `timm.create_model(spec.timm_name, num_classes=0, **spec.timm_kwargs)`, then, when
-`spec.small_stem` is true, `apply_small_stem(model)`.
+`spec.small_stem` is true, `apply_small_stem(model)`, then `replace_batchnorm(model, spec.norm)`.
 """
 import difflib
 from dataclasses import asdict, dataclass, field
@@ -11,15 +11,24 @@ from typing import Any, Optional
 import timm
 from torch import nn
 
+from ssl_models.norms import NORMS, replace_batchnorm
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
     timm_name: str
     timm_kwargs: dict[str, Any] = field(default_factory=dict)
     small_stem: bool = False
+    norm: str = "batch"  # see ssl_models.norms
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> "BackboneSpec":
+        """From an exported backbone.json (older files have no `norm`: BatchNorm)."""
+        return cls(meta["timm_name"], meta.get("timm_kwargs", {}), meta.get("small_stem", False),
+                   meta.get("norm", "batch"))
 
 
 def is_vit(name: str) -> bool:
@@ -37,6 +46,7 @@ def backbone_spec(
     small_stem: bool = False,
     patch_size: Optional[int] = None,
     drop_path_rate: float = 0.0,
+    norm: str = "batch",
 ) -> BackboneSpec:
     """Validate the options for `name` and turn them into timm arguments."""
     if name not in timm.list_models():
@@ -62,7 +72,9 @@ def backbone_spec(
         kwargs["patch_size"] = patch_size
     if drop_path_rate:
         kwargs["drop_path_rate"] = drop_path_rate
-    return BackboneSpec(timm_name=name, timm_kwargs=kwargs, small_stem=small_stem)
+    if norm not in NORMS:
+        raise ValueError(f"unknown normalisation '{norm}'; one of {', '.join(NORMS)}")
+    return BackboneSpec(timm_name=name, timm_kwargs=kwargs, small_stem=small_stem, norm=norm)
 
 
 def apply_small_stem(model: nn.Module) -> nn.Module:
@@ -78,4 +90,4 @@ def create_backbone(spec: BackboneSpec) -> tuple[nn.Module, int]:
     model = timm.create_model(spec.timm_name, pretrained=False, num_classes=0, **spec.timm_kwargs)
     if spec.small_stem:
         apply_small_stem(model)
-    return model, model.num_features
+    return replace_batchnorm(model, spec.norm), model.num_features

@@ -13,23 +13,29 @@ from ssl_models.method import SSLMethod
 from ssl_models.schedules import cosine_schedule, value_at
 
 
+def init_linears(mlp: nn.Sequential) -> nn.Sequential:
+    for layer in mlp:  # the reference's initialisation (the head's last layer keeps PyTorch's)
+        if isinstance(layer, nn.Linear):
+            trunc_normal_(layer.weight, std=0.02)
+            nn.init.zeros_(layer.bias)
+    return mlp
+
+
 class DINOHead(nn.Module):
-    """3-layer MLP (GELU) to a bottleneck, L2-normalised, then a weight-normed linear layer of out_dim."""
+    """3-layer MLP (GELU) to a bottleneck, L2-normalised, then a weight-normed linear layer of out_dim.
+    `predictor` (the paper's ablation, student only): a 2-layer MLP on the bottleneck before the normalisation."""
 
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim),
-                                 nn.GELU(), nn.Linear(hidden_dim, bottleneck_dim))
-        for layer in self.mlp:  # the reference's initialisation (the last layer keeps PyTorch's)
-            if isinstance(layer, nn.Linear):
-                trunc_normal_(layer.weight, std=0.02)
-                nn.init.zeros_(layer.bias)
+        self.mlp = init_linears(nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim),
+                                              nn.GELU(), nn.Linear(hidden_dim, bottleneck_dim)))
+        self.predictor: nn.Module = nn.Identity()
         self.last_layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
         self.last_layer.parametrizations.weight.original0.data.fill_(1.0)
         self.last_layer.parametrizations.weight.original0.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.last_layer(F.normalize(self.mlp(x), dim=-1))
+        return self.last_layer(F.normalize(self.predictor(self.mlp(x)), dim=-1))
 
 
 class MultiCropNetwork(nn.Module):
@@ -80,10 +86,13 @@ class DINO(SSLMethod):
                  student_temperature: float = 0.1, teacher_temperature: float = 0.04,
                  warmup_teacher_temperature: float = 0.04, teacher_temperature_warmup_steps: int = 0,
                  center_momentum: float = 0.9, momentum_start: float = 0.996, momentum_end: float = 1.0,
-                 freeze_last_layer_steps: int = 0, centering: bool = True, loss: str = "ce"):
+                 freeze_last_layer_steps: int = 0, centering: bool = True, loss: str = "ce", predictor: bool = False):
         super().__init__()
         self.student = MultiCropNetwork(backbone, DINOHead(feature_dim, out_dim, head_hidden_dim, bottleneck_dim))
         self.teacher = frozen_copy(self.student)
+        if predictor:
+            self.student.head.predictor = init_linears(nn.Sequential(
+                nn.Linear(bottleneck_dim, head_hidden_dim), nn.GELU(), nn.Linear(head_hidden_dim, bottleneck_dim)))
         self.num_views = 2 + num_local_crops
         self.student_temperature = student_temperature
         self.center_momentum = center_momentum

@@ -8,13 +8,15 @@ from torch import nn
 
 @torch.no_grad()
 def update_momentum(target: nn.Module, online: nn.Module, momentum: float, copy_buffers: bool = True) -> None:
-    """target = momentum * target + (1 - momentum) * online, for every parameter; buffers (BatchNorm
-    statistics) copied, or with `copy_buffers=False` left to the target's own forward passes."""
-    target_params = list(target.parameters())
-    online_params = list(online.parameters())
-    if len(target_params) != len(online_params):
-        raise ValueError("target and online networks have different parameter lists")
-    torch._foreach_lerp_(target_params, online_params, 1.0 - momentum)
+    """target = momentum * target + (1 - momentum) * online, for every parameter of the target, from the online
+    parameter of the same name (the online network may have more, e.g. DINO's predictor ablation); buffers
+    (BatchNorm statistics) copied, or with `copy_buffers=False` left to the target's own forward passes."""
+    online_params = dict(online.named_parameters())
+    names = [name for name, _ in target.named_parameters()]
+    missing = [name for name in names if name not in online_params]
+    if missing:
+        raise ValueError(f"the online network has no parameter {missing[0]} of the target")
+    torch._foreach_lerp_(list(target.parameters()), [online_params[name] for name in names], 1.0 - momentum)
     if not copy_buffers:
         return
     for target_buffer, online_buffer in zip(target.buffers(), online.buffers()):

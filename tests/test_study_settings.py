@@ -1,5 +1,7 @@
 """The settings the lecture's ablation studies need: DINO without centring or with MSE, MAE's augmentation rows,
 transformations removed one by one from a method's recipe."""
+import json
+
 import albumentations as A
 import numpy as np
 import pytest
@@ -68,3 +70,51 @@ def test_transformations_removed_one_by_one_from_a_recipe():
     assert all("ColorJitter" not in kinds(view) and "Solarize" not in kinds(view) for view in stage.views)
     with pytest.raises(ConfigError, match="data.remove_augmentations"):
         load_config(None, ["data.remove_augmentations=[rotation]"])
+
+
+@pytest.mark.parametrize("norm", ["none", "group_ws"])
+def test_backbone_and_heads_without_batch_statistics(norm, tmp_path):
+    """The BYOL batch-statistics study's rows: no BatchNorm left anywhere (online and target), GroupNorm and
+    weight-standardised convolutions for group_ws; each sample's output is independent of the rest of the batch,
+    and the exported backbone rebuilds from its description."""
+    from timm.layers import StdConv2d
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    from pipelines.build import build_spec
+    from pipelines.export import load_backbone, save_backbone
+
+    config = load_config(None, [f"model.norm={norm}", "model.projector_hidden_dim=64", "model.projection_dim=32",
+                                "model.predictor_hidden_dim=64"])
+    torch.manual_seed(0)
+    method = build_method(config, 1, 10)
+    modules = list(method.modules())
+    assert not any(isinstance(module, _BatchNorm) for module in modules)
+    assert any(isinstance(module, torch.nn.GroupNorm) for module in modules) == (norm == "group_ws")
+    assert any(isinstance(module, StdConv2d) for module in modules) == (norm == "group_ws")
+    views = [torch.randn(4, 1, 28, 28), torch.randn(4, 1, 28, 28)]
+    assert torch.isfinite(method.training_step(views, 0)["loss"])
+    backbone = method.backbone.train()
+    alone, together = backbone(views[0][:1]), backbone(views[0])[:1]
+    assert torch.allclose(alone, together, atol=1e-5)  # no batch statistics
+    save_backbone(tmp_path, backbone, build_spec(config, 1), {})
+    rebuilt = load_backbone((tmp_path / "backbone.safetensors").read_bytes(),
+                            json.loads((tmp_path / "backbone.json").read_text()))
+    assert torch.allclose(rebuilt(views[0]), backbone.eval()(views[0]), atol=1e-5)
+    with pytest.raises(ConfigError, match="model.norm"):
+        load_config(None, ["model.norm=layer"])
+
+
+def test_dino_with_a_predictor_on_the_student_only():
+    method = build_method(load_config(None, SMALL_DINO + ["method.predictor=true"]), 1, 10)
+    assert isinstance(method.teacher.head.predictor, torch.nn.Identity)
+    predictor = [p for name, p in method.student.named_parameters() if ".predictor." in name]
+    assert predictor and all(p.requires_grad for p in predictor)
+    views = [torch.randn(4, 1, 28, 28), torch.randn(4, 1, 28, 28)]
+    method.training_step(views, 0)["loss"].backward()
+    assert all(p.grad is not None for p in predictor)
+    teacher_before = [p.clone() for p in method.teacher.parameters()]
+    with torch.no_grad():
+        for p in method.student.parameters():
+            p.add_(1.0)
+    method.after_optimizer_step(0)  # the EMA pairs parameters by name: the predictor has no teacher twin
+    assert all(not torch.equal(a, b) for a, b in zip(teacher_before, method.teacher.parameters()))
