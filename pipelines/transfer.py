@@ -170,7 +170,8 @@ def evaluate(args, protocols: list[str], settings: dict, record: Optional[dict]
     weights, data = resolve_source(args.weights, args.run, storage, args.data, record)
     info = read_info(data)
     if not info.labelled:
-        raise DatasetError(f"'{data}' has no labels: {', '.join(protocols)} need labelled images")
+        verb = "needs" if len(protocols) == 1 else "need"
+        raise DatasetError(f"'{data}' has no labels: {', '.join(protocols)} {verb} labelled images")
     metrics, probe, children = {}, None, {}
     embedding = [p for p in protocols if p in EMBEDDING_PROTOCOLS]
     if weights == PIXELS and set(protocols) & set(SUPERVISED):

@@ -192,6 +192,19 @@ def test_a_dataset_without_labels_trains_and_skips_knn_with_a_message(ray_sessio
     assert outcome["metrics"]["step"] == 2 and not [k for k in outcome["metrics"] if "knn" in k]
     assert MlflowClient(uri).get_run(outcome["run_id"]).info.status == "FINISHED"
 
+    from pipelines.export import save_backbone
+    from pipelines.transfer import main as evaluate_main
+    from ssl_models import backbone_spec, create_backbone
+
+    spec = backbone_spec("resnet18", in_chans=info.channels, image_size=32)
+    (tmp_path / "weights").mkdir()
+    save_backbone(tmp_path / "weights", create_backbone(spec)[0], spec, {
+        "feature_dim": 512, "image_size": 32, "mean": [0.5] * info.channels, "std": [0.25] * info.channels})
+    for protocols, message in (("knn,linear", "knn, linear need"), ("finetune", "finetune needs")):
+        assert evaluate_main(["--weights", str(tmp_path / "weights"), "--data", str(tmp_path / "shards"),
+                              "--protocol", protocols]) == 2  # supervised protocols on unlabelled images: refused
+        assert f"has no labels: {message} labelled images" in capsys.readouterr().err
+
 
 def test_a_new_run_with_an_existing_name_is_refused_unless_resumed(first_run, fmnist_slice):
     outcome, folder, uri = first_run
