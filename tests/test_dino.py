@@ -109,3 +109,24 @@ def test_center_is_all_reduced_across_workers(two_worker_results):
     results = results_of(two_worker_results, _center)
     # global mean over both workers' 6 rows is 0.5; EMA from 0 with momentum 0.5 gives 0.25 on both
     assert torch.allclose(results[0], torch.full((1, 16), 0.25)) and torch.equal(results[0], results[1])
+
+
+def test_attention_maps_are_the_cls_rows_of_the_last_blocks_softmax_and_leave_the_model_as_it_was():
+    from ssl_models import backbone_spec, create_backbone
+    from ssl_models.attention import last_block_cls_attention
+
+    torch.manual_seed(0)
+    vit, _ = create_backbone(backbone_spec("vit_tiny_patch16_224", in_chans=1, image_size=28, patch_size=4))
+    images = torch.randn(3, 1, 28, 28)
+    maps = last_block_cls_attention(vit, images)
+    assert maps.shape == (3, 3, 7, 7)
+    assert vit.training and vit.blocks[-1].attn.fused_attn and not vit.blocks[-1].attn._forward_hooks
+    block, captured = vit.blocks[-1], {}  # by hand: softmax(q k^T / sqrt(d)) of the last block's input
+    handle = block.attn.register_forward_pre_hook(lambda module, args: captured.setdefault("x", args[0]))
+    with torch.no_grad():
+        vit.eval()(images)
+    handle.remove()
+    x, attention = captured["x"], block.attn
+    qkv = attention.qkv(x).reshape(3, x.shape[1], 3, attention.num_heads, attention.head_dim).permute(2, 0, 3, 1, 4)
+    weights = (qkv[0] * attention.scale @ qkv[1].transpose(-2, -1)).softmax(-1)
+    assert torch.allclose(maps, weights[:, :, 0, 1:].reshape(3, 3, 7, 7), atol=1e-6)
