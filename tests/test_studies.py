@@ -33,6 +33,44 @@ def test_every_study_is_a_valid_grid_of_rows_under_each_budget(path):
         assert len({config.model_dump_json() for config in configs.values()}) == len(configs)  # rows differ
 
 
+def png(seed: int) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (28, 28), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=[path.stem for path in STUDIES])
+def test_every_row_of_every_study_takes_a_training_step(path):
+    """What CI cannot afford as runs (a Ray Train run per row): each row's method, built as the run builds it, on
+    views its augmentation makes, steps once with a finite loss and gradients."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    from pipelines.augment import AugmentBatch, view_column
+    from pipelines.build import build_method
+    from pipelines.data import augment_arguments
+
+    space, base = load_study(path, "smoke")
+    images = {"image": np.array([png(seed) for seed in range(8)], dtype=object)}
+    for row in space.rows:
+        config = build_config(apply_values(copy.deepcopy(base), {ROW_AXIS: row}, space.rows))
+        batch = AugmentBatch(**augment_arguments(config, SimpleNamespace(channels=1)))(images)
+        torch.manual_seed(0)
+        method = build_method(config, 1, 10)
+        views = [torch.from_numpy(batch[view_column(v)]).float() / 255 for v in range(method.num_views)]
+        loss = method.training_step(views, 0)["loss"]
+        loss.backward()
+        assert torch.isfinite(loss), row
+        assert any(p.grad is not None for p in method.trained.parameters()), row
+
+
 def test_study_rows_set_what_they_say():
     space, base = load_study(PROJECT_ROOT / "tune_spaces" / "studies" / "dino_components.yaml", "smoke")
     byol = build_config(apply_values(copy.deepcopy(base), {ROW_AXIS: "byol"}, space.rows))
