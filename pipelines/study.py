@@ -1,7 +1,8 @@
 """Studies: `python -m pipelines.study tune_spaces/studies/simsiam_collapse.yaml [--budget smoke|cpu]`.
 
 A study is a sweep whose one grid axis is the study's rows (each a named set of overrides, the rows of an
-ablation table); it runs as any sweep does (Ray Tune, one MLflow child run per row under a parent run, resumable),
+ablation table; a row may switch the method, so every row logs into the study's MLflow experiment,
+`study-<name>`, not its method's); it runs as any sweep does (Ray Tune, one MLflow child run per row under a parent run, resumable),
 then puts on the parent run the table of our numbers beside the paper's, a plot, and the outcome of the study's
 checks (the directions it expects, e.g. that an ablation collapses).
 """
@@ -42,7 +43,8 @@ def new_state(args) -> dict:
     name = args.name or f"{Path(where).stem}-{args.budget}-{time.strftime('%Y%m%d-%H%M%S')}"
     sweep_args = argparse.Namespace(space=args.study, config=None, search="random", scheduler="fifo",
                                     num_samples=1, grace_epochs=1, max_concurrent=args.max_concurrent, name=name,
-                                    out=None, overrides=budget_overrides(raw, args.budget, where) + list(args.overrides))
+                                    out=None, overrides=[f"tracking.experiment=study-{Path(where).stem}"]
+                                    + budget_overrides(raw, args.budget, where) + list(args.overrides))
     state = sweep.new_state(sweep_args)
     state["study"] = {"budget": args.budget}
     return state

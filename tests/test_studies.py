@@ -127,7 +127,7 @@ def test_the_simsiam_collapse_study_runs_each_row_and_puts_its_table_beside_the_
     out = capsys.readouterr().out
     assert code == 0, out
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("simsiam").experiment_id
+    experiment = client.get_experiment_by_name("study-simsiam_collapse").experiment_id  # rows may switch methods
     parent = client.search_runs([experiment], filter_string="attributes.run_name = 'collapse'")[0]
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["study"] == "simsiam_collapse" and parent.data.tags["study.checks"] == "passed"
