@@ -54,7 +54,7 @@ def metrics_of(study: dict) -> dict[str, str]:
     return study.get("metrics") or DEFAULT_METRICS
 
 
-def shown(label: str, metric: str, value: Optional[float]) -> Optional[float]:
+def shown(metric: str, value: Optional[float]) -> Optional[float]:
     """Accuracies in percent, as papers print them; other signals as logged."""
     if value is None:
         return None
@@ -70,7 +70,7 @@ def study_table(client, space: Space, rows: list[dict]) -> list[dict]:
         measured = client.get_run(run["run_id"]).data.metrics if run else {}
         line = {"row": str(name)}
         line.update({f"paper {key}": value for key, value in (spec.get("paper") or {}).items()})
-        line.update({f"ours {label}": shown(label, metric, measured.get(metric))
+        line.update({f"ours {label}": shown(metric, measured.get(metric))
                      for label, metric in metrics_of(space.study).items()})
         line.update({"status": run["status"] if run else "MISSING", "run": run["run_name"] if run else None})
         table.append(line)

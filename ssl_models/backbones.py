@@ -11,7 +11,7 @@ from typing import Any, Optional
 import timm
 from torch import nn
 
-from ssl_models.norms import NORMS, replace_batchnorm
+from ssl_models.norms import replace_batchnorm
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,6 @@ def backbone_spec(
         kwargs["patch_size"] = patch_size
     if drop_path_rate:
         kwargs["drop_path_rate"] = drop_path_rate
-    if norm not in NORMS:
-        raise ValueError(f"unknown normalisation '{norm}'; one of {', '.join(NORMS)}")
     return BackboneSpec(timm_name=name, timm_kwargs=kwargs, small_stem=small_stem, norm=norm)
 
 
