@@ -102,6 +102,7 @@ RECIPES = {
     "simsiam": symmetric_views,
     "moco": symmetric_views,
     "dino": multi_crop_views,
+    "dinov2": multi_crop_views,
     "mae": single_crop_view,
     "finetune": single_crop_view,  # MAE's fine-tuning and linear probing crop and flip as its pretraining does
 }

@@ -15,7 +15,7 @@ from ssl_models.schedules import cosine_schedule, warmup_cosine_schedule
 def drop_path_rate(config: Config) -> float:
     if config.model.drop_path_rate is not None:
         return config.model.drop_path_rate
-    return 0.1 if config.method.name == "dino" and is_vit(config.model.backbone) else 0.0
+    return 0.1 if config.method.name in ("dino", "dinov2") and is_vit(config.model.backbone) else 0.0
 
 
 def build_spec(config: Config, channels: int) -> BackboneSpec:

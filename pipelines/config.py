@@ -5,6 +5,8 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ssl_models.backbones import is_vit
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # under `ray job submit` the project is Ray's unpacked copy of the working directory, deleted after the job
 IN_RAY_JOB_COPY = "runtime_resources" in PROJECT_ROOT.parts
@@ -112,8 +114,8 @@ class MoCoConfig(Section):
                                    "32 images per GPU, i.e. batch / 32)")
 
 
-class DINOConfig(Section):
-    name: Literal["dino"] = "dino"
+class SelfDistillationConfig(Section):
+    """What DINO and DINOv2 share: multi-crop, the heads, the temperatures, the teacher's EMA."""
     out_dim: int = Field(4096, ge=2, description="prototypes (paper: 65536 on ImageNet; small data: a few thousand)")
     head_hidden_dim: int = Field(2048, ge=1)
     bottleneck_dim: int = Field(256, ge=1)
@@ -129,11 +131,43 @@ class DINOConfig(Section):
     momentum_start: float = Field(0.996, ge=0, le=1)
     momentum_end: float = Field(1.0, ge=0, le=1)
     freeze_last_layer_epochs: float = Field(1, ge=0, description="the head's last layer gets no update this long")
+
+
+class DINOConfig(SelfDistillationConfig):
+    name: Literal["dino"] = "dino"
     centering: bool = Field(True, description="false: the paper's ablation (no centring), which collapses")
     loss: Literal["ce", "mse"] = Field("ce", description="mse: the paper's ablation (squared distance of the "
                                        "probabilities instead of cross-entropy)")
     predictor: bool = Field(False, description="true: the paper's ablation, a 2-layer MLP on the student's "
                             "bottleneck (the teacher has none)")
+
+
+class DINOv2Config(SelfDistillationConfig):
+    """DINOv2's values where they differ from DINO's (its ssl_default_config); ViT backbones only."""
+    name: Literal["dinov2"] = "dinov2"
+    num_local_crops: int = Field(8, ge=0, description="local crops besides the 2 global ones")
+    global_crop_scale: tuple[float, float] = (0.32, 1.0)
+    local_crop_scale: tuple[float, float] = (0.05, 0.32)
+    teacher_temperature: float = Field(0.07, gt=0, le=1, description="after warm-up")
+    momentum_start: float = Field(0.992, ge=0, le=1)
+    patch_out_dim: int = Field(4096, ge=2, description="prototypes of the patch (iBOT) head")
+    separate_patch_head: bool = Field(True, description="the patch loss has a head of its own (the paper's "
+                                      "choice); false: it shares the image head")
+    centering: Literal["sinkhorn_knopp", "ema"] = Field(
+        "sinkhorn_knopp", description="teacher centring: sinkhorn_knopp (SwAV's, the paper's) or ema (DINO's centre)")
+    sinkhorn_iterations: int = Field(3, ge=1)
+    dino_loss_weight: float = Field(1.0, ge=0, description="image-level (DINO) loss")
+    ibot_loss_weight: float = Field(1.0, ge=0, description="masked patch-token (iBOT) loss")
+    koleo_loss_weight: float = Field(0.1, ge=0, description="KoLeo regulariser on the student's class tokens")
+    mask_probability: float = Field(0.5, ge=0, le=1, description="share of the global crops that are masked")
+    mask_ratio_min: float = Field(0.1, ge=0, lt=1, description="a masked crop hides a ratio drawn between min and max")
+    mask_ratio_max: float = Field(0.5, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _mask_ratios(self) -> "DINOv2Config":
+        if self.mask_ratio_max < self.mask_ratio_min:
+            raise ValueError("method.mask_ratio_max must be >= method.mask_ratio_min")
+        return self
 
 
 class MAEConfig(Section):
@@ -148,9 +182,10 @@ class MAEConfig(Section):
         "crop (the paper's choice), random-size crop with colour jitter")
 
 
-GLOBAL_BATCHNORM_METHODS = ("byol", "simsiam", "simclr", "barlow_twins", "vicreg", "dino")
+GLOBAL_BATCHNORM_METHODS = ("byol", "simsiam", "simclr", "barlow_twins", "vicreg", "dino", "dinov2")
 METHOD_CONFIGS = {c.model_fields["name"].default: c for c in (
-    BYOLConfig, SimSiamConfig, SimCLRConfig, BarlowTwinsConfig, VICRegConfig, MoCoConfig, DINOConfig, MAEConfig)}
+    BYOLConfig, SimSiamConfig, SimCLRConfig, BarlowTwinsConfig, VICRegConfig, MoCoConfig, DINOConfig, DINOv2Config,
+    MAEConfig)}
 MethodConfig = Annotated[Union[tuple(METHOD_CONFIGS.values())], Field(discriminator="name")]
 
 
@@ -241,6 +276,13 @@ class Config(Section):
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
 
+    @model_validator(mode="after")
+    def _vit_for_dinov2(self) -> "Config":
+        if self.method.name == "dinov2" and not is_vit(self.model.backbone):
+            raise ValueError(f"model.backbone: method dinov2 needs a ViT (its patch tokens), not "
+                             f"'{self.model.backbone}'; e.g. vit_tiny_patch16_224 with model.patch_size=4 on 28 px images")
+        return self
+
     def global_batch(self) -> int:
         return self.data.batch_size * self.train.num_workers
 
@@ -319,6 +361,8 @@ def format_validation_error(error: ValidationError) -> str:
 PAPER_OPTIM = {
     "dino": {"lr": 5e-4, "weight_decay": 0.04, "weight_decay_end": 0.4, "clip_grad": 3.0, "clip_mode": "per_parameter"},
     "mae": {"lr": 1.5e-4, "betas": [0.9, 0.95], "weight_decay": 0.05},
+    # base lr 4e-3 for a batch of 1024 (square-root scaling there): 1e-3 per 256 on our linear rule at 1024
+    "dinov2": {"lr": 1e-3, "weight_decay": 0.04, "weight_decay_end": 0.2, "clip_grad": 3.0},
 }
 
 

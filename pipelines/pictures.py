@@ -8,7 +8,7 @@ from pipelines.augment import method_views
 from pipelines.config import Config
 from pipelines.dataset_store import DatasetInfo, read_rows
 from pipelines.images import decode_image
-from ssl_models import DINO, MAE
+from ssl_models import DINO, MAE, DINOv2
 from ssl_models.attention import last_block_cls_attention
 
 CELL = 112
@@ -68,6 +68,6 @@ def method_pictures(method, images: torch.Tensor, normalize) -> dict[str, Image.
     """The pictures a method has to show of itself on fixed images: {MLflow image key: picture}."""
     if isinstance(method, MAE):
         return {"mae_reconstruction": reconstruction_grid(method, images, normalize)}
-    if isinstance(method, DINO) and isinstance(method.backbone, VisionTransformer):
+    if isinstance(method, (DINO, DINOv2)) and isinstance(method.backbone, VisionTransformer):
         return {"dino_attention": attention_grid(method, images, normalize)}
     return {}

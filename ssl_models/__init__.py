@@ -3,6 +3,7 @@ from ssl_models.backbones import BackboneSpec, apply_small_stem, backbone_spec, 
 from ssl_models.barlow_twins import BarlowTwins
 from ssl_models.byol import BYOL
 from ssl_models.dino import DINO
+from ssl_models.dinov2 import DINOv2
 from ssl_models.mae import MAE
 from ssl_models.method import SSLMethod
 from ssl_models.moco import MoCo
@@ -18,8 +19,9 @@ METHODS: dict[str, type[SSLMethod]] = {
     "vicreg": VICReg,
     "moco": MoCo,
     "dino": DINO,
+    "dinov2": DINOv2,
     "mae": MAE,
 }
 
-__all__ = ["METHODS", "BYOL", "SimSiam", "SimCLR", "BarlowTwins", "VICReg", "MoCo", "DINO", "MAE", "SSLMethod", "BackboneSpec",
+__all__ = ["METHODS", "BYOL", "SimSiam", "SimCLR", "BarlowTwins", "VICReg", "MoCo", "DINO", "DINOv2", "MAE", "SSLMethod", "BackboneSpec",
            "apply_small_stem", "backbone_spec", "create_backbone"]

@@ -80,7 +80,55 @@ def dino_loss(student_output: torch.Tensor, teacher_probs: torch.Tensor, num_stu
     return sum(-(teacher[t] * student[s]).sum(-1).mean() for t, s in pairs) / len(pairs)
 
 
-class DINO(SSLMethod):
+@torch.no_grad()
+def update_center(center: torch.Tensor, teacher_output: torch.Tensor, momentum: float) -> None:
+    """`center` <- EMA of the teacher's mean output over the global batch (all-reduced across workers)."""
+    batch_sum = teacher_output.sum(dim=0, keepdim=True)
+    count = torch.tensor([float(len(teacher_output))], device=batch_sum.device)
+    if world()[1] > 1:
+        dist.all_reduce(batch_sum)
+        dist.all_reduce(count)
+    moved = center * momentum + batch_sum / count.clamp_min(1) * (1 - momentum)
+    center.copy_(torch.where(count > 0, moved, center))  # no output (no masked patch anywhere): unchanged
+
+
+def entropy(probabilities: torch.Tensor) -> torch.Tensor:
+    return -(probabilities * probabilities.clamp_min(1e-12).log()).sum(-1).mean()
+
+
+class TeacherStudent(SSLMethod):
+    """DINO's and DINOv2's shared frame: a `student` trained, a `teacher` that follows it by EMA of parameters
+    (its BatchNorm statistics its own), evaluated and exported (the paper's `checkpoint_key teacher`), and
+    heads whose last layer stays frozen for the first steps."""
+    student: nn.Module
+    teacher: nn.Module
+    momentum_schedule: torch.Tensor
+    freeze_last_layer_steps: int
+
+    @property
+    def trained(self) -> nn.Module:
+        return self.student
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.teacher.backbone
+
+    def frozen_last_layers(self) -> list[nn.Module]:
+        return [self.student.head.last_layer]
+
+    def after_backward(self, step: int) -> None:
+        if step < self.freeze_last_layer_steps:
+            for layer in self.frozen_last_layers():
+                for parameter in layer.parameters():
+                    parameter.grad = None
+
+    def after_optimizer_step(self, step: int) -> dict[str, float]:
+        momentum = value_at(self.momentum_schedule, step)
+        update_momentum(self.teacher, self.student, momentum, copy_buffers=False)
+        return {"ema_momentum": momentum}
+
+
+class DINO(TeacherStudent):
     def __init__(self, backbone: nn.Module, feature_dim: int, total_steps: int, out_dim: int = 4096,
                  head_hidden_dim: int = 2048, bottleneck_dim: int = 256, num_local_crops: int = 6,
                  student_temperature: float = 0.1, teacher_temperature: float = 0.04,
@@ -103,15 +151,6 @@ class DINO(SSLMethod):
             warmup_teacher_temperature, teacher_temperature, teacher_temperature_warmup_steps, total_steps)
         self.momentum_schedule = cosine_schedule(momentum_start, momentum_end, total_steps)
 
-    @property
-    def trained(self) -> nn.Module:
-        return self.student
-
-    @property
-    def backbone(self) -> nn.Module:
-        """The teacher's: what DINO evaluates and exports (its `checkpoint_key teacher`)."""
-        return self.teacher.backbone
-
     @torch.no_grad()
     def teacher_probabilities(self, global_crops: list[torch.Tensor], step: int) -> torch.Tensor:
         output = self.teacher(global_crops).float()
@@ -120,30 +159,13 @@ class DINO(SSLMethod):
             self.update_center(output)
         return probabilities
 
-    @torch.no_grad()
     def update_center(self, teacher_output: torch.Tensor) -> None:
-        """EMA of the teacher's mean output over the global batch (all-reduced across workers)."""
-        batch_sum = teacher_output.sum(dim=0, keepdim=True)
-        count = torch.tensor([float(len(teacher_output))], device=batch_sum.device)
-        if world()[1] > 1:
-            dist.all_reduce(batch_sum)
-            dist.all_reduce(count)
-        self.center.mul_(self.center_momentum).add_(batch_sum / count * (1 - self.center_momentum))
+        update_center(self.center, teacher_output, self.center_momentum)
 
     def training_step(self, views: list[torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         teacher = self.teacher_probabilities(views[:2], step)
         student = self.call_trained(views).float()
         loss = dino_loss(student, teacher, len(views), self.student_temperature, self.loss_kind)
         return {"loss": loss, "teacher_temperature": value_at(self.teacher_temperatures, step),
-                "teacher_entropy": -(teacher * teacher.clamp_min(1e-12).log()).sum(-1).mean(),
+                "teacher_entropy": entropy(teacher),
                 "projection_std": embedding_std(student)}
-
-    def after_backward(self, step: int) -> None:
-        if step < self.freeze_last_layer_steps:
-            for parameter in self.student.head.last_layer.parameters():
-                parameter.grad = None
-
-    def after_optimizer_step(self, step: int) -> dict[str, float]:
-        momentum = value_at(self.momentum_schedule, step)
-        update_momentum(self.teacher, self.student, momentum, copy_buffers=False)  # BN statistics: the teacher's own
-        return {"ema_momentum": momentum}

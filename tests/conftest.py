@@ -48,9 +48,10 @@ def tiny_overrides(data_path: str, storage: str, uri: str, method: str = "byol",
     if method == "mae":
         heads = {"model.backbone": "vit_tiny_patch16_224", "model.patch_size": 4, "method.decoder_dim": 64,
                  "method.decoder_depth": 1}
-    if method == "dino":
+    if method in ("dino", "dinov2"):
         heads = {"method.out_dim": 256, "method.head_hidden_dim": 256, "method.bottleneck_dim": 64,
-                 "method.num_local_crops": 2, "model.backbone": "vit_tiny_patch16_224", "model.patch_size": 4}
+                 "method.num_local_crops": 2, "model.backbone": "vit_tiny_patch16_224", "model.patch_size": 4,
+                 **({"method.patch_out_dim": 256} if method == "dinov2" else {})}
     values = {
         "method.name": method,
         "data.path": data_path, "data.limit": 512, "data.batch_size": 64, "data.shuffle_buffer": 256, **heads,

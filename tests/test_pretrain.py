@@ -121,7 +121,7 @@ def test_failing_run_is_marked_failed_with_the_reason(ray_session, fmnist_slice,
     assert "parquet" in str(error.value).lower()
 
 
-@pytest.mark.parametrize("method", ["simsiam", "simclr", "barlow_twins", "vicreg", "moco", "dino", "mae"])
+@pytest.mark.parametrize("method", ["simsiam", "simclr", "barlow_twins", "vicreg", "moco", "dino", "dinov2", "mae"])
 def test_every_method_runs_end_to_end_on_an_image_folder_without_test_split(ray_session, tmp_path, method):
     """Each method's one end-to-end run (BYOL's is `first_run`, on Fashion-MNIST): colour photos of mixed
     sizes, some below the crop, no test split (kNN queries held out of the train split). DINO trains in
@@ -158,7 +158,8 @@ def test_every_method_runs_end_to_end_on_an_image_folder_without_test_split(ray_
     # MLflow image logging (step slider in the UI): images/<key>+step+<step>+timestamp+...png
     pictures = {a.path.split("/")[1].split("+timestamp")[0] for a in client.list_artifacts(run.info.run_id, "images")
                 if a.path.endswith(".png")}
-    expected = {"mae": {"mae_reconstruction+step+4"}, "dino": {"dino_attention+step+4"}}.get(method, set())
+    expected = {"mae": {"mae_reconstruction+step+4"}, "dino": {"dino_attention+step+4"},
+                "dinov2": {"dino_attention+step+4"}}.get(method, set())
     assert pictures == expected
 
 

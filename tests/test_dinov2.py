@@ -1,0 +1,136 @@
+"""DINOv2's terms against direct computations: KoLeo, Sinkhorn-Knopp, the masked patch loss, the masks."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssl_models import DINOv2, backbone_spec, create_backbone
+from ssl_models.dinov2 import koleo_loss, masked_patch_loss, random_masks, sinkhorn_knopp
+from tests.two_workers import results_of, two_worker_check
+
+
+def test_koleo_is_minus_the_mean_log_distance_to_the_nearest_neighbour():
+    torch.manual_seed(0)
+    features = torch.randn(7, 5)
+    unit = [f / f.norm() for f in features]
+    expected = -sum(math.log(min((unit[i] - unit[j]).norm().item() for j in range(7) if j != i)) for i in range(7)) / 7
+    assert koleo_loss(features).item() == pytest.approx(expected, rel=1e-5)
+    spread, bunched = torch.eye(4), torch.eye(4) * 0.01 + torch.tensor([1.0, 0, 0, 0])
+    assert koleo_loss(spread) < koleo_loss(bunched)  # minimising it spreads the features
+
+
+def test_koleo_gradient_is_finite_for_duplicates():
+    features = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    koleo_loss(features).backward()
+    assert torch.isfinite(features.grad).all()
+
+
+def test_sinkhorn_knopp_gives_each_sample_a_distribution_and_each_prototype_an_equal_share():
+    torch.manual_seed(0)
+    output = torch.randn(12, 4) * 0.5 + torch.tensor([1.0, 0.0, 0.0, 0.0])  # prototype 0 favoured
+    q = sinkhorn_knopp(output, 0.1, iterations=100)
+    assert torch.allclose(q.sum(dim=1), torch.ones(12), atol=1e-5)
+    assert torch.allclose(q.sum(dim=0), torch.full((4,), 12 / 4), atol=1e-3)
+    three = sinkhorn_knopp(output, 0.1).sum(dim=0)
+    softmax = F.softmax(output / 0.1, dim=-1).sum(dim=0)
+    assert (three - 3).abs().max() < (softmax - 3).abs().max()
+
+
+def test_masked_patch_loss_is_the_per_image_mean_over_masked_tokens_then_the_mean_over_images():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(3, 5, 6), F.softmax(torch.randn(3, 5, 6), dim=-1)
+    masks = torch.tensor([[1, 0, 1, 0, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 0]], dtype=torch.bool)
+    expected = 0.0
+    for image in range(3):
+        positions = masks[image].nonzero().flatten().tolist()
+        if positions:
+            expected += sum(-(teacher[image, p] * F.log_softmax(student[image, p], -1)).sum() for p in positions) / len(positions)
+    loss = masked_patch_loss(student[masks], teacher[masks], masks)
+    assert loss.item() == pytest.approx(expected.item() / 3, rel=1e-5)
+
+
+def test_masks_hide_the_asked_share_of_images_at_ratios_in_range():
+    torch.manual_seed(0)
+    masks = random_masks(2000, 49, 0.5, 0.1, 0.5, torch.device("cpu"))
+    ratios = masks.float().mean(dim=1)
+    masked = ratios > 0
+    assert 0.45 < masked.float().mean() < 0.55
+    assert ratios[masked].min() >= 0.1 - 1 / 49 and ratios.max() <= 0.5 + 1 / 49
+
+
+def tiny_dinov2(**kwargs):
+    vit, width = create_backbone(backbone_spec("vit_tiny_patch16_224", in_chans=1, image_size=28, patch_size=4))
+    return DINOv2(vit, width, 10, out_dim=32, patch_out_dim=16, head_hidden_dim=32, bottleneck_dim=8,
+                  num_local_crops=2, **kwargs)
+
+
+def views(batch=4):
+    return [torch.randn(batch, 1, 28, 28), torch.randn(batch, 1, 28, 28),
+            torch.randn(batch, 1, 12, 12), torch.randn(batch, 1, 12, 12)]
+
+
+def test_masked_patches_reach_the_student_as_the_mask_token_and_only_they_enter_the_patch_loss():
+    torch.manual_seed(0)
+    method = tiny_dinov2(mask_probability=1.0).eval()
+    images = torch.randn(2, 1, 28, 28)
+    masks = random_masks(2, 49, 1.0, 0.3, 0.3, torch.device("cpu"))
+    grid = masks.view(2, 7, 7).repeat_interleave(4, 1).repeat_interleave(4, 2).unsqueeze(1)
+    changed = torch.where(grid, torch.randn_like(images), images)  # new pixels under the masks only
+    with torch.no_grad():
+        before, after = method.student.tokens(images, masks), method.student.tokens(changed, masks)
+        unmasked = method.student.tokens(changed)
+    assert torch.allclose(before[1], after[1], atol=1e-5) and torch.allclose(before[0], after[0], atol=1e-5)
+    assert not torch.allclose(unmasked[1], before[1], atol=1e-3)
+    seen = []
+    method.student.patch_head.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
+    method.sample_masks = lambda crops: random_masks(len(crops), 49, 1.0, 0.3, 0.3, crops.device)
+    method.training_step(views(), 0)
+    assert seen == [8 * round(0.3 * 49)]
+
+
+def test_a_step_trains_every_term_and_freezes_both_last_layers_at_first():
+    torch.manual_seed(0)
+    method = tiny_dinov2(freeze_last_layer_steps=1)
+    out = method.training_step(views(), 0)
+    for term in ("dino_loss", "ibot_loss", "koleo_loss"):
+        assert torch.isfinite(out[term]) and out[term] > 0
+    out["loss"].backward()
+    method.after_backward(0)
+    assert method.student.head.last_layer.parametrizations.weight.original1.grad is None
+    assert method.student.patch_head.last_layer.parametrizations.weight.original1.grad is None
+    assert method.student.mask_token.grad is not None and method.student.backbone.blocks[0].attn.qkv.weight.grad is not None
+    before = method.teacher.backbone.blocks[0].attn.qkv.weight.clone()
+    with torch.no_grad():
+        method.student.backbone.blocks[0].attn.qkv.weight.add_(1.0)
+    method.after_optimizer_step(0)
+    assert torch.allclose(method.teacher.backbone.blocks[0].attn.qkv.weight, before + (1 - 0.992) * 1.0, atol=1e-6)
+    assert method.backbone is method.teacher.backbone
+
+
+def test_tied_heads_and_dinos_centring_are_options():
+    torch.manual_seed(0)
+    method = tiny_dinov2(separate_patch_head=False, centering="ema")
+    assert method.student.patch_head is method.student.head and len(method.frozen_last_layers()) == 1
+    method.training_step(views(), 0)["loss"].backward()
+    assert method.center.abs().sum() > 0 and torch.equal(method.patch_center, method.center) is False
+
+
+def test_a_resnet_is_refused():
+    resnet, width = create_backbone(backbone_spec("resnet18", in_chans=1))
+    with pytest.raises(ValueError, match="VisionTransformer"):
+        DINOv2(resnet, width, 10)
+
+
+@two_worker_check
+def _sinkhorn(rank: int):
+    torch.manual_seed(0)
+    output = torch.randn(8, 6)
+    return sinkhorn_knopp(output[rank * 4:(rank + 1) * 4], 0.1)
+
+
+def test_sinkhorn_knopp_balances_the_global_batch_across_workers(two_worker_results):
+    results = results_of(two_worker_results, _sinkhorn)
+    torch.manual_seed(0)
+    alone = sinkhorn_knopp(torch.randn(8, 6), 0.1)
+    assert torch.allclose(torch.cat([results[0], results[1]]), alone, atol=1e-5)
