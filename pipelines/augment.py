@@ -60,6 +60,12 @@ def symmetric_views(image_size: int, channels: int, crop_scale_min: float, metho
     return [view, view]
 
 
+def distillation_views(image_size: int, channels: int, crop_scale_min: float, method: dict) -> list[A.Compose]:
+    """Distillation: one view both networks see (BYOL's first), or BYOL's pair with `views: different`."""
+    views = asymmetric_views(image_size, channels, crop_scale_min, method)
+    return views if method.get("views") == "different" else views[:1]
+
+
 def local_crop_size(image_size: int, method: dict) -> int:
     """96/224 of the image side (DINO's ratio), a multiple of 4 so that ViT patches of 4 tile it."""
     return method.get("local_crop_size") or max(4, round(image_size * 96 / 224 / 4) * 4)
@@ -104,6 +110,7 @@ RECIPES = {
     "dino": multi_crop_views,
     "dinov2": multi_crop_views,
     "mae": single_crop_view,
+    "distill": distillation_views,
     "finetune": single_crop_view,  # MAE's fine-tuning and linear probing crop and flip as its pretraining does
 }
 

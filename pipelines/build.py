@@ -1,11 +1,11 @@
 """From the configuration to the method, optimizer and schedules (the only place config meets ssl_models)."""
 import inspect
-from typing import Sequence
+from typing import Optional, Sequence
 
 import timm.optim
 import torch
 
-from pipelines.config import Config, ConfigError
+from pipelines.config import Config, ConfigError, DistillConfig
 from ssl_models import METHODS, BackboneSpec, SSLMethod, backbone_spec, create_backbone
 from ssl_models.backbones import is_vit
 from ssl_models.norms import replace_batchnorm
@@ -46,11 +46,20 @@ def method_arguments(config: Config, steps_per_epoch: int) -> dict:
     return arguments
 
 
-def build_method(config: Config, channels: int, steps_per_epoch: int) -> SSLMethod:
+def build_method(config: Config, channels: int, steps_per_epoch: int,
+                 stats: Optional[tuple[Sequence[float], Sequence[float]]] = None) -> SSLMethod:
+    """`stats`: the data's (mean, std), which distillation's teacher re-standardises from (None: the teacher's own)."""
     backbone, feature_dim = create_backbone(build_spec(config, channels))
     total_steps = steps_per_epoch * config.train.epochs
+    extra = {}
+    if isinstance(config.method, DistillConfig):
+        from pipelines.teacher import load_teacher
+
+        extra["teacher"] = load_teacher(config.method, config.train.storage_path, channels, *(stats or (None, None)))
     method = METHODS[config.method.name](backbone, feature_dim, total_steps, **head_arguments(config),
-                                         **method_arguments(config, steps_per_epoch))
+                                         **method_arguments(config, steps_per_epoch), **extra)
+    if "teacher" in extra:  # the student's backbone has its norm already and its heads have none; the teacher stays
+        return method
     return replace_batchnorm(method, config.model.norm)  # the heads' too
 
 

@@ -170,6 +170,40 @@ class DINOv2Config(SelfDistillationConfig):
         return self
 
 
+class DistillConfig(Section):
+    """Knowledge distillation from a frozen teacher into the model.backbone student (see the README)."""
+    name: Literal["distill"] = "distill"
+    teacher_run: Optional[str] = Field(None, description="a pretraining run's name (its last checkpoint under "
+                                       "train.storage_path): its backbone, and its head when it is DINO or DINOv2")
+    teacher_weights: Optional[str] = Field(None, description="a folder with backbone.safetensors + backbone.json (a "
+                                           "checkpoint, an export), an MLflow model (models:/<id>, runs:/<id>/"
+                                           "backbone_model), or with teacher_backbone a timm weights file")
+    teacher_backbone: Optional[str] = Field(None, description="the timm architecture of a teacher_weights file, e.g. "
+                                            "vit_small_patch14_dinov2 (nothing is downloaded)")
+    teacher_image_size: Optional[int] = Field(None, ge=8, description="the teacher sees the views resized to this; "
+                                              "null: its training size (runs and exports), else as the student")
+    views: Literal["same", "different"] = Field("same", description="same: both see one view (knowledge "
+                                                "distillation); different: each its own, swapped (self-distillation)")
+    loss: Literal["cosine", "smooth_l1"] = Field("cosine", description="feature loss between the student's "
+                                                 "projected features and the teacher's")
+    head_loss_weight: float = Field(1.0, ge=0, description="DINO's cross-entropy on the teacher's head outputs "
+                                    "(teachers with a DINO head)")
+    student_temperature: float = Field(0.1, gt=0)
+    teacher_temperature: Optional[float] = Field(None, gt=0, le=1, description="null: the teacher run's final one")
+    head_hidden_dim: int = Field(2048, ge=1, description="the student's DINO head")
+    bottleneck_dim: int = Field(256, ge=1)
+    momentum_start: float = Field(0.996, ge=0, le=1, description="EMA of the student (the exported backbone)")
+    momentum_end: float = Field(1.0, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_teacher(self) -> "DistillConfig":
+        if (self.teacher_run is None) == (self.teacher_weights is None):
+            raise ValueError("method.teacher_run or method.teacher_weights: exactly one names the teacher")
+        if self.teacher_backbone and not self.teacher_weights:
+            raise ValueError("method.teacher_backbone needs method.teacher_weights (the file of its weights)")
+        return self
+
+
 class MAEConfig(Section):
     name: Literal["mae"] = "mae"
     mask_ratio: float = Field(0.75, gt=0, lt=1, description="fraction of patches hidden from the encoder")
@@ -185,7 +219,7 @@ class MAEConfig(Section):
 GLOBAL_BATCHNORM_METHODS = ("byol", "simsiam", "simclr", "barlow_twins", "vicreg", "dino", "dinov2")
 METHOD_CONFIGS = {c.model_fields["name"].default: c for c in (
     BYOLConfig, SimSiamConfig, SimCLRConfig, BarlowTwinsConfig, VICRegConfig, MoCoConfig, DINOConfig, DINOv2Config,
-    MAEConfig)}
+    DistillConfig, MAEConfig)}
 MethodConfig = Annotated[Union[tuple(METHOD_CONFIGS.values())], Field(discriminator="name")]
 
 

@@ -18,7 +18,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
-from pipelines.config import IN_RAY_JOB_COPY, PROJECT_ROOT, Config, ConfigError, apply_override, build_config, load_config, parse_override, save_config
+from pipelines.config import (IN_RAY_JOB_COPY, PROJECT_ROOT, Config, ConfigError, DistillConfig, apply_override, build_config,
+                              load_config, parse_override, save_config)
 from pipelines.dataset_store import DatasetError, read_info
 from pipelines.storage import file_exists, filesystem, newest_folder_with, write_text
 from pipelines.evaluate import eval_plan
@@ -180,6 +181,11 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
                           "choose another tracking.run_name")
     uri = previous["tracking_uri"] if resume else tracking_uri(config)
     check_reachable(uri)
+    if isinstance(config.method, DistillConfig):  # a missing or unfit teacher is told now, not by every worker
+        from pipelines.teacher import load_teacher, resolve_teacher
+
+        resolve_teacher(config, uri)
+        load_teacher(config.method, config.train.storage_path, info.channels, info.mean, info.std)
     if not verbose:
         logging.getLogger("mlflow").setLevel(logging.WARNING)
     init_ray(config, verbose)
@@ -236,7 +242,8 @@ def random_init_backbone(config: Config, info, spe: int) -> str:
 
     seed_everything(config.train.seed)
     folder = tempfile.mkdtemp(prefix="random_init_")
-    export_backbone(Path(folder), build_method(config, info.channels, spe).backbone, config, info, 0, 0)
+    export_backbone(Path(folder), build_method(config, info.channels, spe, (info.mean, info.std)).backbone, config,
+                    info, 0, 0)
     return folder
 
 

@@ -59,11 +59,13 @@ class Prepared:
 
 
 def prepare(config: Config, channels: int, steps_per_epoch: int, device: torch.device,
-            checkpoint_folder: Optional[Path] = None, wrap: Callable[[nn.Module], nn.Module] = lambda m: m) -> Prepared:
+            checkpoint_folder: Optional[Path] = None, wrap: Callable[[nn.Module], nn.Module] = lambda m: m,
+            stats=None) -> Prepared:
     """Build the method on `device`, make its BatchNorm global when the config asks for it and there are
     several workers, restore a checkpoint, give every rank rank 0's state (targets, teachers, key encoders,
-    queues, centres: DDP only broadcasts what it wraps), then wrap the trained network (DDP)."""
-    method = build_method(config, channels, steps_per_epoch).to(device)
+    queues, centres: DDP only broadcasts what it wraps), then wrap the trained network (DDP). `stats`: the data's
+    (mean, std), for a distillation teacher."""
+    method = build_method(config, channels, steps_per_epoch, stats).to(device)
     if world()[1] > 1 and config.sync_batchnorm():
         method = use_global_batchnorm(method, device)
     if device.type == "cuda":

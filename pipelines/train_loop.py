@@ -99,7 +99,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     with (checkpoint.as_directory() if checkpoint else nullcontext(None)) as folder:
         prepared = prepare(config, info.channels, steps_per_epoch, device, Path(folder) if folder else None,
-                           ray.train.torch.prepare_model)
+                           ray.train.torch.prepare_model, (info.mean, info.std))
     method, optimizer, restored = prepared.method, prepared.optimizer, prepared.restored
     train_step = TrainStep(config, method, optimizer, steps_per_epoch, device)
     step, start_epoch = 0, 0

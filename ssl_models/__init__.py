@@ -4,6 +4,7 @@ from ssl_models.barlow_twins import BarlowTwins
 from ssl_models.byol import BYOL
 from ssl_models.dino import DINO
 from ssl_models.dinov2 import DINOv2
+from ssl_models.distill import Distill
 from ssl_models.mae import MAE
 from ssl_models.method import SSLMethod
 from ssl_models.moco import MoCo
@@ -21,7 +22,8 @@ METHODS: dict[str, type[SSLMethod]] = {
     "dino": DINO,
     "dinov2": DINOv2,
     "mae": MAE,
+    "distill": Distill,
 }
 
-__all__ = ["METHODS", "BYOL", "SimSiam", "SimCLR", "BarlowTwins", "VICReg", "MoCo", "DINO", "DINOv2", "MAE", "SSLMethod", "BackboneSpec",
+__all__ = ["METHODS", "BYOL", "SimSiam", "SimCLR", "BarlowTwins", "VICReg", "MoCo", "DINO", "DINOv2", "Distill", "MAE", "SSLMethod", "BackboneSpec",
            "apply_small_stem", "backbone_spec", "create_backbone"]

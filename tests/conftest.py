@@ -48,6 +48,8 @@ def tiny_overrides(data_path: str, storage: str, uri: str, method: str = "byol",
     if method == "mae":
         heads = {"model.backbone": "vit_tiny_patch16_224", "model.patch_size": 4, "method.decoder_dim": 64,
                  "method.decoder_depth": 1}
+    if method == "distill":
+        heads = {"model.projector_hidden_dim": 256, "method.head_hidden_dim": 256, "method.bottleneck_dim": 64}
     if method in ("dino", "dinov2"):
         heads = {"method.out_dim": 256, "method.head_hidden_dim": 256, "method.bottleneck_dim": 64,
                  "method.num_local_crops": 2, "model.backbone": "vit_tiny_patch16_224", "model.patch_size": 4,

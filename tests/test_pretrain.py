@@ -251,3 +251,32 @@ def test_evaluate_by_run_name_logs_into_the_pretraining_run_with_a_nested_run_pe
     linear = next(child for child in children if child.data.tags["protocol"] == "linear")
     assert linear.data.params["chosen_lr"] == "0.1" and linear.data.params["embeddings"] == "cached, no augmentation"
     assert len(client.get_metric_history(linear.info.run_id, "linear/holdout_top1")) == 2
+
+
+def test_a_small_student_distils_from_a_run_by_name_or_its_mlflow_model(first_run, fmnist_slice):
+    from pipelines.teacher import load_teacher, resolve_teacher
+
+    outcome, folder, uri = first_run
+    overrides = tiny_overrides(fmnist_slice, str(folder / "runs"), uri, "distill", **{
+        "method.teacher_run": "tiny", "model.backbone": "resnet10t", "tracking.run_name": "student",
+        "eval.baseline": False, "eval.final_protocols": "[knn]"})
+    result = pretrain(load_config(None, overrides))
+    client = MlflowClient(uri)
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["method.teacher_run"] == "tiny"
+    cosines = [m.value for m in client.get_metric_history(run.info.run_id, "train/teacher_cosine")]
+    assert cosines and cosines[-1] > cosines[0]  # the student's projection moves towards the teacher's features
+    assert 0.1 < run.data.metrics["eval/knn_top1_k20"] <= 1
+    meta = json.loads((Path(client.download_artifacts(run.info.run_id, "backbone")) / "backbone.json").read_text())
+    assert meta["timm_name"] == "resnet10t" and meta["method"] == "distill"
+    # the teacher as the first run's MLflow model: downloaded once into the storage, where workers read it
+    config = load_config(None, overrides + [f"method.teacher_weights=runs:/{outcome['run_id']}/backbone_model",
+                                                 "method.teacher_run=null"])
+    resolve_teacher(config, uri)
+    assert config.method.teacher_weights.startswith(str(folder / "runs" / "teachers"))
+    teacher = load_teacher(config.method, config.train.storage_path, 1)
+    by_run = load_teacher(load_config(None, overrides).method, str(folder / "runs"), 1)
+    assert all(torch.equal(a, b) for a, b in zip(teacher.backbone.state_dict().values(), by_run.backbone.state_dict().values()))
+    config.method.teacher_weights = "runs:/0123456789abcdef/backbone_model"
+    with pytest.raises(ConfigError, match="MLflow has no model at"):
+        resolve_teacher(config, uri)

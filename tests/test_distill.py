@@ -1,0 +1,157 @@
+"""Knowledge distillation: the teacher's input, its loading from each source, the losses, frozen teacher, EMA student."""
+import json
+
+import pytest
+import safetensors.torch
+import timm
+import torch
+import torch.nn.functional as F
+
+from pipelines.build import build_method
+from pipelines.checkpoint import save_training_state
+from pipelines.config import ConfigError, load_config
+from pipelines.export import save_backbone
+from pipelines.teacher import load_teacher
+from ssl_models import DINO, backbone_spec, create_backbone
+from ssl_models.distill import Distill, FrozenTeacher, TeacherInput
+
+
+def test_the_teacher_gets_its_own_standardisation_channels_and_size():
+    adapt = TeacherInput([0.3], [0.2], [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], channels=3, image_size=16)
+    pixels = torch.rand(2, 1, 8, 8)
+    views = (pixels - 0.3) / 0.2  # as the student gets them
+    expected = (pixels.expand(-1, 3, -1, -1) - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) \
+        / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    expected = F.interpolate(expected, size=(16, 16), mode="bilinear", align_corners=False)
+    assert torch.allclose(adapt(views), expected, atol=1e-5)
+    same = TeacherInput([0.3], [0.2], [0.3], [0.2], channels=1)
+    assert torch.allclose(same(views), views)
+
+
+def small_backbone(name="resnet18"):
+    return create_backbone(backbone_spec(name, in_chans=1, image_size=28))
+
+
+def distiller(views="same", head=None, **kwargs):
+    teacher_backbone, teacher_dim = small_backbone()
+    teacher = FrozenTeacher(teacher_backbone, teacher_dim, head)
+    student, width = small_backbone("resnet10t")
+    return Distill(student, width, 10, teacher, projector_hidden_dim=64, head_hidden_dim=32, bottleneck_dim=8,
+                   views=views, **kwargs)
+
+
+def test_same_view_the_student_matches_the_teacher_features_of_its_own_view():
+    torch.manual_seed(0)
+    method = distiller()
+    seen = []
+    method.teacher.backbone.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    view = torch.randn(4, 1, 28, 28)
+    out = method.training_step([view], 0)
+    assert torch.equal(seen[0], view)
+    with torch.no_grad():
+        expected = 1 - F.cosine_similarity(method.student(view).projected, method.teacher(view)[0]).mean()
+    assert out["feature_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_different_views_are_swapped_between_student_and_teacher():
+    torch.manual_seed(0)
+    method = distiller(views="different", loss="smooth_l1")
+    a, b = torch.randn(4, 1, 28, 28), torch.randn(4, 1, 28, 28)
+    out = method.training_step([a, b], 0)
+    with torch.no_grad():
+        projected = method.student(torch.cat([a, b])).projected.chunk(2)
+        teacher = method.teacher(torch.cat([a, b]))[0].chunk(2)
+    expected = (F.smooth_l1_loss(projected[0], teacher[1]) + F.smooth_l1_loss(projected[1], teacher[0])) / 2
+    assert out["feature_loss"].item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_the_teacher_stays_frozen_in_eval_mode_and_the_exported_backbone_is_the_students_ema():
+    torch.manual_seed(0)
+    method = distiller().train()
+    assert not method.teacher.training and method.student.training
+    teacher_before = {k: v.clone() for k, v in method.teacher.state_dict().items()}
+    optimizer = torch.optim.SGD(method.trained.parameters(), lr=0.1)
+    method.training_step([torch.randn(4, 1, 28, 28)], 0)["loss"].backward()
+    assert all(p.grad is None for p in method.teacher.parameters())
+    optimizer.step()
+    method.after_optimizer_step(0)
+    assert all(torch.equal(teacher_before[k], v) for k, v in method.teacher.state_dict().items())  # BN stats too
+    student, ema = method.student.backbone.conv1[0].weight, method.backbone.conv1[0].weight
+    assert method.backbone is method.student_ema and not torch.equal(student, ema)
+
+
+def test_a_teacher_with_a_dino_head_adds_the_cross_entropy_on_its_centred_output():
+    torch.manual_seed(0)
+    dino = DINO(*small_backbone(), 10, out_dim=16, head_hidden_dim=32, bottleneck_dim=8)
+    center = torch.randn(1, 16)
+    teacher = FrozenTeacher(dino.teacher.backbone, 512, dino.teacher.head, center, temperature=0.05)
+    view = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        expected = F.softmax((dino.teacher.head(dino.teacher.backbone.eval()(view)) - center) / 0.05, dim=-1)
+    assert torch.allclose(teacher(view)[1], expected, atol=1e-5)
+    student, width = small_backbone("resnet10t")
+    method = Distill(student, width, 10, teacher, projector_hidden_dim=64, head_hidden_dim=32, bottleneck_dim=8)
+    out = method.training_step([view], 0)
+    assert out["head_loss"] > 0 and out["loss"].item() == pytest.approx((out["feature_loss"] + out["head_loss"]).item())
+
+
+def test_a_teacher_loads_from_a_run_with_its_dino_head_and_centre(tmp_path):
+    """The files a DINO run leaves (run.json, a checkpoint with backbone export and training state)."""
+    torch.manual_seed(0)
+    overrides = ["method.name=dino", "method.out_dim=16", "method.head_hidden_dim=32", "method.bottleneck_dim=8",
+                 "method.teacher_temperature=0.06"]
+    config = load_config(None, overrides)
+    dino = build_method(config, 1, 10)
+    dino.center.normal_()
+    checkpoint = tmp_path / "runs" / "teacher" / "checkpoint_000"
+    checkpoint.mkdir(parents=True)
+    (checkpoint.parent / "run.json").write_text(json.dumps({"config": config.model_dump(mode="json")}))
+    save_backbone(checkpoint, dino.backbone, backbone_spec("resnet18", in_chans=1, image_size=28),
+                  {"feature_dim": 512, "image_size": 28, "mean": [0.3], "std": [0.35]})
+    save_training_state(checkpoint, dino, torch.optim.SGD(dino.trained.parameters(), lr=0.1), 10, 1, {})
+    student = load_config(None, ["method.name=distill", "method.teacher_run=teacher", "model.backbone=resnet10t",
+                                 f"train.storage_path={tmp_path / 'runs'}"])
+    teacher = load_teacher(student.method, student.train.storage_path, 1, [0.3], [0.35])
+    assert torch.equal(teacher.center, dino.center) and teacher.temperature == 0.06
+    view = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(teacher(view)[0], dino.teacher.backbone.eval()(view), atol=1e-5)
+        assert torch.allclose(teacher.head(teacher(view)[0]), dino.teacher.head(dino.teacher.backbone(view)), atol=1e-5)
+    with pytest.raises(ConfigError, match="method.teacher_run: no run named 'nobody'"):
+        load_teacher(load_config(None, ["method.name=distill", "method.teacher_run=nobody",
+                                        f"train.storage_path={tmp_path / 'runs'}"]).method, str(tmp_path / "runs"), 1)
+
+
+def test_a_timm_architecture_loads_its_weights_file_from_disk_and_bad_sources_say_what_is_wrong(tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", num_classes=0)
+    safetensors.torch.save_file(model.state_dict(), tmp_path / "resnet10t.safetensors")
+    method = load_config(None, ["method.name=distill", "method.teacher_backbone=resnet10t",
+                                f"method.teacher_weights={tmp_path / 'resnet10t.safetensors'}"]).method
+    teacher = load_teacher(method, str(tmp_path), 1, [0.5], [0.25])
+    view = torch.randn(2, 1, 28, 28)
+    rgb = (view * 0.25 + 0.5).expand(-1, 3, -1, -1)
+    expected = (rgb - torch.tensor(model.pretrained_cfg["mean"]).view(1, 3, 1, 1)) / torch.tensor(
+        model.pretrained_cfg["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(teacher(view)[0], model.eval()(expected), atol=1e-4)
+    missing = method.model_copy(update={"teacher_weights": str(tmp_path / "absent.safetensors")})
+    with pytest.raises(ConfigError, match="no weights file at .*nothing is downloaded"):
+        load_teacher(missing, str(tmp_path), 1)
+    with pytest.raises(ConfigError, match="does not fit resnet18"):
+        load_teacher(method.model_copy(update={"teacher_backbone": "resnet18"}), str(tmp_path), 1)
+    with pytest.raises(ConfigError, match="no backbone at"):
+        load_teacher(method.model_copy(update={"teacher_backbone": None, "teacher_weights": str(tmp_path)}),
+                     str(tmp_path), 1)
+    grey = tmp_path / "grey"
+    grey.mkdir()
+    save_backbone(grey, small_backbone()[0], backbone_spec("resnet18", in_chans=1, image_size=28),
+                  {"feature_dim": 512, "image_size": 28, "mean": [0.3], "std": [0.35]})
+    with pytest.raises(ConfigError, match="the teacher takes 1-channel images and the data has 3"):
+        load_teacher(method.model_copy(update={"teacher_backbone": None, "teacher_weights": str(grey)}),
+                     str(tmp_path), 3)
+
+
+def test_a_distillation_without_a_teacher_names_the_fields():
+    with pytest.raises(ConfigError, match="method.teacher_run or method.teacher_weights"):
+        load_config(None, ["method.name=distill"])
