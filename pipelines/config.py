@@ -387,6 +387,10 @@ def format_validation_error(error: ValidationError) -> str:
             lines.append(f"  {field}: unknown field{where}; allowed: {', '.join(section_fields(loc[:-1]))}")
             continue
         got = f" (got {item['input']!r})" if item["type"] != "missing" and not isinstance(item["input"], dict) else ""
+        message = item["msg"].removeprefix("Value error, ")
+        if message.split(".")[0] in Config.model_fields:  # a validator's message naming its field already
+            lines.append(f"  {message}")
+            continue
         lines.append(f"  {field}: {item['msg']}{got}")
     return "invalid configuration:\n" + "\n".join(lines)
 

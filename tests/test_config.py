@@ -21,6 +21,8 @@ def test_defaults_preset_and_overrides(tmp_path):
     ("train.epochs=many", "train.epochs"),
     ("method.momentum_start=1.5", "method.momentum_start"),
     ("data.batchsize=3", "data.batchsize"),
+    ("method.name=dinov2", "model.backbone: method dinov2 needs a ViT"),
+    ("method.name=distill", "method.teacher_run or method.teacher_weights"),
 ])
 def test_bad_value_names_the_field(override, field):
     with pytest.raises(ConfigError) as error:
