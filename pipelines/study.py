@@ -77,6 +77,59 @@ def study_table(client, space: Space, rows: list[dict]) -> list[dict]:
     return table
 
 
+def reference_runs(space: Space, base) -> dict[str, str]:
+    """`references: {label: dotted field}`: finished runs shown beside the rows (a distillation's teacher), each
+    named by a field of the study's configuration."""
+    named = {}
+    for label, field in (space.study.get("references") or {}).items():
+        value = base
+        for part in str(field).split("."):
+            value = getattr(value, part, None)
+        if not isinstance(value, str):
+            raise ConfigError(f"{space.path}: references.{label}: '{field}' names no run in the configuration")
+        named[str(label)] = value
+    return named
+
+
+def reference_lines(space: Space, base) -> list[dict]:
+    """Table lines of the reference runs: their logged metrics, as the rows'."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.pretrain import read_run_file
+
+    lines = []
+    for label, name in reference_runs(space, base).items():
+        record = read_run_file(base.train.storage_path, name)
+        measured = MlflowClient(record["tracking_uri"]).get_run(record["mlflow_run_id"]).data.metrics
+        lines.append({"row": label, **{f"ours {key}": shown(metric, measured.get(metric))
+                                       for key, metric in metrics_of(space.study).items()},
+                      "status": "reference", "run": name})
+    return lines
+
+
+def inference_speed(storage_path: str, run_name: str, image_size: int, channels: int, batch: int = 256,
+                    repeats: int = 5) -> float:
+    """Images per second of a run's exported backbone, forward only, on this process's CPU threads (best of
+    `repeats`): what deploying it costs, measured alike for every row and reference."""
+    import torch
+
+    from pipelines.embed import run_weights
+    from pipelines.export import META_FILE, WEIGHTS_FILE, load_backbone
+    from pipelines.storage import read_bytes
+
+    folder = run_weights(storage_path, run_name)
+    backbone = load_backbone(read_bytes(f"{folder}/{WEIGHTS_FILE}"), json.loads(read_bytes(f"{folder}/{META_FILE}")))
+    images = torch.randn(batch, channels, image_size, image_size)
+    best = float("inf")
+    with torch.inference_mode():
+        backbone(images[:8])
+        for _ in range(repeats):
+            start = time.perf_counter()
+            backbone(images)
+            best = min(best, time.perf_counter() - start)
+    return round(batch / best, 1)
+
+
 def check_outcomes(space: Space, table: list[dict]) -> list[dict]:
     """The study's checks: `{row, metric, below|above: factor, of: other row}` holds when ours[row][metric] is
     below (above) factor x ours[other][metric]."""
@@ -108,6 +161,10 @@ def check_study_file(space: Space) -> None:
         if check["metric"] not in labels:
             raise ConfigError(f"{where}: checks[{index}].metric '{check['metric']}' is not one of the study's "
                               f"metrics ({', '.join(sorted(labels))})")
+    references = study.get("references") or {}
+    if not isinstance(references, dict) or not all(isinstance(field, str) for field in references.values()):
+        raise ConfigError(f"{where}: references maps a label to the dotted field naming a finished run, e.g. "
+                          "teacher: method.teacher_run")
     x = (study.get("plot") or {}).get("x")
     if x and any(x not in overrides for overrides in space.rows.values()):
         raise ConfigError(f"{where}: plot.x '{x}' must be set by every row")
@@ -164,7 +221,16 @@ def report(outcome: dict, space: Space, state: dict) -> dict:
     from mlflow.tracking import MlflowClient
 
     client, parent = MlflowClient(outcome["tracking_uri"]), outcome["parent_run_id"]
-    table = study_table(client, space, outcome["rows"])
+    base = build_config(copy.deepcopy(state["base"]))
+    table = study_table(client, space, outcome["rows"]) + reference_lines(space, base)
+    if space.study.get("inference_speed"):
+        from pipelines.dataset_store import read_info
+
+        channels = read_info(base.data.path).channels
+        for line in table:
+            if line["run"] and line["status"] in ("TERMINATED", "reference", "FINISHED"):
+                line["ours inference images/s"] = inference_speed(base.train.storage_path, line["run"],
+                                                                  base.data.image_size, channels)
     checks = check_outcomes(space, table)
     study = space.study
     for key, value in {"study": Path(space.path).stem, "study.title": study.get("title", ""),

@@ -13,7 +13,7 @@ from pipelines.config import PROJECT_ROOT, Config, ConfigError, apply_override, 
 
 DISTRIBUTIONS = {"uniform": ("low", "high"), "loguniform": ("low", "high"), "choice": ("values",), "grid": ("values",)}
 TOP_LEVEL = ("method", "preset", "objective", "axes")
-STUDY_KEYS = ("rows", "title", "source", "metrics", "budgets", "checks", "plot")
+STUDY_KEYS = ("rows", "title", "source", "metrics", "budgets", "checks", "plot", "references", "inference_speed")
 ROW_AXIS = "study.row"
 
 

@@ -132,3 +132,25 @@ def s3_server(tmp_path_factory):
     server.terminate()
     server.wait(timeout=30)
     log.close()
+
+
+def write_run_files(storage: Path, name: str, config, method, uri: str = None, run_id: str = None) -> Path:
+    """The files a finished 1-channel run leaves under train.storage_path: run.json, and a checkpoint holding the
+    exported backbone and the training state."""
+    import json
+
+    import torch
+
+    from pipelines.build import build_spec
+    from pipelines.checkpoint import save_training_state
+    from pipelines.export import save_backbone
+
+    checkpoint = Path(storage) / name / "checkpoint_000"
+    checkpoint.mkdir(parents=True)
+    (checkpoint.parent / "run.json").write_text(json.dumps(
+        {"config": config.model_dump(mode="json"), "mlflow_run_id": run_id, "tracking_uri": uri}))
+    save_backbone(checkpoint, method.backbone, build_spec(config, 1),
+                  {"feature_dim": method.backbone.num_features, "image_size": config.data.image_size,
+                   "mean": [0.3], "std": [0.35]})
+    save_training_state(checkpoint, method, torch.optim.SGD(method.trained.parameters(), lr=0.1), 10, 1, {})
+    return checkpoint

@@ -1,6 +1,4 @@
 """Knowledge distillation: the teacher's input, its loading from each source, the losses, frozen teacher, EMA student."""
-import json
-
 import pytest
 import safetensors.torch
 import timm
@@ -8,12 +6,12 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.build import build_method
-from pipelines.checkpoint import save_training_state
 from pipelines.config import ConfigError, load_config
 from pipelines.export import save_backbone
 from pipelines.teacher import load_teacher
 from ssl_models import DINO, backbone_spec, create_backbone
 from ssl_models.distill import Distill, FrozenTeacher, TeacherInput
+from tests.conftest import write_run_files
 
 
 def test_the_teacher_gets_its_own_standardisation_channels_and_size():
@@ -103,12 +101,7 @@ def test_a_teacher_loads_from_a_run_with_its_dino_head_and_centre(tmp_path):
     config = load_config(None, overrides)
     dino = build_method(config, 1, 10)
     dino.center.normal_()
-    checkpoint = tmp_path / "runs" / "teacher" / "checkpoint_000"
-    checkpoint.mkdir(parents=True)
-    (checkpoint.parent / "run.json").write_text(json.dumps({"config": config.model_dump(mode="json")}))
-    save_backbone(checkpoint, dino.backbone, backbone_spec("resnet18", in_chans=1, image_size=28),
-                  {"feature_dim": 512, "image_size": 28, "mean": [0.3], "std": [0.35]})
-    save_training_state(checkpoint, dino, torch.optim.SGD(dino.trained.parameters(), lr=0.1), 10, 1, {})
+    write_run_files(tmp_path / "runs", "teacher", config, dino)
     student = load_config(None, ["method.name=distill", "method.teacher_run=teacher", "model.backbone=resnet10t",
                                  f"train.storage_path={tmp_path / 'runs'}"])
     teacher = load_teacher(student.method, student.train.storage_path, 1, [0.3], [0.35])

@@ -10,6 +10,7 @@ from pipelines import study
 from pipelines.config import PROJECT_ROOT, ConfigError, build_config, read_yaml
 from pipelines.sweep import SWEEP_DEFAULTS
 from pipelines.tune_space import ROW_AXIS, apply_values, load_space
+from tests.conftest import write_run_files
 
 STUDIES = sorted((PROJECT_ROOT / "tune_spaces" / "studies").glob("*.yaml"))
 
@@ -45,9 +46,10 @@ def png(seed: int) -> bytes:
 
 
 @pytest.mark.parametrize("path", STUDIES, ids=[path.stem for path in STUDIES])
-def test_every_row_of_every_study_takes_a_training_step(path):
+def test_every_row_of_every_study_takes_a_training_step(path, tmp_path):
     """What CI cannot afford as runs (a Ray Train run per row): each row's method, built as the run builds it, on
-    views its augmentation makes, steps once with a finite loss and gradients."""
+    views its augmentation makes, steps once with a finite loss and gradients (a distillation's teacher: a
+    ResNet-18 BYOL run's files under the name the study gives)."""
     from types import SimpleNamespace
 
     import numpy as np
@@ -61,6 +63,11 @@ def test_every_row_of_every_study_takes_a_training_step(path):
     images = {"image": np.array([png(seed) for seed in range(8)], dtype=object)}
     for row in space.rows:
         config = build_config(apply_values(copy.deepcopy(base), {ROW_AXIS: row}, space.rows))
+        if config.method.name == "distill":
+            teacher = build_config({"model": {"projector_hidden_dim": 64, "projection_dim": 16, "predictor_hidden_dim": 64}})
+            if not (tmp_path / config.method.teacher_run).exists():
+                write_run_files(tmp_path, config.method.teacher_run, teacher, build_method(teacher, 1, 10))
+            config.train.storage_path = str(tmp_path)
         batch = AugmentBatch(**augment_arguments(config, SimpleNamespace(channels=1)))(images)
         torch.manual_seed(0)
         method = build_method(config, 1, 10)
@@ -153,3 +160,23 @@ def test_the_simsiam_collapse_study_runs_each_row_and_puts_its_table_beside_the_
         (tmp_path / "runs" / "plain").mkdir()
         (tmp_path / "runs" / "plain" / "sweep.json").write_text('{"name": "plain"}')
         study.resumed_state(type("Args", (), {"resume": "plain", "overrides": [f"train.storage_path={tmp_path / 'runs'}"]}))
+
+
+def test_a_reference_run_is_shown_beside_the_rows_with_its_inference_speed(tmp_path):
+    """The distillation study's teacher: a finished run named by method.teacher_run, its logged metrics as the rows'."""
+    from pipelines.build import build_method
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("teacher"))
+    client.log_metric(run.info.run_id, "eval/knn_top1_k20", 0.8123)
+    teacher = build_config({"model": {"projector_hidden_dim": 64, "projection_dim": 16, "predictor_hidden_dim": 64}})
+    write_run_files(tmp_path / "runs", "byol-24ep", teacher, build_method(teacher, 1, 10), uri, run.info.run_id)
+    space, base = load_study(PROJECT_ROOT / "tune_spaces" / "studies" / "distillation.yaml", "smoke")
+    base["train"] = {**base.get("train", {}), "storage_path": str(tmp_path / "runs")}
+    lines = study.reference_lines(space, build_config(base))
+    assert lines == [{"row": "teacher", "ours knn": 81.23, "ours linear": None, "status": "reference", "run": "byol-24ep"}]
+    assert study.inference_speed(str(tmp_path / "runs"), "byol-24ep", 28, 1, batch=16, repeats=1) > 0
+    space.study["references"] = {"teacher": "method.nothing"}
+    with pytest.raises(ConfigError, match="references.teacher: 'method.nothing' names no run"):
+        study.reference_lines(space, build_config(base))
