@@ -98,7 +98,7 @@ def test_a_new_experiment_keeps_its_artifacts_where_tracking_artifact_location_s
 
 
 @pytest.mark.parametrize("override, expected", [
-    ("method.name=dinov3", "'byol', 'simsiam', 'simclr', 'barlow_twins', 'vicreg', 'moco', 'dino', 'mae'"),
+    ("method.name=dinov3", "'byol', 'simsiam', 'simclr', 'barlow_twins', 'vicreg', 'moco', 'dino', 'dinov2', 'distill', 'mae'"),
     ("model.backbone=resnet81", "unknown backbone 'resnet81'"),
 ])
 def test_cli_names_the_valid_methods_and_suggests_backbones(override, expected, fmnist_slice):
