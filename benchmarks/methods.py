@@ -30,7 +30,8 @@ def raw_pixels(root: str) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="*", default=list(METHODS))
+    parser.add_argument("--methods", nargs="*", default=[name for name in METHODS if name != "distill"],
+                        help="default: every self-supervised method (distill needs a teacher run: its study)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--limit", type=int, default=20000, help="training images per epoch")
     parser.add_argument("--data", default=str(PROJECT_ROOT / "data" / "fashion_mnist"))
