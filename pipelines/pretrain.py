@@ -220,7 +220,7 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
 
                 log_backbone_model(uri, run_id, folder)
         evaluated = evaluate_at_end(config, info, run_name, baseline)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C: Ray Train's SIGINT handler aborts the run, then sys.exit()s
         fail_run(client, run_id, "interrupted by the user", status="KILLED")
         raise
     except Exception as error:

@@ -106,6 +106,24 @@ def test_resume_continues_the_step_count_in_the_same_mlflow_run(first_run):
     assert len([run for run in runs if "mlflow.parentRunId" not in run.data.tags]) == 1  # nested: evaluations
 
 
+def test_ctrl_c_marks_the_run_killed_though_ray_train_answers_it_with_sys_exit(ray_session, fmnist_slice, tmp_path,
+                                                                               monkeypatch):
+    """Ray Train 2.60's driver answers SIGINT by aborting the controller and calling sys.exit(0)
+    (DataParallelTrainer._register_sigint_handler), not with a KeyboardInterrupt; the run left RUNNING before."""
+    import pipelines.pretrain as module
+
+    def interrupted(*args, **kwargs):
+        raise SystemExit(0)
+
+    monkeypatch.setattr(module, "fit", interrupted)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(SystemExit):
+        pretrain(load_config(None, tiny_overrides(fmnist_slice, str(tmp_path / "runs"), uri)))
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("byol").experiment_id])
+    assert run.info.status == "KILLED" and run.data.tags["failure_reason"] == "interrupted by the user"
+
+
 def test_failing_run_is_marked_failed_with_the_reason(ray_session, fmnist_slice, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(fmnist_slice, broken)
