@@ -5,8 +5,6 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ssl_models.backbones import is_vit
-
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # under `ray job submit` the project is Ray's unpacked copy of the working directory, deleted after the job
 IN_RAY_JOB_COPY = "runtime_resources" in PROJECT_ROOT.parts
@@ -312,7 +310,11 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _vit_for_dinov2(self) -> "Config":
-        if self.method.name == "dinov2" and not is_vit(self.model.backbone):
+        if self.method.name != "dinov2":
+            return self
+        from ssl_models.backbones import is_vit  # here: importing torch and timm takes seconds, the CLI answers at once
+
+        if not is_vit(self.model.backbone):
             raise ValueError(f"model.backbone: method dinov2 needs a ViT (its patch tokens), not "
                              f"'{self.model.backbone}'; e.g. vit_tiny_patch16_224 with model.patch_size=4 on 28 px images")
         return self

@@ -3,12 +3,12 @@ import torch
 from torch import nn
 
 from ssl_models.batchnorm import normalise_views_apart
-from ssl_models.ema import frozen_copy, update_momentum
+from ssl_models.ema import ema_step, frozen_copy
 from ssl_models.heads import EncoderWithPredictor, mlp_head
 from ssl_models.losses import normalized_regression_loss
 from ssl_models.metrics import embedding_std
 from ssl_models.method import SSLMethod
-from ssl_models.schedules import cosine_schedule, value_at
+from ssl_models.schedules import cosine_schedule
 
 
 class BYOL(SSLMethod):
@@ -49,6 +49,4 @@ class BYOL(SSLMethod):
         return {"loss": loss, "projection_std": embedding_std(projections)}
 
     def after_optimizer_step(self, step: int) -> dict[str, float]:
-        momentum = value_at(self.momentum_schedule, step)
-        update_momentum(self.target, self.online.encoder, momentum)
-        return {"ema_momentum": momentum}
+        return ema_step(self.target, self.online.encoder, self.momentum_schedule, step)

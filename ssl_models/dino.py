@@ -7,7 +7,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from ssl_models.distributed import world
-from ssl_models.ema import frozen_copy, update_momentum
+from ssl_models.ema import ema_step, frozen_copy
 from ssl_models.metrics import embedding_std
 from ssl_models.method import SSLMethod
 from ssl_models.schedules import cosine_schedule, value_at
@@ -123,9 +123,7 @@ class TeacherStudent(SSLMethod):
                     parameter.grad = None
 
     def after_optimizer_step(self, step: int) -> dict[str, float]:
-        momentum = value_at(self.momentum_schedule, step)
-        update_momentum(self.teacher, self.student, momentum, copy_buffers=False)
-        return {"ema_momentum": momentum}
+        return ema_step(self.teacher, self.student, self.momentum_schedule, step, copy_buffers=False)
 
 
 class DINO(TeacherStudent):

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_models.dino import DINOHead, entropy
-from ssl_models.ema import frozen_copy, update_momentum
+from ssl_models.ema import ema_step, frozen_copy
 from ssl_models.metrics import embedding_std
 from ssl_models.method import SSLMethod
-from ssl_models.schedules import cosine_schedule, value_at
+from ssl_models.schedules import cosine_schedule
 
 
 def per_channel(values: Sequence[float], channels: int) -> torch.Tensor:
@@ -149,6 +149,4 @@ class Distill(SSLMethod):
                 "teacher_cosine": cosine.detach(), "projection_std": embedding_std(student.projected.float())}
 
     def after_optimizer_step(self, step: int) -> dict[str, float]:
-        momentum = value_at(self.momentum_schedule, step)
-        update_momentum(self.student_ema, self.student.backbone, momentum)
-        return {"ema_momentum": momentum}
+        return ema_step(self.student_ema, self.student.backbone, self.momentum_schedule, step)

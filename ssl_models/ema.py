@@ -5,6 +5,8 @@ import torch
 from timm.layers import DropPath
 from torch import nn
 
+from ssl_models.schedules import value_at
+
 
 @torch.no_grad()
 def update_momentum(target: nn.Module, online: nn.Module, momentum: float, copy_buffers: bool = True) -> None:
@@ -21,6 +23,14 @@ def update_momentum(target: nn.Module, online: nn.Module, momentum: float, copy_
         return
     for target_buffer, online_buffer in zip(target.buffers(), online.buffers()):
         target_buffer.copy_(online_buffer)
+
+
+def ema_step(target: nn.Module, online: nn.Module, schedule: torch.Tensor, step: int,
+             copy_buffers: bool = True) -> dict[str, float]:
+    """`update_momentum` at the schedule's momentum for `step`; returns it to log (`ema_momentum`)."""
+    momentum = value_at(schedule, step)
+    update_momentum(target, online, momentum, copy_buffers)
+    return {"ema_momentum": momentum}
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:

@@ -14,12 +14,12 @@ from torch import nn
 
 from ssl_models.batchnorm import convert_batchnorm
 from ssl_models.distributed import gather_no_grad, world
-from ssl_models.ema import frozen_copy, update_momentum
+from ssl_models.ema import ema_step, frozen_copy
 from ssl_models.heads import mlp_head
 from ssl_models.losses import queue_info_nce
 from ssl_models.metrics import embedding_std
 from ssl_models.method import SSLMethod
-from ssl_models.schedules import cosine_schedule, value_at
+from ssl_models.schedules import cosine_schedule
 
 
 class MoCo(SSLMethod):
@@ -85,6 +85,4 @@ class MoCo(SSLMethod):
         return {"loss": loss, "projection_std": embedding_std(queries)}
 
     def after_optimizer_step(self, step: int) -> dict[str, float]:
-        momentum = value_at(self.momentum_schedule, step)
-        update_momentum(self.key_encoder, self.query_encoder, momentum, copy_buffers=False)  # as the reference
-        return {"ema_momentum": momentum}
+        return ema_step(self.key_encoder, self.query_encoder, self.momentum_schedule, step, copy_buffers=False)  # as the reference
