@@ -64,3 +64,40 @@ def test_an_fp16_run_trains_end_to_end_with_the_loss_scaler(ray_session, fmnist_
     losses = [m.value for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert len(losses) == 2 and all(0 < value < 10 for value in losses)
     assert 0 <= run.data.metrics["knn_top1_k20"] <= 1  # evaluated under the same autocast
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("method", ["dinov2", "distill"])
+def test_dinov2_and_distillation_step_under_cpu_autocast(method, precision, tmp_path):
+    """The GPU paths of the two newest methods (bf16; fp16 with the loss scaler) through CPU autocast."""
+    from tests.conftest import write_run_files
+
+    overrides = [f"method.name={method}", f"train.precision={precision}", "data.batch_size=8", "optim.warmup_epochs=0"]
+    if method == "dinov2":
+        overrides += ["model.backbone=vit_tiny_patch16_224", "model.patch_size=4", "method.out_dim=32",
+                      "method.patch_out_dim=32", "method.head_hidden_dim=32", "method.bottleneck_dim=8",
+                      "method.num_local_crops=2", "method.mask_probability=1.0"]
+        views = [torch.randn(8, 1, 28, 28), torch.randn(8, 1, 28, 28), torch.randn(8, 1, 12, 12),
+                 torch.randn(8, 1, 12, 12)]
+    else:
+        teacher = load_config(None, ["model.projector_hidden_dim=32", "model.projection_dim=16",
+                                     "model.predictor_hidden_dim=32"])
+        write_run_files(tmp_path, "teacher", teacher, build_method(teacher, 1, 10))
+        overrides += ["method.teacher_run=teacher", f"train.storage_path={tmp_path}", "model.backbone=resnet10t",
+                      "model.projector_hidden_dim=32"]
+        views = [torch.randn(8, 1, 28, 28)]
+    config = load_config(None, overrides)
+    torch.manual_seed(0)
+    built = build_method(config, 1, 10)
+    step = TrainStep(config, built, build_optimizer(config, built.trained), 10, CPU)
+    assert step.scaler.is_enabled() == (precision == "fp16")
+    if precision == "fp16":  # from a smaller first scale than the default 65536, so the test takes few steps
+        step.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    before = [p.clone() for p in built.trained.parameters()]
+    for index in range(6):  # fp16: an overflowing step is skipped and the scale halved, until a step goes through
+        out = step(views, index)
+        if step.skipped_steps == index:
+            break
+    assert torch.isfinite(out["loss"]) and out["loss"].dtype == torch.float32 and step.skipped_steps < 6
+    assert step.skipped_steps == 0 or precision == "fp16"
+    assert not all(torch.equal(a, b) for a, b in zip(before, built.trained.parameters()))
