@@ -160,6 +160,8 @@ class DINOv2Config(SelfDistillationConfig):
     mask_probability: float = Field(0.5, ge=0, le=1, description="share of the global crops that are masked")
     mask_ratio_min: float = Field(0.1, ge=0, lt=1, description="a masked crop hides a ratio drawn between min and max")
     mask_ratio_max: float = Field(0.5, gt=0, lt=1)
+    mask_shape: Literal["blocks", "random"] = Field("blocks", description="masked patches in blocks (iBOT's and "
+                                                    "DINOv2's masking) or at random")
 
     @model_validator(mode="after")
     def _mask_ratios(self) -> "DINOv2Config":

@@ -1,8 +1,8 @@
 """DINOv2 (Oquab et al., 2023): DINO's image-level loss, iBOT's masked patch-token loss, the KoLeo regulariser,
 and Sinkhorn-Knopp centring of the teacher (DINO's EMA centring as the other option). ViT backbones (timm).
 
-Masks: DINOv2 masks `mask_probability` of the global crops, each with a ratio drawn in [mask_ratio_min,
-mask_ratio_max]; its patches are drawn at random here (iBOT draws blocks).
+Masks (ssl_models/block_masks.py): `mask_probability` of the global crops masked, their ratios stratified over
+[mask_ratio_min, mask_ratio_max], the patches in blocks as iBOT and DINOv2 draw them (`mask_shape="random"`: at random).
 """
 from typing import NamedTuple, Optional
 
@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from ssl_models.block_masks import crop_masks
 from ssl_models.distributed import world
 from ssl_models.dino import DINOHead, TeacherStudent, dino_loss, entropy, teacher_temperature_schedule, update_center
 from ssl_models.ema import frozen_copy
@@ -60,17 +61,6 @@ def masked_patch_loss(student_scores: torch.Tensor, teacher_probs: torch.Tensor,
     return (per_token * weights).sum() / masks.shape[0]
 
 
-def random_masks(images: int, patches: int, probability: float, ratio_min: float, ratio_max: float,
-                 device: torch.device) -> torch.Tensor:
-    """(images, patches) bool: a `probability` share of the images masked, each at a ratio drawn in
-    [ratio_min, ratio_max], the masked patches at random."""
-    masked = torch.rand(images, device=device) < probability
-    ratios = torch.empty(images, device=device).uniform_(ratio_min, ratio_max)
-    counts = torch.where(masked, (ratios * patches).round(), torch.zeros_like(ratios))
-    ranks = torch.rand(images, patches, device=device).argsort(dim=1).argsort(dim=1)
-    return ranks < counts.unsqueeze(1)
-
-
 class StudentOutputs(NamedTuple):  # a tuple: DDP walks the outputs
     global_cls: torch.Tensor  # (2N, D): the backbone's class tokens of the global crops (KoLeo's input)
     scores: torch.Tensor  # (views x N, K): image head, global crops then local crops
@@ -106,9 +96,9 @@ class TokenNetwork(nn.Module):
         return StudentOutputs(cls, torch.cat(scores), self.patch_head(patches[masks]))
 
 
-def patch_grid(vit: VisionTransformer, images: torch.Tensor) -> int:
+def patch_grid(vit: VisionTransformer, images: torch.Tensor) -> tuple[int, int]:
     height, width = vit.patch_embed.patch_size
-    return (images.shape[-2] // height) * (images.shape[-1] // width)
+    return images.shape[-2] // height, images.shape[-1] // width
 
 
 class DINOv2(TeacherStudent):
@@ -120,7 +110,7 @@ class DINOv2(TeacherStudent):
                  center_momentum: float = 0.9, sinkhorn_iterations: int = 3, momentum_start: float = 0.992,
                  momentum_end: float = 1.0, freeze_last_layer_steps: int = 0, dino_loss_weight: float = 1.0,
                  ibot_loss_weight: float = 1.0, koleo_loss_weight: float = 0.1, mask_probability: float = 0.5,
-                 mask_ratio_min: float = 0.1, mask_ratio_max: float = 0.5):
+                 mask_ratio_min: float = 0.1, mask_ratio_max: float = 0.5, mask_shape: str = "blocks"):
         super().__init__()
         if not isinstance(backbone, VisionTransformer):
             raise ValueError(f"DINOv2 needs a timm VisionTransformer backbone, not {type(backbone).__name__}")
@@ -133,7 +123,7 @@ class DINOv2(TeacherStudent):
         self.centering, self.center_momentum, self.sinkhorn_iterations = centering, center_momentum, sinkhorn_iterations
         self.freeze_last_layer_steps = freeze_last_layer_steps
         self.weights = {"dino": dino_loss_weight, "ibot": ibot_loss_weight, "koleo": koleo_loss_weight}
-        self.masking = (mask_probability, mask_ratio_min, mask_ratio_max)
+        self.masking = (mask_probability, mask_ratio_min, mask_ratio_max, mask_shape)
         self.register_buffer("center", torch.zeros(1, out_dim))
         self.register_buffer("patch_center", torch.zeros(1, patch_head.last_layer.out_features))
         self.teacher_temperatures = teacher_temperature_schedule(
@@ -144,8 +134,8 @@ class DINOv2(TeacherStudent):
         return list({id(head): head.last_layer for head in (self.student.head, self.student.patch_head)}.values())
 
     def sample_masks(self, global_crops: torch.Tensor) -> torch.Tensor:
-        return random_masks(len(global_crops), patch_grid(self.student.backbone, global_crops), *self.masking,
-                            device=global_crops.device)
+        return crop_masks(len(global_crops), *patch_grid(self.student.backbone, global_crops), *self.masking,
+                          device=global_crops.device)
 
     @torch.no_grad()
     def teacher_probabilities(self, output: torch.Tensor, center: torch.Tensor, temperature: float) -> torch.Tensor:

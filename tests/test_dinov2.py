@@ -1,12 +1,14 @@
 """DINOv2's terms against direct computations: KoLeo, Sinkhorn-Knopp, the masked patch loss, the masks."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from ssl_models import DINOv2, backbone_spec, create_backbone
-from ssl_models.dinov2 import koleo_loss, masked_patch_loss, random_masks, sinkhorn_knopp
+from ssl_models.block_masks import block_mask, crop_masks
+from ssl_models.dinov2 import koleo_loss, masked_patch_loss, sinkhorn_knopp
 from tests.two_workers import results_of, two_worker_check
 
 
@@ -50,13 +52,34 @@ def test_masked_patch_loss_is_the_per_image_mean_over_masked_tokens_then_the_mea
     assert loss.item() == pytest.approx(expected.item() / 3, rel=1e-5)
 
 
-def test_masks_hide_the_asked_share_of_images_at_ratios_in_range():
+@pytest.mark.parametrize("shape", ["blocks", "random"])
+def test_masks_hide_the_asked_share_of_crops_at_stratified_ratios_in_random_order(shape):
     torch.manual_seed(0)
-    masks = random_masks(2000, 49, 0.5, 0.1, 0.5, torch.device("cpu"))
+    masks = crop_masks(2000, 7, 7, 0.5, 0.1, 0.5, shape)
     ratios = masks.float().mean(dim=1)
     masked = ratios > 0
-    assert 0.45 < masked.float().mean() < 0.55
-    assert ratios[masked].min() >= 0.1 - 1 / 49 and ratios.max() <= 0.5 + 1 / 49
+    assert masked.sum() == 1000 and 400 < masked[:1000].sum() < 600
+    assert ratios[masked].min() >= int(0.1 * 49) / 49 and ratios.max() <= 0.5
+    spread = ratios[masked].sort().values
+    assert spread[100] < 0.15 and spread[500] == pytest.approx(0.3, abs=0.03) and spread[900] > 0.4
+
+
+def boundary(mask: np.ndarray) -> int:
+    """Adjacent patch pairs with one masked and one not."""
+    return int((mask[1:] != mask[:-1]).sum() + (mask[:, 1:] != mask[:, :-1]).sum())
+
+
+def test_block_masks_mask_exactly_the_count_in_compact_blocks():
+    rng = np.random.default_rng(0)
+    counts = rng.integers(1, 25, 300)
+    blocks = [block_mask(7, 7, int(count), rng, max_block=24) for count in counts]
+    assert [int(mask.sum()) for mask in blocks] == counts.tolist()
+    scattered = []
+    for count in counts:
+        mask = np.zeros(49, dtype=bool)
+        mask[rng.choice(49, count, replace=False)] = True
+        scattered.append(mask.reshape(7, 7))
+    assert sum(map(boundary, blocks)) < 0.6 * sum(map(boundary, scattered))
 
 
 def tiny_dinov2(**kwargs):
@@ -74,7 +97,7 @@ def test_masked_patches_reach_the_student_as_the_mask_token_and_only_they_enter_
     torch.manual_seed(0)
     method = tiny_dinov2(mask_probability=1.0).eval()
     images = torch.randn(2, 1, 28, 28)
-    masks = random_masks(2, 49, 1.0, 0.3, 0.3, torch.device("cpu"))
+    masks = crop_masks(2, 7, 7, 1.0, 0.3, 0.3)
     grid = masks.view(2, 7, 7).repeat_interleave(4, 1).repeat_interleave(4, 2).unsqueeze(1)
     changed = torch.where(grid, torch.randn_like(images), images)  # new pixels under the masks only
     with torch.no_grad():
@@ -84,9 +107,9 @@ def test_masked_patches_reach_the_student_as_the_mask_token_and_only_they_enter_
     assert not torch.allclose(unmasked[1], before[1], atol=1e-3)
     seen = []
     method.student.patch_head.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
-    method.sample_masks = lambda crops: random_masks(len(crops), 49, 1.0, 0.3, 0.3, crops.device)
+    method.sample_masks = lambda crops: crop_masks(len(crops), 7, 7, 1.0, 0.3, 0.3, device=crops.device)
     method.training_step(views(), 0)
-    assert seen == [8 * round(0.3 * 49)]
+    assert seen == [8 * int(0.3 * 49)]
 
 
 def test_a_step_trains_every_term_and_freezes_both_last_layers_at_first():
