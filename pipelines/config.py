@@ -216,7 +216,7 @@ class MAEConfig(Section):
         "crop (the paper's choice), random-size crop with colour jitter")
 
 
-GLOBAL_BATCHNORM_METHODS = ("byol", "simsiam", "simclr", "barlow_twins", "vicreg", "dino", "dinov2")
+GLOBAL_BATCHNORM_METHODS = ("byol", "simsiam", "simclr", "barlow_twins", "vicreg", "dino", "dinov2", "distill")
 METHOD_CONFIGS = {c.model_fields["name"].default: c for c in (
     BYOLConfig, SimSiamConfig, SimCLRConfig, BarlowTwinsConfig, VICRegConfig, MoCoConfig, DINOConfig, DINOv2Config,
     DistillConfig, MAEConfig)}
@@ -252,7 +252,8 @@ class TrainConfig(Section):
         "auto", description="auto: bf16 on GPUs that have it, else fp16 with loss scaling; fp32 on CPU")
     sync_batchnorm: Optional[bool] = Field(
         None, description="BatchNorm over the global batch across workers; null: as the method's paper (on for "
-        "BYOL, SimSiam, SimCLR, Barlow Twins, VICReg, DINO; off for MoCo, which uses shuffle-BN)")
+        "BYOL, SimSiam, SimCLR, Barlow Twins, VICReg, DINO, DINOv2, and distillation's student, whose EMA export takes "
+        "its statistics; off for MoCo, which uses shuffle-BN)")
     compile: bool = Field(False, description="torch.compile the trained network (minutes of compilation first)")
     seed: int = 0
     log_every: int = Field(10, ge=1, description="steps between logged training metrics")

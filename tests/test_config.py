@@ -118,7 +118,9 @@ def test_lr_follows_the_global_batch_and_the_resolved_values_are_logged():
     assert flat["resolved.effective_lr"] == pytest.approx(2e-3) and flat["resolved.global_batch"] == 512
 
 
-@pytest.mark.parametrize("method, synced", [("byol", True), ("dino", True), ("simclr", True), ("moco", False)])
+@pytest.mark.parametrize("method, synced", [("byol", True), ("dino", True), ("simclr", True), ("distill", True),
+                                             ("moco", False)])
 def test_global_batchnorm_follows_the_paper_unless_set(method, synced):
-    assert load_config(None, [f"method.name={method}"]).sync_batchnorm() is synced
-    assert load_config(None, [f"method.name={method}", "train.sync_batchnorm=false"]).sync_batchnorm() is False
+    method = [f"method.name={method}"] + (["method.teacher_run=teacher"] if method == "distill" else [])
+    assert load_config(None, method).sync_batchnorm() is synced
+    assert load_config(None, [*method, "train.sync_batchnorm=false"]).sync_batchnorm() is False
