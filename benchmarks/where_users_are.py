@@ -1,0 +1,68 @@
+"""A method where users are: a class-sorted folder of colour pictures (10 classes cut from scikit-image's photos,
+48 each), train.num_workers=2, 2 epochs; prints whether the workers' replicas stayed identical, how many classes
+each batch held, the online kNN and the last losses. `distill` distils from a 1-epoch BYOL teacher trained first.
+
+    python -m benchmarks.where_users_are dinov2 distill [--root /tmp/where_users_are]
+"""
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+from mlflow.tracking import MlflowClient
+from PIL import Image
+from skimage import data as photos
+
+from pipelines.config import load_config
+from pipelines.ingest import ingest_folder
+from pipelines.pretrain import pretrain
+from tests.conftest import SORTED_CLASSES, tiny_overrides
+
+
+def sorted_folder(root: Path) -> Path:
+    folder, shards = root / "pictures", root / "shards"
+    if not shards.exists():
+        rng = np.random.default_rng(0)
+        for name in SORTED_CLASSES:
+            picture = getattr(photos, name)()
+            (folder / name).mkdir(parents=True, exist_ok=True)
+            for index in range(48):
+                top, left = rng.integers(0, min(picture.shape[:2]) - 32, 2)
+                Image.fromarray(picture[top:top + 32, left:left + 32]).save(folder / name / f"{index:03d}.png")
+        ingest_folder(folder, str(shards))
+    return shards
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("methods", nargs="+")
+    parser.add_argument("--root", type=Path, default=Path("/tmp/where_users_are"))
+    args = parser.parse_args()
+    shards, storage, uri = str(sorted_folder(args.root)), str(args.root / "runs"), f"sqlite:///{args.root / 'mlflow.db'}"
+    common = {"data.image_size": 32, "data.batch_size": 32, "data.limit": "null", "train.epochs": 2,
+              "train.num_workers": 2, "train.cpus_per_worker": 0.25, "eval.baseline": False, "eval.picture_every": 0,
+              "eval.online_bank_size": 200, "eval.online_query_size": 48}
+    client = MlflowClient(uri)
+    for method in args.methods:
+        extra = {"tracking.run_name": f"sorted-{method}-{time.strftime('%H%M%S')}"}
+        if method == "distill":
+            if not (args.root / "runs" / "sorted-teacher").exists():
+                pretrain(load_config(None, tiny_overrides(shards, storage, uri, "byol", **{
+                    "data.image_size": 32, "data.limit": "null", "tracking.run_name": "sorted-teacher",
+                    "eval.baseline": False})), progress=False)
+            extra.update({"method.teacher_run": "sorted-teacher", "model.backbone": "resnet10t"})
+        outcome = pretrain(load_config(None, tiny_overrides(shards, storage, uri, method, **{**common, **extra})),
+                           progress=False)
+        run_id = outcome["run_id"]
+
+        def history(key: str) -> list[float]:
+            return [round(metric.value, 3) for metric in client.get_metric_history(run_id, key)]
+
+        print(f"{method}: {client.get_run(run_id).info.status}, steps {outcome['metrics']['step']}, "
+              f"replicas_identical {history('replicas_identical')}, classes_per_batch "
+              f"{history('train/classes_per_batch')}, knn_top1_k20 {history('knn_top1_k20')}, "
+              f"loss {history('train/loss')[-3:]}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
