@@ -34,7 +34,7 @@ def sorted_folder(root: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("methods", nargs="+")
     parser.add_argument("--root", type=Path, default=Path("/tmp/where_users_are"))
     args = parser.parse_args()
