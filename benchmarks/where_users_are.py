@@ -1,35 +1,28 @@
-"""A method where users are: a class-sorted folder of colour pictures (10 classes cut from scikit-image's photos,
-48 each), train.num_workers=2, 2 epochs; prints whether the workers' replicas stayed identical, how many classes
-each batch held, the online kNN and the last losses. `distill` distils from a 1-epoch BYOL teacher trained first.
+"""A method where users are: a class-sorted folder of pictures (tests/conftest.py's: 10 classes cut from
+scikit-image's photos, grey and colour, 48 each), train.num_workers=2, 2 epochs; prints whether the workers'
+replicas stayed identical, how many classes each batch held, the online kNN and the last losses. `distill`
+distils from a 1-epoch BYOL teacher trained first.
 
     python -m benchmarks.where_users_are dinov2 distill [--root /tmp/where_users_are]
 """
 import argparse
+import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 from mlflow.tracking import MlflowClient
-from PIL import Image
-from skimage import data as photos
 
 from pipelines.config import load_config
 from pipelines.ingest import ingest_folder
 from pipelines.pretrain import pretrain
-from tests.conftest import SORTED_CLASSES, tiny_overrides
+from tests.conftest import tiny_overrides, write_sorted_folder
 
 
-def sorted_folder(root: Path) -> Path:
-    folder, shards = root / "pictures", root / "shards"
+def sorted_shards(root: Path) -> Path:
+    shards = root / "shards"
     if not shards.exists():
-        rng = np.random.default_rng(0)
-        for name in SORTED_CLASSES:
-            picture = getattr(photos, name)()
-            (folder / name).mkdir(parents=True, exist_ok=True)
-            for index in range(48):
-                top, left = rng.integers(0, min(picture.shape[:2]) - 32, 2)
-                Image.fromarray(picture[top:top + 32, left:left + 32]).save(folder / name / f"{index:03d}.png")
-        ingest_folder(folder, str(shards))
+        shutil.rmtree(root / "pictures", ignore_errors=True)
+        ingest_folder(write_sorted_folder(root / "pictures"), str(shards))
     return shards
 
 
@@ -38,7 +31,8 @@ def main() -> None:
     parser.add_argument("methods", nargs="+")
     parser.add_argument("--root", type=Path, default=Path("/tmp/where_users_are"))
     args = parser.parse_args()
-    shards, storage, uri = str(sorted_folder(args.root)), str(args.root / "runs"), f"sqlite:///{args.root / 'mlflow.db'}"
+    shards, storage = str(sorted_shards(args.root)), str(args.root / "runs")
+    uri = f"sqlite:///{args.root / 'mlflow.db'}"
     common = {"data.image_size": 32, "data.batch_size": 32, "data.limit": "null", "train.epochs": 2,
               "train.num_workers": 2, "train.cpus_per_worker": 0.25, "eval.baseline": False, "eval.picture_every": 0,
               "eval.online_bank_size": 200, "eval.online_query_size": 48}

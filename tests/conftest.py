@@ -68,15 +68,13 @@ def tiny_overrides(data_path: str, storage: str, uri: str, method: str = "byol",
 SORTED_CLASSES = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel", "moon", "rocket")
 
 
-@pytest.fixture(scope="session")
-def sorted_folder(tmp_path_factory) -> Path:
-    """A class-sorted image folder as users have them: 10 classes (32 px crops of ten skimage photos, grey and
-    colour mixed), 48 images each, file names in class order, no test split."""
+def write_sorted_folder(root: Path) -> Path:
+    """A class-sorted image folder as users have them, at `root`: 10 classes (32 px crops of ten skimage photos,
+    grey and colour mixed), 48 images each, file names in class order, no test split."""
     import numpy as np
     from PIL import Image
     from skimage import data as photos
 
-    root = tmp_path_factory.mktemp("sorted") / "pictures"
     rng = np.random.default_rng(0)
     for name in SORTED_CLASSES:
         picture = getattr(photos, name)()
@@ -85,6 +83,11 @@ def sorted_folder(tmp_path_factory) -> Path:
             top, left = rng.integers(0, min(picture.shape[:2]) - 32, 2)
             Image.fromarray(picture[top:top + 32, left:left + 32]).save(root / name / f"{index:03d}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def sorted_folder(tmp_path_factory) -> Path:
+    return write_sorted_folder(tmp_path_factory.mktemp("sorted") / "pictures")
 
 
 @pytest.fixture(scope="session")
