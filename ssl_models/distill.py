@@ -124,6 +124,18 @@ class Distill(SSLMethod):
     def backbone(self) -> nn.Module:
         return self.student_ema
 
+    def state_dict(self, *args, **kwargs):
+        """Without the frozen teacher: each worker loads it from its source, and it would double a checkpoint."""
+        state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+        for key in [key for key in state if key.startswith(f"{prefix}teacher.")]:
+            del state[key]
+        return state
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        whole = {**state_dict, **{f"teacher.{key}": value for key, value in self.teacher.state_dict().items()}}
+        return super().load_state_dict(whole, strict, assign)
+
     def train(self, mode: bool = True) -> "Distill":
         super().train(mode)
         self.teacher.eval()

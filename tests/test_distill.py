@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.build import build_method
+from pipelines.checkpoint import STATE_FILE, load_training_state, save_training_state
 from pipelines.config import ConfigError, load_config
 from pipelines.export import save_backbone
 from pipelines.teacher import load_teacher
@@ -76,6 +77,24 @@ def test_the_teacher_stays_frozen_in_eval_mode_and_the_exported_backbone_is_the_
     assert all(torch.equal(teacher_before[k], v) for k, v in method.teacher.state_dict().items())  # BN stats too
     student, ema = method.student.backbone.conv1[0].weight, method.backbone.conv1[0].weight
     assert method.backbone is method.student_ema and not torch.equal(student, ema)
+
+
+def test_a_checkpoint_leaves_the_teacher_out_and_resumes_into_a_method_that_loaded_its_own(tmp_path):
+    torch.manual_seed(0)
+    method = distiller()
+    optimizer = torch.optim.SGD(method.trained.parameters(), lr=0.1)
+    method.training_step([torch.randn(4, 1, 28, 28)], 0)["loss"].backward()
+    optimizer.step()
+    method.after_optimizer_step(0)
+    save_training_state(tmp_path, method, optimizer, step=1, epoch=1, metrics={})
+    saved = torch.load(tmp_path / STATE_FILE, weights_only=True)["method"]
+    assert saved and not [key for key in saved if key.startswith("teacher.")]
+    assert [key for key in torch.nn.Module.state_dict(method) if key.startswith("teacher.")]
+    resumed = distiller()
+    resumed.teacher.load_state_dict(method.teacher.state_dict())  # as each worker loads it from its source
+    load_training_state(tmp_path, resumed, torch.optim.SGD(resumed.trained.parameters(), lr=0.1))
+    for (key, value), other in zip(torch.nn.Module.state_dict(method).items(), torch.nn.Module.state_dict(resumed).values()):
+        assert torch.equal(value, other), key
 
 
 def test_a_teacher_with_a_dino_head_adds_the_cross_entropy_on_its_centred_output():
