@@ -175,6 +175,8 @@ class DistillConfig(Section):
     name: Literal["distill"] = "distill"
     teacher_run: Optional[str] = Field(None, description="a pretraining run's name (its last checkpoint under "
                                        "train.storage_path): its backbone, and its head when it is DINO or DINOv2")
+    teacher_run_storage: Optional[str] = Field(None, description="where teacher_run lives; null: train.storage_path "
+                                               "(sweeps and studies set it, as their trials store runs elsewhere)")
     teacher_weights: Optional[str] = Field(None, description="a folder with backbone.safetensors + backbone.json (a "
                                            "checkpoint, an export), an MLflow model (models:/<id>, runs:/<id>/"
                                            "backbone_model), or with teacher_backbone a timm weights file")

@@ -226,11 +226,13 @@ def report(outcome: dict, space: Space, state: dict) -> dict:
     if space.study.get("inference_speed"):
         from pipelines.dataset_store import read_info
 
+        from pipelines.sweep import trial_storage
+
         channels = read_info(base.data.path).channels
         for line in table:
             if line["run"] and line["status"] in ("TERMINATED", "reference", "FINISHED"):
-                line["ours inference images/s"] = inference_speed(base.train.storage_path, line["run"],
-                                                                  base.data.image_size, channels)
+                storage = base.train.storage_path if line["status"] == "reference" else trial_storage(base, state["name"])
+                line["ours inference images/s"] = inference_speed(storage, line["run"], base.data.image_size, channels)
     checks = check_outcomes(space, table)
     study = space.study
     for key, value in {"study": Path(space.path).stem, "study.title": study.get("title", ""),

@@ -68,8 +68,11 @@ def run_trial(sampled: dict, base_tree: dict, rows: dict, sweep_name: str, paren
 
     trial_id = tune.get_context().get_trial_id()
     tree = apply_values(copy.deepcopy(base_tree), sampled, rows)
-    storage = trial_storage(build_config(copy.deepcopy(base_tree)), sweep_name)
+    base = build_config(copy.deepcopy(base_tree))
+    storage = trial_storage(base, sweep_name)
     run_name = f"{sweep_name}-{trial_id}"
+    if _lookup(tree, "method.teacher_run") and not _lookup(tree, "method.teacher_run_storage"):
+        apply_override(tree, ["method", "teacher_run_storage"], base.train.storage_path)  # not under the trials
     apply_override(tree, ["train", "storage_path"], storage)
     apply_override(tree, ["tracking", "run_name"], run_name)
     apply_override(tree, ["tracking", "tracking_uri"], uri)

@@ -79,19 +79,20 @@ def load_teacher(method: DistillConfig, storage_path: str, channels: int, data_m
             method.teacher_backbone, method.teacher_weights, method.teacher_image_size)
         image_size = method.teacher_image_size
     else:
+        runs = method.teacher_run_storage or storage_path
         if method.teacher_run:
             from pipelines.embed import run_weights
 
             try:
-                folder = run_weights(storage_path, method.teacher_run)
+                folder = run_weights(runs, method.teacher_run)
             except DatasetError:
                 raise ConfigError(f"method.teacher_run: no run named '{method.teacher_run}' with a checkpoint under "
-                                  f"{storage_path}") from None
+                                  f"{runs}") from None
         else:
             folder = method.teacher_weights
         backbone, meta = exported_teacher(folder)
         if method.teacher_run:
-            head, center, run_temperature = run_head(folder, storage_path, method.teacher_run, channels)
+            head, center, run_temperature = run_head(folder, runs, method.teacher_run, channels)
         feature_dim, mean, std = meta["feature_dim"], meta["mean"], meta["std"]
         teacher_channels = meta.get("timm_kwargs", {}).get("in_chans", 3)
         image_size = method.teacher_image_size or meta.get("image_size")

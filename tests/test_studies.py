@@ -1,5 +1,6 @@
 """Studies: every study file of tune_spaces/studies is a valid grid of runs under each budget; the SimSiam collapse
-study runs end to end (Ray Tune, one MLflow child run per row, the table beside the paper's, its checks)."""
+study and the distillation study run end to end (Ray Tune, one MLflow child run per row, the table beside the
+paper's or beside a reference run, its checks)."""
 import copy
 
 import pytest
@@ -180,3 +181,37 @@ def test_a_reference_run_is_shown_beside_the_rows_with_its_inference_speed(tmp_p
     space.study["references"] = {"teacher": "method.nothing"}
     with pytest.raises(ConfigError, match="references.teacher: 'method.nothing' names no run"):
         study.reference_lines(space, build_config(base))
+
+
+@pytest.mark.slow
+def test_the_distillation_study_finds_its_teacher_from_the_trials_and_times_every_backbone(
+        ray_session, fmnist_slice, tmp_path, capsys):
+    """The teacher lives under the study's storage, each row's run under the study's trials: the distilled row
+    loads it from there, and the table times the rows' and the teacher's backbones."""
+    from pipelines.build import build_method
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    teacher_run = client.create_run(client.create_experiment("teacher"))
+    client.log_metric(teacher_run.info.run_id, "eval/knn_top1_k20", 0.5)
+    client.set_terminated(teacher_run.info.run_id)
+    teacher = build_config({"model": {"projector_hidden_dim": 64, "projection_dim": 16, "predictor_hidden_dim": 64}})
+    write_run_files(tmp_path / "runs", "teacher", teacher, build_method(teacher, 1, 10), uri, teacher_run.info.run_id)
+    sets = [f"data.path={fmnist_slice}", f"train.storage_path={tmp_path / 'runs'}", f"tracking.tracking_uri={uri}",
+            "train.cpus_per_worker=0.25", "method.teacher_run=teacher", "eval.baseline=false",
+            "model.projector_hidden_dim=128", "data.limit=256"]
+    path = PROJECT_ROOT / "tune_spaces" / "studies" / "distillation.yaml"
+    code = study.main([str(path), "--budget", "smoke", "--name", "distil",
+                       *[part for text in sets for part in ("--set", text)]])
+    out = capsys.readouterr().out
+    experiment = client.get_experiment_by_name("study-distillation").experiment_id
+    parent = client.search_runs([experiment], filter_string="attributes.run_name = 'distil'")[0]
+    assert code == (0 if parent.data.tags["study.checks"] == "passed" else 1), out
+    rows = {run.data.tags[ROW_AXIS]: run for run in client.search_runs(
+        [experiment], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")}
+    assert {name: run.info.status for name, run in rows.items()} == {"scratch": "FINISHED", "distilled": "FINISHED"}
+    assert rows["distilled"].data.params["method.teacher_run_storage"] == str(tmp_path / "runs")
+    table = yaml.safe_load(open(client.download_artifacts(parent.info.run_id, "study/study_table.json", str(tmp_path))))
+    assert [line["row"] for line in table["table"]] == ["scratch", "distilled", "teacher"]
+    assert table["table"][2]["ours knn"] == 50.0
+    assert all(line["ours inference images/s"] > 0 for line in table["table"])
