@@ -228,10 +228,10 @@ def report(outcome: dict, space: Space, state: dict) -> dict:
 
         from pipelines.sweep import trial_storage
 
-        channels = read_info(base.data.path).channels
+        channels, rows_storage = read_info(base.data.path).channels, trial_storage(base, state["name"])
         for line in table:
             if line["run"] and line["status"] in ("TERMINATED", "reference", "FINISHED"):
-                storage = base.train.storage_path if line["status"] == "reference" else trial_storage(base, state["name"])
+                storage = base.train.storage_path if line["status"] == "reference" else rows_storage
                 line["ours inference images/s"] = inference_speed(storage, line["run"], base.data.image_size, channels)
     checks = check_outcomes(space, table)
     study = space.study

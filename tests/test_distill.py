@@ -93,8 +93,8 @@ def test_a_checkpoint_leaves_the_teacher_out_and_resumes_into_a_method_that_load
     resumed = distiller()
     resumed.teacher.load_state_dict(method.teacher.state_dict())  # as each worker loads it from its source
     load_training_state(tmp_path, resumed, torch.optim.SGD(resumed.trained.parameters(), lr=0.1))
-    for (key, value), other in zip(torch.nn.Module.state_dict(method).items(), torch.nn.Module.state_dict(resumed).values()):
-        assert torch.equal(value, other), key
+    whole, whole_resumed = torch.nn.Module.state_dict(method), torch.nn.Module.state_dict(resumed)
+    assert all(torch.equal(value, whole_resumed[key]) for key, value in whole.items())
 
 
 def test_a_teacher_with_a_dino_head_adds_the_cross_entropy_on_its_centred_output():
