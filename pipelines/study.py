@@ -225,7 +225,6 @@ def report(outcome: dict, space: Space, state: dict) -> dict:
     table = study_table(client, space, outcome["rows"]) + reference_lines(space, base)
     if space.study.get("inference_speed"):
         from pipelines.dataset_store import read_info
-
         from pipelines.sweep import trial_storage
 
         channels, rows_storage = read_info(base.data.path).channels, trial_storage(base, state["name"])
