@@ -123,25 +123,31 @@ def test_checks_compare_a_row_with_another():
     assert study.check_outcomes(space, [{**line, "ours std": None} for line in table])[0]["passed"] is False
 
 
+def run_smoke(stem: str, name: str, data: str, tmp_path, capsys, sets: list[str] = ()):
+    """The study at its smoke budget on the real Fashion-MNIST slice, as CI can afford it; its exit code, printed
+    output, MLflow client, parent run, child runs by row and the table the parent holds."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sets = [f"data.path={data}", f"train.storage_path={tmp_path / 'runs'}", f"tracking.tracking_uri={uri}",
+            "train.cpus_per_worker=0.25", *sets]  # one row (0.25 + 0.5 augmentation + reads) fits the 2-CPU session
+    code = study.main([str(PROJECT_ROOT / "tune_spaces" / "studies" / f"{stem}.yaml"), "--budget", "smoke",
+                       "--name", name, *[part for text in sets for part in ("--set", text)]])
+    out = capsys.readouterr().out
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(f"study-{stem}").experiment_id  # rows may switch methods
+    parent = client.search_runs([experiment], filter_string=f"attributes.run_name = '{name}'")[0]
+    children = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    table = yaml.safe_load(open(client.download_artifacts(parent.info.run_id, "study/study_table.json", str(tmp_path))))
+    return code, out, client, parent, {run.data.tags[ROW_AXIS]: run for run in children}, table
+
+
 @pytest.mark.slow
 def test_the_simsiam_collapse_study_runs_each_row_and_puts_its_table_beside_the_papers(
         ray_session, fmnist_slice, tmp_path, capsys):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    sets = [f"data.path={fmnist_slice}", f"train.storage_path={tmp_path / 'runs'}", f"tracking.tracking_uri={uri}",
-            "train.cpus_per_worker=0.25"]  # one row (0.25 + 0.5 augmentation + reads) fits the 2-CPU session
-    path = PROJECT_ROOT / "tune_spaces" / "studies" / "simsiam_collapse.yaml"
-    code = study.main([str(path), "--budget", "smoke", "--name", "collapse",
-                       *[part for text in sets for part in ("--set", text)]])
-    out = capsys.readouterr().out
+    code, out, client, parent, rows, table = run_smoke("simsiam_collapse", "collapse", fmnist_slice, tmp_path, capsys)
     assert code == 0, out
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("study-simsiam_collapse").experiment_id  # rows may switch methods
-    parent = client.search_runs([experiment], filter_string="attributes.run_name = 'collapse'")[0]
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["study"] == "simsiam_collapse" and parent.data.tags["study.checks"] == "passed"
     assert parent.data.tags["study.budget"] == "smoke" and "Chen & He" in parent.data.tags["study.source"]
-    children = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    rows = {run.data.tags[ROW_AXIS]: run for run in children}
     assert set(rows) == {"baseline", "no_stop_gradient", "no_predictor"}
     assert rows["no_stop_gradient"].data.params["method.stop_gradient"] == "False"
     assert rows["no_predictor"].data.params["method.predictor"] == "False"
@@ -150,7 +156,6 @@ def test_the_simsiam_collapse_study_runs_each_row_and_puts_its_table_beside_the_
         assert 0 < run.data.metrics["eval/knn_top1_k20"] <= 1 and 0 < run.data.metrics["eval/linear_top1"] <= 1
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "study")}
     assert {"study/study_table.json", "study/study_table.md", "study/study.png"} <= artifacts
-    table = yaml.safe_load(open(client.download_artifacts(parent.info.run_id, "study/study_table.json", str(tmp_path))))
     assert [line["row"] for line in table["table"]] == ["baseline", "no_stop_gradient", "no_predictor"]
     assert [line["paper linear"] for line in table["table"]] == [67.7, 0.1, 0.1]
     baseline = table["table"][0]
@@ -197,21 +202,31 @@ def test_the_distillation_study_finds_its_teacher_from_the_trials_and_times_ever
     client.set_terminated(teacher_run.info.run_id)
     teacher = build_config({"model": {"projector_hidden_dim": 64, "projection_dim": 16, "predictor_hidden_dim": 64}})
     write_run_files(tmp_path / "runs", "teacher", teacher, build_method(teacher, 1, 10), uri, teacher_run.info.run_id)
-    sets = [f"data.path={fmnist_slice}", f"train.storage_path={tmp_path / 'runs'}", f"tracking.tracking_uri={uri}",
-            "train.cpus_per_worker=0.25", "method.teacher_run=teacher", "eval.baseline=false",
-            "model.projector_hidden_dim=128", "data.limit=256"]
-    path = PROJECT_ROOT / "tune_spaces" / "studies" / "distillation.yaml"
-    code = study.main([str(path), "--budget", "smoke", "--name", "distil",
-                       *[part for text in sets for part in ("--set", text)]])
-    out = capsys.readouterr().out
-    experiment = client.get_experiment_by_name("study-distillation").experiment_id
-    parent = client.search_runs([experiment], filter_string="attributes.run_name = 'distil'")[0]
+    code, out, client, parent, rows, table = run_smoke(
+        "distillation", "distil", fmnist_slice, tmp_path, capsys,
+        ["method.teacher_run=teacher", "eval.baseline=false",
+         "model.projector_hidden_dim=128", "data.limit=256"])
     assert code == (0 if parent.data.tags["study.checks"] == "passed" else 1), out
-    rows = {run.data.tags[ROW_AXIS]: run for run in client.search_runs(
-        [experiment], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")}
     assert {name: run.info.status for name, run in rows.items()} == {"scratch": "FINISHED", "distilled": "FINISHED"}
     assert rows["distilled"].data.params["method.teacher_run_storage"] == str(tmp_path / "runs")
-    table = yaml.safe_load(open(client.download_artifacts(parent.info.run_id, "study/study_table.json", str(tmp_path))))
     assert [line["row"] for line in table["table"]] == ["scratch", "distilled", "teacher"]
     assert table["table"][2]["ours knn"] == 50.0
     assert all(line["ours inference images/s"] > 0 for line in table["table"])
+
+
+COLLAPSE_STUDIES = {"dino_collapse_guards": ("no_centering", "no_sharpening"),
+                    "byol_batch_statistics": ("no_normalisation",)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stem", COLLAPSE_STUDIES)
+def test_a_collapse_study_at_its_smoke_budget_sees_its_ablations_collapse(stem, ray_session, fmnist_slice, tmp_path,
+                                                                        capsys):
+    """DINO without centring or without sharpening, BYOL without normalisation: each row a Ray Tune trial, the
+    checks on the collapse signal pass (what the study files' probes measured, with a margin)."""
+    code, out, _, parent, rows, table = run_smoke(stem, stem, fmnist_slice, tmp_path, capsys)
+    assert code == 0, out
+    assert parent.info.status == "FINISHED" and parent.data.tags["study.checks"] == "passed"
+    assert {name: run.info.status for name, run in rows.items()} == {line["row"]: "FINISHED" for line in table["table"]}
+    checked = [check["row"] for check in table["checks"]]
+    assert checked == list(COLLAPSE_STUDIES[stem]) and all(check["passed"] for check in table["checks"])
