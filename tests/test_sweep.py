@@ -18,11 +18,11 @@ from tests.conftest import tiny_overrides
 SIMCLR_SPACE = str(PROJECT_ROOT / "tune_spaces" / "simclr.yaml")
 
 
-def sweep_arguments(data: str, folder: Path, name: str, samples: int = 2) -> list[str]:
+def sweep_arguments(data: str, folder: Path, name: str, samples: int = 2, space: str = SIMCLR_SPACE) -> list[str]:
     # 0.25 CPU per Train worker: one trial (0.25 + 0.5 augmentation + 1 file listing) fits the 2-CPU session
     overrides = tiny_overrides(data, str(folder / "runs"), f"sqlite:///{folder / 'mlflow.db'}", "simclr",
                                **{"train.epochs": 2, "train.cpus_per_worker": 0.25, "data.limit": 256})
-    return ["--space", SIMCLR_SPACE, "--num-samples", str(samples), "--name", name,
+    return ["--space", space, "--num-samples", str(samples), "--name", name,
             *[part for text in overrides for part in ("--set", text)]]
 
 
@@ -109,6 +109,31 @@ def test_an_interrupted_sweep_resumes_without_rerunning_a_finished_trial_then_lo
     assert config.method.temperature == float(best[0].data.params["method.temperature"])
     assert config.train.storage_path == str(tmp_path / "runs") and config.tracking.run_name is None
     assert "python -m pipelines.pretrain --config" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_asha_stops_the_trial_sure_to_lose_its_first_rung_and_its_run_says_so(ray_session, fmnist_slice, tmp_path):
+    """Two trials in order under ASHA (a rung after epoch 1 of 2): the second's kNN bank holds one image, so it
+    predicts that image's class for every query (about 10 %) and loses the rung to a 320-image bank for certain.
+    Tune stops it; its MLflow run is FINISHED (not FAILED, though Tune tore its Train run down), tagged
+    `stopped_early`, with the weights of its last epoch; the best trial is the one that ran longest."""
+    space = tmp_path / "asha.yaml"
+    space.write_text(yaml.safe_dump({"method": "simclr", "objective": "knn_top1_k20", "axes": {
+        "eval.online_bank_size": {"distribution": "grid", "values": [320, 1]}}}))
+    arguments = sweep_arguments(fmnist_slice, tmp_path, "asha", samples=1, space=str(space))
+    assert sweep.main(arguments + ["--max-concurrent", "1", "--scheduler", "asha", "--grace-epochs", "1"]) == 0
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = parent_of(client, "asha")
+    runs = {run.data.params["eval.online_bank_size"]: run for run in children(client, parent.info.run_id)}
+    kept, stopped = runs["320"], runs["1"]
+    assert kept.info.status == stopped.info.status == "FINISHED"
+    assert (kept.data.metrics["epoch"], stopped.data.metrics["epoch"]) == (2, 1)
+    assert stopped.data.tags["stopped_early"] == "by asha after epoch 1 of 2"
+    assert "failure_reason" not in stopped.data.tags
+    assert "stopped_early" not in kept.data.tags and kept.data.tags["sweep.best"] == "true"
+    assert stopped.data.metrics["knn_top1_k20"] < 0.2 < kept.data.metrics["knn_top1_k20"]
+    weights = {artifact.path for artifact in client.list_artifacts(stopped.info.run_id, "backbone")}
+    assert {"backbone/backbone.safetensors", "backbone/backbone.json"} <= weights
 
 
 BAD_SPACES = {
