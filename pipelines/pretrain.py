@@ -181,11 +181,12 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
                           "choose another tracking.run_name")
     uri = previous["tracking_uri"] if resume else tracking_uri(config)
     check_reachable(uri)
+    teacher = None
     if isinstance(config.method, DistillConfig):  # a missing or unfit teacher is told now, not by every worker
         from pipelines.teacher import load_teacher, resolve_teacher
 
         resolve_teacher(config, uri)
-        load_teacher(config.method, config.train.storage_path, info.channels, info.mean, info.std)
+        teacher = load_teacher(config.method, config.train.storage_path, info.channels, info.mean, info.std)
     if not verbose:
         logging.getLogger("mlflow").setLevel(logging.WARNING)
     init_ray(config, verbose)
@@ -209,8 +210,9 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
             augmented_views_grid(config, info).save(Path(folder) / "augmented_views.png")
             for name in ("config.yaml", "dataset.json", "augmented_views.png"):
                 client.log_artifact(run_id, str(Path(folder) / name))
-        baseline = random_init_backbone(config, info, spe) if info.labelled and config.eval.baseline and not resume \
-            and config.eval.final_protocols else None
+        baseline = random_init_backbone(config, info, spe, teacher) if info.labelled and config.eval.baseline \
+            and not resume and config.eval.final_protocols else None
+        teacher = None  # the workers load their own
         result = fit(config, info, spe, run_name, run_id, uri, training_dataset(config, info), callbacks, progress)
         with result.checkpoint.as_directory() as folder:
             for name in ("backbone.safetensors", "backbone.json"):
@@ -235,15 +237,16 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
             "eval": evaluated, "artifact_uri": client.get_run(run_id).info.artifact_uri}
 
 
-def random_init_backbone(config: Config, info, spe: int) -> str:
-    """The backbone as rank 0 initialises it (same seed), exported to a temporary folder for the baseline."""
+def random_init_backbone(config: Config, info, spe: int, teacher=None) -> str:
+    """The backbone as rank 0 initialises it (same seed), exported to a temporary folder for the baseline
+    (`teacher`: a distillation's, loaded once by the driver's check)."""
     from pipelines.build import build_method
     from pipelines.train_loop import export_backbone, seed_everything
 
     seed_everything(config.train.seed)
     folder = tempfile.mkdtemp(prefix="random_init_")
-    export_backbone(Path(folder), build_method(config, info.channels, spe, (info.mean, info.std)).backbone, config,
-                    info, 0, 0)
+    method = build_method(config, info.channels, spe, (info.mean, info.std), teacher)
+    export_backbone(Path(folder), method.backbone, config, info, 0, 0)
     return folder
 
 
