@@ -1,6 +1,6 @@
-"""Studies: every study file of tune_spaces/studies is a valid grid of runs under each budget; the SimSiam collapse
-study and the distillation study run end to end (Ray Tune, one MLflow child run per row, the table beside the
-paper's or beside a reference run, its checks)."""
+"""Studies: every study file of tune_spaces/studies is a valid grid of runs under each budget; the collapse studies
+(SimSiam, DINO's guards, BYOL without batch statistics) and the distillation study run end to end (Ray Tune, one
+MLflow child run per row, the table beside the paper's or beside a reference run, its checks)."""
 import copy
 
 import pytest
