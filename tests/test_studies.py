@@ -99,6 +99,10 @@ BAD_STUDIES = {
     "check on an unknown metric": ({"checks": [{"row": "baseline", "metric": "std", "below": 1, "of": "baseline"}]},
                                    "checks[0].metric 'std'"),
     "unknown budget": ({"budgets": {"cpu": {}}}, "no budget 'smoke'"),
+    "plot line through a missing row": ({"plot": {"x": "method.predictor", "lines": {"a": ["nope"]}}},
+                                        "plot.lines names 'nope', which is not a row"),
+    "plot line through a row without x": ({"plot": {"x": "method.predictor", "lines": {"a": ["baseline", "other"]}}},
+                                          "plot.x 'method.predictor' must be set by every row on a line"),
 }
 
 
@@ -121,6 +125,19 @@ def test_checks_compare_a_row_with_another():
     outcomes = study.check_outcomes(space, table)
     assert [outcome["passed"] for outcome in outcomes] == [True, False]
     assert study.check_outcomes(space, [{**line, "ours std": None} for line in table])[0]["passed"] is False
+
+
+def test_a_study_plot_draws_the_papers_curves_as_lines_and_every_row_as_a_bar():
+    space, _ = load_study(PROJECT_ROOT / "tune_spaces" / "studies" / "byol_vs_simclr_robustness.yaml", "cpu")
+    table = [{"row": row, "ours knn": 60.0 + index, "ours linear": 70.0 + index} for index, row in enumerate(space.rows)]
+    lines_panel, _, bars_panel, _ = study.study_plot(space, table).axes
+    curves = {line.get_label(): list(line.get_xdata()) for line in lines_panel.get_lines()}
+    assert curves == {"BYOL ours": [256, 128, 64], "SimCLR ours": [256, 128, 64]}
+    assert [tick.get_text() for tick in bars_panel.get_xticklabels()] == list(space.rows)
+    space, _ = load_study(PROJECT_ROOT / "tune_spaces" / "studies" / "mae_mask_ratio.yaml", "cpu")
+    table = [{"row": row, "ours knn": 50.0, "ours linear": 60.0} for row in space.rows]
+    figure = study.study_plot(space, table)  # every row on the curve: no bars
+    assert len(figure.axes) == 2 and len(figure.axes[0].get_lines()[0].get_xdata()) == len(space.rows)
 
 
 def run_smoke(stem: str, name: str, data: str, tmp_path, capsys, sets: list[str] = ()):
