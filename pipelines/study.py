@@ -166,18 +166,18 @@ def check_study_file(space: Space) -> None:
         raise ConfigError(f"{where}: references maps a label to the dotted field naming a finished run, e.g. "
                           "teacher: method.teacher_run")
     plot = study.get("plot") or {}
-    lines = plot.get("lines")
-    if set(plot) - {"x", "lines"} or (lines is not None and not ("x" in plot and isinstance(lines, dict) and all(
-            isinstance(rows, list) for rows in lines.values()))):
+    lines = plot.get("lines", {})
+    if set(plot) - {"x", "lines"} or (plot and "x" not in plot) or not isinstance(lines, dict) or \
+            not all(isinstance(rows, list) for rows in lines.values()):
         raise ConfigError(f"{where}: plot takes x (a dotted field the rows set) and optionally lines (a name for "
                           "each line: the rows on it), e.g. lines: {BYOL: [byol_256, byol_128]}")
-    for row in [row for rows in (lines or {}).values() for row in rows]:
-        if str(row) not in space.rows:
+    for row in [str(row) for rows in lines.values() for row in rows]:
+        if row not in space.rows:
             raise ConfigError(f"{where}: plot.lines names '{row}', which is not a row")
-    x = plot.get("x")
-    on_lines = [str(row) for rows in lines.values() for row in rows] if lines else list(space.rows)
-    if x and any(x not in space.rows[row] for row in on_lines):
-        raise ConfigError(f"{where}: plot.x '{x}' must be set by every row {'on a line' if lines else ''}".rstrip())
+        if plot["x"] not in space.rows[row]:
+            raise ConfigError(f"{where}: plot.x '{plot['x']}' must be set by every row on a line ('{row}' does not)")
+    if plot and not lines and any(plot["x"] not in overrides for overrides in space.rows.values()):
+        raise ConfigError(f"{where}: plot.x '{plot['x']}' must be set by every row")
 
 
 def plot_lines(space: Space) -> dict[str, list[str]]:
@@ -188,9 +188,32 @@ def plot_lines(space: Space) -> dict[str, list[str]]:
     return {"": list(space.rows)} if plot.get("x") else {}
 
 
+def draw_lines(panel, space: Space, table: list[dict], label: str, series: list[tuple[str, str]]) -> None:
+    x_field, by_row = space.study["plot"]["x"], {line["row"]: line for line in table}
+    for name, rows in plot_lines(space).items():
+        for source, legend in series:
+            points = [(space.rows[row][x_field], by_row[row].get(f"{source} {label}")) for row in rows]
+            points = [(x, v) for x, v in points if v is not None]
+            if points:
+                panel.plot(*zip(*points), marker="o", label=f"{name} {source}" if name else legend)
+    panel.set_xlabel(x_field)
+
+
+def draw_bars(panel, table: list[dict], label: str, series: list[tuple[str, str]]) -> None:
+    width = 0.8 / len(series)
+    for index, (source, legend) in enumerate(series):
+        points = [(x, v) for x, v in enumerate(line.get(f"{source} {label}") for line in table) if v is not None]
+        if points:
+            panel.bar([x + (index - (len(series) - 1) / 2) * width for x, _ in points], [v for _, v in points],
+                      width, label=legend)
+    panel.set_xticks(range(len(table)), [line["row"] for line in table], rotation=30, ha="right")
+    panel.set_ylim(top=panel.get_ylim()[1] * 1.2)  # room for the legend above the bars
+    panel.set_xlabel("row")
+
+
 def study_plot(space: Space, table: list[dict]):
-    """Paper and ours: lines against `plot.x` where the paper has a curve, bars for every row unless all are on
-    lines."""
+    """Paper and ours: lines against `plot.x` where the paper has a curve, and bars for every row unless all
+    rows are on lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -198,37 +221,20 @@ def study_plot(space: Space, table: list[dict]):
 
     labels = [label for label in metrics_of(space.study) if any(line.get(f"ours {label}") is not None for line in table)]
     labels = labels or list(metrics_of(space.study))
-    lines, x_field = plot_lines(space), (space.study.get("plot") or {}).get("x")
-    bars = len({row for rows in lines.values() for row in rows}) < len(table)
-    kinds = (["lines"] if lines else []) + (["bars"] if bars else [])
-    width = max(5.0, 0.45 * len(table)) if bars else 5.0
+    on_lines = {row for rows in plot_lines(space).values() for row in rows}
+    kinds = (["lines"] if on_lines else []) + (["bars"] if len(on_lines) < len(table) else [])
+    width = max(5.0, 0.45 * len(table)) if "bars" in kinds else 5.0
     figure, panels = plt.subplots(len(kinds), len(labels), figsize=(width * len(labels), 3.8 * len(kinds)),
                                   squeeze=False)
-    by_row = {line["row"]: line for line in table}
     for kind, panel_row in zip(kinds, panels):
         for panel, label in zip(panel_row, labels):
             series = [("ours", "ours (Fashion-MNIST)")]
             if any(f"paper {label}" in line for line in table):
                 series.append(("paper", "paper (ImageNet)"))
             if kind == "lines":
-                for name, rows in lines.items():
-                    for source, legend in series:
-                        points = [(space.rows[row][x_field], by_row[row].get(f"{source} {label}")) for row in rows]
-                        points = [(x, v) for x, v in points if v is not None]
-                        if points:
-                            panel.plot(*zip(*points), marker="o", label=f"{name} {source}" if name else legend)
-                panel.set_xlabel(x_field)
+                draw_lines(panel, space, table, label, series)
             else:
-                bar_width = 0.8 / len(series)
-                for index, (source, legend) in enumerate(series):
-                    points = [(x, line.get(f"{source} {label}")) for x, line in enumerate(table)]
-                    points = [(x, v) for x, v in points if v is not None]
-                    if points:
-                        panel.bar([x + (index - (len(series) - 1) / 2) * bar_width for x, _ in points],
-                                  [v for _, v in points], bar_width, label=legend)
-                panel.set_xticks(range(len(table)), [line["row"] for line in table], rotation=30, ha="right")
-                panel.set_ylim(top=panel.get_ylim()[1] * 1.2)  # room for the legend above the bars
-                panel.set_xlabel("row")
+                draw_bars(panel, table, label, series)
             panel.set_ylabel(label + (" top-1 (%)" if "top1" in metrics_of(space.study)[label] else ""))
             panel.grid(alpha=0.3)
             panel.legend(fontsize="small", loc="best" if kind == "lines" else "upper left", ncol=2)

@@ -102,7 +102,7 @@ BAD_STUDIES = {
     "plot line through a missing row": ({"plot": {"x": "method.predictor", "lines": {"a": ["nope"]}}},
                                         "plot.lines names 'nope', which is not a row"),
     "plot line through a row without x": ({"plot": {"x": "method.predictor", "lines": {"a": ["baseline", "other"]}}},
-                                          "plot.x 'method.predictor' must be set by every row on a line"),
+                                          "plot.x 'method.predictor' must be set by every row on a line ('baseline' does not)"),
 }
 
 
