@@ -101,8 +101,9 @@ BAD_STUDIES = {
     "unknown budget": ({"budgets": {"cpu": {}}}, "no budget 'smoke'"),
     "plot line through a missing row": ({"plot": {"x": "method.predictor", "lines": {"a": ["nope"]}}},
                                         "plot.lines names 'nope', which is not a row"),
-    "plot line through a row without x": ({"plot": {"x": "method.predictor", "lines": {"a": ["baseline", "other"]}}},
-                                          "plot.x 'method.predictor' must be set by every row on a line ('baseline' does not)"),
+    "plot line through a row without x": (
+        {"plot": {"x": "method.predictor", "lines": {"a": ["baseline", "other"]}}},
+        "plot.x 'method.predictor' must be set by every row on a line ('baseline' does not)"),
 }
 
 
@@ -129,7 +130,8 @@ def test_checks_compare_a_row_with_another():
 
 def test_a_study_plot_draws_the_papers_curves_as_lines_and_every_row_as_a_bar():
     space, _ = load_study(PROJECT_ROOT / "tune_spaces" / "studies" / "byol_vs_simclr_robustness.yaml", "cpu")
-    table = [{"row": row, "ours knn": 60.0 + index, "ours linear": 70.0 + index} for index, row in enumerate(space.rows)]
+    table = [{"row": row, "ours knn": 60.0 + index, "ours linear": 70.0 + index}
+             for index, row in enumerate(space.rows)]
     lines_panel, _, bars_panel, _ = study.study_plot(space, table).axes
     curves = {line.get_label(): list(line.get_xdata()) for line in lines_panel.get_lines()}
     assert curves == {"BYOL ours": [256, 128, 64], "SimCLR ours": [256, 128, 64]}
