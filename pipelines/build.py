@@ -7,7 +7,7 @@ import torch
 
 from pipelines.config import Config, ConfigError, DistillConfig
 from ssl_models import METHODS, BackboneSpec, SSLMethod, backbone_spec, create_backbone
-from ssl_models.backbones import is_vit
+from ssl_models.backbones import is_vit, vit_layer
 from ssl_models.norms import replace_batchnorm
 from ssl_models.schedules import cosine_schedule, warmup_cosine_schedule
 
@@ -18,10 +18,16 @@ def drop_path_rate(config: Config) -> float:
     return 0.1 if config.method.name in ("dino", "dinov2") and is_vit(config.model.backbone) else 0.0
 
 
+def layer_scale_init(config: Config) -> Optional[float]:
+    if config.model.layer_scale_init is not None:
+        return config.model.layer_scale_init
+    return 1e-5 if config.method.name == "dinov2" else None
+
+
 def build_spec(config: Config, channels: int) -> BackboneSpec:
     model = config.model
     return backbone_spec(model.backbone, channels, config.data.image_size, model.small_stem, model.patch_size,
-                         drop_path_rate(config), model.norm)
+                         drop_path_rate(config), model.norm, layer_scale_init(config))
 
 
 def head_arguments(config: Config) -> dict[str, int]:
@@ -66,19 +72,41 @@ def build_method(config: Config, channels: int, steps_per_epoch: int,
     return replace_batchnorm(method, config.model.norm)  # the heads' too
 
 
+def lr_scales(config: Config, module: torch.nn.Module) -> dict[int, float]:
+    """Layer-wise lr decay over the ViT inside `module` (by parameter id; heads and the rest at 1): layer l of
+    the ViT's depth n at optim.layer_decay^(n + 1 - l), the patch embedding also x optim.patch_embed_lr_mult.
+    A mask token beside the ViT (DINOv2's) counts as an embedding, as in DINOv2's reference code."""
+    optim = config.optim
+    vits = [(name, sub) for name, sub in module.named_modules()
+            if hasattr(sub, "blocks") and hasattr(sub, "patch_embed")]
+    if (optim.layer_decay == 1.0 and optim.patch_embed_lr_mult == 1.0) or not vits:
+        return {}
+    prefix, vit = vits[0][0] + "." if vits[0][0] else "", vits[0][1]
+    depth, scales = len(vit.blocks), {}
+    for name, parameter in module.named_parameters():
+        inner = name.removeprefix(prefix) if name.startswith(prefix) else None
+        layer = vit_layer(inner, depth) if inner is not None else (0 if name.endswith("mask_token") else depth + 1)
+        mult = optim.patch_embed_lr_mult if inner is not None and inner.startswith("patch_embed") else 1.0
+        scales[id(parameter)] = optim.layer_decay ** (depth + 1 - layer) * mult
+    return scales
+
+
 def build_optimizer(config: Config, module: torch.nn.Module, fixed_lr: Sequence[torch.nn.Parameter] = ()
                     ) -> torch.optim.Optimizer:
     """AdamW or LARS over `module`; biases and normalisation parameters get no weight decay (timm's grouping),
-    the parameters in `fixed_lr` keep the initial lr (groups flagged `fixed_lr`, skipped by the schedule)."""
+    the parameters in `fixed_lr` keep the initial lr (groups flagged `fixed_lr`, skipped by the schedule), each
+    group's `lr_scale` multiplies the scheduled lr (layer-wise decay on ViTs, `lr_scales`)."""
     optim = config.optim
     extra = {"betas": optim.betas} if optim.name == "adamw" else {"momentum": optim.momentum}
-    fixed = {id(parameter) for parameter in fixed_lr}
+    fixed, scales = {id(parameter) for parameter in fixed_lr}, lr_scales(config, module)
     groups = []
     for group in timm.optim.param_groups_weight_decay(module, optim.weight_decay):
-        for is_fixed in (False, True):
-            params = [parameter for parameter in group["params"] if (id(parameter) in fixed) == is_fixed]
-            if params:
-                groups.append({**group, "params": params, "fixed_lr": is_fixed})
+        buckets: dict[tuple[bool, float], list] = {}
+        for parameter in group["params"]:
+            buckets.setdefault((id(parameter) in fixed, scales.get(id(parameter), 1.0)), []).append(parameter)
+        for is_fixed, scale in sorted(buckets, key=lambda key: (key[0], -key[1])):
+            groups.append({**group, "params": buckets[is_fixed, scale], "fixed_lr": is_fixed, "lr_scale": scale,
+                           "lr": config.effective_lr() * scale})
     return timm.optim.create_optimizer_v2(groups, opt=optim.name, lr=config.effective_lr(),
                                           weight_decay=optim.weight_decay, **extra)
 

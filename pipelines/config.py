@@ -56,6 +56,9 @@ class ModelConfig(Section):
     drop_path_rate: Optional[float] = Field(None, ge=0, lt=1, description="stochastic depth of the trained backbone "
                                             "(momentum copies drop nothing); null: the method's paper value (DINO "
                                             "on ViTs 0.1, else 0)")
+    layer_scale_init: Optional[float] = Field(None, gt=0, description="ViTs: LayerScale's initial value on each "
+                                              "block's branches (timm's init_values); null: the method's paper "
+                                              "value (DINOv2 1e-5, else none)")
 
     def heads(self) -> dict[str, int]:
         """The head sizes set explicitly."""
@@ -241,6 +244,10 @@ class OptimConfig(Section):
         "gradient on its own (DINO's clipping)")
     warmup_epochs: float = Field(0.2, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
+    layer_decay: float = Field(1.0, gt=0, le=1, description="ViT backbones: block i of n learns at lr x layer_decay^"
+                               "(n - i), the embeddings at layer_decay^(n + 1), the heads at lr (DINOv2: 0.9); 1: off")
+    patch_embed_lr_mult: float = Field(1.0, gt=0, description="ViT backbones: the patch embedding's lr is also "
+                                       "multiplied by this (DINOv2: 0.2)")
     momentum: float = Field(0.9, ge=0, lt=1, description="LARS momentum")
 
 
@@ -322,6 +329,17 @@ class Config(Section):
         if not is_vit(self.model.backbone):
             raise ValueError(f"model.backbone: method dinov2 needs a ViT (its patch tokens), not "
                              f"'{self.model.backbone}'; e.g. vit_tiny_patch16_224 with model.patch_size=4 on 28 px images")
+        return self
+
+    @model_validator(mode="after")
+    def _layer_decay_on_vits(self) -> "Config":
+        if self.optim.layer_decay == 1.0 and self.optim.patch_embed_lr_mult == 1.0:
+            return self
+        from ssl_models.backbones import is_vit
+
+        if not is_vit(self.model.backbone):
+            raise ValueError(f"optim.layer_decay and optim.patch_embed_lr_mult apply to ViT backbones, not "
+                             f"'{self.model.backbone}': leave them at 1")
         return self
 
     def global_batch(self) -> int:
@@ -407,7 +425,8 @@ PAPER_OPTIM = {
     "dino": {"lr": 5e-4, "weight_decay": 0.04, "weight_decay_end": 0.4, "clip_grad": 3.0, "clip_mode": "per_parameter"},
     "mae": {"lr": 1.5e-4, "betas": [0.9, 0.95], "weight_decay": 0.05},
     # base lr 4e-3 for a batch of 1024 (square-root scaling there): 1e-3 per 256 on our linear rule at 1024
-    "dinov2": {"lr": 1e-3, "weight_decay": 0.04, "weight_decay_end": 0.2, "clip_grad": 3.0},
+    "dinov2": {"lr": 1e-3, "weight_decay": 0.04, "weight_decay_end": 0.2, "clip_grad": 3.0, "layer_decay": 0.9,
+               "patch_embed_lr_mult": 0.2},
 }
 
 

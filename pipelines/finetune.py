@@ -24,6 +24,7 @@ from torch import nn
 
 from pipelines.dataset_store import DatasetError, DatasetInfo, split_files
 from pipelines.evaluate import Normalizer, decode_for_eval, eval_rows
+from ssl_models.backbones import vit_layer
 from ssl_models.online_probe import linear_classifier
 
 SUPERVISED = ("finetune", "scratch", "linear_aug")
@@ -98,15 +99,6 @@ class Classifier(nn.Module):
                 features = self.backbone(images).float()
             return self.head(features)
         return self.head(self.backbone(images))
-
-
-def vit_layer(name: str, depth: int) -> int:
-    """0 for the embeddings, i + 1 for block i, depth + 1 for what follows the blocks (BEiT's and MAE's numbering)."""
-    if name.startswith(("cls_token", "reg_token", "pos_embed", "patch_embed")):
-        return 0
-    if name.startswith("blocks."):
-        return int(name.split(".")[1]) + 1
-    return depth + 1
 
 
 def param_groups(model: Classifier, settings: FinetuneSettings, vit: bool) -> list[dict]:

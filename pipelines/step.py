@@ -129,7 +129,7 @@ class TrainStep:
         lr, weight_decay = value_at(self.lrs, step), value_at(self.wds, step)
         for group in optimizer.param_groups:
             if not group.get("fixed_lr"):  # SimSiam's fix-pred-lr: the predictor keeps the initial lr
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             if group["weight_decay"] > 0:  # biases and norms stay at 0
                 group["weight_decay"] = weight_decay
         with self.autocast():

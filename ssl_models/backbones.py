@@ -47,6 +47,7 @@ def backbone_spec(
     patch_size: Optional[int] = None,
     drop_path_rate: float = 0.0,
     norm: str = "batch",
+    layer_scale_init: Optional[float] = None,
 ) -> BackboneSpec:
     """Validate the options for `name` and turn them into timm arguments."""
     if name not in timm.list_models():
@@ -72,7 +73,21 @@ def backbone_spec(
         kwargs["patch_size"] = patch_size
     if drop_path_rate:
         kwargs["drop_path_rate"] = drop_path_rate
+    if layer_scale_init is not None:
+        if not is_vit(name):
+            raise ValueError(f"model.layer_scale_init applies to ViTs, not '{name}'")
+        kwargs["init_values"] = layer_scale_init  # timm's LayerScale on each block's two branches
     return BackboneSpec(timm_name=name, timm_kwargs=kwargs, small_stem=small_stem, norm=norm)
+
+
+def vit_layer(name: str, depth: int) -> int:
+    """The layer of a ViT's parameter named `name`: 0 for the embeddings and tokens, i + 1 for block i, depth + 1
+    for what follows the blocks (BEiT's, MAE's and DINOv2's numbering for layer-wise lr decay)."""
+    if name.startswith(("cls_token", "reg_token", "pos_embed", "patch_embed", "mask_token")):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth + 1
 
 
 def apply_small_stem(model: nn.Module) -> nn.Module:

@@ -5,7 +5,7 @@ from timm.layers import DropPath
 from torch import nn
 
 from pipelines.build import build_method, build_optimizer
-from pipelines.config import load_config
+from pipelines.config import ConfigError, load_config
 from pipelines.step import TrainStep, clip_each_parameter
 from ssl_models import DINO, MoCo, SimSiam
 
@@ -56,6 +56,39 @@ def test_dino_student_vit_drops_paths_at_0_1_and_its_teacher_drops_none():
     assert not [m for m in byol.backbone.modules() if isinstance(m, DropPath)]
     chosen = build_method(load_config(None, SMALL_DINO + VIT + ["model.drop_path_rate=0"]), 1, 10)
     assert not [m for m in chosen.student.backbone.modules() if isinstance(m, DropPath)]
+
+
+SMALL_DINOV2 = ["method.name=dinov2", "method.out_dim=64", "method.patch_out_dim=64", "method.head_hidden_dim=64",
+                "method.bottleneck_dim=32", "method.num_local_crops=2", "method.local_crop_size=12",
+                "data.image_size=28", "data.batch_size=8"]
+
+
+def test_dinov2_decays_the_lr_layer_by_layer_slows_the_patch_embedding_and_scales_each_block():
+    config = load_config(None, SMALL_DINOV2 + VIT)
+    assert (config.optim.layer_decay, config.optim.patch_embed_lr_mult) == (0.9, 0.2)
+    method = build_method(config, 1, 10)
+    gammas = torch.cat([m.gamma for m in method.trained.modules() if hasattr(m, "gamma")])
+    assert len(gammas) and torch.allclose(gammas, torch.full_like(gammas, 1e-5))  # LayerScale: branches start shut
+    optimizer = build_optimizer(config, method.trained)
+    scale = {id(p): group["lr_scale"] for group in optimizer.param_groups for p in group["params"]}
+    named = dict(method.trained.named_parameters())
+    depth = len(method.student.backbone.blocks)
+    assert scale[id(named["backbone.blocks.11.attn.qkv.weight"])] == pytest.approx(0.9)
+    assert scale[id(named["backbone.blocks.0.attn.qkv.weight"])] == pytest.approx(0.9 ** depth)
+    assert scale[id(named["backbone.cls_token"])] == scale[id(named["mask_token"])] == pytest.approx(0.9 ** 13)
+    assert scale[id(named["backbone.patch_embed.proj.weight"])] == pytest.approx(0.9 ** 13 * 0.2)
+    assert scale[id(named["head.mlp.0.weight"])] == scale[id(named["backbone.norm.weight"])] == 1.0
+    step = TrainStep(config, method, optimizer, 10, CPU)
+    step([torch.randn(8, 1, size, size) for size in (28, 28, 12, 12)], 5)
+    for group in optimizer.param_groups:
+        assert group["lr"] == pytest.approx(step.lrs[5].item() * group["lr_scale"])
+    dino = load_config(None, SMALL_DINO + VIT)
+    assert (dino.optim.layer_decay, dino.model.layer_scale_init) == (1.0, None)
+    assert {g["lr_scale"] for g in build_optimizer(dino, build_method(dino, 1, 10).trained).param_groups} == {1.0}
+    with pytest.raises(ConfigError, match="optim.layer_decay and optim.patch_embed_lr_mult apply to ViT"):
+        load_config(None, ["optim.layer_decay=0.8"])
+    with pytest.raises(ValueError, match="model.layer_scale_init applies to ViTs"):
+        build_method(load_config(None, ["model.layer_scale_init=0.1"]), 1, 10)
 
 
 def test_a_run_without_a_preset_gets_its_papers_optimizer_and_a_preset_or_override_wins():
