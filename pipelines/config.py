@@ -239,9 +239,9 @@ class OptimConfig(Section):
     weight_decay: float = Field(1e-6, ge=0)
     weight_decay_end: Optional[float] = Field(None, ge=0, description="null: constant; else cosine to this (DINO: 0.04 -> 0.4)")
     clip_grad: Optional[float] = Field(None, gt=0, description="gradient-norm clipping (DINO: 3.0)")
-    clip_mode: Literal["global", "per_parameter"] = Field(
+    clip_mode: Literal["global", "per_parameter", "per_module"] = Field(
         "global", description="global: the norm of all gradients together; per_parameter: each parameter's "
-        "gradient on its own (DINO's clipping)")
+        "gradient on its own (DINO's clipping); per_module: the backbone's and each head's on their own (DINOv2's)")
     warmup_epochs: float = Field(0.2, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     layer_decay: float = Field(1.0, gt=0, le=1, description="ViT backbones: block i of n learns at lr x layer_decay^"
@@ -425,8 +425,8 @@ PAPER_OPTIM = {
     "dino": {"lr": 5e-4, "weight_decay": 0.04, "weight_decay_end": 0.4, "clip_grad": 3.0, "clip_mode": "per_parameter"},
     "mae": {"lr": 1.5e-4, "betas": [0.9, 0.95], "weight_decay": 0.05},
     # base lr 4e-3 for a batch of 1024 (square-root scaling there): 1e-3 per 256 on our linear rule at 1024
-    "dinov2": {"lr": 1e-3, "weight_decay": 0.04, "weight_decay_end": 0.2, "clip_grad": 3.0, "layer_decay": 0.9,
-               "patch_embed_lr_mult": 0.2},
+    "dinov2": {"lr": 1e-3, "weight_decay": 0.04, "weight_decay_end": 0.2, "clip_grad": 3.0, "clip_mode": "per_module",
+               "layer_decay": 0.9, "patch_embed_lr_mult": 0.2},
 }
 
 

@@ -83,11 +83,26 @@ def prepare(config: Config, channels: int, steps_per_epoch: int, device: torch.d
 
 
 @torch.no_grad()
-def clip_each_parameter(parameters, max_norm: float) -> None:
+def clip_all(module: torch.nn.Module, max_norm: float) -> None:
+    torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
+
+
+def clip_each_parameter(module: torch.nn.Module, max_norm: float) -> None:
     """DINO's clipping: each parameter's gradient scaled down to norm `max_norm` on its own."""
-    for parameter in parameters:
+    for parameter in module.parameters():
         if parameter.grad is not None:
             parameter.grad.mul_((max_norm / (parameter.grad.norm() + 1e-6)).clamp(max=1.0))
+
+
+def clip_each_module(module: torch.nn.Module, max_norm: float) -> None:
+    """DINOv2's clipping: the gradients of each submodule (the backbone, each head) clipped to norm `max_norm`
+    together; the parameters `module` holds itself (DINOv2's mask token) form one more group."""
+    for parameters in [list(child.parameters()) for child in module.children()] + [list(module.parameters(False))]:
+        if parameters:
+            torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+
+
+CLIPPING = {"global": clip_all, "per_parameter": clip_each_parameter, "per_module": clip_each_module}
 
 
 def scaled_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -116,7 +131,7 @@ class TrainStep:
     def __init__(self, config: Config, method: SSLMethod, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
                  device: torch.device):
         self.method, self.optimizer, self.clip = method, optimizer, config.optim.clip_grad
-        self.clip_norm = clip_each_parameter if config.optim.clip_mode == "per_parameter" else torch.nn.utils.clip_grad_norm_
+        self.clip_norm = CLIPPING[config.optim.clip_mode]
         self.precision = resolve_precision(config.train.precision, device)
         self.autocast = autocast_for(self.precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
@@ -134,7 +149,7 @@ class TrainStep:
                 group["weight_decay"] = weight_decay
         with self.autocast():
             outputs = method.training_step(views, step)
-        clip = (lambda: self.clip_norm(method.trained.parameters(), self.clip)) if self.clip else None
+        clip = (lambda: self.clip_norm(method.trained, self.clip)) if self.clip else None
         if scaled_step(outputs["loss"], optimizer, scaler, lambda: method.after_backward(step), clip):
             logged = method.after_optimizer_step(step)
         else:  # the EMA follows only steps the optimizer took

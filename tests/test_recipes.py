@@ -6,7 +6,7 @@ from torch import nn
 
 from pipelines.build import build_method, build_optimizer
 from pipelines.config import ConfigError, load_config
-from pipelines.step import TrainStep, clip_each_parameter
+from pipelines.step import TrainStep, clip_each_module, clip_each_parameter
 from ssl_models import DINO, MoCo, SimSiam
 
 CPU = torch.device("cpu")
@@ -109,12 +109,26 @@ def test_a_run_without_a_preset_gets_its_papers_optimizer_and_a_preset_or_overri
 def test_dino_clips_each_parameters_gradient_on_its_own():
     big, small = nn.Parameter(torch.zeros(4)), nn.Parameter(torch.zeros(4))
     big.grad, small.grad = torch.full((4,), 5.0), torch.full((4,), 0.1)  # norms 10 and 0.2
-    clip_each_parameter([big, small], 3.0)
+    clip_each_parameter(nn.ParameterList([big, small]), 3.0)
     assert big.grad.norm().item() == pytest.approx(3.0, rel=1e-5) and torch.equal(small.grad, torch.full((4,), 0.1))
     config = load_config(None, SMALL_DINO)
     method = build_method(config, 1, 10)
     step = TrainStep(config, method, build_optimizer(config, method.trained), 10, CPU)
     assert step.clip_norm is clip_each_parameter and step.clip == 3.0
+
+
+def test_dinov2_clips_the_backbones_and_each_heads_gradient_on_their_own():
+    config = load_config(None, SMALL_DINOV2 + VIT)
+    assert config.optim.clip_mode == "per_module" and config.optim.clip_grad == 3.0
+    parts = nn.Module()
+    parts.backbone, parts.head = nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False)
+    parts.token = nn.Parameter(torch.zeros(4))
+    parts.backbone.weight.grad, parts.head.weight.grad = torch.full((4, 4), 5.0), torch.full((4, 4), 0.01)
+    parts.token.grad = torch.full((4,), 5.0)  # norms 20, 0.04, 10
+    clip_each_module(parts, 3.0)
+    assert parts.backbone.weight.grad.norm().item() == pytest.approx(3.0, rel=1e-5)
+    assert torch.equal(parts.head.weight.grad, torch.full((4, 4), 0.01))  # not scaled down with the backbone
+    assert parts.token.grad.norm().item() == pytest.approx(3.0, rel=1e-5)
 
 
 def test_simsiam_projector_ends_in_batchnorm_without_affine_and_the_predictor_lr_can_be_fixed():
