@@ -50,7 +50,7 @@ def main() -> None:
             timed(module, name)
     folder = tempfile.mkdtemp(prefix="run_phases_")
     ingest_fashion_mnist(FASHION_MNIST_DIR, f"{folder}/slice", limit=640, rows_per_shard=320)
-    ray.init(num_cpus=2)
+    ray.init(num_cpus=2, log_to_driver=False)  # the phases only, not every worker's output
     sets = [f"data.path={folder}/slice", f"train.storage_path={folder}/runs",
             f"tracking.tracking_uri=sqlite:///{folder}/mlflow.db", *SMOKE, *args.overrides]
     for run in range(args.runs):
