@@ -44,13 +44,14 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=2, help="runs one after the other (the first pays MLflow's setup)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--verbose", action="store_true", help="the workers' output too (to time their steps)")
     args = parser.parse_args()
     for module, names in PHASES:
         for name in names:
             timed(module, name)
     folder = tempfile.mkdtemp(prefix="run_phases_")
     ingest_fashion_mnist(FASHION_MNIST_DIR, f"{folder}/slice", limit=640, rows_per_shard=320)
-    ray.init(num_cpus=2, log_to_driver=False)  # the phases only, not every worker's output
+    ray.init(num_cpus=2, log_to_driver=args.verbose)
     sets = [f"data.path={folder}/slice", f"train.storage_path={folder}/runs",
             f"tracking.tracking_uri=sqlite:///{folder}/mlflow.db", *SMOKE, *args.overrides]
     for run in range(args.runs):
