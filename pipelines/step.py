@@ -82,11 +82,11 @@ def prepare(config: Config, channels: int, steps_per_epoch: int, device: torch.d
     return Prepared(method, optimizer, restored)
 
 
-@torch.no_grad()
 def clip_all(module: torch.nn.Module, max_norm: float) -> None:
     torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
 
 
+@torch.no_grad()
 def clip_each_parameter(module: torch.nn.Module, max_norm: float) -> None:
     """DINO's clipping: each parameter's gradient scaled down to norm `max_norm` on its own."""
     for parameter in module.parameters():
