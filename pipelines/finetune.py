@@ -24,7 +24,6 @@ from torch import nn
 
 from pipelines.dataset_store import DatasetError, DatasetInfo, split_files
 from pipelines.evaluate import Normalizer, decode_for_eval, eval_rows
-from ssl_models.backbones import vit_layer
 from ssl_models.online_probe import linear_classifier
 
 SUPERVISED = ("finetune", "scratch", "linear_aug")
@@ -105,6 +104,8 @@ def param_groups(model: Classifier, settings: FinetuneSettings, vit: bool) -> li
     """One group per (layer, with or without weight decay): on ViTs layer l of n gets lr x decay^(n - l), so the
     head and the final norm learn at the full rate and the patch embedding slowest; no weight decay on biases,
     norms and tokens."""
+    from ssl_models.backbones import vit_layer
+
     backbone_names = {id(p): name for name, p in model.backbone.named_parameters()}
     depth = len(model.backbone.blocks) if vit else 0
     skip = set(getattr(model.backbone, "no_weight_decay", lambda: ())())
