@@ -3,7 +3,9 @@ scikit-image's photos, grey and colour, 48 each), train.num_workers=2, 2 epochs;
 replicas stayed identical, how many classes each batch held, the online kNN and the last losses. `distill`
 distils from a 1-epoch BYOL teacher trained first.
 
-    python -m benchmarks.where_users_are dinov2 distill [--root /tmp/where_users_are]
+    python -m benchmarks.where_users_are dinov2 distill [--root /tmp/where_users_are] [--set KEY=VALUE ...]
+
+`--set` changes a setting of every method's run (for example `--set model.layer_scale_init=1.0`).
 """
 import argparse
 import shutil
@@ -30,7 +32,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("methods", nargs="+")
     parser.add_argument("--root", type=Path, default=Path("/tmp/where_users_are"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for every method's run; repeat for more")
     args = parser.parse_args()
+    settings = dict(override.split("=", 1) for override in args.overrides)
     shards, storage = str(sorted_shards(args.root)), str(args.root / "runs")
     uri = f"sqlite:///{args.root / 'mlflow.db'}"
     common = {"data.image_size": 32, "data.batch_size": 32, "data.limit": "null", "train.epochs": 2,
@@ -38,7 +43,7 @@ def main() -> None:
               "eval.online_bank_size": 200, "eval.online_query_size": 48}
     client = MlflowClient(uri)
     for method in args.methods:
-        extra = {"tracking.run_name": f"sorted-{method}-{time.strftime('%H%M%S')}"}
+        extra = {"tracking.run_name": f"sorted-{method}-{time.strftime('%H%M%S')}", **settings}
         if method == "distill":
             if not (args.root / "runs" / "sorted-teacher").exists():
                 pretrain(load_config(None, tiny_overrides(shards, storage, uri, "byol", **{
@@ -52,7 +57,7 @@ def main() -> None:
         def history(key: str) -> list[float]:
             return [round(metric.value, 3) for metric in client.get_metric_history(run_id, key)]
 
-        print(f"{method}: {client.get_run(run_id).info.status}, steps {outcome['metrics']['step']}, "
+        print(f"{method} {' '.join(args.overrides)}: {client.get_run(run_id).info.status}, steps {outcome['metrics']['step']}, "
               f"replicas_identical {history('replicas_identical')}, classes_per_batch "
               f"{history('train/classes_per_batch')}, knn_top1_k20 {history('knn_top1_k20')}, "
               f"loss {history('train/loss')[-3:]}", flush=True)

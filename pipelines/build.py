@@ -7,7 +7,7 @@ import torch
 
 from pipelines.config import Config, ConfigError, DistillConfig
 from ssl_models import METHODS, BackboneSpec, SSLMethod, backbone_spec, create_backbone
-from ssl_models.backbones import is_vit, vit_layer
+from ssl_models.backbones import is_vit, vit_lr_scale
 from ssl_models.norms import replace_batchnorm
 from ssl_models.schedules import cosine_schedule, warmup_cosine_schedule
 
@@ -85,9 +85,10 @@ def lr_scales(config: Config, module: torch.nn.Module) -> dict[int, float]:
     depth, scales = len(vit.blocks), {}
     for name, parameter in module.named_parameters():
         inner = name.removeprefix(prefix) if name.startswith(prefix) else None
-        layer = vit_layer(inner, depth) if inner is not None else (0 if name.endswith("mask_token") else depth + 1)
+        if inner is None and name.endswith("mask_token"):
+            inner = "mask_token"
         mult = optim.patch_embed_lr_mult if inner is not None and inner.startswith("patch_embed") else 1.0
-        scales[id(parameter)] = optim.layer_decay ** (depth + 1 - layer) * mult
+        scales[id(parameter)] = vit_lr_scale(inner, depth, optim.layer_decay) * mult
     return scales
 
 

@@ -101,22 +101,22 @@ class Classifier(nn.Module):
 
 
 def param_groups(model: Classifier, settings: FinetuneSettings, vit: bool) -> list[dict]:
-    """One group per (layer, with or without weight decay): on ViTs layer l of n gets lr x decay^(n - l), so the
-    head and the final norm learn at the full rate and the patch embedding slowest; no weight decay on biases,
+    """One group per (lr scale, with or without weight decay): on ViTs layer l of n gets lr x decay^(n - l), so
+    the head and the final norm learn at the full rate and the patch embedding slowest; no weight decay on biases,
     norms and tokens."""
-    from ssl_models.backbones import vit_layer
+    from ssl_models.backbones import vit_lr_scale
 
     backbone_names = {id(p): name for name, p in model.backbone.named_parameters()}
     depth = len(model.backbone.blocks) if vit else 0
     skip = set(getattr(model.backbone, "no_weight_decay", lambda: ())())
-    groups: dict[tuple[int, bool], dict] = {}
+    groups: dict[tuple[float, bool], dict] = {}
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
         inner = backbone_names.get(id(parameter))
-        layer = vit_layer(inner, depth) if vit and inner is not None else depth + 1
+        scale = vit_lr_scale(inner if vit else None, depth, settings.layer_decay)
         decay = parameter.ndim > 1 and (inner or "") not in skip
-        group = groups.setdefault((layer, decay), {"params": [], "lr_scale": settings.layer_decay ** (depth + 1 - layer),
+        group = groups.setdefault((scale, decay), {"params": [], "lr_scale": scale,
                                                    "weight_decay": settings.weight_decay if decay else 0.0})
         group["params"].append(parameter)
     return list(groups.values())

@@ -90,6 +90,13 @@ def vit_layer(name: str, depth: int) -> int:
     return depth + 1
 
 
+def vit_lr_scale(name: Optional[str], depth: int, decay: float) -> float:
+    """Layer-wise lr decay: the parameter `name` of a ViT of `depth` blocks learns at lr x decay^(depth + 1 - l),
+    l its `vit_layer`; None (a parameter outside the ViT: a head) at the full lr."""
+    layer = depth + 1 if name is None else vit_layer(name, depth)
+    return decay ** (depth + 1 - layer)
+
+
 def apply_small_stem(model: nn.Module) -> nn.Module:
     """CIFAR-style ResNet stem: a 3x3 stride-1 first convolution and no max-pool, for 28-96 px images."""
     old = model.conv1
