@@ -56,9 +56,9 @@ class ModelConfig(Section):
     drop_path_rate: Optional[float] = Field(None, ge=0, lt=1, description="stochastic depth of the trained backbone "
                                             "(momentum copies drop nothing); null: the method's paper value (DINO "
                                             "on ViTs 0.1, else 0)")
-    layer_scale_init: Optional[float] = Field(None, gt=0, description="ViTs: LayerScale's initial value on each "
-                                              "block's branches (timm's init_values); null: the method's paper "
-                                              "value (DINOv2 1e-5, else none)")
+    layer_scale_init: Optional[float] = Field(None, ge=0, description="ViTs: LayerScale's initial value on each "
+                                              "block's branches (timm's init_values); 0: no LayerScale; null: the "
+                                              "method's paper value (DINOv2 1e-5, else none)")
 
     def heads(self) -> dict[str, int]:
         """The head sizes set explicitly."""

@@ -73,7 +73,7 @@ def backbone_spec(
         kwargs["patch_size"] = patch_size
     if drop_path_rate:
         kwargs["drop_path_rate"] = drop_path_rate
-    if layer_scale_init is not None:
+    if layer_scale_init:  # 0: none, as timm reads it
         if not is_vit(name):
             raise ValueError(f"model.layer_scale_init applies to ViTs, not '{name}'")
         kwargs["init_values"] = layer_scale_init  # timm's LayerScale on each block's two branches

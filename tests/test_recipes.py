@@ -89,6 +89,8 @@ def test_dinov2_decays_the_lr_layer_by_layer_slows_the_patch_embedding_and_scale
         load_config(None, ["optim.layer_decay=0.8"])
     with pytest.raises(ValueError, match="model.layer_scale_init applies to ViTs"):
         build_method(load_config(None, ["model.layer_scale_init=0.1"]), 1, 10)
+    unscaled = build_method(load_config(None, SMALL_DINOV2 + VIT + ["model.layer_scale_init=0"]), 1, 10)
+    assert not any(hasattr(m, "gamma") for m in unscaled.trained.modules())  # 0: DINOv2 without LayerScale
 
 
 def test_a_run_without_a_preset_gets_its_papers_optimizer_and_a_preset_or_override_wins():
