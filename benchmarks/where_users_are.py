@@ -57,9 +57,9 @@ def main() -> None:
         def history(key: str) -> list[float]:
             return [round(metric.value, 3) for metric in client.get_metric_history(run_id, key)]
 
-        print(f"{method} {' '.join(args.overrides)}: {client.get_run(run_id).info.status}, steps {outcome['metrics']['step']}, "
-              f"replicas_identical {history('replicas_identical')}, classes_per_batch "
-              f"{history('train/classes_per_batch')}, knn_top1_k20 {history('knn_top1_k20')}, "
+        print(f"{' '.join([method, *args.overrides])}: {client.get_run(run_id).info.status}, "
+              f"steps {outcome['metrics']['step']}, replicas_identical {history('replicas_identical')}, "
+              f"classes_per_batch {history('train/classes_per_batch')}, knn_top1_k20 {history('knn_top1_k20')}, "
               f"loss {history('train/loss')[-3:]}", flush=True)
 
 
