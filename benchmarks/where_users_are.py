@@ -14,7 +14,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from pipelines.config import load_config
+from pipelines.config import ConfigError, load_config, parse_override
 from pipelines.ingest import ingest_folder
 from pipelines.pretrain import pretrain
 from tests.conftest import tiny_overrides, write_sorted_folder
@@ -28,14 +28,24 @@ def sorted_shards(root: Path) -> Path:
     return shards
 
 
+def setting(text: str) -> tuple[str, str]:
+    """One `--set KEY=VALUE`, checked as the pipelines' own --set is."""
+    try:
+        parse_override(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    key, value = text.split("=", 1)
+    return key, value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("methods", nargs="+")
     parser.add_argument("--root", type=Path, default=Path("/tmp/where_users_are"))
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", dest="settings", action="append", default=[], type=setting, metavar="KEY=VALUE",
                         help="a setting for every method's run; repeat for more")
     args = parser.parse_args()
-    settings = dict(override.split("=", 1) for override in args.overrides)
+    settings = dict(args.settings)
     shards, storage = str(sorted_shards(args.root)), str(args.root / "runs")
     uri = f"sqlite:///{args.root / 'mlflow.db'}"
     common = {"data.image_size": 32, "data.batch_size": 32, "data.limit": "null", "train.epochs": 2,
@@ -57,7 +67,7 @@ def main() -> None:
         def history(key: str) -> list[float]:
             return [round(metric.value, 3) for metric in client.get_metric_history(run_id, key)]
 
-        print(f"{' '.join([method, *args.overrides])}: {client.get_run(run_id).info.status}, "
+        print(f"{' '.join([method, *(f'{k}={v}' for k, v in settings.items())])}: {client.get_run(run_id).info.status}, "
               f"steps {outcome['metrics']['step']}, replicas_identical {history('replicas_identical')}, "
               f"classes_per_batch {history('train/classes_per_batch')}, knn_top1_k20 {history('knn_top1_k20')}, "
               f"loss {history('train/loss')[-3:]}", flush=True)
