@@ -33,7 +33,29 @@ def budget_overrides(study: dict, budget: str, where: str) -> list[str]:
     return [f"{field}={json.dumps(value)}" for field, value in settings.items()]
 
 
+def only_rows(raw: dict, names: list[str], where: str) -> dict:
+    """The study cut to the rows `names` (`--rows`): its checks and plot lines keep only what is on those rows."""
+    rows = {str(name): spec for name, spec in raw["rows"].items()}
+    unknown = [name for name in names if name not in rows]
+    if unknown or not names:
+        raise ConfigError(f"--rows: {', '.join(unknown) or 'no row named'} is not a row of {where}; its rows: "
+                          f"{', '.join(rows)}")
+    cut = {**raw, "rows": {name: spec for name, spec in rows.items() if name in names}}
+    if raw.get("checks"):
+        cut["checks"] = [check for check in raw["checks"] if isinstance(check, dict)
+                         and {str(check.get("row")), str(check.get("of"))} <= set(names)]
+    lines = (raw.get("plot") or {}).get("lines")
+    if isinstance(lines, dict):
+        kept = {line: [row for row in on if str(row) in names] for line, on in lines.items() if isinstance(on, list)}
+        cut["plot"] = {**raw["plot"], "lines": {line: on for line, on in kept.items() if on}}
+        if not cut["plot"]["lines"]:
+            del cut["plot"]
+    return cut
+
+
 def new_state(args) -> dict:
+    import yaml
+
     from pipelines import sweep
 
     where = str(args.study)
@@ -45,8 +67,11 @@ def new_state(args) -> dict:
                                     num_samples=1, grace_epochs=1, max_concurrent=args.max_concurrent, name=name,
                                     out=None, overrides=[f"tracking.experiment=study-{Path(where).stem}"]
                                     + budget_overrides(raw, args.budget, where) + list(args.overrides))
+    cut = only_rows(raw, args.rows.split(","), where) if args.rows else None
     state = sweep.new_state(sweep_args)
-    state["study"] = {"budget": args.budget}
+    state["study"] = {"budget": args.budget, "rows": args.rows or "all"}
+    if cut:
+        state["space_text"] = yaml.safe_dump(cut, sort_keys=False)  # what the sweep, its table and a resume read
     return state
 
 
@@ -271,6 +296,7 @@ def report(outcome: dict, space: Space, state: dict) -> dict:
     study = space.study
     for key, value in {"study": Path(space.path).stem, "study.title": study.get("title", ""),
                        "study.source": study.get("source", ""), "study.budget": state["study"]["budget"],
+                       "study.rows": state["study"].get("rows", "all"),
                        "study.checks": "passed" if all(c["passed"] for c in checks) else "failed"}.items():
         client.set_tag(parent, key, str(value)[:5000])
     text = markdown(table)
@@ -301,12 +327,16 @@ def parse_args(argv):
                                                         "(the documented CPU run); default cpu")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a field of every row, e.g. --set train.epochs=4 (repeatable)")
+    parser.add_argument("--rows", metavar="ROW,ROW", help="run only these rows (comma-separated; default all); "
+                                                          "checks and plot lines keep the ones on them")
     parser.add_argument("--max-concurrent", type=int, help="at most this many rows at once")
     parser.add_argument("--name", help="study run name (default: <study>-<budget>-<time>)")
     parser.add_argument("--resume", metavar="NAME", help="continue an interrupted study; finished rows are kept")
     args = parser.parse_args(argv)
     if not args.study and not args.resume:
         parser.error("give a study file (tune_spaces/studies/*.yaml) or --resume NAME")
+    if args.resume and args.rows:
+        parser.error("--rows picks the rows of a new study; a resumed study runs the rows it began with")
     return args
 
 

@@ -1,6 +1,7 @@
 """Studies: every study file of tune_spaces/studies is a valid grid of runs under each budget; the collapse studies
 (SimSiam, DINO's guards, BYOL without batch statistics) and the distillation study run end to end (Ray Tune, one
-MLflow child run per row, the table beside the paper's or beside a reference run, its checks)."""
+MLflow child run per row, the table beside the paper's or beside a reference run, its checks); the other six run
+one row each through `--rows`, and every row of every study takes a training step in process."""
 import copy
 
 import pytest
@@ -119,6 +120,23 @@ def test_a_bad_study_file_is_refused_with_a_message_naming_the_problem(case, tmp
     assert message in capsys.readouterr().err
 
 
+def test_rows_cut_a_study_to_the_rows_named_with_its_checks_and_plot_lines(tmp_path, capsys):
+    path = PROJECT_ROOT / "tune_spaces" / "studies" / "byol_vs_simclr_robustness.yaml"
+    cut = study.only_rows(read_yaml(path), ["simclr_batch_64", "byol_batch_256", "byol_batch_128"], "robustness")
+    assert list(cut["rows"]) == ["byol_batch_256", "byol_batch_128", "simclr_batch_64"]  # the file's order
+    assert cut["plot"]["lines"] == {"BYOL": ["byol_batch_256", "byol_batch_128"], "SimCLR": ["simclr_batch_64"]}
+    assert "plot" not in study.only_rows(read_yaml(path), ["byol_no_colour"], "robustness")
+    collapse = read_yaml(PROJECT_ROOT / "tune_spaces" / "studies" / "simsiam_collapse.yaml")
+    kept = study.only_rows(collapse, ["baseline", "no_predictor"], "collapse")["checks"]
+    assert [(check["row"], check["of"]) for check in kept] == [("no_predictor", "baseline")]
+    assert study.main([str(path), "--rows", "byol_batch_256,byol_batch_1", "--budget", "smoke",
+                       "--set", f"train.storage_path={tmp_path}"]) == 2
+    assert "--rows: byol_batch_1 is not a row of" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        study.parse_args(["--resume", "x", "--rows", "a"])
+    assert "a resumed study runs the rows it began with" in capsys.readouterr().err
+
+
 def test_checks_compare_a_row_with_another():
     space, _ = load_study(PROJECT_ROOT / "tune_spaces" / "studies" / "simsiam_collapse.yaml", "smoke")
     table = [{"row": "baseline", "ours std": 0.03}, {"row": "no_stop_gradient", "ours std": 0.01},
@@ -142,14 +160,15 @@ def test_a_study_plot_draws_the_papers_curves_as_lines_and_every_row_as_a_bar():
     assert len(figure.axes) == 2 and len(figure.axes[0].get_lines()[0].get_xdata()) == len(space.rows)
 
 
-def run_smoke(stem: str, name: str, data: str, tmp_path, capsys, sets: list[str] = ()):
+def run_smoke(stem: str, name: str, data: str, tmp_path, capsys, sets: list[str] = (), rows: str = ""):
     """The study at its smoke budget on the real Fashion-MNIST slice, as CI can afford it; its exit code, printed
     output, MLflow client, parent run, child runs by row and the table the parent holds."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     sets = [f"data.path={data}", f"train.storage_path={tmp_path / 'runs'}", f"tracking.tracking_uri={uri}",
             "train.cpus_per_worker=0.25", *sets]  # one row (0.25 + 0.5 augmentation + reads) fits the 2-CPU session
     code = study.main([str(PROJECT_ROOT / "tune_spaces" / "studies" / f"{stem}.yaml"), "--budget", "smoke",
-                       "--name", name, *[part for text in sets for part in ("--set", text)]])
+                       "--name", name, *(["--rows", rows] if rows else []),
+                       *[part for text in sets for part in ("--set", text)]])
     out = capsys.readouterr().out
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(f"study-{stem}").experiment_id  # rows may switch methods
@@ -249,3 +268,21 @@ def test_a_collapse_study_at_its_smoke_budget_sees_its_ablations_collapse(stem, 
     assert {name: run.info.status for name, run in rows.items()} == {line["row"]: "FINISHED" for line in table["table"]}
     checked = [check["row"] for check in table["checks"]]
     assert checked == list(COLLAPSE_STUDIES[stem]) and all(check["passed"] for check in table["checks"])
+
+
+ONE_ROW_EACH = {"byol_vs_simsiam": "simsiam", "dino_components": "mse", "byol_vs_simclr_robustness": "simclr_crop_only",
+                "mae_decoder": "width_128", "mae_augmentation": "none", "mae_mask_ratio": "0.9"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stem", ONE_ROW_EACH)
+def test_every_other_study_runs_one_row_end_to_end_through_its_command(stem, ray_session, fmnist_slice, tmp_path,
+                                                                     capsys):
+    """The studies CI cannot afford whole (a Ray Train run a row, about a minute each): each through
+    `pipelines.study --rows` on one row at its smoke budget; every row of every study steps in process above."""
+    code, out, _, parent, rows, table = run_smoke(stem, stem, fmnist_slice, tmp_path, capsys, rows=ONE_ROW_EACH[stem])
+    assert code == 0, out
+    assert parent.info.status == "FINISHED" and parent.data.tags["study.rows"] == ONE_ROW_EACH[stem]
+    assert {name: run.info.status for name, run in rows.items()} == {ONE_ROW_EACH[stem]: "FINISHED"}
+    line, = table["table"]
+    assert line["row"] == ONE_ROW_EACH[stem] and 0 < line["ours knn"] <= 100 and 0 < line["ours linear"] <= 100
