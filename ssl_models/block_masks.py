@@ -1,6 +1,7 @@
 """The masks of DINOv2's global crops: which crops are masked, at which ratio, and the masked patches as blocks
 (BEiT's blockwise masking, which iBOT and DINOv2 use) or at random."""
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -57,3 +58,14 @@ def crop_masks(images: int, height: int, width: int, probability: float, ratio_m
         else:
             masks[image, rng.choice(patches, count, replace=False)] = True
     return torch.from_numpy(masks[rng.permutation(images)]).to(device)
+
+
+class CropMasks(NamedTuple):
+    grid: torch.Tensor  # (images, patches) bool
+    positions: torch.Tensor  # flat indices of the masked patches in (images x patches), row-major as grid[grid]
+
+
+def with_positions(masks: torch.Tensor, device: torch.device | str) -> CropMasks:
+    """Host masks and their masked positions, both moved to `device`: the positions are found on the host, so
+    selecting the masked tokens on a GPU is a gather of known size, not a boolean index that waits for the device."""
+    return CropMasks(masks.to(device), masks.flatten().nonzero().squeeze(1).to(device))

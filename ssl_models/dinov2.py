@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from ssl_models.block_masks import crop_masks
+from ssl_models.block_masks import CropMasks, crop_masks, with_positions
 from ssl_models.distributed import world
 from ssl_models.dino import DINOHead, TeacherStudent, dino_loss, entropy, teacher_temperature_schedule, update_center
 from ssl_models.ema import frozen_copy
@@ -53,12 +53,18 @@ def sinkhorn_knopp(teacher_output: torch.Tensor, temperature: float, iterations:
     return (q * samples).T
 
 
-def masked_patch_loss(student_scores: torch.Tensor, teacher_probs: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+def masked_patch_loss(student_scores: torch.Tensor, teacher_probs: torch.Tensor, masks: CropMasks) -> torch.Tensor:
     """iBOT's loss: cross-entropy of the teacher's probabilities and the student's log-probabilities at the masked
-    tokens (rows in `masks`' order), averaged per image over its masked tokens, then over all images."""
+    tokens (rows in `masks.positions`' order), averaged per image over its masked tokens, then over all images."""
     per_token = -(teacher_probs * F.log_softmax(student_scores, dim=-1)).sum(-1)
-    weights = (1.0 / masks.sum(-1).clamp_min(1)).unsqueeze(-1).expand_as(masks)[masks]
-    return (per_token * weights).sum() / masks.shape[0]
+    images, patches = masks.grid.shape
+    weights = (1.0 / masks.grid.sum(-1).clamp_min(1))[masks.positions // patches]
+    return (per_token * weights).sum() / images
+
+
+def masked_tokens(patches: torch.Tensor, masks: CropMasks) -> torch.Tensor:
+    """(masked tokens, D) of patch tokens (N, P, D), in `masks.positions`' order."""
+    return patches.flatten(0, 1).index_select(0, masks.positions)
 
 
 class StudentOutputs(NamedTuple):  # a tuple: DDP walks the outputs
@@ -87,13 +93,13 @@ class TokenNetwork(nn.Module):
         x = vit.norm(vit.blocks(vit.norm_pre(vit.patch_drop(vit._pos_embed(x)))))
         return vit.forward_head(x, pre_logits=True), x[:, vit.num_prefix_tokens:]
 
-    def forward(self, global_crops: torch.Tensor, local_crops: Optional[torch.Tensor], masks: torch.Tensor
+    def forward(self, global_crops: torch.Tensor, local_crops: Optional[torch.Tensor], masks: CropMasks
                 ) -> StudentOutputs:
-        cls, patches = self.tokens(global_crops, masks)
+        cls, patches = self.tokens(global_crops, masks.grid)
         scores = [self.head(cls)]
         if local_crops is not None:
             scores.append(self.head(self.tokens(local_crops)[0]))
-        return StudentOutputs(cls, torch.cat(scores), self.patch_head(patches[masks]))
+        return StudentOutputs(cls, torch.cat(scores), self.patch_head(masked_tokens(patches, masks)))
 
 
 def patch_grid(vit: VisionTransformer, images: torch.Tensor) -> tuple[int, int]:
@@ -133,9 +139,9 @@ class DINOv2(TeacherStudent):
     def frozen_last_layers(self) -> list[nn.Module]:
         return list({id(head): head.last_layer for head in (self.student.head, self.student.patch_head)}.values())
 
-    def sample_masks(self, global_crops: torch.Tensor) -> torch.Tensor:
-        return crop_masks(len(global_crops), *patch_grid(self.student.backbone, global_crops), *self.masking,
-                          device=global_crops.device)
+    def sample_masks(self, global_crops: torch.Tensor) -> CropMasks:
+        return with_positions(crop_masks(len(global_crops), *patch_grid(self.student.backbone, global_crops),
+                                         *self.masking), global_crops.device)
 
     @torch.no_grad()
     def teacher_probabilities(self, output: torch.Tensor, center: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -154,8 +160,8 @@ class DINOv2(TeacherStudent):
         with torch.no_grad():
             cls, patches = self.teacher.tokens(global_crops)
             teacher = self.teacher_probabilities(self.teacher.head(cls), self.center, temperature)
-            teacher_patches = self.teacher_probabilities(self.teacher.patch_head(patches[masks]), self.patch_center,
-                                                         temperature)
+            teacher_patches = self.teacher_probabilities(self.teacher.patch_head(masked_tokens(patches, masks)),
+                                                         self.patch_center, temperature)
         student = self.call_trained(global_crops, local_crops, masks)
         scores = student.scores.float()
         terms = {"dino": dino_loss(scores, teacher, len(views), self.student_temperature),
@@ -165,4 +171,4 @@ class DINOv2(TeacherStudent):
         loss = sum(self.weights[name] * value for name, value in terms.items())
         return {"loss": loss, **{f"{name}_loss": value.detach() for name, value in terms.items()},
                 "teacher_temperature": temperature, "teacher_entropy": entropy(teacher),
-                "masked_share": masks.float().mean(), "projection_std": embedding_std(scores)}
+                "masked_share": masks.grid.float().mean(), "projection_std": embedding_std(scores)}

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from ssl_models import DINOv2, backbone_spec, create_backbone
-from ssl_models.block_masks import block_mask, crop_masks
-from ssl_models.dinov2 import koleo_loss, masked_patch_loss, sinkhorn_knopp
+from ssl_models.block_masks import block_mask, crop_masks, with_positions
+from ssl_models.dinov2 import koleo_loss, masked_patch_loss, masked_tokens, sinkhorn_knopp
 from tests.two_workers import results_of, two_worker_check
 
 
@@ -48,7 +48,9 @@ def test_masked_patch_loss_is_the_per_image_mean_over_masked_tokens_then_the_mea
         positions = masks[image].nonzero().flatten().tolist()
         if positions:
             expected += sum(-(teacher[image, p] * F.log_softmax(student[image, p], -1)).sum() for p in positions) / len(positions)
-    loss = masked_patch_loss(student[masks], teacher[masks], masks)
+    located = with_positions(masks, "cpu")
+    assert torch.equal(masked_tokens(student, located), student[masks])  # the gather keeps the boolean index's order
+    loss = masked_patch_loss(masked_tokens(student, located), masked_tokens(teacher, located), located)
     assert loss.item() == pytest.approx(expected.item() / 3, rel=1e-5)
 
 
@@ -107,7 +109,7 @@ def test_masked_patches_reach_the_student_as_the_mask_token_and_only_they_enter_
     assert not torch.allclose(unmasked[1], before[1], atol=1e-3)
     seen = []
     method.student.patch_head.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
-    method.sample_masks = lambda crops: crop_masks(len(crops), 7, 7, 1.0, 0.3, 0.3, device=crops.device)
+    method.sample_masks = lambda crops: with_positions(crop_masks(len(crops), 7, 7, 1.0, 0.3, 0.3), crops.device)
     method.training_step(views(), 0)
     assert seen == [8 * int(0.3 * 49)]
 
