@@ -43,9 +43,9 @@ def block_mask(height: int, width: int, count: int, rng: np.random.Generator, mi
 
 def crop_masks(images: int, height: int, width: int, probability: float, ratio_min: float, ratio_max: float,
                shape: str = "blocks") -> torch.Tensor:
-    """(images, height x width) bool on the host, as DINOv2 masks a batch of global crops: int(images x probability) of them
-    masked, their ratios stratified over [ratio_min, ratio_max] (one drawn in each of as many equal slices), in a
-    random order; `shape` "blocks" or "random" patches. Draws from torch's generator (torch.manual_seed holds)."""
+    """(images, height x width) bool on the host, as DINOv2 masks a batch of global crops: int(images x probability)
+    of them masked, their ratios stratified over [ratio_min, ratio_max] (one drawn in each of as many equal slices),
+    in a random order; `shape` "blocks" or "random" patches. Draws from torch's generator (torch.manual_seed holds)."""
     rng = np.random.default_rng(int(torch.randint(2**62, ())))
     patches = height * width
     masked = int(images * probability)
