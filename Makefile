@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 run: venv data
 	$(PY) -m pipelines.pretrain --config $(PRESET)
 
-test: venv data
+test: venv
 	./scripts/fashion_mnist.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
 

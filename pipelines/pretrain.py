@@ -349,6 +349,7 @@ def resolve_config(args) -> tuple[Config, Optional[str]]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
+    config = resume = None
     try:
         config, resume = resolve_config(args)
         outcome = pretrain(config, resume, verbose=args.verbose)
@@ -361,6 +362,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     except RunFailed as error:
         print(f"run failed: {error} (the MLflow run is marked FAILED with this reason)", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, SystemExit):  # Ray Train answers Ctrl+C with sys.exit(0): say so, exit as Ctrl+C does
+        name = resume or (config and config.tracking.run_name) or "last"
+        print(f"\ninterrupted (the MLflow run is marked KILLED); continue it with: python -m pipelines.pretrain "
+              f"--resume {name}", file=sys.stderr)
+        return 130
     print("\n" + summary(outcome))
     return 0
 

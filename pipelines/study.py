@@ -357,7 +357,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"study failed: {error}", file=sys.stderr)
         return 1
     except sweep.SweepInterrupted as error:
-        print(f"\n{str(error).replace('pipelines.sweep', 'pipelines.study')}", file=sys.stderr)
+        print(f"\n{error}", file=sys.stderr)
         return 130
     from pipelines.tracking import ui_command
 

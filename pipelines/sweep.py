@@ -189,7 +189,8 @@ def child_runs(client, state: dict) -> list:
 def resume_command(state: dict) -> str:
     storage = build_config(copy.deepcopy(state["base"])).train.storage_path
     where = f" --set train.storage_path={storage}" if storage != build_config({}).train.storage_path else ""
-    return f"python -m pipelines.sweep --resume {state['name']}{where}"
+    command = "pipelines.study" if "study" in state else "pipelines.sweep"  # a study resumes with its report
+    return f"python -m {command} --resume {state['name']}{where}"
 
 
 def close_interrupted(client, state: dict) -> None:

@@ -5,6 +5,25 @@ import pytest
 from pipelines.ingest import FASHION_MNIST_DIR, ingest_fashion_mnist
 
 
+RAY_FIXTURES = {"ray_session", "two_worker_results", "sorted_shards", "s3_server"}
+
+
+@pytest.fixture(autouse=True)
+def fast_tests_start_no_ray_work(request, monkeypatch):
+    """`pytest -m "not slow"` is the fast lane: a test without the mark may not start Ray (a Train run, a Ray Data
+    job, a folder ingest) nor use a fixture that does; it fails saying so."""
+    if request.node.get_closest_marker("slow"):
+        return
+    used = RAY_FIXTURES & set(request.fixturenames)
+    assert not used, f"{request.node.nodeid} uses {', '.join(sorted(used))}: mark it slow"
+    import ray
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{request.node.nodeid} starts Ray: mark it slow")
+
+    monkeypatch.setattr(ray, "init", refuse)
+
+
 @pytest.fixture(scope="session")
 def fmnist_slice(tmp_path_factory) -> str:
     """The first 640 training and 320 test images of the real Fashion-MNIST, as Parquet shards."""
@@ -37,7 +56,29 @@ def two_worker_results(ray_session, tmp_path_factory) -> dict:
 
 @pytest.fixture()
 def tracking_uri(tmp_path) -> str:
-    return f"sqlite:///{Path(tmp_path) / 'mlflow.db'}"
+    return mlflow_store(Path(tmp_path))
+
+
+_EMPTY_STORE: list[Path] = []
+
+
+def mlflow_store(folder: Path) -> str:
+    """`sqlite:///<folder>/mlflow.db`: a real MLflow store, copied from one migrated once per test session
+    (creating MLflow's tables takes 1.4 s a store here); a store already in `folder` is kept as it is."""
+    import shutil
+    import tempfile
+
+    from mlflow.tracking import MlflowClient
+
+    if not _EMPTY_STORE:
+        empty = Path(tempfile.mkdtemp(prefix="mlflow_empty_")) / "mlflow.db"
+        MlflowClient(f"sqlite:///{empty}").search_experiments()  # migrates the schema
+        _EMPTY_STORE.append(empty)
+    store = Path(folder) / "mlflow.db"
+    if not store.exists():
+        store.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_EMPTY_STORE[0], store)
+    return f"sqlite:///{store}"
 
 
 def tiny_overrides(data_path: str, storage: str, uri: str, method: str = "byol", **extra) -> list[str]:
@@ -157,3 +198,47 @@ def write_run_files(storage: Path, name: str, config, method, uri: str = None, r
                    "mean": [0.3], "std": [0.35]})
     save_training_state(checkpoint, method, torch.optim.SGD(method.trained.parameters(), lr=0.1), 10, 1, {})
     return checkpoint
+
+
+def interrupt_after_first_trial(module: str, arguments: list[str], folder: Path, name: str, experiment: str,
+                                ray_session, timeout: float = 300) -> tuple[int, str]:
+    """`python -m <module> <arguments>` (a sweep or a study, trials one at a time) in a process of its own on the
+    session's Ray, sent SIGINT as Ctrl+C would once its first trial's MLflow run is FINISHED: (exit code, output).
+    Its runs live under `folder`/runs and in `folder`/mlflow.db."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.config import PROJECT_ROOT
+
+    address = ray_session.get_runtime_context().gcs_address
+    process = subprocess.Popen([sys.executable, "-m", module, *arguments], cwd=PROJECT_ROOT,
+                               env={**os.environ, "RAY_ADDRESS": address},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def one_trial_finished() -> bool:
+        assert process.poll() is None, process.stdout.read()[-3000:]
+        if not list((folder / "runs").glob(f"{name}/trials/*/run.json")):
+            return False
+        client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            return False
+        done = client.search_runs([found.experiment_id],
+                                  filter_string=f"tags.sweep = '{name}' and attributes.status = 'FINISHED'")
+        return any("mlflow.parentRunId" in run.data.tags for run in done)
+
+    try:
+        deadline = time.time() + timeout
+        while not one_trial_finished():
+            assert time.time() < deadline, "timed out waiting for the first trial to finish"
+            time.sleep(2)
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=180)
+    finally:
+        process.kill()
+    return process.returncode, output

@@ -1,22 +1,38 @@
 import pytest
 import torch
+from timm.layers import LayerScale
+from torch import nn
 
 from pipelines.build import build_method, build_optimizer, lr_schedule
 from pipelines.config import load_config
 from pipelines.pretrain import required_cpus
 
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+VIT = ["model.backbone=vit_tiny_patch16_224", "model.patch_size=4", "model.layer_scale_init=1e-5"]
 
-@pytest.mark.parametrize("name", ["adamw", "lars"])
-def test_optimizer_skips_weight_decay_on_biases_and_norms(name):
+
+@pytest.mark.parametrize("name, model, kinds", [
+    ("adamw", [], {"bias", "norm", "weight"}),
+    ("lars", ["model.norm=group_ws"], {"bias", "norm", "weight"}),
+    ("adamw", VIT, {"bias", "norm", "layer_scale", "weight"}),
+], ids=["adamw-resnet", "lars-resnet-group-norm", "adamw-vit-layer-scale"])
+def test_optimizer_skips_weight_decay_on_biases_and_norms(name, model, kinds):
     config = load_config(None, [f"optim.name={name}", "optim.weight_decay=0.1", "model.projector_hidden_dim=32",
-                                "model.predictor_hidden_dim=32", "model.projection_dim=16"])
+                                "model.predictor_hidden_dim=32", "model.projection_dim=16", *model])
     method = build_method(config, channels=1, steps_per_epoch=5)
     optimizer = build_optimizer(config, method.trained)
-    decays = {group["weight_decay"] for group in optimizer.param_groups}
-    assert decays == {0.0, 0.1}
-    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    assert optimized == {id(p) for p in method.trained.parameters()}
-    assert not optimized & {id(p) for p in method.target.parameters()}
+    decay = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    assert sum(len(group["params"]) for group in optimizer.param_groups) == len(decay)
+    modules, seen = dict(method.trained.named_modules()), set()
+    for parameter_name, parameter in method.trained.named_parameters():
+        owner = modules[parameter_name.rpartition(".")[0]]
+        kind = ("norm" if isinstance(owner, NORM_LAYERS) else "layer_scale" if isinstance(owner, LayerScale)
+                else "bias" if parameter_name.endswith(".bias") else "weight")
+        seen.add(kind)
+        assert decay[id(parameter)] == (0.1 if kind == "weight" else 0.0), f"{kind} {parameter_name}"
+    assert seen == kinds
+    assert decay.keys() == {id(p) for p in method.trained.parameters()}
+    assert not decay.keys() & {id(p) for p in method.target.parameters()}
     views = [torch.randn(4, 1, 28, 28), torch.randn(4, 1, 28, 28)]
     method.training_step(views, 0)["loss"].backward()
     optimizer.step()

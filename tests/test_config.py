@@ -5,6 +5,8 @@ import sys
 import pytest
 
 from pipelines.config import ConfigError, PROJECT_ROOT, load_config
+from pipelines.pretrain import main as pretrain_main
+from tests.conftest import mlflow_store
 
 
 def test_defaults_preset_and_overrides(tmp_path):
@@ -35,7 +37,9 @@ def test_unknown_field_lists_allowed_ones():
         load_config(None, ["data.batchsize=3"])
 
 
+@pytest.mark.slow
 def test_cli_reports_bad_value_without_traceback():
+    """The one test of the real `python -m` path; the others call the same `main` in process."""
     result = subprocess.run(
         [sys.executable, "-m", "pipelines.pretrain", "--set", "optim.lr=-1"],
         capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120,
@@ -45,28 +49,20 @@ def test_cli_reports_bad_value_without_traceback():
     assert "Traceback" not in result.stderr
 
 
-def test_cli_reports_missing_dataset_without_traceback(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "pipelines.pretrain", "--set", f"data.path={tmp_path / 'nothing'}"],
-        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120,
-    )
-    assert result.returncode == 2
-    assert "no dataset at" in result.stderr and f"--out {tmp_path / 'nothing'}" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_cli_reports_missing_dataset_without_traceback(tmp_path, capsys):
+    assert pretrain_main(["--set", f"data.path={tmp_path / 'nothing'}"]) == 2
+    err = capsys.readouterr().err
+    assert "no dataset at" in err and f"--out {tmp_path / 'nothing'}" in err
 
 
-def test_cli_fails_fast_when_the_mlflow_server_does_not_answer(fmnist_slice, tmp_path):
+def test_cli_fails_fast_when_the_mlflow_server_does_not_answer(fmnist_slice, tmp_path, capsys):
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    result = subprocess.run(
-        [sys.executable, "-m", "pipelines.pretrain", "--set", f"data.path={fmnist_slice}",
-         "--set", f"tracking.tracking_uri=http://127.0.0.1:{port}", "--set", f"train.storage_path={tmp_path}"],
-        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120,
-    )
-    assert result.returncode == 2
-    assert f"the MLflow tracking server http://127.0.0.1:{port} does not answer" in result.stderr
-    assert "Traceback" not in result.stderr and not list(tmp_path.iterdir())  # nothing started
+    assert pretrain_main(["--set", f"data.path={fmnist_slice}", "--set", f"tracking.tracking_uri=http://127.0.0.1:{port}",
+                          "--set", f"train.storage_path={tmp_path}"]) == 2
+    assert f"the MLflow tracking server http://127.0.0.1:{port} does not answer" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing started
 
 
 def test_a_multi_node_run_refuses_node_local_paths_unless_they_are_shared():
@@ -90,7 +86,7 @@ def test_a_new_experiment_keeps_its_artifacts_where_tracking_artifact_location_s
 
     config = load_config(None, [f"tracking.artifact_location={(tmp_path / 'shared' / 'art').as_uri()}",
                                 "tracking.experiment=placed"])
-    client, run_id = start_run(config, f"sqlite:///{tmp_path / 'mlflow.db'}", "placed-run")
+    client, run_id = start_run(config, mlflow_store(tmp_path), "placed-run")
     client.log_text(run_id, "hello", "note.txt")
     assert (tmp_path / "shared" / "art").is_dir()
     assert client.get_run(run_id).info.artifact_uri.startswith((tmp_path / "shared" / "art").as_uri())
@@ -101,12 +97,9 @@ def test_a_new_experiment_keeps_its_artifacts_where_tracking_artifact_location_s
     ("method.name=dinov3", "'byol', 'simsiam', 'simclr', 'barlow_twins', 'vicreg', 'moco', 'dino', 'dinov2', 'distill', 'mae'"),
     ("model.backbone=resnet81", "unknown backbone 'resnet81'"),
 ])
-def test_cli_names_the_valid_methods_and_suggests_backbones(override, expected, fmnist_slice):
-    result = subprocess.run(
-        [sys.executable, "-m", "pipelines.pretrain", "--set", override, "--set", f"data.path={fmnist_slice}"],
-        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120,
-    )
-    assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr
+def test_cli_names_the_valid_methods_and_suggests_backbones(override, expected, fmnist_slice, capsys):
+    assert pretrain_main(["--set", override, "--set", f"data.path={fmnist_slice}"]) == 2
+    assert expected in capsys.readouterr().err
 
 
 def test_lr_follows_the_global_batch_and_the_resolved_values_are_logged():

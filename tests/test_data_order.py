@@ -19,6 +19,7 @@ def epoch_batches(dataset, buffer: int) -> list[np.ndarray]:
                                                                 local_shuffle_buffer_size=buffer)]
 
 
+@pytest.mark.slow
 def test_ingest_writes_a_class_sorted_folder_in_random_order(sorted_shards):
     labels = split_labels(sorted_shards, "train")
     assert sorted(np.bincount(labels)) == [48] * 10
@@ -29,6 +30,7 @@ def test_ingest_writes_a_class_sorted_folder_in_random_order(sorted_shards):
         assert len(set(parquet.read_row_group(group, columns=["label"]).column("label").to_pylist())) == 10
 
 
+@pytest.mark.slow
 def test_training_batches_of_a_class_sorted_folder_mix_all_classes(ray_session, sorted_shards):
     """Bound: each batch of 64 (10 classes, 6.4 images each on average) holds at least 8 classes and no class
     above 30 % of it; a uniform random draw breaks it with probability below 1e-4 per batch. Reading the
@@ -58,6 +60,7 @@ def test_row_groups_are_read_in_a_new_seeded_order_each_epoch(tmp_path):
     assert len(set(first_ten)) >= 5
 
 
+@pytest.mark.slow
 def test_limit_is_a_stratified_random_subset(sorted_shards):
     config = load_config(None, [f"data.path={sorted_shards}", "data.limit=100"])
     rows = limited_rows(config, read_info(sorted_shards))
@@ -66,6 +69,7 @@ def test_limit_is_a_stratified_random_subset(sorted_shards):
     assert np.array_equal(rows, limited_rows(config, read_info(sorted_shards)))  # seeded
 
 
+@pytest.mark.slow
 def test_limit_reads_only_the_chosen_rows(ray_session, sorted_shards):
     config = load_config(None, [f"data.path={sorted_shards}", "data.limit=100"])
     dataset = train_rows(config, read_info(sorted_shards), ("label",))
@@ -73,6 +77,7 @@ def test_limit_reads_only_the_chosen_rows(ray_session, sorted_shards):
     assert sorted(labels) == sorted(split_labels(sorted_shards, "train")[limited_rows(config, read_info(sorted_shards))])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bank, queries", [(100, 40), (None, None)])
 def test_holdout_bank_and_queries_are_stratified_and_disjoint(sorted_shards, bank, queries):
     info = read_info(sorted_shards)

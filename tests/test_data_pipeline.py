@@ -3,12 +3,15 @@ import os
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from pipelines.augment import view_column
 from pipelines.config import load_config
 from pipelines.data import training_dataset
 from pipelines.dataset_store import read_info
+
+pytestmark = pytest.mark.slow  # Ray Data jobs
 
 
 def test_ray_data_yields_two_differently_augmented_views(ray_session, fmnist_slice):

@@ -92,10 +92,26 @@ def test_teacher_follows_student_by_ema():
 
 @pytest.mark.parametrize("name, kwargs", [("resnet18", {}), ("vit_tiny_patch16_224", {"patch_size": 4})])
 def test_dino_steps_with_resnets_and_vits(name, kwargs):
+    torch.manual_seed(0)
     backbone, width = create_backbone(backbone_spec(name, in_chans=1, image_size=28, **kwargs))
     method = DINO(backbone, width, 10, out_dim=64, head_hidden_dim=64, bottleneck_dim=32, num_local_crops=2)
     views = [torch.randn(2, 1, 28, 28), torch.randn(2, 1, 28, 28), torch.randn(2, 1, 12, 12), torch.randn(2, 1, 12, 12)]
-    method.training_step(views, 0)["loss"].backward()
+    trained = {key: p for key, p in method.student.named_parameters() if p.requires_grad}
+    student_before = {key: p.detach().clone() for key, p in trained.items()}
+    teacher_before = [p.clone() for p in method.teacher.parameters()]
+    loss = method.training_step(views, 0)["loss"]
+    assert loss.shape == () and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in trained.values())
+    assert all(not p.requires_grad and p.grad is None for p in method.teacher.parameters())
+    torch.optim.SGD(trained.values(), lr=0.1).step()
+    changed = {key for key, p in trained.items() if not torch.equal(p, student_before[key])}
+    assert changed == {key for key, p in trained.items() if p.grad.any()}  # timm zero-initialises each ResNet
+    assert {key.split(".")[0] for key in changed} == {"backbone", "head"}  # block's last norm: no gradient within
+    assert all(torch.equal(a, b) for a, b in zip(teacher_before, method.teacher.parameters()))
+    with torch.no_grad():
+        assert method.student(views).shape == (8, 64) and method.teacher(views[:2]).shape == (4, 64)
+        assert method.backbone(views[0]).shape == (2, width)
 
 
 @two_worker_check
@@ -105,6 +121,7 @@ def _center(rank: int):
     return method.center.clone()
 
 
+@pytest.mark.slow
 def test_center_is_all_reduced_across_workers(two_worker_results):
     results = results_of(two_worker_results, _center)
     # global mean over both workers' 6 rows is 0.5; EMA from 0 with momentum 0.5 gives 0.25 on both

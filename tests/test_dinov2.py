@@ -1,4 +1,5 @@
-"""DINOv2's terms against direct computations: KoLeo, Sinkhorn-Knopp, the masked patch loss, the masks."""
+"""DINOv2's terms against direct computations: KoLeo, Sinkhorn-Knopp, the masked patch loss, the masks; two real
+Ray Train workers keep the same teacher and centres."""
 import math
 
 import numpy as np
@@ -6,6 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pipelines.build import build_method
+from pipelines.config import load_config
 from ssl_models import DINOv2, backbone_spec, create_backbone
 from ssl_models.block_masks import block_mask, crop_masks, with_positions
 from ssl_models.dinov2 import koleo_loss, masked_patch_loss, masked_tokens, sinkhorn_knopp
@@ -154,8 +157,62 @@ def _sinkhorn(rank: int):
     return sinkhorn_knopp(output[rank * 4:(rank + 1) * 4], 0.1)
 
 
+@pytest.mark.slow
 def test_sinkhorn_knopp_balances_the_global_batch_across_workers(two_worker_results):
     results = results_of(two_worker_results, _sinkhorn)
     torch.manual_seed(0)
     alone = sinkhorn_knopp(torch.randn(8, 6), 0.1)
     assert torch.allclose(torch.cat([results[0], results[1]]), alone, atol=1e-5)
+
+
+TINY = ["method.name=dinov2", "model.backbone=vit_tiny_patch16_224", "model.patch_size=4", "method.out_dim=32",
+        "method.patch_out_dim=32", "method.head_hidden_dim=32", "method.bottleneck_dim=8", "method.num_local_crops=2",
+        "method.local_crop_size=12", "data.batch_size=4", "train.num_workers=2", "optim.warmup_epochs=0"]
+
+
+@two_worker_check
+def _dinov2_step(rank: int) -> dict:
+    """A training step on each rank's own images, with the paper's Sinkhorn-Knopp centring and with DINO's EMA
+    centres; the state outside DDP (teacher, centres) afterwards."""
+    import ray.train.torch
+
+    from pipelines.step import TrainStep, prepare
+
+    results = {}
+    for centering in ("sinkhorn_knopp", "ema"):
+        config = load_config(None, [*TINY, f"method.centering={centering}"])
+        torch.manual_seed(100 + rank)  # as the loop does: each rank seeds seed + rank, so initialisations differ
+        own_init = build_method(config, 1, 10).teacher.backbone.patch_embed.proj.weight.detach().clone()
+        torch.manual_seed(100 + rank)
+        prepared = prepare(config, 1, 10, torch.device("cpu"), wrap=ray.train.torch.prepare_model)
+        method = prepared.method
+        teacher_before = method.teacher.backbone.blocks[0].attn.qkv.weight.detach().clone()
+        torch.manual_seed(200 + rank)  # different images (and masks) on each rank
+        loss = TrainStep(config, method, prepared.optimizer, 10, torch.device("cpu"))(views(), 0)["loss"]
+        in_ddp = {id(buffer) for buffer in method.trained.buffers()}
+        results[centering] = {
+            "own_init": own_init, "loss": loss,
+            "teacher_moved": not torch.equal(teacher_before, method.teacher.backbone.blocks[0].attn.qkv.weight),
+            "outside_ddp": {name: tensor.detach().clone()
+                            for name, tensor in [*method.named_parameters(), *method.named_buffers()]
+                            if id(tensor) not in in_ddp}}
+    return results
+
+
+@pytest.mark.slow
+def test_after_a_step_on_two_workers_every_rank_holds_the_same_teacher_and_centres(two_worker_results):
+    results = results_of(two_worker_results, _dinov2_step)
+    for centering in ("sinkhorn_knopp", "ema"):
+        ranks = [results[0][centering], results[1][centering]]
+        # each rank built its own teacher before the start-up broadcast, and trained on its own images
+        assert not torch.equal(ranks[0]["own_init"], ranks[1]["own_init"])
+        assert ranks[0]["loss"].item() != ranks[1]["loss"].item() and ranks[0]["teacher_moved"]
+        names = ranks[0]["outside_ddp"].keys()
+        assert any(n.startswith("teacher.") for n in names) and {"center", "patch_center"} <= set(names)
+        assert ranks[1]["outside_ddp"].keys() == names
+        for name in names:
+            assert torch.equal(ranks[0]["outside_ddp"][name], ranks[1]["outside_ddp"][name]), f"{centering}: {name}"
+    # DINO's centres move with the teacher's output over the global batch; Sinkhorn-Knopp needs none
+    assert results[0]["ema"]["outside_ddp"]["center"].abs().sum() > 0
+    assert results[0]["ema"]["outside_ddp"]["patch_center"].abs().sum() > 0
+    assert results[0]["sinkhorn_knopp"]["outside_ddp"]["center"].abs().sum() == 0

@@ -1,9 +1,13 @@
-"""Knowledge distillation: the teacher's input, its loading from each source, the losses, frozen teacher, EMA student."""
+"""Knowledge distillation: the teacher's input, its loading from each source, the losses, frozen teacher, EMA student;
+two real Ray Train workers keep identical replicas, the ResNet student's BatchNorm statistics included."""
+import tempfile
+
 import pytest
 import safetensors.torch
 import timm
 import torch
 import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from pipelines.build import build_method
 from pipelines.checkpoint import STATE_FILE, load_training_state, save_training_state
@@ -11,8 +15,10 @@ from pipelines.config import ConfigError, load_config
 from pipelines.export import save_backbone
 from pipelines.teacher import load_teacher
 from ssl_models import DINO, backbone_spec, create_backbone
+from ssl_models.batchnorm import GlobalBatchNorm
 from ssl_models.distill import Distill, FrozenTeacher, TeacherInput
 from tests.conftest import write_run_files
+from tests.two_workers import results_of, two_worker_check
 
 
 def test_the_teacher_gets_its_own_standardisation_channels_and_size():
@@ -167,3 +173,74 @@ def test_a_timm_architecture_loads_its_weights_file_from_disk_and_bad_sources_sa
 def test_a_distillation_without_a_teacher_names_the_fields():
     with pytest.raises(ConfigError, match="method.teacher_run or method.teacher_weights"):
         load_config(None, ["method.name=distill"])
+
+
+def batchnorm_statistics(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{name}.{key}": buffer.detach().clone() for name, layer in module.named_modules()
+            if isinstance(layer, _BatchNorm) for key, buffer in layer.named_buffers(recurse=False)}
+
+
+@two_worker_check
+def _distill_step(rank: int) -> dict:
+    """One iteration of the training loop (the step, then the online probe's pass through the exported backbone)
+    of a distillation into a ResNet student, each rank on its own images."""
+    import ray.train.torch
+
+    from pipelines.step import TrainStep, prepare
+    from pipelines.train_loop import probe_step
+    from ssl_models.online_probe import FirstOutput, OnlineProbe
+
+    with tempfile.TemporaryDirectory(prefix=f"distill_rank{rank}_") as storage:  # each rank writes its own
+        torch.manual_seed(0)  # the same teacher on both ranks, as both would read one run
+        teacher = load_config(None, ["model.backbone=resnet10t", "model.projector_hidden_dim=32",
+                                     "model.projection_dim=16", "model.predictor_hidden_dim=32"])
+        write_run_files(storage, "teacher", teacher, build_method(teacher, 1, 10))
+        config = load_config(None, ["method.name=distill", "method.teacher_run=teacher",
+                                    f"train.storage_path={storage}", "model.backbone=resnet10t",
+                                    "model.projector_hidden_dim=32", "data.batch_size=8", "train.num_workers=2",
+                                    "optim.warmup_epochs=0"])
+        torch.manual_seed(100 + rank)  # as the loop does: each rank seeds seed + rank, so initialisations differ
+        own_init = next(build_method(config, 1, 10).student_ema.parameters()).detach().clone()
+        torch.manual_seed(100 + rank)
+        prepared = prepare(config, 1, 10, torch.device("cpu"), wrap=ray.train.torch.prepare_model)
+    method = prepared.method
+    train_step = TrainStep(config, method, prepared.optimizer, 10, torch.device("cpu"))
+    probe = OnlineProbe(method.backbone.num_features, 10).start_in_sync()
+    tap = FirstOutput(method.backbone)
+    torch.manual_seed(200 + rank)  # different images (and labels) on each rank
+    views, labels = [torch.randn(8, 1, 28, 28)], torch.randint(0, 10, (8,))
+    tap.take()
+    loss = train_step(views, 0)["loss"]
+    student = batchnorm_statistics(method.student.backbone)  # what the EMA export copies at each step
+    probe_step(probe, tap, method, views[0], labels, train_step.autocast)  # the export in train mode, on own images
+    in_ddp = {id(buffer) for buffer in method.trained.buffers()}  # DDP re-broadcasts these at each forward
+    return {"own_init": own_init, "loss": loss, "student_bn": student,
+            "export_bn": batchnorm_statistics(method.backbone),
+            "outside_ddp": {name: tensor.detach().clone()
+                            for name, tensor in [*method.named_parameters(), *method.named_buffers()]
+                            if id(tensor) not in in_ddp},
+            "global_bn": [isinstance(layer, GlobalBatchNorm) and layer.across_workers
+                          for network in (method.student.backbone, method.backbone)
+                          for layer in network.modules() if isinstance(layer, _BatchNorm)]}
+
+
+@pytest.mark.slow
+def test_two_workers_hold_the_same_teacher_ema_student_and_its_batchnorm_statistics(two_worker_results):
+    results = results_of(two_worker_results, _distill_step)
+    # each rank built its own student before the start-up broadcast, and trained on its own images
+    assert not torch.equal(results[0]["own_init"], results[1]["own_init"])
+    assert results[0]["loss"].item() != results[1]["loss"].item()
+    # the ResNet student normalises over the global batch: its running statistics, which the EMA export copies,
+    # and the export's own after the online probe's pass in train mode, are the same on both ranks (with each
+    # worker's own BatchNorm they differ: commit 9c0376e)
+    for key in ("student_bn", "export_bn"):
+        names = results[0][key].keys()
+        assert any(name.endswith("running_mean") for name in names) and results[1][key].keys() == names
+        assert any(results[0][key][name].abs().sum() > 0 for name in names if name.endswith("running_mean"))
+        for name in names:
+            assert torch.equal(results[0][key][name], results[1][key][name]), f"{key}: {name}"
+    assert results[0]["global_bn"] and all(results[0]["global_bn"])
+    names = results[0]["outside_ddp"].keys()
+    assert any(n.startswith("teacher.") for n in names) and any(n.startswith("student_ema.") for n in names)
+    for name in names:
+        assert torch.equal(results[0]["outside_ddp"][name], results[1]["outside_ddp"][name]), name

@@ -26,6 +26,7 @@ def photo_folder(tmp_path):
     return root
 
 
+@pytest.mark.slow
 def test_folder_ingest_skips_and_reports_bad_files(photo_folder, tmp_path):
     out = tmp_path / "shards"
     info, skipped = ingest_folder(photo_folder, str(out))
@@ -46,6 +47,7 @@ def test_folder_ingest_skips_and_reports_bad_files(photo_folder, tmp_path):
         assert image.ndim == 3 and image.shape[2] == 3 and image.shape[0] >= 300
 
 
+@pytest.mark.slow
 def test_folder_with_train_and_test_splits_and_no_labels(tmp_path):
     root = tmp_path / "split"
     (root / "train").mkdir(parents=True)
@@ -72,6 +74,7 @@ def test_cli_missing_folder_is_a_message(tmp_path, capsys):
     assert "image folder not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_images_below_the_minimum_size_are_skipped_with_their_size(tmp_path, capsys):
     root = tmp_path / "tiny"
     root.mkdir()
@@ -84,6 +87,7 @@ def test_images_below_the_minimum_size_are_skipped_with_their_size(tmp_path, cap
     assert "speck.png: too small (5x6 px, below --min-size 10)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_an_empty_folder_or_one_without_a_readable_image_is_a_message(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["folder", "--source", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
@@ -95,6 +99,7 @@ def test_an_empty_folder_or_one_without_a_readable_image_is_a_message(tmp_path, 
     assert f"no readable image in {tmp_path / 'junk'} (2 files skipped)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_folder_of_odd_files_never_stops_the_ingest_and_each_skip_is_named(tmp_path):
     import os
 
@@ -129,6 +134,7 @@ def test_a_folder_of_odd_files_never_stops_the_ingest_and_each_skip_is_named(tmp
     assert "things/caf\\xe9-latin1.png" in sources  # ingested, and named readably
 
 
+@pytest.mark.slow
 def test_sixteen_bit_images_get_statistics_as_training_decodes_them(tmp_path):
     import numpy as np
 
@@ -142,6 +148,7 @@ def test_sixteen_bit_images_get_statistics_as_training_decodes_them(tmp_path):
     assert decode_image(stored, 1).mean() / 255 == pytest.approx(info.mean[0], abs=0.01)
 
 
+@pytest.mark.slow
 def test_a_folder_in_object_storage_is_ingested_by_a_ray_data_job(s3_server, sorted_folder, tmp_path):
     """As a user on a cluster would: pictures under an s3:// prefix, the shards written to another."""
     import subprocess
@@ -185,6 +192,7 @@ def test_shards_are_written_one_row_group_at_a_time(tmp_path):
     assert pq.read_table(files[1]).column("source")[0].as_py() == "row 600"
 
 
+@pytest.mark.slow
 def test_images_of_every_common_format_and_mode_are_ingested(tmp_path):
     """Palette, alpha, CMYK, 1-bit, 16-bit, grey with alpha; PNG, JPEG, GIF, BMP, TIFF, WebP, PPM."""
     import numpy as np

@@ -1,8 +1,13 @@
+"""MAE: the masking, patches, the loss on masked patches, the encoder's view; two real Ray Train workers keep
+identical replicas."""
 import pytest
 import torch
 
+from pipelines.build import build_method
+from pipelines.config import load_config
 from ssl_models import MAE, backbone_spec, create_backbone
 from ssl_models.mae import masked_patch_loss, patchify, random_masking, unpatchify
+from tests.two_workers import results_of, two_worker_check
 
 
 @pytest.mark.parametrize("ratio", [0.5, 0.75, 0.9])
@@ -72,3 +77,46 @@ def test_mae_refuses_a_non_vit_backbone():
     backbone, width = create_backbone(backbone_spec("resnet18", in_chans=1))
     with pytest.raises(ValueError, match="MAE needs a ViT"):
         MAE(backbone, width, 10)
+
+
+@two_worker_check
+def _mae_step(rank: int) -> dict:
+    """A training step on each rank's own images (and masks); every parameter and buffer afterwards."""
+    import ray.train.torch
+
+    from pipelines.step import TrainStep, prepare
+
+    config = load_config(None, ["method.name=mae", "model.backbone=vit_tiny_patch16_224", "model.patch_size=4",
+                                "method.decoder_dim=32", "method.decoder_depth=1", "method.decoder_heads=2",
+                                "data.batch_size=4", "train.num_workers=2", "optim.warmup_epochs=0"])
+    torch.manual_seed(100 + rank)  # as the loop does: each rank seeds seed + rank, so initialisations differ
+    own_init = build_method(config, 1, 10).autoencoder.decoder_embed.weight.detach().clone()
+    torch.manual_seed(100 + rank)
+    prepared = prepare(config, 1, 10, torch.device("cpu"), wrap=ray.train.torch.prepare_model)
+    method = prepared.method
+    before = {name: parameter.detach().clone() for name, parameter in method.named_parameters()}
+    torch.manual_seed(200 + rank)  # different images on each rank
+    step = TrainStep(config, method, prepared.optimizer, 10, torch.device("cpu"))
+    loss = step([torch.randn(4, 1, 28, 28)], 0)["loss"]
+    in_ddp = {id(tensor) for tensor in [*method.trained.parameters(), *method.trained.buffers()]}
+    state = dict([*method.named_parameters(), *method.named_buffers()])
+    return {"own_init": own_init, "loss": loss,
+            "state": {name: tensor.detach().clone() for name, tensor in state.items()},
+            "outside_ddp": [name for name, tensor in state.items() if id(tensor) not in in_ddp],
+            "moved": [name for name, tensor in before.items() if not torch.equal(tensor, state[name])]}
+
+
+@pytest.mark.slow
+def test_after_a_step_on_two_workers_every_rank_holds_the_same_encoder_and_decoder(two_worker_results):
+    results = results_of(two_worker_results, _mae_step)
+    # each rank built its own autoencoder before the start-up broadcast, and trained on its own images
+    assert not torch.equal(results[0]["own_init"], results[1]["own_init"])
+    assert results[0]["loss"].item() != results[1]["loss"].item()
+    # MAE keeps nothing outside the DDP-wrapped autoencoder: encoder, decoder, mask token and the fixed positions
+    assert results[0]["outside_ddp"] == [] and results[1]["outside_ddp"] == []
+    names = results[0]["state"].keys()
+    assert {"autoencoder.mask_token", "autoencoder.decoder_pos_embed", "autoencoder.encoder.pos_embed"} <= set(names)
+    moved = results[0]["moved"]  # trained (no warm-up), the fixed positions left alone
+    assert "autoencoder.mask_token" in moved and "autoencoder.encoder.pos_embed" not in moved
+    for name in names:
+        assert torch.equal(results[0]["state"][name], results[1]["state"][name]), name

@@ -9,7 +9,7 @@ from pipelines.build import build_method
 from pipelines.config import load_config
 from pipelines.pretrain import pretrain
 from ssl_models.batchnorm import GlobalBatchNorm
-from tests.conftest import tiny_overrides
+from tests.conftest import mlflow_store, tiny_overrides
 from tests.two_workers import results_of, two_worker_check
 
 pytestmark = pytest.mark.slow
@@ -70,9 +70,10 @@ def test_after_step_0_every_rank_holds_the_same_targets_teachers_and_queues(two_
 
 @pytest.mark.parametrize("method", ["byol", "dino"])
 def test_two_worker_run_on_a_class_sorted_folder(ray_session, sorted_shards, tmp_path, method):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     extra = {"method.out_dim": 256, "method.head_hidden_dim": 256, "method.bottleneck_dim": 64,
-             "method.num_local_crops": 2, "model.backbone": "resnet18", "model.patch_size": "null"} if method == "dino" else {}
+             "method.num_local_crops": 2, "model.backbone": "resnet18", "model.patch_size": "null",
+             "train.precision": "bf16"} if method == "dino" else {}  # DINO's one end-to-end run: the GPU's bf16
     overrides = tiny_overrides(sorted_shards, str(tmp_path / "runs"), uri, method, **{
         **extra, "data.image_size": 32, "data.batch_size": 32, "data.limit": "null", "train.epochs": 2,
         "train.num_workers": 2, "train.cpus_per_worker": 0.25, "eval.baseline": False, "eval.picture_every": 0,
@@ -94,3 +95,4 @@ def test_two_worker_run_on_a_class_sorted_folder(ray_session, sorted_shards, tmp
     assert params["resolved.sync_batchnorm"] == "True" and params["resolved.global_batch"] == "64"
     base_lr = 5e-4 if method == "dino" else 2e-3  # DINO's paper optimizer (config.PAPER_OPTIM), BYOL's shared default
     assert float(params["resolved.effective_lr"]) == pytest.approx(base_lr * 64 / 256)
+    assert params["train.precision"] == ("bf16" if method == "dino" else "auto")

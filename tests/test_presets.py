@@ -1,20 +1,38 @@
+import inspect
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipelines.build import head_arguments, method_arguments
-from pipelines.config import PROJECT_ROOT, load_config
+from pipelines.config import PAPER_OPTIM, PROJECT_ROOT, load_config
 from pipelines.tune_space import load_space
+from ssl_models import METHODS
 
 PRESETS = sorted((PROJECT_ROOT / "configs").glob("*.yaml"))
+HEADS = ("projector_hidden_dim", "projection_dim", "projector_layers", "predictor_hidden_dim")
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda path: Path(path).stem)
 def test_every_preset_is_valid(preset):
-    config = load_config(preset)
-    head_arguments(config)
-    method_arguments(config, steps_per_epoch=10)
-    assert Path(preset).stem.startswith(config.method.name)
+    written, config = yaml.safe_load(Path(preset).read_text()), load_config(preset)
+    loaded, name = config.model_dump(mode="json"), written["method"]["name"]
+    assert config.method.name == name and Path(preset).stem.startswith(f"{name}_")
+    for section, values in written.items():
+        for key, value in values.items():
+            assert loaded[section][key] == value, f"{section}.{key}"
+    for key, value in PAPER_OPTIM.get(name, {}).items():  # the paper's optimizer where the preset sets none
+        assert loaded["optim"][key] == written.get("optim", {}).get(key, value), f"optim.{key}"
+    model = written.get("model", {})
+    assert head_arguments(config) == {key: model[key] for key in HEADS if key in model}
+    arguments, accepted = method_arguments(config, steps_per_epoch=10), inspect.signature(METHODS[name]).parameters
+    expected = {}
+    for key, value in config.method.model_dump(exclude={"name"}).items():
+        if key.endswith("_epochs"):
+            key, value = key.removesuffix("_epochs") + "_steps", round(value * 10)
+        if key in accepted:
+            expected[key] = value
+    assert arguments == expected
 
 
 SPACES = sorted((PROJECT_ROOT / "tune_spaces").glob("*.yaml"))

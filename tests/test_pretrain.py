@@ -1,8 +1,11 @@
 """Real Ray Train runs on a slice of Fashion-MNIST, writing to a real MLflow store."""
 import json
 import math
+import os
 import shutil
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +17,8 @@ from mlflow.tracking import MlflowClient
 
 from pipelines.config import PROJECT_ROOT, ConfigError, load_config
 from pipelines.pretrain import RunFailed, pretrain, resolve_config, parse_args
-from tests.conftest import tiny_overrides
+from tests.conftest import mlflow_store, tiny_overrides
+from tests.study_runs import run_smoke
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +26,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def first_run(ray_session, fmnist_slice, tmp_path_factory):
     folder = tmp_path_factory.mktemp("run")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    uri = mlflow_store(folder)
     overrides = tiny_overrides(fmnist_slice, str(folder / "runs"), uri, **{"tracking.run_name": "tiny",
                                                                           "eval.final_protocols": "[knn]"})
     outcome = pretrain(load_config(None, overrides))
@@ -88,16 +92,40 @@ def test_the_backbone_is_an_mlflow_model_that_loads_outside_the_project_and_embe
     assert np.allclose(np.load(tmp_path / "embeddings.npy"), expected.numpy(), atol=1e-5)
 
 
-def test_resume_continues_the_step_count_in_the_same_mlflow_run(first_run):
+def test_ctrl_c_marks_the_run_killed_and_resume_continues_the_step_count_in_the_same_mlflow_run(
+        first_run, ray_session):
+    """`--resume tiny` for a second epoch in a process of its own, Ctrl+C (SIGINT) once it has resumed: Ray Train
+    2.60's driver answers it by aborting the run and calling sys.exit(0) (DataParallelTrainer's SIGINT handler), the
+    run is marked KILLED and the command exits 130 saying how to continue; then `--resume` again finishes it in
+    the same MLflow run, every step logged once."""
     outcome, folder, uri = first_run
-    args = parse_args(["--resume", "tiny", "--set", "train.epochs=2",
-                       "--set", f"train.storage_path={folder / 'runs'}"])
-    config, name = resolve_config(args)
+    storage = ["--set", "train.epochs=2", "--set", f"train.storage_path={folder / 'runs'}"]
+    process = subprocess.Popen([sys.executable, "-m", "pipelines.pretrain", "--resume", "tiny", *storage],
+                               cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address,
+                                    "PYTHONUNBUFFERED": "1"})
+    lines = []
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if "resumed from checkpoint: epoch 1" in line:
+                process.send_signal(signal.SIGINT)
+                break
+        output, _ = process.communicate(timeout=180)
+    finally:
+        process.kill()
+    output = "".join(lines) + output
+    assert process.returncode == 130, output[-3000:]
+    assert "continue it with: python -m pipelines.pretrain --resume tiny" in output
+    client = MlflowClient(uri)
+    run = client.get_run(outcome["run_id"])
+    assert run.info.status == "KILLED" and run.data.tags["failure_reason"] == "interrupted by the user"
+
+    config, name = resolve_config(parse_args(["--resume", "tiny", *storage]))
     assert name == "tiny" and config.data.limit == 512
     resumed = pretrain(config, name)
     assert resumed["run_id"] == outcome["run_id"]
     assert resumed["metrics"]["step"] == 16 and resumed["metrics"]["epoch"] == 2
-    client = MlflowClient(uri)
     steps = [m.step for m in client.get_metric_history(outcome["run_id"], "train/loss")]
     assert steps == [2, 4, 6, 8, 10, 12, 14, 16]
     assert [m.value for m in client.get_metric_history(outcome["run_id"], "epoch")] == [1, 2]
@@ -106,29 +134,11 @@ def test_resume_continues_the_step_count_in_the_same_mlflow_run(first_run):
     assert len([run for run in runs if "mlflow.parentRunId" not in run.data.tags]) == 1  # nested: evaluations
 
 
-def test_ctrl_c_marks_the_run_killed_though_ray_train_answers_it_with_sys_exit(ray_session, fmnist_slice, tmp_path,
-                                                                               monkeypatch):
-    """Ray Train 2.60's driver answers SIGINT by aborting the controller and calling sys.exit(0)
-    (DataParallelTrainer._register_sigint_handler), not with a KeyboardInterrupt; the run left RUNNING before."""
-    import pipelines.pretrain as module
-
-    def interrupted(*args, **kwargs):
-        raise SystemExit(0)
-
-    monkeypatch.setattr(module, "fit", interrupted)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    with pytest.raises(SystemExit):
-        pretrain(load_config(None, tiny_overrides(fmnist_slice, str(tmp_path / "runs"), uri)))
-    client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("byol").experiment_id])
-    assert run.info.status == "KILLED" and run.data.tags["failure_reason"] == "interrupted by the user"
-
-
 def test_failing_run_is_marked_failed_with_the_reason(ray_session, fmnist_slice, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(fmnist_slice, broken)
     (broken / "train" / "part-00001.parquet").write_bytes(b"this is not parquet")
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     config = load_config(None, tiny_overrides(str(broken), str(tmp_path / "runs"), uri))
     with pytest.raises(RunFailed) as error:
         pretrain(config)
@@ -139,11 +149,9 @@ def test_failing_run_is_marked_failed_with_the_reason(ray_session, fmnist_slice,
     assert "parquet" in str(error.value).lower()
 
 
-@pytest.mark.parametrize("method", ["simsiam", "simclr", "barlow_twins", "vicreg", "moco", "dino", "dinov2", "mae"])
-def test_every_method_runs_end_to_end_on_an_image_folder_without_test_split(ray_session, tmp_path, method):
-    """Each method's one end-to-end run (BYOL's is `first_run`, on Fashion-MNIST): colour photos of mixed
-    sizes, some below the crop, no test split (kNN queries held out of the train split). DINO trains in
-    bf16 (CPU autocast, as on a GPU; fp16: tests/test_precision.py)."""
+def photo_shards(root: Path, labelled: bool) -> str:
+    """Colour photos of mixed sizes, some below the 32 px crop, no test split (kNN queries held out of the train
+    split): three class folders of 48 JPEGs, or the same 144 files in one folder without labels."""
     from PIL import Image
     from skimage import data as photos
 
@@ -151,78 +159,71 @@ def test_every_method_runs_end_to_end_on_an_image_folder_without_test_split(ray_
 
     rng = np.random.default_rng(0)
     for name, picture in (("cat", photos.chelsea()), ("coffee", photos.coffee()), ("astronaut", photos.astronaut())):
-        (tmp_path / "photos" / name).mkdir(parents=True)
+        folder = root / "photos" / (name if labelled else "")
+        folder.mkdir(parents=True, exist_ok=True)
         for index in range(48):
             top, left = rng.integers(0, 200, 2)
-            size = 96 if name != "astronaut" else 10 + index % 8  # mixed sizes, some below the 32 px crop
-            Image.fromarray(picture[top:top + size, left:left + size]).save(tmp_path / "photos" / name / f"{index}.jpg")
-    info, _ = ingest_folder(tmp_path / "photos", str(tmp_path / "shards"))
-    assert info.min_side == 10
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    overrides = tiny_overrides(str(tmp_path / "shards"), str(tmp_path / "runs"), uri, method, **{
+            size = 96 if name != "astronaut" else 10 + index % 8
+            Image.fromarray(picture[top:top + size, left:left + size]).save(folder / f"{name}{index}.jpg")
+    info, _ = ingest_folder(root / "photos", str(root / "shards"))
+    assert info.min_side == 10 and info.labelled == labelled and info.splits == {"train": 144}
+    return str(root / "shards")
+
+
+# The methods with no other end-to-end run (BYOL: `first_run`; SimSiam: the SimSiam study; SimCLR: the sweeps;
+# MAE: the mask-ratio study's row; DINO: the 2-worker run in bf16; distillation: its study below).
+PHOTO_RUNS = {"moco": {"method.queue_size": 64}, "dinov2": {},
+              "barlow_twins": {"train.precision": "fp16"},  # the GPU path through CPU autocast with the loss scaler
+              "vicreg": {}}  # on photos without labels
+
+
+@pytest.mark.parametrize("method", PHOTO_RUNS)
+def test_each_method_not_run_elsewhere_trains_end_to_end_on_photos_without_test_split(ray_session, tmp_path, capsys,
+                                                                                      method):
+    labelled = method != "vicreg"
+    shards = photo_shards(tmp_path, labelled)
+    uri = mlflow_store(tmp_path)
+    overrides = tiny_overrides(shards, str(tmp_path / "runs"), uri, method, **{
         "data.image_size": 32, "data.batch_size": 32, "data.limit": 144, "eval.baseline": False,
-        **({"method.queue_size": 64} if method == "moco" else {}), **({"train.precision": "bf16"} if method == "dino" else {})})
+        "train.log_every": 1, **PHOTO_RUNS[method]})
     outcome = pretrain(load_config(None, overrides))
+    printed = capsys.readouterr().out
     client = MlflowClient(uri)
     run = client.get_run(outcome["run_id"])
     assert run.info.status == "FINISHED" and run.data.params["method.name"] == method
     assert client.get_experiment(run.info.experiment_id).name == method
-    assert 0 <= run.data.metrics["knn_top1_k20"] <= 1 and outcome["metrics"]["step"] == 4
+    assert outcome["metrics"]["step"] == 4
     losses = [m.value for m in client.get_metric_history(run.info.run_id, "train/loss")]
-    assert losses and all(math.isfinite(value) for value in losses)  # (SimSiam's is negative, Barlow Twins' ~50)
-    assert run.data.params["train.precision"] == ("bf16" if method == "dino" else "auto")
+    assert len(losses) == 4 and all(math.isfinite(value) and value != 0 for value in losses)
+    assert run.data.params["train.precision"] == PHOTO_RUNS[method].get("train.precision", "auto")
     assert {a.path for a in client.list_artifacts(run.info.run_id, "backbone")} == {
         "backbone/backbone.safetensors", "backbone/backbone.json"}
     # MLflow image logging (step slider in the UI): images/<key>+step+<step>+timestamp+...png
     pictures = {a.path.split("/")[1].split("+timestamp")[0] for a in client.list_artifacts(run.info.run_id, "images")
                 if a.path.endswith(".png")}
-    expected = {"mae": {"mae_reconstruction+step+4"}, "dino": {"dino_attention+step+4"},
-                "dinov2": {"dino_attention+step+4"}}.get(method, set())
-    assert pictures == expected
+    assert pictures == ({"dino_attention+step+4"} if method == "dinov2" else set())
+    if labelled:  # evaluated in the run's own precision
+        assert 1 / 3 < run.data.metrics["knn_top1_k20"] <= 1, run.data.metrics  # 3 classes: chance is 1/3
+        return
+    assert "no labels in the dataset: kNN evaluation skipped (the run goes on)" in printed
+    assert not [key for key in outcome["metrics"] if "knn" in key]
+    assert not [key for key in run.data.metrics if "knn" in key or "linear" in key]
+    from pipelines.transfer import main as evaluate_main
+
+    for protocols, message in (("knn,linear", "knn, linear need"), ("finetune", "finetune needs")):
+        assert evaluate_main(["--run", outcome["run_name"], "--storage", str(tmp_path / "runs"),
+                              "--protocol", protocols]) == 2  # supervised protocols on unlabelled images: refused
+        assert f"has no labels: {message} labelled images" in capsys.readouterr().err
 
 
 def test_a_loss_gone_nan_stops_the_run_with_the_reason(ray_session, fmnist_slice, tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     overrides = tiny_overrides(fmnist_slice, str(tmp_path / "runs"), uri, **{
         "optim.lr": 1e30, "optim.warmup_epochs": 0, "eval.baseline": False, "tracking.run_name": "diverged"})
     with pytest.raises(RunFailed, match="FloatingPointError: loss is (nan|inf) at step"):
         pretrain(load_config(None, overrides))
     run = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("byol").experiment_id])[0]
     assert run.info.status == "FAILED" and "lower optim.lr" in run.data.tags["failure_reason"]
-
-
-def test_a_dataset_without_labels_trains_and_skips_knn_with_a_message(ray_session, tmp_path, capsys):
-    from PIL import Image
-    from skimage import data as photos
-
-    from pipelines.ingest import ingest_folder
-
-    (tmp_path / "photos").mkdir()
-    for index in range(40):  # no class sub-folders: no labels
-        Image.fromarray(photos.coffee()[index * 5:index * 5 + 64, index * 5:index * 5 + 64]).save(
-            tmp_path / "photos" / f"{index}.png")
-    info, _ = ingest_folder(tmp_path / "photos", str(tmp_path / "shards"))
-    assert not info.labelled
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    overrides = tiny_overrides(str(tmp_path / "shards"), str(tmp_path / "runs"), uri, **{
-        "data.image_size": 32, "data.batch_size": 16, "data.limit": "null"})
-    outcome = pretrain(load_config(None, overrides))
-    assert "no labels in the dataset: kNN evaluation skipped (the run goes on)" in capsys.readouterr().out
-    assert outcome["metrics"]["step"] == 2 and not [k for k in outcome["metrics"] if "knn" in k]
-    assert MlflowClient(uri).get_run(outcome["run_id"]).info.status == "FINISHED"
-
-    from pipelines.export import save_backbone
-    from pipelines.transfer import main as evaluate_main
-    from ssl_models import backbone_spec, create_backbone
-
-    spec = backbone_spec("resnet18", in_chans=info.channels, image_size=32)
-    (tmp_path / "weights").mkdir()
-    save_backbone(tmp_path / "weights", create_backbone(spec)[0], spec, {
-        "feature_dim": 512, "image_size": 32, "mean": [0.5] * info.channels, "std": [0.25] * info.channels})
-    for protocols, message in (("knn,linear", "knn, linear need"), ("finetune", "finetune needs")):
-        assert evaluate_main(["--weights", str(tmp_path / "weights"), "--data", str(tmp_path / "shards"),
-                              "--protocol", protocols]) == 2  # supervised protocols on unlabelled images: refused
-        assert f"has no labels: {message} labelled images" in capsys.readouterr().err
 
 
 def test_a_new_run_with_an_existing_name_is_refused_unless_resumed(first_run, fmnist_slice):
@@ -271,22 +272,35 @@ def test_evaluate_by_run_name_logs_into_the_pretraining_run_with_a_nested_run_pe
     assert len(client.get_metric_history(linear.info.run_id, "linear/holdout_top1")) == 2
 
 
-def test_a_small_student_distils_from_a_run_by_name_or_its_mlflow_model(first_run, fmnist_slice):
+def test_the_distillation_study_distils_a_small_student_from_the_first_run_and_times_every_backbone(
+        first_run, fmnist_slice, capsys):
+    """The distillation study's distilled row through its command, its teacher the module's first run (named by
+    method.teacher_run, found under the study's storage while the row's own run lives under the study's trials):
+    the table beside the teacher's logged metrics and every backbone's inference speed; then the same teacher as
+    the first run's MLflow model."""
     from pipelines.teacher import load_teacher, resolve_teacher
 
     outcome, folder, uri = first_run
-    overrides = tiny_overrides(fmnist_slice, str(folder / "runs"), uri, "distill", **{
-        "method.teacher_run": "tiny", "model.backbone": "resnet10t", "tracking.run_name": "student",
-        "eval.baseline": False})
-    result = pretrain(load_config(None, overrides))
-    client = MlflowClient(uri)
-    run = client.get_run(result["run_id"])
-    assert run.info.status == "FINISHED" and run.data.params["method.teacher_run"] == "tiny"
+    code, out, client, parent, rows, table = run_smoke(
+        "distillation", "distil", fmnist_slice, folder, capsys, rows="distilled", sets=[
+            "method.teacher_run=tiny", "eval.baseline=false", "model.projector_hidden_dim=128", "data.limit=512",
+            "train.log_every=2"])
+    assert code == 0 and parent.data.tags["study.checks"] == "passed", out  # its check needs the scratch row
+    run = rows["distilled"]
+    assert {name: row.info.status for name, row in rows.items()} == {"distilled": "FINISHED"}
+    assert run.data.params["method.teacher_run"] == "tiny"
+    assert run.data.params["method.teacher_run_storage"] == str(folder / "runs")
+    assert [line["row"] for line in table["table"]] == ["distilled", "teacher"]
+    teacher_knn = client.get_run(outcome["run_id"]).data.metrics["eval/knn_top1_k20"]
+    assert table["table"][1]["ours knn"] == round(100 * teacher_knn, 2) and table["table"][1]["run"] == "tiny"
+    assert all(line["ours inference images/s"] > 0 for line in table["table"])
     cosines = [m.value for m in client.get_metric_history(run.info.run_id, "train/teacher_cosine")]
-    assert cosines and cosines[-1] > cosines[0]  # the student's projection moves towards the teacher's features
+    assert len(cosines) == 4 and cosines[-1] > cosines[0]  # the student's projection moves towards the teacher's
     assert 0.1 < run.data.metrics["knn_top1_k20"] <= 1  # the online kNN of the student's EMA
     meta = json.loads((Path(client.download_artifacts(run.info.run_id, "backbone")) / "backbone.json").read_text())
     assert meta["timm_name"] == "resnet10t" and meta["method"] == "distill"
+    overrides = tiny_overrides(fmnist_slice, str(folder / "runs"), uri, "distill", **{
+        "method.teacher_run": "tiny", "model.backbone": "resnet10t"})
     # the teacher as the first run's MLflow model: downloaded once into the storage, where workers read it
     config = load_config(None, overrides + [f"method.teacher_weights=runs:/{outcome['run_id']}/backbone_model",
                                                  "method.teacher_run=null"])

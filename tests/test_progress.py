@@ -2,6 +2,8 @@
 import io
 import time
 
+import pytest
+
 from pipelines.progress import ProgressLine, progress_text, start_board
 
 
@@ -19,6 +21,7 @@ def test_progress_text_names_epoch_step_rate_loss_and_time_left():
     assert progress_text({**STATE, "seconds_left": 4000}).endswith("1h06m left")
 
 
+@pytest.mark.slow
 def test_on_a_terminal_the_line_updates_in_place_and_messages_stay(ray_session):
     board, screen = start_board(), Terminal()
     with ProgressLine(board, screen, every=0.05):
@@ -34,6 +37,7 @@ def test_on_a_terminal_the_line_updates_in_place_and_messages_stay(ray_session):
     assert text.count("epoch 2/10 done in 60s") == 1
 
 
+@pytest.mark.slow
 def test_elsewhere_it_prints_plain_lines_at_most_every_plain_every_seconds(ray_session):
     board, log = start_board(), io.StringIO()
     with ProgressLine(board, log, every=0.05, plain_every=3600):

@@ -12,7 +12,8 @@ from pipelines import study
 from pipelines.config import PROJECT_ROOT, ConfigError, build_config, read_yaml
 from pipelines.sweep import SWEEP_DEFAULTS
 from pipelines.tune_space import ROW_AXIS, apply_values, load_space
-from tests.conftest import write_run_files
+from tests.conftest import interrupt_after_first_trial, mlflow_store, write_run_files
+from tests.study_runs import run_smoke, smoke_sets, study_results
 
 STUDIES = sorted((PROJECT_ROOT / "tune_spaces" / "studies").glob("*.yaml"))
 
@@ -47,6 +48,7 @@ def png(seed: int) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.slow  # about 80 s for all rows
 @pytest.mark.parametrize("path", STUDIES, ids=[path.stem for path in STUDIES])
 def test_every_row_of_every_study_takes_a_training_step(path, tmp_path):
     """What CI cannot afford as runs (a Ray Train run per row): each row's method, built as the run builds it, on
@@ -160,29 +162,34 @@ def test_a_study_plot_draws_the_papers_curves_as_lines_and_every_row_as_a_bar():
     assert len(figure.axes) == 2 and len(figure.axes[0].get_lines()[0].get_xdata()) == len(space.rows)
 
 
-def run_smoke(stem: str, name: str, data: str, tmp_path, capsys, sets: list[str] = (), rows: str = ""):
-    """The study at its smoke budget on the real Fashion-MNIST slice, as CI can afford it; its exit code, printed
-    output, MLflow client, parent run, child runs by row and the table the parent holds."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    sets = [f"data.path={data}", f"train.storage_path={tmp_path / 'runs'}", f"tracking.tracking_uri={uri}",
-            "train.cpus_per_worker=0.25", *sets]  # one row (0.25 + 0.5 augmentation + reads) fits the 2-CPU session
-    code = study.main([str(PROJECT_ROOT / "tune_spaces" / "studies" / f"{stem}.yaml"), "--budget", "smoke",
-                       "--name", name, *(["--rows", rows] if rows else []),
-                       *[part for text in sets for part in ("--set", text)]])
-    out = capsys.readouterr().out
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name(f"study-{stem}").experiment_id  # rows may switch methods
-    parent = client.search_runs([experiment], filter_string=f"attributes.run_name = '{name}'")[0]
-    children = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    table = yaml.safe_load(open(client.download_artifacts(parent.info.run_id, "study/study_table.json", str(tmp_path))))
-    return code, out, client, parent, {run.data.tags[ROW_AXIS]: run for run in children}, table
-
-
 @pytest.mark.slow
-def test_the_simsiam_collapse_study_runs_each_row_and_puts_its_table_beside_the_papers(
+def test_the_simsiam_collapse_study_interrupted_resumes_each_row_once_and_puts_its_table_beside_the_papers(
         ray_session, fmnist_slice, tmp_path, capsys):
-    code, out, client, parent, rows, table = run_smoke("simsiam_collapse", "collapse", fmnist_slice, tmp_path, capsys)
+    """Rows one at a time in a process of its own, Ctrl+C once the first row's run is finished, `--resume`: the
+    finished row is not rerun, the others run, and the table, plot and checks are as an uninterrupted study's."""
+    path = str(PROJECT_ROOT / "tune_spaces" / "studies" / "simsiam_collapse.yaml")
+    code, output = interrupt_after_first_trial(
+        "pipelines.study", [path, "--budget", "smoke", "--name", "collapse", "--max-concurrent", "1",
+                            *smoke_sets(fmnist_slice, tmp_path)], tmp_path, "collapse", "study-simsiam_collapse",
+        ray_session)
+    assert code == 130 and "python -m pipelines.study --resume collapse" in output, output[-3000:]
+    client = MlflowClient(mlflow_store(tmp_path))
+    parent = client.search_runs([client.get_experiment_by_name("study-simsiam_collapse").experiment_id],
+                                filter_string="attributes.run_name = 'collapse'")[0]
+    assert parent.info.status == "KILLED"
+    assert "python -m pipelines.study --resume collapse" in parent.data.tags["failure_reason"]
+    finished = client.search_runs([parent.info.experiment_id], filter_string=(
+        f"tags.mlflow.parentRunId = '{parent.info.run_id}' and attributes.status = 'FINISHED'"))
+    assert len(finished) == 1
+    first = finished[0]
+    first_curve = [(m.step, m.timestamp) for m in client.get_metric_history(first.info.run_id, "train/loss")]
+
+    code = study.main(["--resume", "collapse", "--set", f"train.storage_path={tmp_path / 'runs'}"])
+    out = capsys.readouterr().out
     assert code == 0, out
+    client, parent, rows, table = study_results("simsiam_collapse", "collapse", tmp_path)
+    assert rows[first.data.tags[ROW_AXIS]].info.run_id == first.info.run_id  # the finished row was not rerun
+    assert [(m.step, m.timestamp) for m in client.get_metric_history(first.info.run_id, "train/loss")] == first_curve
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["study"] == "simsiam_collapse" and parent.data.tags["study.checks"] == "passed"
     assert parent.data.tags["study.budget"] == "smoke" and "Chen & He" in parent.data.tags["study.source"]
@@ -192,6 +199,8 @@ def test_the_simsiam_collapse_study_runs_each_row_and_puts_its_table_beside_the_
     for run in rows.values():
         assert run.info.status == "FINISHED"
         assert 0 < run.data.metrics["eval/knn_top1_k20"] <= 1 and 0 < run.data.metrics["eval/linear_top1"] <= 1
+    # above chance (10 classes) for the spread baseline; the collapsed rows' std is below it (the checks)
+    assert rows["baseline"].data.metrics["eval/knn_top1_k20"] > 0.2
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "study")}
     assert {"study/study_table.json", "study/study_table.md", "study/study.png"} <= artifacts
     assert [line["row"] for line in table["table"]] == ["baseline", "no_stop_gradient", "no_predictor"]
@@ -210,7 +219,7 @@ def test_a_reference_run_is_shown_beside_the_rows_with_its_inference_speed(tmp_p
     """The distillation study's teacher: a finished run named by method.teacher_run, its logged metrics as the rows'."""
     from pipelines.build import build_method
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = mlflow_store(tmp_path)
     client = MlflowClient(uri)
     run = client.create_run(client.create_experiment("teacher"))
     client.log_metric(run.info.run_id, "eval/knn_top1_k20", 0.8123)
@@ -226,30 +235,51 @@ def test_a_reference_run_is_shown_beside_the_rows_with_its_inference_speed(tmp_p
         study.reference_lines(space, build_config(base))
 
 
-@pytest.mark.slow
-def test_the_distillation_study_finds_its_teacher_from_the_trials_and_times_every_backbone(
-        ray_session, fmnist_slice, tmp_path, capsys):
-    """The teacher lives under the study's storage, each row's run under the study's trials: the distilled row
-    loads it from there, and the table times the rows' and the teacher's backbones."""
-    from pipelines.build import build_method
+COLLAPSE_STUDIES = {"dino_collapse_guards": ("no_centering", "no_sharpening"),
+                    "byol_batch_statistics": ("no_normalisation",)}
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    teacher_run = client.create_run(client.create_experiment("teacher"))
-    client.log_metric(teacher_run.info.run_id, "eval/knn_top1_k20", 0.5)
-    client.set_terminated(teacher_run.info.run_id)
-    teacher = build_config({"model": {"projector_hidden_dim": 64, "projection_dim": 16, "predictor_hidden_dim": 64}})
-    write_run_files(tmp_path / "runs", "teacher", teacher, build_method(teacher, 1, 10), uri, teacher_run.info.run_id)
-    code, out, client, parent, rows, table = run_smoke(
-        "distillation", "distil", fmnist_slice, tmp_path, capsys,
-        ["method.teacher_run=teacher", "eval.baseline=false",
-         "model.projector_hidden_dim=128", "data.limit=256"])
-    assert code == (0 if parent.data.tags["study.checks"] == "passed" else 1), out
-    assert {name: run.info.status for name, run in rows.items()} == {"scratch": "FINISHED", "distilled": "FINISHED"}
-    assert rows["distilled"].data.params["method.teacher_run_storage"] == str(tmp_path / "runs")
-    assert [line["row"] for line in table["table"]] == ["scratch", "distilled", "teacher"]
-    assert table["table"][2]["ours knn"] == 50.0
-    assert all(line["ours inference images/s"] > 0 for line in table["table"])
+
+def train_rows_in_process(stem: str, data: str) -> list[dict]:
+    """Each row of a study at its smoke budget, trained as one Ray Train worker trains it but in process: the
+    row's configuration, its augmentation of the real slice's images in a seeded order, its schedules and steps
+    (pipelines.step); each row's line holds the means of the last `train.log_every` steps, the value the run logs
+    last (what the study's table reads from MLflow)."""
+    import numpy as np
+    import torch
+
+    from pipelines.augment import AugmentBatch, view_column
+    from pipelines.data import augment_arguments
+    from pipelines.dataset_store import read_info, read_split
+    from pipelines.evaluate import Normalizer
+    from pipelines.step import prepare, TrainStep
+    from pipelines.train_loop import MetricWindow, seed_everything
+
+    path = PROJECT_ROOT / "tune_spaces" / "studies" / f"{stem}.yaml"
+    space, base = load_study(path, "smoke")
+    info = read_info(data)
+    encoded = read_split(data, "train", ("image",)).column("image").to_numpy(zero_copy_only=False)
+    table = []
+    for row in space.rows:
+        config = build_config(apply_values(copy.deepcopy(base), {ROW_AXIS: row}, space.rows))
+        images = encoded[:config.data.limit or len(encoded)]
+        steps_per_epoch = len(images) // config.data.batch_size
+        seed_everything(config.train.seed)
+        prepared = prepare(config, info.channels, steps_per_epoch, torch.device("cpu"))
+        train_step = TrainStep(config, prepared.method, prepared.optimizer, steps_per_epoch, torch.device("cpu"))
+        augment, normalize = AugmentBatch(**augment_arguments(config, info)), Normalizer(info.mean, info.std, "cpu")
+        order, window = np.random.default_rng(config.train.seed), MetricWindow()
+        for step in range(config.train.epochs * steps_per_epoch):
+            if step % steps_per_epoch == 0:
+                batches = order.permutation(len(images)).reshape(steps_per_epoch, -1)
+            batch = augment({"image": images[batches[step % steps_per_epoch]]})
+            views = [normalize(torch.from_numpy(batch[view_column(v)])) for v in range(prepared.method.num_views)]
+            window.add(step, train_step(views, step))
+            if (step + 1) % config.train.log_every == 0 and step + 1 < config.train.epochs * steps_per_epoch:
+                window.reduce(1)
+        logged = {f"train/{key}": value for key, value in window.reduce(config.train.epochs).items()}
+        table.append({"row": row, **{f"ours {label}": study.shown(metric, logged.get(metric))
+                                     for label, metric in study.metrics_of(space.study).items()}})
+    return space, table
 
 
 COLLAPSE_STUDIES = {"dino_collapse_guards": ("no_centering", "no_sharpening"),
@@ -258,31 +288,30 @@ COLLAPSE_STUDIES = {"dino_collapse_guards": ("no_centering", "no_sharpening"),
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stem", COLLAPSE_STUDIES)
-def test_a_collapse_study_at_its_smoke_budget_sees_its_ablations_collapse(stem, ray_session, fmnist_slice, tmp_path,
-                                                                        capsys):
-    """DINO without centring or without sharpening, BYOL without normalisation: each row a Ray Tune trial, the
-    checks on the collapse signal pass (what the study files' probes measured, with a margin)."""
-    code, out, _, parent, rows, table = run_smoke(stem, stem, fmnist_slice, tmp_path, capsys)
-    assert code == 0, out
-    assert parent.info.status == "FINISHED" and parent.data.tags["study.checks"] == "passed"
-    assert {name: run.info.status for name, run in rows.items()} == {line["row"]: "FINISHED" for line in table["table"]}
-    checked = [check["row"] for check in table["checks"]]
-    assert checked == list(COLLAPSE_STUDIES[stem]) and all(check["passed"] for check in table["checks"])
-
-
-ONE_ROW_EACH = {"byol_vs_simsiam": "simsiam", "dino_components": "mse", "byol_vs_simclr_robustness": "simclr_crop_only",
-                "mae_decoder": "width_128", "mae_augmentation": "none", "mae_mask_ratio": "0.9"}
+def test_a_collapse_study_at_its_smoke_budget_sees_its_ablations_collapse(stem, fmnist_slice):
+    """DINO without centring or without sharpening, BYOL without normalisation: each row trained in process at
+    the study's smoke budget on real views; the study's own checks on the collapse signal pass (the SimSiam
+    study below runs end to end through Ray Tune, as every study does)."""
+    space, table = train_rows_in_process(stem, fmnist_slice)
+    outcomes = study.check_outcomes(space, table)
+    assert [outcome["row"] for outcome in outcomes] == list(COLLAPSE_STUDIES[stem])
+    assert all(outcome["passed"] for outcome in outcomes), outcomes
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stem", ONE_ROW_EACH)
-def test_every_other_study_runs_one_row_end_to_end_through_its_command(stem, ray_session, fmnist_slice, tmp_path,
-                                                                     capsys):
-    """The studies CI cannot afford whole (a Ray Train run a row, about a minute each): each through
-    `pipelines.study --rows` on one row at its smoke budget; every row of every study steps in process above."""
-    code, out, _, parent, rows, table = run_smoke(stem, stem, fmnist_slice, tmp_path, capsys, rows=ONE_ROW_EACH[stem])
+def test_another_study_runs_one_row_end_to_end_through_its_command(ray_session, fmnist_slice, tmp_path, capsys):
+    """The studies CI cannot afford whole (a Ray Train run a row, about a minute each): one of them through
+    `pipelines.study --rows` (MAE, the only end-to-end MAE run), every row of every study steps in process above.
+    The MAE row's run logs its reconstructions as MLflow images (the step slider in the UI)."""
+    code, out, client, parent, rows, table = run_smoke("mae_mask_ratio", "mask", fmnist_slice, tmp_path, capsys,
+                                                       rows="0.9")
     assert code == 0, out
-    assert parent.info.status == "FINISHED" and parent.data.tags["study.rows"] == ONE_ROW_EACH[stem]
-    assert {name: run.info.status for name, run in rows.items()} == {ONE_ROW_EACH[stem]: "FINISHED"}
+    assert parent.info.status == "FINISHED" and parent.data.tags["study.rows"] == "0.9"
+    assert {name: run.info.status for name, run in rows.items()} == {"0.9": "FINISHED"}
+    assert rows["0.9"].data.params["method.mask_ratio"] == "0.9" and rows["0.9"].data.params["method.name"] == "mae"
     line, = table["table"]
-    assert line["row"] == ONE_ROW_EACH[stem] and 0 < line["ours knn"] <= 100 and 0 < line["ours linear"] <= 100
+    assert line["row"] == "0.9" and line["ours knn"] == round(100 * rows["0.9"].data.metrics["eval/knn_top1_k20"], 2)
+    assert 10 < line["ours knn"] <= 100 and 10 < line["ours linear"] <= 100  # above chance: raw pixels are ~70
+    pictures = {a.path.split("/")[1].split("+timestamp")[0] for a in client.list_artifacts(rows["0.9"].info.run_id, "images")
+                if a.path.endswith(".png")}
+    assert pictures == {f"mae_reconstruction+step+{int(rows['0.9'].data.metrics['step'])}"}

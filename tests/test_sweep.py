@@ -1,10 +1,5 @@
 """Sweeps for real: Ray Tune trials that each fit a TorchTrainer on a Fashion-MNIST slice, their MLflow
-parent and child runs, an interrupted sweep resumed without rerunning a finished trial, bad spaces."""
-import os
-import signal
-import subprocess
-import sys
-import time
+parent and child runs, ASHA's early stop, bad spaces."""
 from pathlib import Path
 
 import pytest
@@ -13,14 +8,14 @@ from mlflow.tracking import MlflowClient
 
 from pipelines import sweep
 from pipelines.config import PROJECT_ROOT, load_config
-from tests.conftest import tiny_overrides
+from tests.conftest import mlflow_store, tiny_overrides
 
 SIMCLR_SPACE = str(PROJECT_ROOT / "tune_spaces" / "simclr.yaml")
 
 
 def sweep_arguments(data: str, folder: Path, name: str, samples: int = 2, space: str = SIMCLR_SPACE) -> list[str]:
     # 0.25 CPU per Train worker: one trial (0.25 + 0.5 augmentation + 1 file listing) fits the 2-CPU session
-    overrides = tiny_overrides(data, str(folder / "runs"), f"sqlite:///{folder / 'mlflow.db'}", "simclr",
+    overrides = tiny_overrides(data, str(folder / "runs"), mlflow_store(folder), "simclr",
                                **{"train.epochs": 2, "train.cpus_per_worker": 0.25, "data.limit": 256})
     return ["--space", space, "--num-samples", str(samples), "--name", name,
             *[part for text in overrides for part in ("--set", text)]]
@@ -36,61 +31,17 @@ def parent_of(client: MlflowClient, name: str):
     return client.search_runs([experiment], filter_string=f"tags.sweep = '{name}' and attributes.run_name = '{name}'")[0]
 
 
-def _wait_for(condition, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return
-        time.sleep(2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.slow
-def test_an_interrupted_sweep_resumes_without_rerunning_a_finished_trial_then_logs_best_and_a_preset(
-        ray_session, fmnist_slice, tmp_path, capsys):
-    """Two trials one after the other (optuna), Ctrl+C during the second, `--resume`: the parent run, both
-    children, their curves, the best trial and its preset, as an uninterrupted sweep has them."""
+def test_a_sweep_runs_its_trials_as_child_runs_then_logs_best_and_a_preset(ray_session, fmnist_slice, tmp_path, capsys):
+    """Two trials one after the other (optuna): the parent run, both children, their curves, the best trial and
+    its preset. (An interrupted sweep resumed without rerunning a finished trial: the SimSiam study in
+    tests/test_studies.py, a study being a sweep of rows.)"""
     arguments = sweep_arguments(fmnist_slice, tmp_path, "cut") + ["--max-concurrent", "1", "--search", "optuna"]
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    address = ray_session.get_runtime_context().gcs_address
-    process = subprocess.Popen([sys.executable, "-m", "pipelines.sweep", *arguments], cwd=PROJECT_ROOT,
-                               env={**os.environ, "RAY_ADDRESS": address},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        def one_trial_finished():
-            assert process.poll() is None, process.stdout.read()[-3000:]
-            # touch the SQLite store only once the sweep has created it: a second client opening it while
-            # MLflow still migrates its schema races it ("table _alembic_tmp_experiments already exists")
-            if not list((tmp_path / "runs").glob("cut/trials/*/run.json")):
-                return False
-            client = MlflowClient(uri)
-            experiment = client.get_experiment_by_name("simclr")
-            if experiment is None:
-                return False
-            done = client.search_runs([experiment.experiment_id],
-                                      filter_string="tags.sweep = 'cut' and attributes.status = 'FINISHED'")
-            return any("mlflow.parentRunId" in run.data.tags for run in done)
-
-        _wait_for(one_trial_finished, 300, "the first trial to finish")
-        process.send_signal(signal.SIGINT)  # as Ctrl+C would
-        output, _ = process.communicate(timeout=180)
-    finally:
-        process.kill()
-    assert process.returncode == 130, output[-3000:]
-    assert "--resume cut" in output
-    client = MlflowClient(uri)
+    assert sweep.main(arguments) == 0
+    client = MlflowClient(mlflow_store(tmp_path))
     parent = parent_of(client, "cut")
-    assert parent.info.status == "KILLED" and "--resume cut" in parent.data.tags["failure_reason"]
-    finished = [run for run in children(client, parent.info.run_id) if run.info.status == "FINISHED"]
-    assert len(finished) == 1
-    first = finished[0]
-    first_curve = [(m.step, m.timestamp) for m in client.get_metric_history(first.info.run_id, "train/loss")]
-
-    assert sweep.main(["--resume", "cut", "--set", f"train.storage_path={tmp_path / 'runs'}"]) == 0
     runs = children(client, parent.info.run_id)
     assert len(runs) == 2 and all(run.info.status == "FINISHED" for run in runs)
-    # the finished trial was not rerun: same run, same logged points
-    assert [(m.step, m.timestamp) for m in client.get_metric_history(first.info.run_id, "train/loss")] == first_curve
     parent = client.get_run(parent.info.run_id)
     assert parent.info.status == "FINISHED"
     temperatures = {float(run.data.params["method.temperature"]) for run in runs}
@@ -125,7 +76,7 @@ def test_asha_stops_the_trial_sure_to_lose_its_first_rung_and_its_run_says_so(ra
     arguments = sweep_arguments(fmnist_slice, tmp_path, "asha", samples=1, space=str(space))
     assert sweep.main(arguments + ["--max-concurrent", "1", "--scheduler", "asha", "--grace-epochs", "1",
                                    "--set", "train.epochs=4"]) == 0
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(mlflow_store(tmp_path))
     parent = parent_of(client, "asha")
     runs = {run.data.params["eval.online_bank_size"]: run for run in children(client, parent.info.run_id)}
     kept, stopped = runs["320"], runs["1"]
