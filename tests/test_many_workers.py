@@ -72,8 +72,7 @@ def test_after_step_0_every_rank_holds_the_same_targets_teachers_and_queues(two_
 def test_two_worker_run_on_a_class_sorted_folder(ray_session, sorted_shards, tmp_path, method):
     uri = mlflow_store(tmp_path)
     extra = {"method.out_dim": 256, "method.head_hidden_dim": 256, "method.bottleneck_dim": 64,
-             "method.num_local_crops": 2, "model.backbone": "resnet18", "model.patch_size": "null",
-             "train.precision": "bf16"} if method == "dino" else {}  # DINO's one end-to-end run: the GPU's bf16
+             "method.num_local_crops": 2, "model.backbone": "resnet18", "model.patch_size": "null"} if method == "dino" else {}
     overrides = tiny_overrides(sorted_shards, str(tmp_path / "runs"), uri, method, **{
         **extra, "data.image_size": 32, "data.batch_size": 32, "data.limit": "null", "train.epochs": 2,
         "train.num_workers": 2, "train.cpus_per_worker": 0.25, "eval.baseline": False, "eval.picture_every": 0,
@@ -86,7 +85,7 @@ def test_two_worker_run_on_a_class_sorted_folder(ray_session, sorted_shards, tmp
     assert [m.value for m in client.get_metric_history(run.info.run_id, "replicas_identical")] == [1.0, 1.0]
     # the online probe ran on each worker's batches, its gradients averaged (its weights are in the fingerprint)
     probe = client.get_metric_history(run.info.run_id, "online_linear_top1")
-    assert len(probe) == 2 and all(0 <= m.value <= 1 for m in probe)
+    assert len(probe) == 2 and all(0.15 < m.value <= 1 for m in probe), probe  # chance: 0.1 (BYOL's read 0.32)
     # mixed-class batches: 32 images of 10 classes hold 9.7 classes on average when drawn uniformly;
     # each logged value is a mean over 1-2 batches (bound 7), their mean over the run at least 9
     mixed = [m.value for m in client.get_metric_history(run.info.run_id, "train/classes_per_batch")]
@@ -95,4 +94,3 @@ def test_two_worker_run_on_a_class_sorted_folder(ray_session, sorted_shards, tmp
     assert params["resolved.sync_batchnorm"] == "True" and params["resolved.global_batch"] == "64"
     base_lr = 5e-4 if method == "dino" else 2e-3  # DINO's paper optimizer (config.PAPER_OPTIM), BYOL's shared default
     assert float(params["resolved.effective_lr"]) == pytest.approx(base_lr * 64 / 256)
-    assert params["train.precision"] == ("bf16" if method == "dino" else "auto")

@@ -1,5 +1,5 @@
 """Mixed precision through CPU autocast (bf16, and fp16 with the loss scaler), as the GPU paths run it. End to end:
-Barlow Twins in fp16 (tests/test_pretrain.py), DINO in bf16 on two workers (tests/test_many_workers.py)."""
+Barlow Twins in fp16 and DINOv2 in bf16 (tests/test_pretrain.py)."""
 import pytest
 import torch
 
