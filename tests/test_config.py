@@ -59,8 +59,8 @@ def test_cli_fails_fast_when_the_mlflow_server_does_not_answer(fmnist_slice, tmp
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    assert pretrain_main(["--set", f"data.path={fmnist_slice}", "--set", f"tracking.tracking_uri=http://127.0.0.1:{port}",
-                          "--set", f"train.storage_path={tmp_path}"]) == 2
+    assert pretrain_main(["--set", f"data.path={fmnist_slice}", "--set",
+                          f"tracking.tracking_uri=http://127.0.0.1:{port}", "--set", f"train.storage_path={tmp_path}"]) == 2
     assert f"the MLflow tracking server http://127.0.0.1:{port} does not answer" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing started
 

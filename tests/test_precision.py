@@ -1,5 +1,5 @@
 """Mixed precision through CPU autocast (bf16, and fp16 with the loss scaler), as the GPU paths run it. End to end:
-Barlow Twins in fp16 and DINOv2 in bf16 (tests/test_pretrain.py)."""
+Barlow Twins in fp16 (tests/test_pretrain.py), MAE in bf16 (tests/test_studies.py)."""
 import pytest
 import torch
 

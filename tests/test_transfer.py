@@ -150,11 +150,13 @@ def test_the_evaluate_command_prints_each_protocol_and_names_bad_input(ray_sessi
                                            "std": [0.25] * 3, "method": "none"})
     # linear_aug (the only supervised protocol with a frozen backbone; fine-tuning: tests/test_pretrain.py) on a random
     # init's features, the class-sorted folder (no test split: a stratified 10 % held out), 2 workers of 16 images
-    # for 2 epochs: the loss falls below chance's ln(10) = 2.30, the held-out top-1 is above chance, and the
-    # classifier's backbone is the frozen one, statistics included
+    # for 2 epochs: the held-out top-1 is above chance (0.35 and 0.44 in two runs here, against 0.1; the loss on
+    # random features moved either way between the 2 epochs) and the classifier's backbone is the frozen one,
+    # statistics included
     settings = FinetuneSettings(protocol="linear_aug", epochs=2, batch_size=16, lr=1.0, warmup_epochs=0, num_workers=2)
     result = run_supervised(str(colour), sorted_shards, settings, str(tmp_path / "runs"), progress=False)
-    assert result.losses[1] < min(result.losses[0], 2.2) and len(result.curve) == 2 and 0.2 < result.top1 <= 1, result
+    assert len(result.losses) == len(result.curve) == 2 and all(map(np.isfinite, result.losses)), result
+    assert 0.2 < result.top1 <= 1 and result.top1 == result.curve[-1], result
     state = safetensors.torch.load_file(Path(result.checkpoint) / "classifier.safetensors")
     frozen = {f"backbone.{key}": value for key, value in backbone.state_dict().items()}
     assert all(torch.equal(state[key], value) for key, value in frozen.items()) and "head.1.weight" in state
