@@ -54,11 +54,6 @@ def two_worker_results(ray_session, tmp_path_factory) -> dict:
     return run_on_two_workers(dict(CHECKS), tmp_path_factory.mktemp("two_workers"))
 
 
-@pytest.fixture()
-def tracking_uri(tmp_path) -> str:
-    return mlflow_store(Path(tmp_path))
-
-
 _EMPTY_STORE: list[Path] = []
 
 
