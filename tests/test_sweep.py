@@ -42,7 +42,6 @@ def test_a_sweep_runs_its_trials_as_child_runs_then_logs_best_and_a_preset(ray_s
     parent = parent_of(client, "cut")
     runs = children(client, parent.info.run_id)
     assert len(runs) == 2 and all(run.info.status == "FINISHED" for run in runs)
-    parent = client.get_run(parent.info.run_id)
     assert parent.info.status == "FINISHED"
     temperatures = {float(run.data.params["method.temperature"]) for run in runs}
     assert len(temperatures) == 2 and all(0.05 <= t <= 0.5 for t in temperatures)
