@@ -20,13 +20,17 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
-from pipelines.dataset_store import DatasetError, DatasetInfo, read_info, split_files
+from pipelines.dataset_store import DatasetError, DatasetInfo, read_info, read_rows, split_files
 from pipelines.evaluate import Normalizer, decode_for_eval, extract_features
 from pipelines.export import META_FILE, WEIGHTS_FILE, load_backbone
 from pipelines.storage import filesystem, latest_checkpoint, read_bytes
 
 EMBED_BATCH = 256
 READ_CPUS = 0.25
+# Fewer pixels than this (about 5,000 images of 28 px, 80 of 224 px) embed in the calling process in less time than
+# a Ray Data job takes to start its reader and a fresh actor (about 6 s a split on 2 CPUs, mostly importing torch
+# and timm): the end of a small run, a study row, a sweep trial, a test.
+IN_PROCESS_PIXELS = 1 << 22
 PIXELS = "pixels"  # as --weights: the raw pixels (normalised, flattened), the baseline any backbone must beat
 
 
@@ -89,9 +93,11 @@ def run_weights(storage_path: str, run_name: str) -> str:
 
 
 def embed_split(weights: str, data: str, split: str, out: str, actors: int = 1, batch_size: int = EMBED_BATCH,
-                use_gpu: Optional[bool] = None, rows: Optional[np.ndarray] = None) -> str:
+                use_gpu: Optional[bool] = None, rows: Optional[np.ndarray] = None,
+                in_process: Optional[bool] = None) -> str:
     """Writes `<out>/<split>/*.parquet` (row, label, embedding) and returns that folder; with `rows` (sorted
-    positions in the split) only those rows are read and embedded."""
+    positions in the split) only those rows are read and embedded. `in_process`: by the calling process instead
+    of a Ray Data job (default: when the images hold under IN_PROCESS_PIXELS pixels)."""
     import ray
 
     info = read_info(data)
@@ -99,6 +105,16 @@ def embed_split(weights: str, data: str, split: str, out: str, actors: int = 1, 
         raise DatasetError(f"'{data}' has no split '{split}' (it has {', '.join(info.splits)})")
     meta = weights_meta(weights, info)
     check_compatible(meta, info, data)
+    folder = f"{out.rstrip('/')}/{split}"
+    fs, path = filesystem(folder)
+    fs.create_dir(path, recursive=True)
+    count = info.splits[split] if rows is None else len(rows)
+    if in_process is None:
+        in_process = count * meta["image_size"] ** 2 < IN_PROCESS_PIXELS
+    if in_process:
+        embed_here(Embedder(weights, info.channels, meta, threads=torch.get_num_threads()), data, split,
+                   np.arange(info.splits[split]) if rows is None else rows, batch_size, folder)
+        return folder
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     from pipelines.row_groups import ShuffledRowGroups
@@ -112,11 +128,19 @@ def embed_split(weights: str, data: str, split: str, out: str, actors: int = 1, 
         Embedder, fn_constructor_kwargs={"weights": weights, "channels": info.channels, "meta": meta, "threads": threads},
         batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=1 if use_gpu else 0, num_cpus=actor_cpus)
-    folder = f"{out.rstrip('/')}/{split}"
-    fs, path = filesystem(folder)
-    fs.create_dir(path, recursive=True)
     embedded.write_parquet(folder)
     return folder
+
+
+def embed_here(embedder: Embedder, data: str, split: str, rows: np.ndarray, batch_size: int, folder: str) -> None:
+    """What the Ray Data job does, in this process: the rows read, embedded a batch at a time, one Parquet file."""
+    parts = []
+    for start in range(0, len(rows), batch_size):
+        batch = read_rows(data, split, rows[start:start + batch_size])
+        parts.append(embedder(batch.append_column("row", pa.array(rows[start:start + len(batch)], pa.int64()))))
+    fs, path = filesystem(folder)
+    pq.write_table(pa.concat_tables(parts) if parts else empty_embeddings(embedder.meta["feature_dim"]),
+                   f"{path}/embeddings.parquet", filesystem=fs)
 
 
 def read_embeddings(folder: str) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:

@@ -259,7 +259,7 @@ def evaluate_at_end(config: Config, info, run_name: str, baseline: Optional[str]
     from pipelines.transfer import final_evaluation
 
     print(f"evaluating the trained backbone: {', '.join(protocols)} on {config.data.path} "
-          "(embeddings by Ray Data, as `python -m pipelines.evaluate`)", flush=True)
+          "(as `python -m pipelines.evaluate`)", flush=True)
     record = read_run_file(config.train.storage_path, run_name)
     return final_evaluation(run_weights(config.train.storage_path, run_name), info, config.data.path, list(protocols), record, run_name,
                             (config.eval.final_bank_size, config.eval.final_query_size), config.train.seed, baseline)

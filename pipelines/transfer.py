@@ -4,7 +4,8 @@
     python -m pipelines.evaluate --weights runs/NAME/checkpoint_.../ --data data/fashion_mnist --protocol knn
     python -m pipelines.evaluate --run NAME --protocol finetune,scratch,linear_aug --epochs 10
 
-The splits are embedded by Ray Data batch inference (pipelines/embed.py), then evaluated on the embeddings:
+The splits are embedded by Ray Data batch inference (pipelines/embed.py; a few thousand small images in this
+process, faster than a Ray Data job starts), then evaluated on the embeddings:
 kNN (cosine, weighted vote, T = 0.07, k = 20 and 200, the bank compared a chunk at a time) and the linear
 probe on cached embeddings (no augmentation; "fast path"). Bank and queries as in pretraining: the train
 split against the test split, or a stratified 10 % of train held out when there is no test split. With

@@ -103,7 +103,7 @@ def test_a_submitted_job_on_one_node_trains_from_object_storage(cluster, s3_slic
     # a readable job log: the run's own lines, not every worker's and Ray's (those stay in Ray's log folder)
     assert "epoch 1/1 done in" in output and "(RayTrainWorker" not in output and "(SplitCoordinator" not in output
     client, run = finished_run(cluster["mlflow"], "submitted")
-    # the final evaluation ran inside the job too: embeddings of the S3 data by Ray Data, kNN, into MLflow
+    # the final evaluation ran inside the job too: embeddings of the S3 data, kNN, into MLflow
     assert run.info.status == "FINISHED" and 0 < run.data.metrics["eval/knn_top1_k20"] <= 1
     assert run.info.artifact_uri.startswith("s3://ssl/mlflow/") and s3_artifact(cluster, run, "backbone/backbone.json")
     assert cluster["s3"].get_file_info("ssl/runs/submitted/run.json").type == FileType.File

@@ -100,16 +100,24 @@ def test_embeddings_from_two_actors_equal_the_in_process_ones_and_knn_matches_th
     folder, backbone = weights
     info = read_info(fmnist_slice)
     out = str(tmp_path / "embeddings")
-    folders = {split: embed_split(folder, fmnist_slice, split, out, actors=2) for split in ("train", "test")}
+    folders = {split: embed_split(folder, fmnist_slice, split, out, actors=2, in_process=False)
+               for split in ("train", "test")}
     rows, labels, embedded = read_embeddings(folders["train"])
     assert list(rows) == list(range(info.splits["train"])) and embedded.shape == (info.splits["train"], 512)
     direct = load_labelled(fmnist_slice, "train", 1, 28, rows)
     normalize = Normalizer(info.mean, info.std, torch.device("cpu"))
     expected = extract_features(backbone, direct.images, normalize, 128)
     assert torch.allclose(embedded, expected, atol=1e-4) and list(labels) == direct.labels.tolist()
+    # below IN_PROCESS_PIXELS the calling process embeds (no Ray Data job): the same rows, labels, embeddings
     subset = embed_split(folder, fmnist_slice, "train", str(tmp_path / "subset"), rows=np.array([3, 50, 399]))
-    some_rows, _, some = read_embeddings(subset)  # only the rows asked for are read and embedded
+    some_rows, some_labels, some = read_embeddings(subset)  # only the rows asked for are read and embedded
     assert list(some_rows) == [3, 50, 399] and torch.allclose(some, embedded[[3, 50, 399]], atol=1e-5)
+    assert list(some_labels) == list(labels[[3, 50, 399]])
+    here_rows, here_labels, here = read_embeddings(embed_split(folder, fmnist_slice, "test", str(tmp_path / "here"),
+                                                               in_process=True))
+    by_ray_rows, by_ray_labels, by_ray = read_embeddings(folders["test"])
+    assert list(here_rows) == list(by_ray_rows) and list(here_labels) == list(by_ray_labels)
+    assert torch.allclose(here, by_ray, atol=1e-5)
 
     ours, _ = evaluate_embeddings(info, fmnist_slice, folders, ["knn"])
     bank, queries = load_eval_sets(info, fmnist_slice, 28, None, None)
