@@ -19,6 +19,7 @@ import pipelines.tracking as tracking
 from pipelines import pretrain, transfer
 from pipelines.config import load_config
 from pipelines.ingest import FASHION_MNIST_DIR, ingest_fashion_mnist
+from pipelines.ray_start import use_one_machine_train_settings
 
 PHASES = [(pretrain, ["init_ray", "fit", "evaluate_at_end"]), (tracking, ["start_run"]),
           (backbone_model, ["log_backbone_model"]), (transfer, ["embed_split", "evaluate_embeddings"])]
@@ -51,6 +52,7 @@ def main() -> None:
             timed(module, name)
     folder = tempfile.mkdtemp(prefix="run_phases_")
     ingest_fashion_mnist(FASHION_MNIST_DIR, f"{folder}/slice", limit=640, rows_per_shard=320)
+    use_one_machine_train_settings()
     ray.init(num_cpus=2, log_to_driver=args.verbose)
     sets = [f"data.path={folder}/slice", f"train.storage_path={folder}/runs",
             f"tracking.tracking_uri=sqlite:///{folder}/mlflow.db", *SMOKE, *args.overrides]

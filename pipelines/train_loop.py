@@ -4,9 +4,11 @@ import math
 import os
 import random
 import tempfile
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import ray.train
@@ -83,6 +85,30 @@ class MetricWindow:
         return reduced
 
 
+def started_stream(shard, **options) -> Iterator[dict]:
+    """The shard's batches, the first asked for at once by a thread: Ray Data starts its reader and augmentation
+    actors while this worker builds its model and evaluation sets, instead of at the first step."""
+    batches, first = iter(shard.iter_torch_batches(**options)), {}
+
+    def fetch():
+        try:
+            first["batch"] = next(batches, None)
+        except BaseException as error:  # raised where the batch is asked for
+            first["error"] = error
+
+    thread = threading.Thread(target=fetch, name="first-batch", daemon=True)  # a failed setup does not wait on it
+    thread.start()
+
+    def stream():
+        thread.join()
+        if "error" in first:
+            raise first["error"]
+        if first["batch"] is not None:
+            yield first["batch"]
+            yield from batches
+    return stream()
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     config = Config.model_validate(loop_config["config"])
     info = DatasetInfo(**loop_config["dataset"])
@@ -95,6 +121,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     configure_device(device)
     seed_everything(config.train.seed + rank)
+    batch_size = config.data.batch_size
+    # one stream holds every epoch (see pipelines/row_groups.py); a resumed run reads it from its start
+    batches = started_stream(ray.train.get_dataset_shard("train"), batch_size=batch_size, drop_last=True,
+                             local_shuffle_buffer_size=config.data.shuffle_buffer or None,
+                             prefetch_batches=config.data.prefetch_batches, pin_memory=device.type == "cuda")
 
     checkpoint = ray.train.get_checkpoint()
     with (checkpoint.as_directory() if checkpoint else nullcontext(None)) as folder:
@@ -127,13 +158,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
     tap = FirstOutput(method.backbone) if probe else None
     picture_images = (load_images(config.data.path, "train", info.channels, config.data.image_size, 6)
                       if is_chief and config.eval.picture_every else None)
-    shard = ray.train.get_dataset_shard("train")
-    batch_size = config.data.batch_size
-    # one stream holds every epoch (see pipelines/row_groups.py); a resumed run reads it from its start
-    batches = iter(shard.iter_torch_batches(batch_size=batch_size, drop_last=True,
-                                            local_shuffle_buffer_size=config.data.shuffle_buffer or None,
-                                            prefetch_batches=config.data.prefetch_batches,
-                                            pin_memory=device.type == "cuda"))
     for epoch in range(start_epoch, epochs):
         started, seen, window, probe_top1 = time.time(), 0, MetricWindow(), []
         for index, batch in zip(range(steps_per_epoch), batches):

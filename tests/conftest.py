@@ -39,7 +39,10 @@ def ray_session():
     """One local Ray instance for the whole test session (a folder ingest may have started it already)."""
     import ray
 
+    from pipelines.ray_start import use_one_machine_train_settings
+
     if not ray.is_initialized():
+        use_one_machine_train_settings()
         ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1")
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray

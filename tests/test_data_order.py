@@ -1,5 +1,7 @@
 """Data order on a class-sorted image folder: ingest writes a random order, every epoch reads row groups in a
 new one, and evaluation subsets, the hold-out and `data.limit` are seeded, stratified random draws."""
+import threading
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -10,6 +12,7 @@ from pipelines.data import limited_rows, train_rows
 from pipelines.dataset_store import read_info, split_files, split_labels
 from pipelines.evaluate import eval_rows
 from pipelines.row_groups import ShuffledRowGroups
+from pipelines.train_loop import started_stream
 
 BATCH = 64
 
@@ -91,3 +94,29 @@ def test_holdout_bank_and_queries_are_stratified_and_disjoint(sorted_shards, ban
         assert sorted(query_counts) == [4] * 2 + [5] * 8 and len(bank_rows) + len(query_rows) == 480
     else:
         assert list(bank_counts) == [10] * 10 and list(query_counts) == [4] * 10
+
+
+class Shard:
+    """What `started_stream` reads: an object with `iter_torch_batches` (a Ray Data shard in a Train worker)."""
+
+    def __init__(self, items):
+        self.items, self.asked, self.options = items, threading.Event(), None
+
+    def iter_torch_batches(self, **options):
+        self.options = options
+        for item in self.items:
+            self.asked.set()
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+
+def test_the_first_batch_is_asked_for_before_the_loop_wants_it_and_its_error_raised_where_it_is_wanted():
+    shard = Shard([1, 2, 3])
+    stream = started_stream(shard, batch_size=4)
+    assert shard.asked.wait(5) and shard.options == {"batch_size": 4}  # before anything read the stream
+    assert list(stream) == [1, 2, 3]
+    assert list(started_stream(Shard([]))) == []
+    failing = started_stream(Shard([ValueError("a corrupt row group")]))
+    with pytest.raises(ValueError, match="a corrupt row group"):
+        next(failing)

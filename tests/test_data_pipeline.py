@@ -72,3 +72,4 @@ def test_the_stream_does_not_spin_a_core_while_training_holds_it_back(ray_sessio
     del batches, dataset
     gc.collect()
     assert busy < 0.3, f"the split coordinator used {busy:.0%} of a core while the consumer held it back"
+

@@ -14,6 +14,7 @@ import safetensors.torch
 import timm
 import torch
 from mlflow.tracking import MlflowClient
+from ray.util.state import list_actors
 
 from pipelines.config import PROJECT_ROOT, ConfigError, load_config
 from pipelines.pretrain import RunFailed, pretrain, resolve_config, parse_args
@@ -61,6 +62,9 @@ def test_one_epoch_run_logs_metrics_config_and_loadable_weights(first_run, tmp_p
     model.load_state_dict(safetensors.torch.load_file(local / "backbone.safetensors"))
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, meta["feature_dim"])
     assert outcome["metrics"]["step"] == 8
+    # Ray started on one machine: Train's one-machine settings (pipelines/ray_start.py), no preemption watcher
+    assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
+    assert not list_actors(filters=[("class_name", "=", "PreemptionWatcher")])
 
 
 def test_the_backbone_is_an_mlflow_model_that_loads_outside_the_project_and_embeds(first_run, fmnist_slice, tmp_path):
