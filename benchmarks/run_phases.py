@@ -1,7 +1,7 @@
 """Where a tiny run's time goes: one pretraining at a study's smoke budget (the tests' 640-image slice of
 Fashion-MNIST, 2 steps), with the seconds of each phase of `pipelines.pretrain` printed as it ends.
 
-    .venv/bin/python -m benchmarks.run_phases [--runs 2] [--set key=value ...]
+    .venv/bin/python -m benchmarks.run_phases [--runs 3] [--set key=value ...]
 
 Ray is started first, as the test session does, so the figures are what one Ray Train run costs inside the
 suite or inside a study (each row of a study is such a run). The training itself is 2 steps: the rest is the
@@ -9,6 +9,7 @@ fixed cost of processes starting (Train controller, worker, Ray Data's coordinat
 torch and timm.
 """
 import argparse
+import statistics
 import tempfile
 import time
 
@@ -43,7 +44,7 @@ def timed(module, name: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run_phases", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=2, help="runs one after the other (the first pays MLflow's setup)")
+    parser.add_argument("--runs", type=int, default=3, help="runs one after the other (the first pays MLflow's setup)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--verbose", action="store_true", help="the workers' output too (to time their steps)")
     args = parser.parse_args()
@@ -56,11 +57,14 @@ def main() -> None:
     ray.init(num_cpus=2, log_to_driver=args.verbose)
     sets = [f"data.path={folder}/slice", f"train.storage_path={folder}/runs",
             f"tracking.tracking_uri=sqlite:///{folder}/mlflow.db", *SMOKE, *args.overrides]
+    seconds = []
     for run in range(args.runs):
         print(f"run {run + 1}:", flush=True)
         started = time.time()
         pretrain.pretrain(load_config(None, sets), verbose=False, progress=False)
-        print(f"  in all: {time.time() - started:.1f} s", flush=True)
+        seconds.append(time.time() - started)
+        print(f"  in all: {seconds[-1]:.1f} s", flush=True)
+    print(f"fixed cost: {statistics.median(seconds):.1f} s (median of {args.runs} runs, 2 steps each)")
 
 
 if __name__ == "__main__":
