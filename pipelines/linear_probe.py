@@ -25,6 +25,15 @@ def accuracy(model: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> 
         return (model(features).argmax(1) == labels).float().mean().item()
 
 
+def batches_of(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """`order` cut into batches; a last batch of one row joins the one before it (the probe's BatchNorm cannot
+    normalise a single row in training mode)."""
+    batches = list(order.split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
+
+
 def train_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: int, lr: float, epochs: int,
                 batch_size: int, weight_decay: float, seed: int, check=None) -> tuple[nn.Module, list[float]]:
     """Trains one probe; `check` (features, labels) is scored after every epoch."""
@@ -32,12 +41,12 @@ def train_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: int, 
     torch.manual_seed(seed)
     model = linear_classifier(features.shape[1], num_classes)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
-    steps = epochs * math.ceil(len(features) / batch_size)
+    steps = epochs * len(batches_of(torch.arange(len(features)), batch_size))
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
     curve = []
     for _ in range(epochs):
         model.train()
-        for batch in torch.randperm(len(features), generator=generator).split(batch_size):
+        for batch in batches_of(torch.randperm(len(features), generator=generator), batch_size):
             loss = nn.functional.cross_entropy(model(features[batch]), labels[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

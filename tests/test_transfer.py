@@ -14,7 +14,7 @@ from pipelines.evaluate import Normalizer, evaluate_backbone, extract_features, 
 from pipelines.export import save_backbone
 from pipelines.finetune import Classifier, FinetuneSettings, build_classifier, param_groups, run_supervised
 from pipelines.knn import knn_predict
-from pipelines.linear_probe import linear_probe
+from pipelines.linear_probe import batches_of, linear_probe, train_probe
 from pipelines.transfer import evaluate_embeddings, main
 from ssl_models import backbone_spec, create_backbone
 
@@ -34,6 +34,19 @@ def test_the_linear_probe_separates_separable_features_and_stays_at_chance_on_ra
     noise = torch.randn(1200, 32)
     chance = linear_probe(noise, labels, torch.randn(400, 32), query_labels, 10, lrs=(0.01, 0.1), epochs=10)
     assert chance.top1 < 0.2 and set(chance.validation) == {0.01, 0.1}
+
+
+def test_a_probe_whose_training_rows_leave_one_over_a_batch_trains_on_every_row():
+    """257 rows in batches of 256: the one-row remainder joins the batch before it (a one-row batch made the
+    probe's BatchNorm raise "Expected more than 1 value per channel")."""
+    features, labels = clusters(257, 4, 8, 0.5, seed=2)
+    batches = batches_of(torch.arange(257), 256)
+    assert [len(batch) for batch in batches] == [257] and [len(b) for b in batches_of(torch.arange(258), 256)] == [256, 2]
+    model, curve = train_probe(features, labels, 4, 0.1, 20, 256, 0.0, 0, (features, labels))
+    assert len(curve) == 20 and curve[-1] > 0.9
+    # as the evaluation reaches it: 286 rows, 10 % held out, 257 left to train on
+    features, labels = clusters(286, 2, 8, 0.5, seed=3)
+    assert linear_probe(features, labels, features, labels, 2, lrs=(0.1,), epochs=20).top1 > 0.9
 
 
 def test_knn_with_the_bank_in_chunks_equals_knn_on_the_whole_bank():
