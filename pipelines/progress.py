@@ -8,7 +8,8 @@ as a plain line every `plain_every` seconds, so logs stay short and readable.
 import sys
 import threading
 import time
-from typing import Optional, TextIO
+from collections import deque
+from typing import Callable, Optional, TextIO
 
 
 def start_board():
@@ -46,6 +47,23 @@ def say(line: str, board=None) -> None:
         board.message.remote(line)
 
 
+class StepClock:
+    """The time left from the rate of the last `window` steps, not from the run's average: a first epoch's slow
+    start (Ray Data starting, caches warming) would otherwise hold the estimate up for the whole run."""
+
+    def __init__(self, window: int = 50, clock: Callable[[], float] = time.monotonic):
+        self.clock, self.times = clock, deque(maxlen=window + 1)
+
+    def tick(self) -> None:
+        """At the end of each step."""
+        self.times.append(self.clock())
+
+    def seconds_left(self, steps_left: int) -> Optional[float]:
+        if len(self.times) < 2:
+            return None
+        return steps_left * (self.times[-1] - self.times[0]) / (len(self.times) - 1)
+
+
 def duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     hours, rest = divmod(seconds, 3600)
@@ -53,9 +71,10 @@ def duration(seconds: float) -> str:
 
 
 def progress_text(state: dict) -> str:
+    left = state.get("seconds_left")
     return (f"epoch {state['epoch']}/{state['epochs']} step {state['step']}/{state['steps']} | "
             f"{state['images_per_second']:.0f} img/s | loss {state['loss']:.4f} | "
-            f"{duration(state['seconds_left'])} left")
+            + (f"{duration(left)} left" if left is not None else "estimating time left"))
 
 
 class ProgressLine:

@@ -23,7 +23,7 @@ from pipelines.dataset_store import DatasetInfo
 from pipelines.evaluate import Normalizer, evaluate_backbone, load_eval_sets, load_images
 from pipelines.export import save_backbone
 from pipelines.pictures import method_pictures
-from pipelines.progress import say
+from pipelines.progress import StepClock, say
 from pipelines.step import TrainStep, configure_device, prepare
 from pipelines.tracking import MetricLogger
 from ssl_models.distributed import gather_objects
@@ -158,6 +158,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     tap = FirstOutput(method.backbone) if probe else None
     picture_images = (load_images(config.data.path, "train", info.channels, config.data.image_size, 6)
                       if is_chief and config.eval.picture_every else None)
+    clock = StepClock()
     for epoch in range(start_epoch, epochs):
         started, seen, window, probe_top1 = time.time(), 0, MetricWindow(), []
         for index, batch in zip(range(steps_per_epoch), batches):
@@ -171,6 +172,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 values.update(probe_step(probe, tap, method, views[0], batch["label"], train_step.autocast))
                 probe_top1.append(values["online_probe_top1"])
             window.add(step, values)
+            clock.tick()
             step += 1
             seen += batch_size * world_size
             if step % config.train.log_every == 0 or index == steps_per_epoch - 1:
@@ -186,7 +188,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                         left = (epochs - epoch - 1) * steps_per_epoch + steps_per_epoch - index - 1
                         board.update.remote({"epoch": epoch + 1, "epochs": epochs, "step": index + 1,
                                              "steps": steps_per_epoch, "images_per_second": seen / elapsed,
-                                             "loss": averaged["train/loss"], "seconds_left": left * elapsed / (index + 1)})
+                                             "loss": averaged["train/loss"], "seconds_left": clock.seconds_left(left)})
         seconds = time.time() - started
         metrics = {"epoch": epoch + 1, "step": step, "images_per_second": seen / seconds, "epoch_seconds": seconds}
         if probe_top1:  # the online probe's accuracy over the epoch's batches (as solo-learn logs it)

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from pipelines.progress import ProgressLine, progress_text, start_board
+from pipelines.progress import ProgressLine, StepClock, progress_text, start_board
 
 
 class Terminal(io.StringIO):
@@ -19,6 +19,24 @@ STATE = {"epoch": 2, "epochs": 10, "step": 340, "steps": 468, "images_per_second
 def test_progress_text_names_epoch_step_rate_loss_and_time_left():
     assert progress_text(STATE) == "epoch 2/10 step 340/468 | 312 img/s | loss 2.0412 | 3m12s left"
     assert progress_text({**STATE, "seconds_left": 4000}).endswith("1h06m left")
+    assert progress_text({**STATE, "seconds_left": None}).endswith("loss 2.0412 | estimating time left")
+
+
+def test_the_time_left_follows_the_recent_steps_not_the_slow_start():
+    """20 steps of 10 s (Ray Data starting, caches cold), then 60 of 1 s: with 100 steps left, the last 50
+    steps' rate says 100 s; the run's average (260 s over 80 steps) would have said 325 s."""
+    now = [0.0]
+    clock = StepClock(window=50, clock=lambda: now[0])
+    assert clock.seconds_left(100) is None
+    for seconds in [10.0] * 20 + [1.0] * 60:
+        now[0] += seconds
+        clock.tick()
+    assert clock.seconds_left(100) == pytest.approx(100.0)
+    clock = StepClock(window=50, clock=lambda: now[0])
+    for seconds in (10.0, 10.0, 2.0):  # fewer steps than the window: the rate over those there are
+        now[0] += seconds
+        clock.tick()
+    assert clock.seconds_left(10) == pytest.approx(60.0)
 
 
 @pytest.mark.slow
