@@ -40,11 +40,16 @@ def head_arguments(config: Config) -> dict[str, int]:
     return heads
 
 
+TEACHER_WARMUP_SHARE = 0.3  # DINOv2's teacher temperature warm-up: 30 of its 100 epochs
+
+
 def method_arguments(config: Config, steps_per_epoch: int) -> dict:
     """The method's fields its class takes; durations in epochs (`*_epochs`) become steps (`*_steps`)."""
     accepted = inspect.signature(METHODS[config.method.name]).parameters
     arguments = {}
     for name, value in config.method.model_dump(exclude={"name"}).items():
+        if name == "teacher_temperature_warmup_epochs" and value is None:  # DINOv2's default: a share of the run
+            value = TEACHER_WARMUP_SHARE * config.train.epochs
         if name.endswith("_epochs"):
             name, value = name.removesuffix("_epochs") + "_steps", round(value * steps_per_epoch)
         if name in accepted:

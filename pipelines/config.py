@@ -150,6 +150,9 @@ class DINOv2Config(SelfDistillationConfig):
     global_crop_scale: tuple[float, float] = (0.32, 1.0)
     local_crop_scale: tuple[float, float] = (0.05, 0.32)
     teacher_temperature: float = Field(0.07, gt=0, le=1, description="after warm-up")
+    teacher_temperature_warmup_epochs: Optional[float] = Field(
+        None, ge=0, description="from warmup_teacher_temperature (0.04); null: the first 30 % of the run's epochs "
+        "(the reference: 30 of its 100), so a run of a few epochs warms up too")
     momentum_start: float = Field(0.992, ge=0, le=1)
     patch_out_dim: int = Field(4096, ge=2, description="prototypes of the patch (iBOT) head")
     separate_patch_head: bool = Field(True, description="the patch loss has a head of its own (the paper's "

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from pipelines.build import build_method
 from pipelines.config import load_config
+from ssl_models.schedules import value_at
 from ssl_models import DINOv2, backbone_spec, create_backbone
 from ssl_models.block_masks import block_mask, crop_masks, with_positions
 from ssl_models.dinov2 import koleo_loss, masked_patch_loss, masked_tokens, sinkhorn_knopp
@@ -142,6 +143,20 @@ def test_tied_heads_and_dinos_centring_are_options():
     assert method.student.patch_head is method.student.head and len(method.frozen_last_layers()) == 1
     method.training_step(views(), 0)["loss"].backward()
     assert method.center.abs().sum() > 0 and torch.equal(method.patch_center, method.center) is False
+
+
+def test_the_teacher_temperature_warms_up_from_0_04_over_30_percent_of_any_run_unless_set():
+    """A `--method dinov2` run (no preset) of 10 epochs of 10 steps: 0.04 at step 0, 0.07 from step 30 on (the
+    reference: 30 of 100 epochs); an explicit warm-up is kept, 0 among them."""
+    base = ["method.name=dinov2", "model.backbone=vit_tiny_patch16_224", "model.patch_size=4", "data.image_size=28",
+            "method.out_dim=32", "method.patch_out_dim=16", "train.epochs=10"]
+    schedule = build_method(load_config(None, base), 1, 10).teacher_temperatures
+    assert schedule[0].item() == pytest.approx(0.04) and 0.05 < schedule[15].item() < 0.06
+    assert value_at(schedule, 30) == pytest.approx(0.07) and value_at(schedule, 99) == pytest.approx(0.07)
+    none = build_method(load_config(None, [*base, "method.teacher_temperature_warmup_epochs=0"]), 1, 10)
+    assert value_at(none.teacher_temperatures, 0) == pytest.approx(0.07)
+    longer = build_method(load_config(None, [*base, "method.teacher_temperature_warmup_epochs=5"]), 1, 10)
+    assert value_at(longer.teacher_temperatures, 40) < 0.069 and value_at(longer.teacher_temperatures, 50) == pytest.approx(0.07)
 
 
 def test_a_resnet_is_refused():
