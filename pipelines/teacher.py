@@ -27,17 +27,20 @@ MLFLOW_SCHEMES = ("models:/", "runs:/")
 
 
 def run_head(folder: str, storage_path: str, run_name: str, channels: int):
-    """(head, centre, final teacher temperature) of a DINO or DINOv2 run's teacher; Nones for other methods."""
+    """(head, centre, final teacher temperature, Sinkhorn-Knopp iterations or None where the run centred by its
+    centre) of a DINO or DINOv2 run's teacher; Nones for other methods."""
     from pipelines.build import build_method
     from pipelines.pretrain import read_run_file
 
     config = build_config(read_run_file(storage_path, run_name)["config"])
     if config.method.name not in HEADED_METHODS:
-        return None, None, None
+        return None, None, None, None
     method = build_method(config, channels, 1)
     state = torch.load(io.BytesIO(read_bytes(f"{folder}/{STATE_FILE}")), map_location="cpu", weights_only=True)
     method.load_state_dict(state["method"])
-    return method.teacher.head, method.center, config.method.teacher_temperature
+    sinkhorn = getattr(config.method, "centering", None) == "sinkhorn_knopp"
+    return (method.teacher.head, method.center, config.method.teacher_temperature,
+            config.method.sinkhorn_iterations if sinkhorn else None)
 
 
 def timm_teacher(name: str, weights: str, image_size: Optional[int]):
@@ -73,7 +76,7 @@ def exported_teacher(folder: str):
 def load_teacher(method: DistillConfig, storage_path: str, channels: int, data_mean: Optional[Sequence[float]] = None,
                  data_std: Optional[Sequence[float]] = None) -> FrozenTeacher:
     """`data_mean`, `data_std`: the statistics the views are standardised with (None: the teacher's own)."""
-    head = center = run_temperature = None
+    head = center = run_temperature = sinkhorn_iterations = None
     if method.teacher_backbone:
         backbone, feature_dim, mean, std, teacher_channels = timm_teacher(
             method.teacher_backbone, method.teacher_weights, method.teacher_image_size)
@@ -92,7 +95,7 @@ def load_teacher(method: DistillConfig, storage_path: str, channels: int, data_m
             folder = method.teacher_weights
         backbone, meta = exported_teacher(folder)
         if method.teacher_run:
-            head, center, run_temperature = run_head(folder, runs, method.teacher_run, channels)
+            head, center, run_temperature, sinkhorn_iterations = run_head(folder, runs, method.teacher_run, channels)
         feature_dim, mean, std = meta["feature_dim"], meta["mean"], meta["std"]
         teacher_channels = meta.get("timm_kwargs", {}).get("in_chans", 3)
         image_size = method.teacher_image_size or meta.get("image_size")
@@ -101,7 +104,7 @@ def load_teacher(method: DistillConfig, storage_path: str, channels: int, data_m
                           "ones: distil on data ingested like the teacher's")
     temperature = method.teacher_temperature or run_temperature or 0.04
     adapt = TeacherInput(data_mean or mean, data_std or std, mean, std, teacher_channels, image_size)
-    return FrozenTeacher(backbone.eval(), feature_dim, head, center, temperature, adapt)
+    return FrozenTeacher(backbone.eval(), feature_dim, head, center, temperature, adapt, sinkhorn_iterations)
 
 
 def resolve_teacher(config: Config, tracking_uri: str) -> None:

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_models.dino import DINOHead, entropy
+from ssl_models.dinov2 import sinkhorn_knopp
 from ssl_models.ema import ema_step, frozen_copy
 from ssl_models.metrics import embedding_std
 from ssl_models.method import SSLMethod
@@ -54,10 +55,12 @@ class FrozenTeacher(nn.Module):
 
     def __init__(self, backbone: nn.Module, feature_dim: int, head: Optional[nn.Module] = None,
                  center: Optional[torch.Tensor] = None, temperature: float = 0.04,
-                 adapt: nn.Module = nn.Identity()):
+                 adapt: nn.Module = nn.Identity(), sinkhorn_iterations: Optional[int] = None):
+        """`sinkhorn_iterations`: the head's outputs centred as a DINOv2 teacher trained with Sinkhorn-Knopp centres
+        them (over the batch), not by `center` (DINO's, which Sinkhorn-Knopp training leaves at zero)."""
         super().__init__()
         self.backbone, self.head, self.adapt = backbone, head, adapt
-        self.feature_dim, self.temperature = feature_dim, temperature
+        self.feature_dim, self.temperature, self.sinkhorn_iterations = feature_dim, temperature, sinkhorn_iterations
         if head is not None:
             out_dim = head.last_layer.out_features
             self.register_buffer("center", torch.zeros(1, out_dim) if center is None else center.reshape(1, out_dim))
@@ -74,7 +77,10 @@ class FrozenTeacher(nn.Module):
         features = self.backbone(self.adapt(views)).float()
         if self.head is None:
             return features, None
-        return features, F.softmax((self.head(features).float() - self.center) / self.temperature, dim=-1)
+        scores = self.head(features).float()
+        if self.sinkhorn_iterations:
+            return features, sinkhorn_knopp(scores, self.temperature, self.sinkhorn_iterations)
+        return features, F.softmax((scores - self.center) / self.temperature, dim=-1)
 
 
 class StudentOutputs(NamedTuple):

@@ -16,6 +16,7 @@ from pipelines.export import save_backbone
 from pipelines.teacher import load_teacher
 from ssl_models import DINO, backbone_spec, create_backbone
 from ssl_models.batchnorm import GlobalBatchNorm
+from ssl_models.dinov2 import sinkhorn_knopp
 from ssl_models.distill import Distill, FrozenTeacher, TeacherInput
 from tests.conftest import write_run_files
 from tests.two_workers import results_of, two_worker_check
@@ -138,6 +139,37 @@ def test_a_teacher_loads_from_a_run_with_its_dino_head_and_centre(tmp_path):
     with pytest.raises(ConfigError, match="method.teacher_run: no run named 'nobody'"):
         load_teacher(load_config(None, ["method.name=distill", "method.teacher_run=nobody",
                                         f"train.storage_path={tmp_path / 'runs'}"]).method, str(tmp_path / "runs"), 1)
+
+
+@pytest.mark.parametrize("centering", ["sinkhorn_knopp", "ema"])
+def test_a_dinov2_teacher_centres_its_targets_as_its_run_trained(centering, tmp_path):
+    """Sinkhorn-Knopp training never moves the run's `center` (zero): the targets are Sinkhorn-Knopp's over the
+    batch (each prototype an equal share), not a plain softmax; a run trained with DINO's centre uses it."""
+    torch.manual_seed(0)
+    config = load_config(None, ["method.name=dinov2", "model.backbone=vit_tiny_patch16_224", "model.patch_size=4",
+                                "method.out_dim=16", "method.patch_out_dim=16", "method.head_hidden_dim=32",
+                                "method.bottleneck_dim=8", f"method.centering={centering}", "method.sinkhorn_iterations=5",
+                                "model.layer_scale_init=0"])  # no LayerScale: outputs that differ by image
+    dinov2 = build_method(config, 1, 10)
+    if centering == "ema":
+        dinov2.center.normal_()
+    write_run_files(tmp_path / "runs", "teacher", config, dinov2)
+    student = load_config(None, ["method.name=distill", "method.teacher_run=teacher", "model.backbone=resnet10t",
+                                 f"train.storage_path={tmp_path / 'runs'}"])
+    teacher = load_teacher(student.method, student.train.storage_path, 1)
+    views = torch.randn(32, 1, 28, 28)
+    with torch.no_grad():
+        scores = dinov2.teacher.head(dinov2.teacher.backbone.eval()(views)).float()
+    probabilities = teacher(views)[1]
+    assert torch.allclose(probabilities.sum(1), torch.ones(32), atol=1e-4)
+    if centering == "sinkhorn_knopp":
+        assert torch.allclose(probabilities, sinkhorn_knopp(scores, 0.07, 5), atol=1e-5)
+        assert probabilities.std(0).mean() > 1e-3  # not one distribution for every image
+        assert teacher.sinkhorn_iterations == 5 and torch.count_nonzero(dinov2.center) == 0
+        assert probabilities.sum(0).std() < 0.5 * F.softmax(scores / 0.07, dim=-1).sum(0).std()  # equal shares
+    else:
+        assert torch.allclose(probabilities, F.softmax((scores - dinov2.center) / 0.07, dim=-1), atol=1e-5)
+        assert teacher.sinkhorn_iterations is None
 
 
 def test_a_timm_architecture_loads_its_weights_file_from_disk_and_bad_sources_say_what_is_wrong(tmp_path):
