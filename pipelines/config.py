@@ -1,4 +1,5 @@
 """The one typed configuration: validated, loaded from YAML presets, overridden with `--set a.b=value`."""
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -235,9 +236,10 @@ class OptimConfig(Section):
     name: Literal["adamw", "lars"] = "adamw"
     lr: float = Field(2e-3, gt=0, description="peak learning rate; with lr_scaling=linear, per 256 images of "
                       "global batch (the papers' base lr)")
-    lr_scaling: Literal["linear", "none"] = Field(
+    lr_scaling: Literal["linear", "sqrt", "none"] = Field(
         "linear", description="linear: effective lr = lr x global batch / 256, global batch = data.batch_size x "
-        "train.num_workers (the papers' rule); none: lr as given")
+        "train.num_workers (most papers' rule); sqrt: lr x sqrt(global batch / 1024) (DINOv2's, lr 4e-3 at 1024); "
+        "none: lr as given")
     min_lr: float = Field(1e-6, ge=0)
     weight_decay: float = Field(1e-6, ge=0)
     weight_decay_end: Optional[float] = Field(None, ge=0, description="null: constant; else cosine to this (DINO: 0.04 -> 0.4)")
@@ -349,7 +351,8 @@ class Config(Section):
         return self.data.batch_size * self.train.num_workers
 
     def effective_lr(self) -> float:
-        scale = self.global_batch() / 256 if self.optim.lr_scaling == "linear" else 1.0
+        scaling, batch = self.optim.lr_scaling, self.global_batch()
+        scale = batch / 256 if scaling == "linear" else math.sqrt(batch / 1024) if scaling == "sqrt" else 1.0
         return self.optim.lr * scale
 
     def crop_scale_min(self) -> float:
@@ -427,8 +430,7 @@ def format_validation_error(error: ValidationError) -> str:
 PAPER_OPTIM = {
     "dino": {"lr": 5e-4, "weight_decay": 0.04, "weight_decay_end": 0.4, "clip_grad": 3.0, "clip_mode": "per_parameter"},
     "mae": {"lr": 1.5e-4, "betas": [0.9, 0.95], "weight_decay": 0.05},
-    # base lr 4e-3 for a batch of 1024 (square-root scaling there): 1e-3 per 256 on our linear rule at 1024
-    "dinov2": {"lr": 1e-3, "weight_decay": 0.04, "weight_decay_end": 0.2, "clip_grad": 3.0, "clip_mode": "per_module",
+    "dinov2": {"lr": 4e-3, "lr_scaling": "sqrt", "weight_decay": 0.04, "weight_decay_end": 0.2, "clip_grad": 3.0, "clip_mode": "per_module",
                "layer_decay": 0.9, "patch_embed_lr_mult": 0.2},
 }
 

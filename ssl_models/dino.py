@@ -25,14 +25,16 @@ class DINOHead(nn.Module):
     """3-layer MLP (GELU) to a bottleneck, L2-normalised, then a weight-normed linear layer of out_dim.
     `predictor` (the paper's ablation, student only): a 2-layer MLP on the bottleneck before the normalisation."""
 
-    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256):
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256,
+                 trainable_scale: bool = False):
+        """`trainable_scale`: the weight norm's scale (its `g`, starting at 1) trains, as in DINOv2; DINO freezes it."""
         super().__init__()
         self.mlp = init_linears(nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim),
                                               nn.GELU(), nn.Linear(hidden_dim, bottleneck_dim)))
         self.predictor: nn.Module = nn.Identity()
         self.last_layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
         self.last_layer.parametrizations.weight.original0.data.fill_(1.0)
-        self.last_layer.parametrizations.weight.original0.requires_grad_(False)
+        self.last_layer.parametrizations.weight.original0.requires_grad_(trainable_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.last_layer(F.normalize(self.predictor(self.mlp(x)), dim=-1))

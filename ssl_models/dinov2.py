@@ -120,8 +120,9 @@ class DINOv2(TeacherStudent):
         super().__init__()
         if not isinstance(backbone, VisionTransformer):
             raise ValueError(f"DINOv2 needs a timm VisionTransformer backbone, not {type(backbone).__name__}")
-        head = DINOHead(feature_dim, out_dim, head_hidden_dim, bottleneck_dim)
-        patch_head = DINOHead(feature_dim, patch_out_dim, head_hidden_dim, bottleneck_dim) if separate_patch_head else head
+        head = DINOHead(feature_dim, out_dim, head_hidden_dim, bottleneck_dim, trainable_scale=True)
+        patch_head = (DINOHead(feature_dim, patch_out_dim, head_hidden_dim, bottleneck_dim, trainable_scale=True)
+                      if separate_patch_head else head)
         self.student = TokenNetwork(backbone, head, patch_head)
         self.teacher = frozen_copy(self.student)
         self.num_views = 2 + num_local_crops

@@ -109,6 +109,12 @@ def test_lr_follows_the_global_batch_and_the_resolved_values_are_logged():
                               "optim.lr_scaling=none"]).effective_lr() == 1e-3
     flat = config.flat()
     assert flat["resolved.effective_lr"] == pytest.approx(2e-3) and flat["resolved.global_batch"] == 512
+    # DINOv2's rule: base lr 4e-3 x sqrt(global batch / 1024), its default
+    dinov2 = ["method.name=dinov2", "model.backbone=vit_tiny_patch16_224"]
+    assert load_config(None, [*dinov2, "data.batch_size=256"]).effective_lr() == pytest.approx(2e-3)
+    assert load_config(None, [*dinov2, "data.batch_size=512", "train.num_workers=2"]).effective_lr() == pytest.approx(4e-3)
+    assert load_config(None, [*dinov2, "data.batch_size=64", "optim.lr_scaling=linear"]).effective_lr() == pytest.approx(1e-3)
+    assert load_config(None, ["optim.lr_scaling=sqrt", "optim.lr=1e-3", "data.batch_size=64"]).effective_lr() == pytest.approx(2.5e-4)
 
 
 @pytest.mark.parametrize("method, synced", [("byol", True), ("dino", True), ("simclr", True), ("distill", True),

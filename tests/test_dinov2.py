@@ -9,10 +9,11 @@ import torch.nn.functional as F
 
 from pipelines.build import build_method
 from pipelines.config import load_config
-from ssl_models.schedules import value_at
 from ssl_models import DINOv2, backbone_spec, create_backbone
 from ssl_models.block_masks import block_mask, crop_masks, with_positions
+from ssl_models.dino import DINOHead
 from ssl_models.dinov2 import koleo_loss, masked_patch_loss, masked_tokens, sinkhorn_knopp
+from ssl_models.schedules import value_at
 from tests.two_workers import results_of, two_worker_check
 
 
@@ -135,6 +136,18 @@ def test_a_step_trains_every_term_and_freezes_both_last_layers_at_first():
     method.after_optimizer_step(0)
     assert torch.allclose(method.teacher.backbone.blocks[0].attn.qkv.weight, before + (1 - 0.992) * 1.0, atol=1e-6)
     assert method.backbone is method.teacher.backbone
+
+
+def test_the_heads_weight_norm_scale_trains_as_in_dinov2_and_stays_frozen_in_dino():
+    torch.manual_seed(0)
+    method = tiny_dinov2(freeze_last_layer_steps=0)
+    method.training_step(views(), 0)["loss"].backward()
+    method.after_backward(0)
+    for head in (method.student.head, method.student.patch_head):
+        scale = head.last_layer.parametrizations.weight.original0
+        assert scale.requires_grad and scale.grad is not None and scale.grad.abs().sum() > 0
+    dino_head = DINOHead(16, 8, 16, 4)
+    assert not dino_head.last_layer.parametrizations.weight.original0.requires_grad
 
 
 def test_tied_heads_and_dinos_centring_are_options():
