@@ -113,7 +113,8 @@ def build_optimizer(config: Config, module: torch.nn.Module, fixed_lr: Sequence[
         for is_fixed, scale in sorted(buckets, key=lambda key: (key[0], -key[1])):
             groups.append({**group, "params": buckets[is_fixed, scale], "fixed_lr": is_fixed, "lr_scale": scale,
                            "lr": config.effective_lr() * scale})
-    return timm.optim.create_optimizer_v2(groups, opt=optim.name, lr=config.effective_lr(),
+    name = "momentum" if optim.name == "sgd" else optim.name  # timm's "sgd" is Nesterov's
+    return timm.optim.create_optimizer_v2(groups, opt=name, lr=config.effective_lr(),
                                           weight_decay=optim.weight_decay, **extra)
 
 

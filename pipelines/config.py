@@ -121,7 +121,7 @@ class SelfDistillationConfig(Section):
     out_dim: int = Field(4096, ge=2, description="prototypes (paper: 65536 on ImageNet; small data: a few thousand)")
     head_hidden_dim: int = Field(2048, ge=1)
     bottleneck_dim: int = Field(256, ge=1)
-    num_local_crops: int = Field(6, ge=0, description="local crops besides the 2 global ones")
+    num_local_crops: int = Field(8, ge=0, description="local crops besides the 2 global ones (the papers' 8)")
     local_crop_size: Optional[int] = Field(None, ge=4, description="null: 96/224 of data.image_size, a multiple of 4")
     global_crop_scale: tuple[float, float] = (0.4, 1.0)
     local_crop_scale: tuple[float, float] = (0.05, 0.4)
@@ -233,7 +233,8 @@ MethodConfig = Annotated[Union[tuple(METHOD_CONFIGS.values())], Field(discrimina
 
 
 class OptimConfig(Section):
-    name: Literal["adamw", "lars"] = "adamw"
+    name: Literal["adamw", "lars", "sgd"] = Field("adamw", description="sgd: with momentum, not Nesterov's (DINO's "
+                                                  "ResNet recipe)")
     lr: float = Field(2e-3, gt=0, description="peak learning rate; with lr_scaling=linear, per 256 images of "
                       "global batch (the papers' base lr)")
     lr_scaling: Literal["linear", "sqrt", "none"] = Field(
@@ -253,7 +254,7 @@ class OptimConfig(Section):
                                "(n - i), the embeddings at layer_decay^(n + 1), the heads at lr (DINOv2: 0.9); 1: off")
     patch_embed_lr_mult: float = Field(1.0, gt=0, description="ViT backbones: the patch embedding's lr is also "
                                        "multiplied by this (DINOv2: 0.2)")
-    momentum: float = Field(0.9, ge=0, lt=1, description="LARS momentum")
+    momentum: float = Field(0.9, ge=0, lt=1, description="LARS and SGD momentum")
 
 
 class TrainConfig(Section):
@@ -433,15 +434,31 @@ PAPER_OPTIM = {
     "dinov2": {"lr": 4e-3, "lr_scaling": "sqrt", "weight_decay": 0.04, "weight_decay_end": 0.2, "clip_grad": 3.0, "clip_mode": "per_module",
                "layer_decay": 0.9, "patch_embed_lr_mult": 0.2},
 }
+# DINO on a ResNet (the paper's ResNet-50 recipe, its repository's README): SGD, weight decay 1e-4, tighter crops
+DINO_RESNET = {"optim": {"name": "sgd", "lr": 0.03, "weight_decay": 1e-4, "weight_decay_end": 1e-4},
+               "method": {"global_crop_scale": [0.14, 1.0], "local_crop_scale": [0.05, 0.14]}}
+
+
+def set_defaults(tree: dict, section: str, values: dict) -> None:
+    """`values` into `tree[section]` where the tree sets none (a preset or an override wins)."""
+    if isinstance(tree.setdefault(section, {}), dict):
+        for key, value in values.items():
+            tree[section].setdefault(key, value)
 
 
 def build_config(tree: dict) -> Config:
     if isinstance(tree.get("method"), dict):
         tree["method"].setdefault("name", "byol")
     method = tree["method"].get("name") if isinstance(tree.get("method"), dict) else "byol"
-    if method in PAPER_OPTIM and isinstance(tree.setdefault("optim", {}), dict):
-        for key, value in PAPER_OPTIM[method].items():
-            tree["optim"].setdefault(key, value)
+    if method == "dino":
+        from ssl_models.backbones import is_vit
+
+        model, optim = tree.get("model"), tree.get("optim")
+        if not is_vit(model.get("backbone", ModelConfig().backbone) if isinstance(model, dict) else ModelConfig().backbone):
+            set_defaults(tree, "method", DINO_RESNET["method"])
+            if not isinstance(optim, dict) or optim.get("name", "sgd") == "sgd":  # AdamW asked for: the ViT recipe's
+                set_defaults(tree, "optim", DINO_RESNET["optim"])
+    set_defaults(tree, "optim", PAPER_OPTIM.get(method, {}))
     try:
         return Config.model_validate(tree)
     except ValidationError as error:

@@ -15,7 +15,8 @@ VIT = ["model.backbone=vit_tiny_patch16_224", "model.patch_size=4", "model.layer
     ("adamw", [], {"bias", "norm", "weight"}),
     ("lars", ["model.norm=group_ws"], {"bias", "norm", "weight"}),
     ("adamw", VIT, {"bias", "norm", "layer_scale", "weight"}),
-], ids=["adamw-resnet", "lars-resnet-group-norm", "adamw-vit-layer-scale"])
+    ("sgd", [], {"bias", "norm", "weight"}),
+], ids=["adamw-resnet", "lars-resnet-group-norm", "adamw-vit-layer-scale", "sgd-resnet"])
 def test_optimizer_skips_weight_decay_on_biases_and_norms(name, model, kinds):
     config = load_config(None, [f"optim.name={name}", "optim.weight_decay=0.1", "model.projector_hidden_dim=32",
                                 "model.predictor_hidden_dim=32", "model.projection_dim=16", *model])
@@ -36,6 +37,23 @@ def test_optimizer_skips_weight_decay_on_biases_and_norms(name, model, kinds):
     views = [torch.randn(4, 1, 28, 28), torch.randn(4, 1, 28, 28)]
     method.training_step(views, 0)["loss"].backward()
     optimizer.step()
+
+
+def test_sgd_is_plain_momentum_sgd_and_dino_on_a_resnet_takes_the_papers_resnet_recipe():
+    config = load_config(None, ["method.name=dino", "method.out_dim=16", "method.head_hidden_dim=32",
+                                "method.bottleneck_dim=8"])  # resnet18, no optimizer given
+    assert (config.optim.name, config.optim.lr, config.optim.weight_decay, config.optim.weight_decay_end) == (
+        "sgd", 0.03, 1e-4, 1e-4)
+    assert config.method.global_crop_scale == (0.14, 1.0) and config.method.local_crop_scale == (0.05, 0.14)
+    assert config.method.num_local_crops == 8  # main_dino.py's default
+    optimizer = build_optimizer(config, build_method(config, channels=1, steps_per_epoch=5).trained)
+    assert type(optimizer) is torch.optim.SGD
+    assert all(group["momentum"] == 0.9 and not group["nesterov"] for group in optimizer.param_groups)
+    vit = load_config(None, ["method.name=dino", *VIT])  # the ViT recipe: AdamW 5e-4, 0.04 -> 0.4, crops from 0.4
+    assert (vit.optim.name, vit.optim.lr, vit.optim.weight_decay_end) == ("adamw", 5e-4, 0.4)
+    assert vit.method.global_crop_scale == (0.4, 1.0)
+    adamw = load_config(None, ["method.name=dino", "optim.name=adamw"])  # AdamW asked for on a ResNet: its lr, not SGD's
+    assert (adamw.optim.lr, adamw.optim.weight_decay) == (5e-4, 0.04) and adamw.method.global_crop_scale == (0.14, 1.0)
 
 
 def test_lr_schedule_spans_all_epochs_with_warmup():

@@ -19,7 +19,7 @@ def test_defaults_preset_and_overrides(tmp_path):
 
 @pytest.mark.parametrize("override, field", [
     ("optim.lr=-1", "optim.lr"),
-    ("optim.name=sgd", "optim.name"),
+    ("optim.name=adam", "optim.name"),
     ("train.epochs=many", "train.epochs"),
     ("method.momentum_start=1.5", "method.momentum_start"),
     ("data.batchsize=3", "data.batchsize"),

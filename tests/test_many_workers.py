@@ -92,5 +92,6 @@ def test_two_worker_run_on_a_class_sorted_folder(ray_session, sorted_shards, tmp
     assert min(mixed) >= 7 and sum(mixed) / len(mixed) >= 9, mixed
     params = run.data.params
     assert params["resolved.sync_batchnorm"] == "True" and params["resolved.global_batch"] == "64"
-    base_lr = 5e-4 if method == "dino" else 2e-3  # DINO's paper optimizer (config.PAPER_OPTIM), BYOL's shared default
+    base_lr = 0.03 if method == "dino" else 2e-3  # DINO's ResNet recipe (config.DINO_RESNET), BYOL's shared default
     assert float(params["resolved.effective_lr"]) == pytest.approx(base_lr * 64 / 256)
+    assert params["optim.name"] == ("sgd" if method == "dino" else "adamw")

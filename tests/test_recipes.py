@@ -94,7 +94,7 @@ def test_dinov2_decays_the_lr_layer_by_layer_slows_the_patch_embedding_and_scale
 
 
 def test_a_run_without_a_preset_gets_its_papers_optimizer_and_a_preset_or_override_wins():
-    dino = load_config(None, ["method.name=dino"]).optim
+    dino = load_config(None, ["method.name=dino", "model.backbone=vit_tiny_patch16_224"]).optim  # ViT recipe
     assert (dino.lr, dino.weight_decay, dino.weight_decay_end, dino.clip_grad, dino.clip_mode) == (
         5e-4, 0.04, 0.4, 3.0, "per_parameter")
     mae = load_config(None, ["method.name=mae"]).optim
