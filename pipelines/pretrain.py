@@ -103,7 +103,8 @@ def check_job_locations(config: Config, uri: str) -> None:
               for name, value in local_locations(config, uri) if PROJECT_ROOT.as_posix() in value]
     if inside:
         raise ConfigError(
-            f"this job runs in Ray's temporary copy of the project ({PROJECT_ROOT}), deleted when the job ends, "
+            f"this job runs in Ray's copy of the project ({PROJECT_ROOT}), which Ray may delete once the job ends "
+            "(when its cache of job copies outgrows RAY_RUNTIME_ENV_WORKING_DIR_CACHE_SIZE_GB, 10 by default), "
             f"and {', '.join(inside)} {'points' if len(inside) == 1 else 'point'} into it: set cluster-wide "
             "locations, e.g. --set data.path=s3://bucket/data --set train.storage_path=s3://bucket/runs "
             "--set tracking.tracking_uri=http://mlflow-server:5000 (or export MLFLOW_TRACKING_URI), or folders "
