@@ -45,10 +45,13 @@ class Listing:
     without reading them."""
     files: dict[str, list[tuple[bytes, str, Optional[str]]]] = field(default_factory=dict)
     skipped: list[dict] = field(default_factory=list)
+    class_entries: dict[str, int] = field(default_factory=dict)  # entries below each class folder, skipped ones too
 
     def add(self, split: str, path, relative: tuple, reason: Optional[str], shown: str, source: str) -> None:
         """`relative`: the path's parts below the split's folder (the first is the class when there are two
         or more); `shown`: the path as the report names it; `source`: as the `source` column keeps it."""
+        if len(relative) > 1:
+            self.class_entries[printable(relative[0])] = self.class_entries.get(printable(relative[0]), 0) + 1
         if reason is None and Path(relative[-1]).suffix.lower() not in IMAGE_SUFFIXES:
             reason = "not an image file (suffix)"
         if reason is not None:
@@ -156,6 +159,18 @@ def check_files(batch: dict[str, np.ndarray], min_size: int) -> dict[str, np.nda
             "gray": np.array(gray), "side": np.array(sides, dtype=np.int64)}
 
 
+def classes_without_images(listing: Listing, labels: list[str], counts: np.ndarray) -> list[dict]:
+    """Class folders that end with no image, and what becomes of each."""
+    empty = []
+    for name, entries in sorted(listing.class_entries.items()):
+        if name not in labels:
+            empty.append({"class": name, "entries": entries, "outcome": "not a class: it holds no image file"})
+        elif counts[labels.index(name)] == 0:
+            empty.append({"class": name, "entries": entries, "outcome": f"kept in the classes with 0 images (label "
+                          f"{labels.index(name)}, so the others keep theirs): every file of it was skipped"})
+    return empty
+
+
 def ingest_folder(
     source, out: str, split: str = "train", rows_per_shard: int = 10_000, progress_every: float = 5.0,
     min_size: int = 8, seed: int = 0, verbose: bool = False,
@@ -174,7 +189,7 @@ def ingest_folder(
         rows += [(path, name, relative, class_index.get(label, -1)) for path, relative, label in files]
     skipped, total = list(listing.skipped), len(rows) + len(listing.skipped)
     print(f"  {total} entries listed in {time.time() - started:.1f}s; checking {len(rows)} files", flush=True)
-    writers, sample, all_gray, smallest = {}, [], True, None
+    writers, sample, all_gray, smallest, counts = {}, [], True, None, np.zeros(len(labels), np.int64)
     if rows:
         start_ray(verbose)
         ray.data.DataContext.get_current().execution_options.preserve_order = True  # the seeded order
@@ -191,6 +206,8 @@ def ingest_folder(
                         for row in batch.filter(bad).select(["path", "reason"]).to_pylist()]
             kept = batch.filter(pc.invert(bad))
             if len(kept):
+                found = kept["label"].to_numpy()
+                counts += np.bincount(found[found >= 0], minlength=len(labels))
                 kept = kept.set_column(kept.schema.get_field_index("label"), "label", pc.if_else(
                     pc.less(kept["label"], 0), pa.scalar(None, pa.int32()), kept["label"]))
                 for name in pc.unique(kept["split"]).to_pylist():
@@ -220,5 +237,8 @@ def ingest_folder(
     info = DatasetInfo(str(source).rstrip("/").rsplit("/", 1)[-1], channels, splits, labels or None, mean, std,
                        skipped=len(skipped), min_side=smallest)
     write_info(out, info)
-    write_text(out, "ingest_report.json", json.dumps({"skipped": skipped}, indent=2))
+    empty = classes_without_images(listing, labels, counts)
+    for item in empty:
+        print(f"  warning: class folder '{item['class']}' ({item['entries']} entries) has no image: {item['outcome']}")
+    write_text(out, "ingest_report.json", json.dumps({"skipped": skipped, "classes_without_images": empty}, indent=2))
     return info, skipped

@@ -23,25 +23,33 @@ def photo_folder(tmp_path):
     (root / "things" / "truncated.jpg").write_bytes(good[: len(good) // 2])
     (root / "animals" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(200)))
     (root / "things" / "notes.txt").write_text("not an image")
+    (root / "broken").mkdir()  # a class whose only image is unreadable, one that holds no image file
+    (root / "broken" / "half.jpg").write_bytes(good[: len(good) // 3])
+    (root / "docs").mkdir()
+    (root / "docs" / "readme.txt").write_text("not an image either")
     return root
 
 
 @pytest.mark.slow
-def test_folder_ingest_skips_and_reports_bad_files(photo_folder, tmp_path):
+def test_folder_ingest_skips_and_reports_bad_files(photo_folder, tmp_path, capsys):
     out = tmp_path / "shards"
     info, skipped = ingest_folder(photo_folder, str(out))
     assert info.splits == {"train": 4}
-    assert info.classes == ["animals", "things"]
+    assert info.classes == ["animals", "broken", "things"]  # "broken" keeps its label with 0 images
     assert info.channels == 3 and len(info.mean) == 3
-    assert info.skipped == 3
+    assert info.skipped == 5
     reasons = {item["file"].rsplit("/", 1)[-1]: item["reason"] for item in skipped}
-    assert set(reasons) == {"truncated.jpg", "corrupt.png", "notes.txt"}
+    assert set(reasons) == {"truncated.jpg", "corrupt.png", "notes.txt", "half.jpg", "readme.txt"}
     report = json.loads((out / "ingest_report.json").read_text())
-    assert len(report["skipped"]) == 3
-    assert read_info(str(out)).classes == ["animals", "things"]
+    assert len(report["skipped"]) == 5
+    assert [(item["class"], item["entries"]) for item in report["classes_without_images"]] == [("broken", 1), ("docs", 1)]
+    assert "kept in the classes with 0 images (label 1" in report["classes_without_images"][0]["outcome"]
+    assert report["classes_without_images"][1]["outcome"] == "not a class: it holds no image file"
+    assert "warning: class folder 'docs' (1 entries) has no image: not a class" in capsys.readouterr().out
+    assert read_info(str(out)).classes == ["animals", "broken", "things"]
     table = read_split(str(out), "train", ("image", "label"))
     labels = sorted(table.column("label").to_pylist())
-    assert labels == [0, 0, 1, 1]
+    assert labels == [0, 0, 2, 2]
     for encoded in table.column("image").to_pylist():
         image = decode_image(encoded, 3)
         assert image.ndim == 3 and image.shape[2] == 3 and image.shape[0] >= 300
