@@ -21,7 +21,8 @@ import pyarrow.fs as pafs
 
 from pipelines.dataset_store import DatasetInfo, ShardWriter, write_info
 from pipelines.ray_start import start_ray
-from pipelines.images import IMAGE_SUFFIXES, channel_stats, decode_image, is_grayscale, verified_pil_image
+from pipelines.images import (IMAGE_SUFFIXES, channel_stats, decode_image, is_grayscale, suffix_reason,
+                              verified_pil_image)
 from pipelines.storage import filesystem, write_text
 
 SPLIT_NAMES = {"train": "train", "test": "test", "val": "test", "valid": "test", "validation": "test"}
@@ -53,7 +54,7 @@ class Listing:
         if len(relative) > 1:
             self.class_entries[printable(relative[0])] = self.class_entries.get(printable(relative[0]), 0) + 1
         if reason is None and Path(relative[-1]).suffix.lower() not in IMAGE_SUFFIXES:
-            reason = "not an image file (suffix)"
+            reason = suffix_reason(relative[-1])
         if reason is not None:
             self.skipped.append({"file": shown, "reason": reason})
             return

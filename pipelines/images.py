@@ -6,7 +6,16 @@ import cv2
 import numpy as np
 from PIL import Image
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+# What the installed decoders open (Pillow's plugins, AVIF among them where Pillow has it), and OpenCV's own.
+IMAGE_SUFFIXES = frozenset({suffix for suffix, name in Image.registered_extensions().items() if name in Image.OPEN}
+                           | {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
+
+
+def suffix_reason(name: str) -> str:
+    """Why a file is not read, by its name: the format its suffix names, or none."""
+    suffix = name.rsplit(".", 1)[-1].lower() if "." in name.lstrip(".") else ""
+    return (f"not an image format the installed decoders read (suffix .{suffix})" if suffix
+            else "not an image file (no suffix)")
 
 
 def decode_image(data: bytes, channels: int) -> np.ndarray:
@@ -22,6 +31,8 @@ def decode_image(data: bytes, channels: int) -> np.ndarray:
 
 def verified_pil_image(data: bytes, channels: int) -> np.ndarray:
     """Strict decode with Pillow: truncated files raise instead of yielding a half-grey picture."""
+    if not data:
+        raise ValueError("empty file (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()

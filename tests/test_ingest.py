@@ -130,14 +130,17 @@ def test_a_folder_of_odd_files_never_stops_the_ingest_and_each_skip_is_named(tmp
     os.symlink("missing.png", root / "things" / "dangling.png")
     os.symlink(root / "more", root / "things" / "linked-folder")
     os.symlink(root / "more" / "good.jpg", root / "things" / "linked.jpg")  # a link to a file is read
+    Image.fromarray(picture).save(root / "more" / "photo.avif")  # a format Pillow reads, not OpenCV
+    (root / "more" / "notes.xyz").write_text("no format")
     info, skipped = ingest_folder(root, str(tmp_path / "out"))
     reasons = {item["file"].rsplit("/", 1)[-1]: item["reason"] for item in skipped}
     assert reasons["loop.png"] == "symbolic link loop" and reasons["dangling.png"] == "dangling symbolic link"
     assert reasons[".hidden.png"] == "hidden file" and reasons[".cache"] == "hidden folder (not read)"
     assert reasons["linked-folder"] == "link to a folder (not followed)"
-    assert reasons["empty.png"].startswith("not a readable image") and reasons["text.jpg"].startswith("not a readable")
+    assert reasons["empty.png"] == "empty file (0 bytes)" and reasons["text.jpg"].startswith("not a readable")
+    assert reasons["notes.xyz"] == "not an image format the installed decoders read (suffix .xyz)"
     assert not any("0x" in reason for reason in reasons.values())  # no memory addresses: the same every run
-    assert info.splits == {"train": 4} and info.skipped == len(skipped) == 7
+    assert info.splits == {"train": 5} and info.skipped == len(skipped) == 8 and "photo.avif" not in reasons
     sources = read_split(str(tmp_path / "out"), "train", ("source",)).column("source").to_pylist()
     assert "things/caf\\xe9-latin1.png" in sources  # ingested, and named readably
 
@@ -198,6 +201,35 @@ def test_shards_are_written_one_row_group_at_a_time(tmp_path):
               for path in files]
     assert groups == [[256, 256, 88], [256, 144]] and writer.count == 1000 and writer.shards == 2
     assert pq.read_table(files[1]).column("source")[0].as_py() == "row 600"
+
+
+def test_an_avif_photo_decodes_as_training_decodes_it_and_trains_a_step():
+    """AVIF: accepted because the installed Pillow reads it; training decodes with OpenCV first, then Pillow."""
+    import io
+
+    import numpy as np
+    import torch
+
+    from pipelines.augment import AugmentBatch, view_column
+    from pipelines.config import load_config
+    from pipelines.data import augment_arguments
+    from pipelines.dataset_store import DatasetInfo
+    from pipelines.images import IMAGE_SUFFIXES
+    from pipelines.step import TrainStep, prepare
+
+    assert ".avif" in IMAGE_SUFFIXES
+    buffer = io.BytesIO()
+    Image.fromarray(photos.coffee()[:64, :96]).save(buffer, format="AVIF")
+    assert decode_image(buffer.getvalue(), 3).shape == (64, 96, 3)
+    config = load_config(None, ["data.image_size=32", "data.batch_size=4", "model.projector_hidden_dim=32",
+                                "model.predictor_hidden_dim=32", "model.projection_dim=16"])
+    info = DatasetInfo("avif", 3, {"train": 4}, mean=[0.5] * 3, std=[0.25] * 3)
+    batch = AugmentBatch(**augment_arguments(config, info))({"image": np.array([buffer.getvalue()] * 4, dtype=object)})
+    views = [torch.from_numpy(batch[view_column(v)]).float().div(255) for v in range(2)]
+    assert views[0].shape == (4, 3, 32, 32)
+    prepared = prepare(config, 3, 1, torch.device("cpu"))
+    values = TrainStep(config, prepared.method, prepared.optimizer, 1, torch.device("cpu"))(views, 0)
+    assert torch.isfinite(values["loss"])
 
 
 @pytest.mark.slow
