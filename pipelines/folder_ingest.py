@@ -21,12 +21,13 @@ import pyarrow.fs as pafs
 
 from pipelines.dataset_store import DatasetInfo, ShardWriter, write_info
 from pipelines.ray_start import start_ray
-from pipelines.images import (IMAGE_SUFFIXES, channel_stats, decode_image, is_grayscale, suffix_reason,
-                              verified_pil_image)
+from pipelines.images import (IMAGE_SUFFIXES, ChannelStats, decode_reduced, is_grayscale, suffix_reason,
+                              verified_size)
 from pipelines.storage import filesystem, write_text
 
 SPLIT_NAMES = {"train": "train", "test": "test", "val": "test", "valid": "test", "validation": "test"}
 STATS_SAMPLE = 500
+STATS_SIDE = 224  # the statistics' images decoded at a reduced scale down to this shorter side
 CHECK_BATCH = 128
 BLOCK_ROWS = 1024
 
@@ -146,7 +147,7 @@ def check_files(batch: dict[str, np.ndarray], min_size: int) -> dict[str, np.nda
             reason = f"cannot be read ({type(error).__name__}: {getattr(error, 'strerror', None) or error})"
         if not reason:
             try:
-                height, width = verified_pil_image(data, 3).shape[:2]
+                width, height = verified_size(data)
                 side, grey = min(height, width), is_grayscale(data)
                 if side < min_size:
                     reason = f"too small ({width}x{height} px, below --min-size {min_size})"
@@ -190,7 +191,8 @@ def ingest_folder(
         rows += [(path, name, relative, class_index.get(label, -1)) for path, relative, label in files]
     skipped, total = list(listing.skipped), len(rows) + len(listing.skipped)
     print(f"  {total} entries listed in {time.time() - started:.1f}s; checking {len(rows)} files", flush=True)
-    writers, sample, all_gray, smallest, counts = {}, [], True, None, np.zeros(len(labels), np.int64)
+    writers, sampled, stats, all_gray, smallest = {}, 0, ChannelStats(), True, None
+    counts = np.zeros(len(labels), np.int64)
     if rows:
         start_ray(verbose)
         ray.data.DataContext.get_current().execution_options.preserve_order = True  # the seeded order
@@ -218,8 +220,11 @@ def ingest_folder(
                         ["source" if column == "relative" else column for column in kept.column_names]))
                 all_gray &= pc.all(kept["gray"]).as_py()
                 smallest = min(filter(None, (smallest, pc.min(kept["side"]).as_py())))
-                # the order is random: the first images are a random sample
-                sample += kept["image"].slice(0, STATS_SAMPLE - len(sample)).to_pylist()
+                # the order is random: the first images are a random sample, decoded as training decodes them
+                # (16-bit images scaled to 8 bits, not clipped), as colour, one at a time
+                for data in kept["image"].slice(0, STATS_SAMPLE - sampled).to_pylist():
+                    stats.add(decode_reduced(data, 3, STATS_SIDE))
+                    sampled += 1
             seen += len(batch)
             if time.time() - last_print >= progress_every:
                 last_print = time.time()
@@ -233,8 +238,7 @@ def ingest_folder(
         writer.flush()
         splits[name] = writer.count
         print(f"  {name}: {writer.count} images in {writer.shards} shards")
-    # decoded as training decodes them (16-bit images scaled to 8 bits, not clipped)
-    mean, std = channel_stats([decode_image(data, channels) for data in sample])
+    mean, std = stats.result(channels)
     info = DatasetInfo(str(source).rstrip("/").rsplit("/", 1)[-1], channels, splits, labels or None, mean, std,
                        skipped=len(skipped), min_side=smallest)
     write_info(out, info)

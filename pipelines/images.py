@@ -1,6 +1,9 @@
 """Decoding stored image bytes into uint8 arrays of a fixed channel count."""
 import io
 import re
+import warnings
+from contextlib import contextmanager
+from typing import Iterable, Iterator, Optional
 
 import cv2
 import numpy as np
@@ -31,16 +34,72 @@ def decode_image(data: bytes, channels: int) -> np.ndarray:
 
 def verified_pil_image(data: bytes, channels: int) -> np.ndarray:
     """Strict decode with Pillow: truncated files raise instead of yielding a half-grey picture."""
+    with opened(data) as (image, _):
+        array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+    return array[:, :, None] if channels == 1 else array
+
+
+def verified_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of an image that decodes whole, checked without a full-size array: JPEGs decode at 1/8
+    scale (every byte still read). Raises ValueError naming the problem."""
+    with opened(data, draft=True) as (_, size):
+        return size
+
+
+@contextmanager
+def opened(data: bytes, draft: bool = False) -> Iterator[tuple[Image.Image, tuple[int, int]]]:
+    """(the image decoded by Pillow, strictly; its size before any draft). Above Pillow's pixel limit
+    (Image.MAX_IMAGE_PIXELS) it is refused by its size before anything is decoded."""
     if not data:
         raise ValueError("empty file (0 bytes)")
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        limit = Image.MAX_IMAGE_PIXELS
+        if limit and width * height > limit:
+            raise Image.DecompressionBombError(f"{width}x{height} px")
+        if draft and image.format == "JPEG":
+            image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
+        image.load()
+    except Image.DecompressionBombError:
+        raise ValueError(f"too large ({image_size_text(data)}, above the {Image.MAX_IMAGE_PIXELS:,} pixels of Pillow's "
+                         "Image.MAX_IMAGE_PIXELS, which a user may raise)") from None
     except Exception as error:  # Pillow raises many types for bad files
         message = re.sub(r" ?<[^<>]* at 0x[0-9a-fA-F]+>", "", str(error))  # no memory addresses in reports
         raise ValueError(f"not a readable image ({type(error).__name__}: {message})") from None
-    return array[:, :, None] if channels == 1 else array
+    with image:
+        yield image, (width, height)
+
+
+def image_size_text(data: bytes) -> str:
+    """The size a header states, without decoding, past Pillow's pixel limit."""
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return f"{image.size[0]}x{image.size[1]} px"
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def decode_reduced(data: bytes, channels: int, side: int) -> np.ndarray:
+    """As `decode_image`, at the largest of 1/2, 1/4, 1/8 scale that keeps the shorter side at `side` px or more
+    (OpenCV's reduced decode: a JPEG's full-size array is never made)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data)) as header:
+            shorter = min(header.size)
+    factor = next((factor for factor in (8, 4, 2) if shorter // factor >= side), 1)
+    if factor == 1:
+        return decode_image(data, channels)
+    flag = getattr(cv2, f"IMREAD_REDUCED_{'GRAYSCALE' if channels == 1 else 'COLOR'}_{factor}")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    if image is None:  # a format OpenCV does not read: Pillow's full decode, then resized
+        image = decode_image(data, channels)
+        return cv2.resize(image, (image.shape[1] // factor, image.shape[0] // factor),
+                          interpolation=cv2.INTER_AREA).reshape(image.shape[0] // factor, image.shape[1] // factor, -1)
+    return image[:, :, None] if channels == 1 else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 def is_grayscale(data: bytes) -> bool:
@@ -55,7 +114,28 @@ def encode_png(array: np.ndarray) -> bytes:
     return buffer.tobytes()
 
 
-def channel_stats(images: list[np.ndarray]) -> tuple[list[float], list[float]]:
-    """Per-channel mean and standard deviation of uint8 HxWxC images, in [0, 1]."""
-    pixels = np.concatenate([image.reshape(-1, image.shape[-1]) for image in images]).astype(np.float64) / 255
-    return pixels.mean(0).round(4).tolist(), pixels.std(0).round(4).tolist()
+class ChannelStats:
+    """Per-channel mean and standard deviation of uint8 HxWxC images in [0, 1], over all their pixels, added one
+    image at a time (no process holds more than one image's pixels as floats)."""
+
+    def __init__(self):
+        self.count, self.sum, self.squares = 0, 0.0, 0.0
+
+    def add(self, image: np.ndarray) -> None:
+        pixels = image.reshape(-1, image.shape[-1]).astype(np.float64) / 255
+        self.count += len(pixels)
+        self.sum = self.sum + pixels.sum(0)
+        self.squares = self.squares + np.square(pixels).sum(0)
+
+    def result(self, channels: Optional[int] = None) -> tuple[list[float], list[float]]:
+        """(mean, std); `channels` 1 keeps the first channel (grey images decoded as colour repeat it)."""
+        mean = self.sum / self.count
+        std = np.sqrt(np.maximum(self.squares / self.count - mean ** 2, 0))
+        return mean[:channels].round(4).tolist(), std[:channels].round(4).tolist()
+
+
+def channel_stats(images: Iterable[np.ndarray]) -> tuple[list[float], list[float]]:
+    stats = ChannelStats()
+    for image in images:
+        stats.add(image)
+    return stats.result()
