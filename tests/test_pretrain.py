@@ -34,7 +34,7 @@ def first_run(ray_session, fmnist_slice, tmp_path_factory):
     return outcome, folder, uri
 
 
-def test_one_epoch_run_logs_metrics_config_and_loadable_weights(first_run, tmp_path):
+def test_one_epoch_run_logs_metrics_config_and_loadable_weights(first_run, ray_session, tmp_path):
     outcome, folder, uri = first_run
     client = MlflowClient(uri)
     run = client.get_run(outcome["run_id"])
@@ -64,7 +64,9 @@ def test_one_epoch_run_logs_metrics_config_and_loadable_weights(first_run, tmp_p
     assert outcome["metrics"]["step"] == 8
     # Ray started on one machine: Train's one-machine settings (pipelines/ray_start.py), no preemption watcher
     assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
-    assert not list_actors(filters=[("class_name", "=", "PreemptionWatcher")])
+    address = ray_session.get_runtime_context().gcs_address  # this session's Ray, not the newest on the machine
+    assert not list_actors(address=address, filters=[("class_name", "=", "PreemptionWatcher")])
+    assert list_actors(address=address, filters=[("class_name", "=", "TrainController")])  # the query sees the run
 
 
 def test_the_backbone_is_an_mlflow_model_that_loads_outside_the_project_and_embeds(first_run, fmnist_slice, tmp_path):
