@@ -134,10 +134,9 @@ def embed_split(weights: str, data: str, split: str, out: str, actors: int = 1, 
 
 def embed_here(embedder: Embedder, data: str, split: str, rows: np.ndarray, batch_size: int, folder: str) -> None:
     """What the Ray Data job does, in this process: the rows read, embedded a batch at a time, one Parquet file."""
-    parts = []
-    for start in range(0, len(rows), batch_size):
-        batch = read_rows(data, split, rows[start:start + batch_size])
-        parts.append(embedder(batch.append_column("row", pa.array(rows[start:start + len(batch)], pa.int64()))))
+    table = read_rows(data, split, rows)  # small by IN_PROCESS_PIXELS: read once
+    table = table.append_column("row", pa.array(rows[:len(table)], pa.int64()))
+    parts = [embedder(table.slice(start, batch_size)) for start in range(0, len(table), batch_size)]
     fs, path = filesystem(folder)
     pq.write_table(pa.concat_tables(parts) if parts else empty_embeddings(embedder.meta["feature_dim"]),
                    f"{path}/embeddings.parquet", filesystem=fs)

@@ -21,12 +21,19 @@ def suffix_reason(name: str) -> str:
             else "not an image file (no suffix)")
 
 
-def decode_image(data: bytes, channels: int) -> np.ndarray:
-    """HxWxC uint8 (RGB order when C is 3). Raises ValueError when the bytes are no image."""
-    flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
+def decode_image(data: bytes, channels: int, factor: int = 1) -> np.ndarray:
+    """HxWxC uint8 (RGB order when C is 3), at 1/`factor` scale (1, 2, 4 or 8: OpenCV's reduced decode, which
+    never makes a JPEG's full-size array; formats OpenCV does not read are decoded by Pillow, then resized).
+    Raises ValueError when the bytes are no image."""
+    kind = "GRAYSCALE" if channels == 1 else "COLOR"
+    flag = getattr(cv2, f"IMREAD_{kind}" if factor == 1 else f"IMREAD_REDUCED_{kind}_{factor}")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
     if image is None:
-        return verified_pil_image(data, channels)
+        image = verified_pil_image(data, channels)
+        if factor == 1:
+            return image
+        height, width = image.shape[0] // factor, image.shape[1] // factor
+        return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA).reshape(height, width, channels)
     if channels == 1:
         return image[:, :, None]
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
@@ -84,22 +91,12 @@ def image_size_text(data: bytes) -> str:
 
 
 def decode_reduced(data: bytes, channels: int, side: int) -> np.ndarray:
-    """As `decode_image`, at the largest of 1/2, 1/4, 1/8 scale that keeps the shorter side at `side` px or more
-    (OpenCV's reduced decode: a JPEG's full-size array is never made)."""
+    """As `decode_image`, at the largest of 1/2, 1/4, 1/8 scale that keeps the shorter side at `side` px or more."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         with Image.open(io.BytesIO(data)) as header:
             shorter = min(header.size)
-    factor = next((factor for factor in (8, 4, 2) if shorter // factor >= side), 1)
-    if factor == 1:
-        return decode_image(data, channels)
-    flag = getattr(cv2, f"IMREAD_REDUCED_{'GRAYSCALE' if channels == 1 else 'COLOR'}_{factor}")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
-    if image is None:  # a format OpenCV does not read: Pillow's full decode, then resized
-        image = decode_image(data, channels)
-        return cv2.resize(image, (image.shape[1] // factor, image.shape[0] // factor),
-                          interpolation=cv2.INTER_AREA).reshape(image.shape[0] // factor, image.shape[1] // factor, -1)
-    return image[:, :, None] if channels == 1 else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return decode_image(data, channels, next((factor for factor in (8, 4, 2) if shorter // factor >= side), 1))
 
 
 def is_grayscale(data: bytes) -> bool:
