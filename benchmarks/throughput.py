@@ -17,7 +17,7 @@ import time
 import numpy as np
 import torch
 
-from pipelines.augment import AugmentBatch, view_column
+from pipelines.augment_batch import AugmentBatch, view_column
 from pipelines.config import PROJECT_ROOT, Config, load_config
 from pipelines.dataset_store import read_info, read_rows
 from pipelines.evaluate import Normalizer

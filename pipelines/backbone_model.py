@@ -57,7 +57,8 @@ class BackboneEmbeddings(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params: Optional[dict] = None) -> np.ndarray:
         import torch
 
-        from pipelines.augment import eval_transform, to_chw
+        from pipelines.augment import eval_transform
+        from pipelines.augment_batch import to_chw
         from pipelines.evaluate import extract_features
 
         channels = self.meta.get("timm_kwargs", {}).get("in_chans", 3)

@@ -8,7 +8,7 @@ import numpy as np
 import ray.data
 from ray.data._internal.execution.execution_callback import ExecutionCallback
 
-from pipelines.augment import AugmentBatch
+from pipelines.augment_batch import AugmentBatch
 from pipelines.config import Config
 from pipelines.dataset_store import DatasetInfo, split_files, split_labels
 from pipelines.row_groups import ShuffledRowGroups

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipelines.augment import eval_transform, to_chw
+from pipelines.augment import eval_transform
+from pipelines.augment_batch import to_chw
 from pipelines.dataset_store import DatasetInfo, read_rows, split_labels
 from pipelines.images import decode_image
 from pipelines.knn import knn_accuracy

@@ -254,7 +254,7 @@ def supervised_datasets(info: DatasetInfo, data: str, image_size: int, settings:
     """(train dataset with every epoch in one stream, test dataset, labelled train images used)."""
     import ray.data
 
-    from pipelines.augment import AugmentBatch
+    from pipelines.augment_batch import AugmentBatch
     from pipelines.data import poll_gently
     from pipelines.row_groups import ShuffledRowGroups
 

@@ -15,7 +15,7 @@ import ray.train
 import ray.train.torch
 import torch
 
-from pipelines.augment import view_column
+from pipelines.augment_batch import view_column
 from pipelines.build import build_spec
 from pipelines.checkpoint import rng_state, save_training_state
 from pipelines.config import Config

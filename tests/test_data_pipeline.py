@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.augment import view_column
+from pipelines.augment_batch import view_column
 from pipelines.config import load_config
 from pipelines.data import training_dataset
 from pipelines.dataset_store import read_info

@@ -279,7 +279,7 @@ def test_an_avif_photo_decodes_as_training_decodes_it_and_trains_a_step():
     import numpy as np
     import torch
 
-    from pipelines.augment import AugmentBatch, view_column
+    from pipelines.augment_batch import AugmentBatch, view_column
     from pipelines.config import load_config
     from pipelines.data import augment_arguments
     from pipelines.dataset_store import DatasetInfo

@@ -59,7 +59,7 @@ def test_every_row_of_every_study_takes_a_training_step(path, tmp_path):
     import numpy as np
     import torch
 
-    from pipelines.augment import AugmentBatch, view_column
+    from pipelines.augment_batch import AugmentBatch, view_column
     from pipelines.build import build_method
     from pipelines.data import augment_arguments
 
@@ -247,7 +247,7 @@ def train_rows_in_process(stem: str, data: str) -> list[dict]:
     import numpy as np
     import torch
 
-    from pipelines.augment import AugmentBatch, view_column
+    from pipelines.augment_batch import AugmentBatch, view_column
     from pipelines.data import augment_arguments
     from pipelines.dataset_store import read_info, read_split
     from pipelines.evaluate import Normalizer

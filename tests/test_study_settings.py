@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipelines.augment import AugmentBatch, method_views
+from pipelines.augment import method_views
+from pipelines.augment_batch import AugmentBatch
 from pipelines.build import build_method
 from pipelines.config import ConfigError, load_config
 from ssl_models.dino import dino_loss
