@@ -133,18 +133,20 @@ def test_a_job_without_storage_settings_is_refused_before_its_results_could_vani
     assert "data.path=<job copy>/data/fashion_mnist, train.storage_path=<job copy>/runs point into it" in output
 
 
-def test_a_sweep_runs_under_ray_job_submit(cluster, fmnist_slice):
+def test_a_sweep_runs_under_ray_job_submit_with_optuna(cluster, fmnist_slice):
+    """The one end-to-end sweep with Optuna's TPE as its search (test_sweep's runs the default search)."""
     overrides = tiny_overrides(fmnist_slice, str(cluster["folder"] / "runs"), cluster["mlflow"], "simclr",
                                **{"train.cpus_per_worker": 0.25})
     result = subprocess.run(
         [RAY_CLI, "job", "submit", "--address", cluster["jobs"], "--working-dir", str(PROJECT_ROOT), "--",
          "python", "-m", "pipelines.sweep", "--space", "tune_spaces/simclr.yaml", "--num-samples", "1",
-         "--name", "submitted-sweep", *sets(overrides)],
+         "--search", "optuna", "--name", "submitted-sweep", *sets(overrides)],
         env=cluster["env"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and "succeeded" in result.stdout + result.stderr, result.stdout[-3000:] + result.stderr[-3000:]
     client, parent = finished_run(cluster["mlflow"], "submitted-sweep")
-    assert parent.info.status == "FINISHED" and "best_run_id" in parent.data.tags
-    assert client.get_run(parent.data.tags["best_run_id"]).info.status == "FINISHED"
+    assert parent.info.status == "FINISHED" and parent.data.params["sweep.search"] == "optuna"
+    best = client.get_run(parent.data.tags["best_run_id"])
+    assert best.info.status == "FINISHED" and 0.05 <= float(best.data.params["method.temperature"]) <= 0.5
 
 
 def test_dashboard_job_server_and_mlflow_answer_on_loopback_only(cluster):

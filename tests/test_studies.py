@@ -305,7 +305,8 @@ def test_another_study_runs_one_row_end_to_end_through_its_command(ray_session, 
     The row trains in bf16 (the GPU's path through CPU autocast) on 2 steps of 64 (this CPU emulates half
     precision: the budget's 2 steps of 256 took 175 s against 76 s in fp32) and, asked to (sweeps default to no
     pictures), logs its reconstructions as MLflow images (the step slider in the UI)."""
-    sets = ["train.precision=bf16", "eval.picture_every=1", "data.limit=128", "data.batch_size=64"]
+    sets = ["train.precision=bf16", "eval.picture_every=1", "data.limit=128", "data.batch_size=64",
+            "eval.online_bank_size=128", "eval.online_query_size=64"]  # the online kNN embeds in bf16 too: 29 img/s
     code, out, client, parent, rows, table = run_smoke("mae_mask_ratio", "mask", fmnist_slice, tmp_path, capsys,
                                                        sets, rows="0.9")
     assert code == 0, out

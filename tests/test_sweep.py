@@ -32,62 +32,52 @@ def parent_of(client: MlflowClient, name: str):
 
 
 @pytest.mark.slow
-def test_a_sweep_runs_its_trials_as_child_runs_then_logs_best_and_a_preset(ray_session, fmnist_slice, tmp_path, capsys):
-    """Two trials one after the other (optuna): the parent run, both children, their curves, the best trial and
-    its preset. (An interrupted sweep resumed without rerunning a finished trial: the SimSiam study in
-    tests/test_studies.py, a study being a sweep of rows.)"""
-    arguments = sweep_arguments(fmnist_slice, tmp_path, "cut") + ["--max-concurrent", "1", "--search", "optuna"]
-    assert sweep.main(arguments) == 0
-    client = MlflowClient(mlflow_store(tmp_path))
-    parent = parent_of(client, "cut")
-    runs = children(client, parent.info.run_id)
-    assert len(runs) == 2 and all(run.info.status == "FINISHED" for run in runs)
-    assert parent.info.status == "FINISHED"
-    temperatures = {float(run.data.params["method.temperature"]) for run in runs}
-    assert len(temperatures) == 2 and all(0.05 <= t <= 0.5 for t in temperatures)
-    for run in runs:  # every epoch's objective is a point of the trial's curve
-        curve = client.get_metric_history(run.info.run_id, "knn_top1_k20")
-        assert [m.step for m in curve] == [4, 8] and all(0 < m.value <= 1 for m in curve)
-    best = [run for run in runs if run.data.tags.get("sweep.best") == "true"]
-    assert len(best) == 1 and parent.data.tags["best_run_id"] == best[0].info.run_id
-    assert best[0].data.metrics["knn_top1_k20"] == max(run.data.metrics["knn_top1_k20"] for run in runs)
-    assert parent.data.metrics["best_knn_top1_k20"] == best[0].data.metrics["knn_top1_k20"]
-    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"trials.json", "trials.txt", "objective_vs_axes.png", "best_preset.yaml"} <= artifacts
-    preset = tmp_path / "runs" / "cut" / "best.yaml"
-    config = load_config(preset)  # accepted by pipelines.pretrain as it is
-    assert config.method.temperature == float(best[0].data.params["method.temperature"])
-    assert config.train.storage_path == str(tmp_path / "runs") and config.tracking.run_name is None
-    assert "python -m pipelines.pretrain --config" in capsys.readouterr().out
-
-
-@pytest.mark.slow
-def test_asha_stops_the_trial_sure_to_lose_its_first_rung_and_its_run_says_so(ray_session, fmnist_slice, tmp_path):
-    """Two trials in order under ASHA (a rung after epoch 1 of 4): the second's kNN bank holds one image, so it
-    predicts that image's class for every query (about 10 %) and loses the rung to a 320-image bank for certain.
-    Tune stops it; its MLflow run is FINISHED (not FAILED, though Tune tore its Train run down), tagged
-    `stopped_early`, with the weights of its last epoch; the best trial is the one that ran longest. 4 epochs, not
-    2: an epoch here takes 2 s, and with 2 the Train run once finished its last epoch before Tune's stop reached it
-    (then it did run to the end, and its run rightly says so)."""
+def test_a_sweep_runs_its_trials_as_child_runs_asha_stops_the_one_sure_to_lose_and_the_best_becomes_a_preset(
+        ray_session, fmnist_slice, tmp_path, capsys):
+    """Two trials in order under ASHA (a rung after epoch 1 of 4), each with its own sampled temperature: the
+    second's kNN bank holds one image, so it predicts that image's class for every query (about 10 %) and loses
+    the rung to a 320-image bank for certain. Tune stops it; its MLflow run is FINISHED (not FAILED, though Tune
+    tore its Train run down), tagged `stopped_early`, with the weights of its last epoch; the best trial is the one
+    that ran longest, and becomes the sweep's preset. 4 epochs, not 2: an epoch here takes 2 s, and with 2 the
+    Train run once finished its last epoch before Tune's stop reached it (then it did run to the end, and its run
+    rightly says so). (Optuna's search: the sweep under `ray job submit` in tests/test_cluster.py; an interrupted
+    sweep resumed without rerunning a finished trial: the SimSiam study in tests/test_studies.py, a study being a
+    sweep of rows.)"""
     space = tmp_path / "asha.yaml"
     space.write_text(yaml.safe_dump({"method": "simclr", "objective": "knn_top1_k20", "axes": {
-        "eval.online_bank_size": {"distribution": "grid", "values": [320, 1]}}}))
+        "eval.online_bank_size": {"distribution": "grid", "values": [320, 1]},
+        "method.temperature": {"distribution": "loguniform", "low": 0.05, "high": 0.5}}}))
     arguments = sweep_arguments(fmnist_slice, tmp_path, "asha", samples=1, space=str(space))
     assert sweep.main(arguments + ["--max-concurrent", "1", "--scheduler", "asha", "--grace-epochs", "1",
                                    "--set", "train.epochs=4"]) == 0
     client = MlflowClient(mlflow_store(tmp_path))
     parent = parent_of(client, "asha")
+    assert parent.info.status == "FINISHED" and parent.data.params["sweep.scheduler"] == "asha"
     runs = {run.data.params["eval.online_bank_size"]: run for run in children(client, parent.info.run_id)}
     kept, stopped = runs["320"], runs["1"]
     assert kept.info.status == stopped.info.status == "FINISHED"
+    temperatures = {float(run.data.params["method.temperature"]) for run in runs.values()}
+    assert len(temperatures) == 2 and all(0.05 <= t <= 0.5 for t in temperatures)
     epochs = int(stopped.data.metrics["epoch"])  # the rung's epoch, or the one in flight when the stop landed
     assert kept.data.metrics["epoch"] == 4 and 1 <= epochs < 4
+    for run, ran in ((kept, 4), (stopped, epochs)):  # every epoch's objective is a point of the trial's curve
+        curve = client.get_metric_history(run.info.run_id, "knn_top1_k20")
+        assert [m.step for m in curve] == [4 * (epoch + 1) for epoch in range(ran)] and all(0 < m.value <= 1 for m in curve)
     assert stopped.data.tags["stopped_early"] == f"by asha after epoch {epochs} of 4"
     assert "failure_reason" not in stopped.data.tags
     assert "stopped_early" not in kept.data.tags and kept.data.tags["sweep.best"] == "true"
+    assert "sweep.best" not in stopped.data.tags and parent.data.tags["best_run_id"] == kept.info.run_id
     assert stopped.data.metrics["knn_top1_k20"] < 0.2 < kept.data.metrics["knn_top1_k20"]
+    assert parent.data.metrics["best_knn_top1_k20"] == kept.data.metrics["knn_top1_k20"]
     weights = {artifact.path for artifact in client.list_artifacts(stopped.info.run_id, "backbone")}
     assert {"backbone/backbone.safetensors", "backbone/backbone.json"} <= weights
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"trials.json", "trials.txt", "objective_vs_axes.png", "best_preset.yaml"} <= artifacts
+    config = load_config(tmp_path / "runs" / "asha" / "best.yaml")  # accepted by pipelines.pretrain as it is
+    assert config.method.temperature == float(kept.data.params["method.temperature"])
+    assert config.eval.online_bank_size == 320 and config.train.epochs == 4
+    assert config.train.storage_path == str(tmp_path / "runs") and config.tracking.run_name is None
+    assert "python -m pipelines.pretrain --config" in capsys.readouterr().out
 
 
 BAD_SPACES = {
