@@ -3,6 +3,8 @@ import logging
 import os
 from typing import Optional
 
+from pipelines.config import ConfigError
+
 
 def start_ray(verbose: bool = False, num_cpus: Optional[int] = None) -> None:
     """Joins RAY_ADDRESS's cluster (as under `ray job submit`), else starts a local instance (`num_cpus`
@@ -11,7 +13,7 @@ def start_ray(verbose: bool = False, num_cpus: Optional[int] = None) -> None:
     import ray
 
     if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS")
+        address = cluster_address()
         quiet = {} if verbose else {"log_to_driver": False, "logging_level": logging.ERROR}
         if address:
             context = ray.init(address=address, **quiet)
@@ -27,6 +29,18 @@ def start_ray(verbose: bool = False, num_cpus: Optional[int] = None) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
     if not verbose:
         logging.getLogger("ray.data").setLevel(logging.ERROR)
+
+
+def cluster_address() -> Optional[str]:
+    """RAY_ADDRESS, the cluster a command joins: the head's GCS (host:6379) or `auto`. A job server's URL there
+    (http://host:8265, which `ray job submit` reads from RAY_API_SERVER_ADDRESS) is refused by name."""
+    address = os.environ.get("RAY_ADDRESS") or None
+    if address and address.split("://")[0].lower() in ("http", "https"):
+        raise ConfigError(
+            f"RAY_ADDRESS={address} is a job server's URL, not a cluster to join: export the head's address there "
+            f"(RAY_ADDRESS=<head>:6379) and give `ray job submit` the URL as RAY_API_SERVER_ADDRESS={address} (or "
+            "--address), or unset RAY_ADDRESS to start Ray on this machine")
+    return address
 
 
 # Ray Train V2's settings for one machine, read by each run's controller (Ray passes them on): no preemption

@@ -27,6 +27,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def printed_exports(output: str) -> dict[str, str]:
+    """KEY=VALUE of the `export` lines in `output` (lines continued with a backslash joined)."""
+    exports = {}
+    for line in output.replace("\\\n", " ").splitlines():
+        if line.strip().startswith("export "):
+            exports.update(pair.split("=", 1) for pair in line.split()[1:])
+    return exports
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cluster")
@@ -36,14 +45,17 @@ def cluster(tmp_path_factory):
     env.update(ports, CLUSTER_DIR=str(folder), RAY_TMP=f"/tmp/ray_t{ports['RAY_PORT']}", RAY_AUTH_MODE="token")
     script = str(PROJECT_ROOT / "scripts" / "cluster.sh")
     # 4 logical CPUs: after the second node is lost, both workers of a 2-worker run fit on the head
-    subprocess.run([script, "start", "4"], env=env, check=True, timeout=300)
-    endpoint = f"http://127.0.0.1:{ports['S3_PORT']}"
-    # what the script prints for the user's shell, so drivers and this test reach the same object store
-    env.update(AWS_ENDPOINT_URL=endpoint, MLFLOW_S3_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing",
-               AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    started = subprocess.run([script, "start", "4"], env=env, check=True, timeout=300, capture_output=True, text=True)
+    # the exports the script prints for the user's shell (the README's): every command below runs with them, the
+    # drivers started here joining by RAY_ADDRESS, `ray job submit` finding the job server by RAY_API_SERVER_ADDRESS
+    exports = printed_exports(started.stdout)
+    gcs, jobs = f"127.0.0.1:{ports['RAY_PORT']}", f"http://127.0.0.1:{ports['DASHBOARD_PORT']}"
+    assert exports["RAY_ADDRESS"] == gcs and exports["RAY_API_SERVER_ADDRESS"] == jobs, started.stdout
+    assert exports["AWS_ENDPOINT_URL"] == f"http://127.0.0.1:{ports['S3_PORT']}", started.stdout
+    env.update(exports)
     try:
-        yield {"env": env, "script": script, "folder": folder, "gcs": f"127.0.0.1:{ports['RAY_PORT']}",
-               "jobs": f"http://127.0.0.1:{ports['DASHBOARD_PORT']}", "mlflow": f"http://127.0.0.1:{ports['MLFLOW_PORT']}",
+        yield {"env": env, "script": script, "folder": folder, "gcs": gcs,
+               "jobs": jobs, "mlflow": f"http://127.0.0.1:{ports['MLFLOW_PORT']}",
                "s3": S3FileSystem(endpoint_override=f"127.0.0.1:{ports['S3_PORT']}", scheme="http",
                                   access_key="testing", secret_key="testing", region="us-east-1")}
     finally:
@@ -95,7 +107,7 @@ def finished_run(uri: str, name: str):
 def test_a_submitted_job_on_one_node_trains_from_object_storage(cluster, s3_slice):
     overrides = s3_overrides(cluster, s3_slice, "submitted", **{"eval.final_protocols": "[knn]"})
     result = subprocess.run(
-        [RAY_CLI, "job", "submit", "--address", cluster["jobs"], "--working-dir", str(PROJECT_ROOT), "--",
+        [RAY_CLI, "job", "submit", "--working-dir", str(PROJECT_ROOT), "--",
          "python", "-m", "pipelines.pretrain", *sets(overrides)],
         env=cluster["env"], capture_output=True, text=True, timeout=600)
     output = result.stdout + result.stderr
@@ -109,7 +121,7 @@ def test_a_submitted_job_on_one_node_trains_from_object_storage(cluster, s3_slic
     assert cluster["s3"].get_file_info("ssl/runs/submitted/run.json").type == FileType.File
     # the evaluation command as a job of its own: the run found in S3 by name, its results into the server
     result = subprocess.run(
-        [RAY_CLI, "job", "submit", "--address", cluster["jobs"], "--working-dir", str(PROJECT_ROOT), "--",
+        [RAY_CLI, "job", "submit", "--working-dir", str(PROJECT_ROOT), "--",
          "python", "-m", "pipelines.evaluate", "--run", "submitted", "--storage", "s3://ssl/runs", "--protocol",
          "linear", "--linear-epochs", "2", "--linear-lrs", "0.1", "--train-limit", "200", "--test-limit", "100"],
         env=cluster["env"], capture_output=True, text=True, timeout=600)
@@ -121,7 +133,7 @@ def test_a_submitted_job_on_one_node_trains_from_object_storage(cluster, s3_slic
 def test_a_job_without_storage_settings_is_refused_before_its_results_could_vanish(cluster):
     """Defaults built from the project folder would point into Ray's temporary copy of it."""
     result = subprocess.run(
-        [RAY_CLI, "job", "submit", "--address", cluster["jobs"], "--working-dir", str(PROJECT_ROOT), "--",
+        [RAY_CLI, "job", "submit", "--working-dir", str(PROJECT_ROOT), "--",
          "python", "-m", "pipelines.pretrain", "--set", f"tracking.tracking_uri={cluster['mlflow']}"],
         env=cluster["env"], capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr
@@ -138,7 +150,7 @@ def test_a_sweep_runs_under_ray_job_submit_with_optuna(cluster, fmnist_slice):
     overrides = tiny_overrides(fmnist_slice, str(cluster["folder"] / "runs"), cluster["mlflow"], "simclr",
                                **{"train.cpus_per_worker": 0.25})
     result = subprocess.run(
-        [RAY_CLI, "job", "submit", "--address", cluster["jobs"], "--working-dir", str(PROJECT_ROOT), "--",
+        [RAY_CLI, "job", "submit", "--working-dir", str(PROJECT_ROOT), "--",
          "python", "-m", "pipelines.sweep", "--space", "tune_spaces/simclr.yaml", "--num-samples", "1",
          "--search", "optuna", "--name", "submitted-sweep", *sets(overrides)],
         env=cluster["env"], capture_output=True, text=True, timeout=600)
@@ -163,7 +175,7 @@ def test_dashboard_job_server_and_mlflow_answer_on_loopback_only(cluster):
 
 
 def run_driver(cluster, overrides: list[str], timeout: float = 600, **popen) -> subprocess.Popen:
-    env = {**cluster["env"], "RAY_ADDRESS": cluster["gcs"]}
+    env = cluster["env"]  # RAY_ADDRESS: the head, as the README exports it
     return subprocess.Popen([sys.executable, "-m", "pipelines.pretrain", *sets(overrides)], cwd=PROJECT_ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 

@@ -82,6 +82,26 @@ def test_cli_missing_folder_is_a_message(tmp_path, capsys):
     assert "image folder not found" in capsys.readouterr().err
 
 
+def test_a_job_servers_url_in_ray_address_is_refused_by_name_by_the_commands_that_start_ray(
+        tmp_path, monkeypatch, capsys, fmnist_slice):
+    """What the README's cluster section once exported (RAY_ADDRESS=http://...:8265, the job server): Ray's own
+    answer was a traceback; the folder ingest and a pretraining now say which variable takes which address."""
+    from pipelines import pretrain
+    from tests.conftest import mlflow_store
+
+    (tmp_path / "pictures").mkdir()
+    Image.fromarray(photos.coffee()).save(tmp_path / "pictures" / "coffee.png")
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    advice = ("RAY_ADDRESS=http://127.0.0.1:8265 is a job server's URL, not a cluster to join: export the head's "
+              "address there (RAY_ADDRESS=<head>:6379) and give `ray job submit` the URL as "
+              "RAY_API_SERVER_ADDRESS=http://127.0.0.1:8265")
+    assert main(["folder", "--source", str(tmp_path / "pictures"), "--out", str(tmp_path / "out")]) == 2
+    assert advice in capsys.readouterr().err
+    assert pretrain.main(["--set", f"data.path={fmnist_slice}", "--set", f"train.storage_path={tmp_path / 'runs'}",
+                          "--set", f"tracking.tracking_uri={mlflow_store(tmp_path)}"]) == 2
+    assert advice in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_images_below_the_minimum_size_are_skipped_with_their_size(tmp_path, capsys):
     root = tmp_path / "tiny"
