@@ -19,6 +19,9 @@ S3_PORT="${S3_PORT:-9000}"
 S3_BUCKET="${S3_BUCKET:-ssl}"
 RAY_TMP="${RAY_TMP:-/tmp/ray_$RAY_PORT}"  # this cluster's own Ray folder (short: it holds sockets); stop kills only it
 export RAY_AUTH_MODE=token  # Ray 2.60 clusters require it; keep it on
+# Ray's switch for a one-machine Ray: its processes listen on 127.0.0.1 only. Without it Ray takes 127.0.0.1 to mean
+# this machine's network address, and the GCS, the raylets and the agents listen on every interface.
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 export PATH="$VENV_BIN:$PATH"  # jobs run `python` from the venv the head was started from
 # Object storage settings as for any S3 endpoint; Ray processes inherit them from `ray start`.
 export AWS_ENDPOINT_URL="http://127.0.0.1:$S3_PORT" MLFLOW_S3_ENDPOINT_URL="http://127.0.0.1:$S3_PORT"
@@ -59,7 +62,7 @@ MLflow server on http://127.0.0.1:$MLFLOW_PORT (store $STATE/mlflow.db, artifact
 S3 (moto) on $AWS_ENDPOINT_URL, bucket s3://$S3_BUCKET
 In your shell:
   export RAY_AUTH_MODE=token RAY_ADDRESS=127.0.0.1:$RAY_PORT RAY_API_SERVER_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT \\
-      MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT
+      RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT
   export AWS_ENDPOINT_URL=$AWS_ENDPOINT_URL MLFLOW_S3_ENDPOINT_URL=$AWS_ENDPOINT_URL AWS_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID \\
       AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY AWS_DEFAULT_REGION=$AWS_DEFAULT_REGION
 Ingest into object storage, then submit:
@@ -71,25 +74,30 @@ EOF
 }
 
 add_node() {
-  ray start --address "127.0.0.1:$RAY_PORT" --temp-dir "$RAY_TMP" --num-cpus "${1:-1}" \
+  # `ray start` refuses a second node under the one-machine switch, and without it would look for the head on this
+  # machine's network address: the same command, with 127.0.0.1 left as it is
+  python - --address "127.0.0.1:$RAY_PORT" --node-ip-address 127.0.0.1 --temp-dir "$RAY_TMP" --num-cpus "${1:-1}" \
     --dashboard-agent-listen-port "${NODE_AGENT_PORT:-$((AGENT_PORT + 1))}" --disable-usage-stats \
-    >"$STATE/ray_add_node.log" 2>&1 || { cat "$STATE/ray_add_node.log" >&2; exit 1; }
+    >"$STATE/ray_add_node.log" 2>&1 <<'PYTHON' || { cat "$STATE/ray_add_node.log" >&2; exit 1; }
+import sys
+
+import ray._private.ray_constants as ray_constants
+import ray._private.services as services
+from ray.scripts.scripts import main
+
+ray_constants.ENABLE_RAY_CLUSTER = True  # in this process only: the node's own processes keep the switch
+services.resolve_ip_for_localhost = lambda host: host
+sys.argv = ["ray", "start", *sys.argv[1:]]
+main()
+PYTHON
   echo "a second node with ${1:-1} CPUs joined 127.0.0.1:$RAY_PORT"
 }
 
 stop() {
-  if [ -f "$STATE/mlflow.pid" ]; then
-    kill "$(cat "$STATE/mlflow.pid")" 2>/dev/null || true
-    rm -f "$STATE/mlflow.pid"
-  fi
-  if [ -f "$STATE/s3.pid" ]; then
-    kill "$(cat "$STATE/s3.pid")" 2>/dev/null || true
-    rm -f "$STATE/s3.pid"
-  fi
-  # not `ray stop`, which stops every Ray instance on the machine
-  pkill -TERM -f -- "$RAY_TMP" 2>/dev/null || true
-  for _ in $(seq 20); do pgrep -f -- "$RAY_TMP" >/dev/null || break; sleep 1; done
-  pkill -KILL -f -- "$RAY_TMP" 2>/dev/null || true
+  # the process trees of this cluster's Ray processes, MLflow and S3 servers (scripts/cluster_processes.py)
+  python scripts/cluster_processes.py stop "$RAY_TMP" "$RAY_PORT" \
+    $(cat "$STATE/mlflow.pid" "$STATE/s3.pid" 2>/dev/null) || true
+  rm -f "$STATE/mlflow.pid" "$STATE/s3.pid"
   echo "stopped the Ray head, the MLflow server and the S3 server"
 }
 

@@ -1,6 +1,7 @@
 """Against real processes: a token-authenticated Ray head, an MLflow server and an S3 server (moto) started
 by scripts/cluster.sh, jobs sent with `ray job submit`, a second node that trains from object storage with no
 shared folder, and the second node lost mid-run (its Train worker with it)."""
+import ipaddress
 import json
 import os
 import signal
@@ -161,13 +162,33 @@ def test_a_sweep_runs_under_ray_job_submit_with_optuna(cluster, fmnist_slice):
     assert best.info.status == "FINISHED" and 0.05 <= float(best.data.params["method.temperature"]) <= 0.5
 
 
-def test_dashboard_job_server_and_mlflow_answer_on_loopback_only(cluster):
+def cluster_processes(cluster) -> dict:
+    """The cluster's processes and their listening sockets, as scripts/cluster_processes.py finds them."""
+    pids = [path.read_text().strip() for path in Path(cluster["folder"]).glob("*.pid")]
+    listed = subprocess.run([sys.executable, str(PROJECT_ROOT / "scripts" / "cluster_processes.py"), "list",
+                             cluster["env"]["RAY_TMP"], cluster["env"]["RAY_PORT"], *pids],
+                            capture_output=True, text=True, timeout=60, check=True)
+    return json.loads(listed.stdout)
+
+
+def on_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback
+
+
+def test_every_listener_of_the_cluster_is_on_loopback_and_refuses_this_machines_address(cluster):
+    """Ray takes 127.0.0.1 to mean the machine's network address unless told it is a one-machine Ray
+    (scripts/cluster.sh): then the GCS, the raylet, the agents and Ray's client server listened everywhere."""
     from ray._private.services import get_node_ip_address
 
+    found = cluster_processes(cluster)
+    ports = {entry["port"] for entry in found["listening"]}
+    named = {int(cluster["env"][key]) for key in ("RAY_PORT", "DASHBOARD_PORT", "MLFLOW_PORT", "AGENT_PORT", "S3_PORT")}
+    assert named <= ports, found  # what the script started is what was found
+    assert [entry for entry in found["listening"] if not on_loopback(entry["address"])] == []
     outside = get_node_ip_address()
     assert not outside.startswith("127."), "this machine has no other address to try"
-    for url in (cluster["jobs"], cluster["mlflow"]):
-        port = int(url.rsplit(":", 1)[1])
+    for port in named:
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             pass
         with pytest.raises(OSError):
@@ -253,3 +274,26 @@ def test_two_nodes_train_from_object_storage_and_a_node_lost_mid_run_resumes_on_
     from pipelines.pretrain import last_run_name
 
     assert last_run_name("s3://ssl/runs") == "node-lost"
+
+
+def test_stop_leaves_no_process_of_the_cluster_and_no_port_open(cluster):
+    """The module's last test (the fixture's own stop then finds nothing to do): after the jobs and the lost node,
+    every listener still on loopback; after `stop`, none of the processes found before runs (a zombie, which this
+    machine's init may leave unreaped, holds no socket) and none of their ports listens, the agents and Ray's
+    client server included (they outlived the old `stop`, whose match on the temporary folder missed them)."""
+    import psutil
+
+    found = cluster_processes(cluster)
+    assert found["pids"] and [entry for entry in found["listening"] if not on_loopback(entry["address"])] == []
+    subprocess.run([cluster["script"], "stop"], env=cluster["env"], check=True, timeout=120)
+
+    def running(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    assert [pid for pid in found["pids"] if running(pid)] == []
+    listening = {c.laddr.port for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+    assert listening & {entry["port"] for entry in found["listening"]} == set()
+    assert cluster_processes(cluster)["pids"] == []
