@@ -36,6 +36,9 @@ def required_cpus(settings: "FinetuneSettings") -> float:
     return settings.num_workers * WORKER_CPUS + settings.augment_actors * AUGMENT_CPUS + EVAL_CPUS + 2 * READ_CPUS
 
 
+FINETUNE_DROP_PATH = 0.1  # MAE's fine-tuning recipe for ViTs (stochastic depth; BEiT's too)
+
+
 @dataclass
 class FinetuneSettings:
     protocol: str = "finetune"
@@ -47,6 +50,8 @@ class FinetuneSettings:
     label_smoothing: Optional[float] = None  # None: 0.1 for fine-tuning, 0 for linear_aug
     weight_decay: Optional[float] = None  # None: 0.05 for fine-tuning, 0 for linear_aug
     crop_scale_min: float = 0.2  # MAE uses 0.08 on ImageNet; 28 px images keep more of the object
+    drop_path: Optional[float] = None  # ViTs trained whole; None: 0.1 (MAE's fine-tuning), 0 for linear_aug
+    global_pool: Optional[str] = None  # ViTs: "token" or "avg"; None: avg after MAE pretraining, else token
     num_workers: int = 1
     augment_actors: int = 1
     train_limit: Optional[int] = None  # a stratified random subset of the labelled train rows
@@ -61,6 +66,11 @@ class FinetuneSettings:
         self.lr = self.lr if self.lr is not None else (0.1 if linear else 1e-3)
         self.label_smoothing = self.label_smoothing if self.label_smoothing is not None else (0.0 if linear else 0.1)
         self.weight_decay = self.weight_decay if self.weight_decay is not None else (0.0 if linear else 0.05)
+        self.drop_path = self.drop_path if self.drop_path is not None else (0.0 if linear else FINETUNE_DROP_PATH)
+        if self.global_pool not in (None, "token", "avg"):
+            raise ValueError(f"global_pool '{self.global_pool}': choose token (the class token) or avg (the patch tokens)")
+        if linear and (self.drop_path or self.global_pool not in (None, "token")):
+            raise ValueError("linear_aug keeps the backbone as pretrained: no drop_path or global_pool")
 
 
 @dataclass
@@ -122,16 +132,42 @@ def param_groups(model: Classifier, settings: FinetuneSettings, vit: bool) -> li
     return list(groups.values())
 
 
+def classifier_meta(meta: dict, settings: FinetuneSettings) -> dict:
+    """The backbone's description as the protocol trains it: a ViT trained whole gets stochastic depth
+    (`settings.drop_path`) and, after MAE pretraining unless `settings.global_pool` says otherwise, the average of
+    its patch tokens under a fresh norm as the head's input (MAE's fine-tuning) instead of the class token, which
+    MAE never trains. linear_aug and other backbones: the description as pretrained."""
+    from ssl_models.backbones import is_vit
+
+    if settings.protocol == "linear_aug" or not is_vit(meta["timm_name"]):
+        return meta
+    kwargs = {key: value for key, value in meta.get("timm_kwargs", {}).items() if key not in ("drop_path_rate", "global_pool")}
+    if settings.drop_path:
+        kwargs["drop_path_rate"] = settings.drop_path
+    if (settings.global_pool or ("avg" if meta.get("method") == "mae" else "token")) == "avg":
+        kwargs["global_pool"] = "avg"  # timm then norms the pooled tokens (fc_norm) and drops the final norm
+    return {**meta, "timm_kwargs": kwargs}
+
+
 def build_classifier(meta: dict, weights: Optional[bytes], classes: int, settings: FinetuneSettings) -> Classifier:
-    """The backbone `meta` describes, with `weights` (None: random init, seeded) and a new head."""
-    from pipelines.export import load_backbone
+    """The backbone `meta` describes (see `classifier_meta`), with `weights` (None: random init, seeded) and a new
+    head. A ViT pooled by averaging starts its fc_norm fresh and leaves the pretrained final norm out, as MAE's
+    reference does; any other weight that does not fit is an error."""
+    import safetensors.torch
+
     from ssl_models import BackboneSpec, create_backbone
 
     if weights is None:
         torch.manual_seed(settings.seed)
-        backbone, _ = create_backbone(BackboneSpec.from_meta(meta))
-    else:
-        backbone = load_backbone(weights, meta)
+    backbone, _ = create_backbone(BackboneSpec.from_meta(meta))
+    if weights is not None:
+        state = safetensors.torch.load(weights)
+        if isinstance(getattr(backbone, "norm", None), nn.Identity):
+            state = {key: value for key, value in state.items() if not key.startswith("norm.")}
+        missing, unexpected = backbone.load_state_dict(state, strict=False)
+        missing = [key for key in missing if not key.startswith("fc_norm.")]
+        if missing or unexpected:
+            raise ValueError(f"the weights do not fit {meta['timm_name']}: missing {missing}, unexpected {unexpected}")
     return Classifier(backbone, meta["feature_dim"], classes, frozen=settings.protocol == "linear_aug")
 
 
@@ -160,7 +196,8 @@ def finetune_loop(loop_config: dict) -> None:
     from ssl_models.backbones import is_vit
     from ssl_models.schedules import value_at, warmup_cosine_schedule
 
-    settings, meta = FinetuneSettings(**loop_config["settings"]), loop_config["meta"]
+    settings = FinetuneSettings(**loop_config["settings"])
+    meta = classifier_meta(loop_config["meta"], settings)  # also the trained classifier's backbone.json
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.get_local_world_size()))

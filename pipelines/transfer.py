@@ -141,6 +141,10 @@ def parse_args(argv):
     supervised.add_argument("--lr", type=float, help="per 256 images (default: 1e-3 AdamW; 0.1 SGD for linear_aug)")
     supervised.add_argument("--layer-decay", type=float, default=0.75, help="layer-wise lr decay (ViTs)")
     supervised.add_argument("--warmup-epochs", type=float, default=1.0)
+    supervised.add_argument("--drop-path", type=float, help="stochastic depth of a ViT trained whole (default: 0.1, "
+                            "MAE's fine-tuning)")
+    supervised.add_argument("--global-pool", choices=["token", "avg"], help="a ViT's input to the head: its class "
+                            "token, or its patch tokens averaged under a fresh norm (default: avg after MAE, else token)")
     supervised.add_argument("--workers", type=int, default=1, help="Ray Train workers")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", action="store_true", help="show Ray's and its workers' output here")
@@ -157,7 +161,8 @@ def protocol_settings(args, protocols: list[str]) -> dict:
         settings[protocol] = asdict(FinetuneSettings(
             protocol=protocol, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, layer_decay=args.layer_decay,
             warmup_epochs=args.warmup_epochs, num_workers=args.workers, train_limit=args.train_limit,
-            test_limit=args.test_limit, seed=args.seed))
+            test_limit=args.test_limit, seed=args.seed, **({} if protocol == "linear_aug" else {
+                "drop_path": args.drop_path, "global_pool": args.global_pool})))
     return settings
 
 

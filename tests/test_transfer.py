@@ -12,7 +12,7 @@ from pipelines.dataset_store import read_info
 from pipelines.embed import embed_split, read_embeddings
 from pipelines.evaluate import Normalizer, evaluate_backbone, extract_features, load_eval_sets, load_labelled
 from pipelines.export import save_backbone
-from pipelines.finetune import Classifier, FinetuneSettings, build_classifier, param_groups, run_supervised
+from pipelines.finetune import Classifier, FinetuneSettings, build_classifier, classifier_meta, param_groups, run_supervised
 from pipelines.knn import knn_predict
 from pipelines.linear_probe import batches_of, linear_probe, train_probe
 from pipelines.transfer import evaluate_embeddings, main
@@ -92,6 +92,35 @@ def test_fine_tuning_decays_the_lr_layer_by_layer_on_vits_and_scratch_is_a_seede
     assert FinetuneSettings(protocol="linear_aug").label_smoothing == 0.0 and settings.label_smoothing == 0.1
     with pytest.raises(ValueError, match="unknown supervised protocol 'knn'"):
         FinetuneSettings(protocol="knn")
+
+
+def test_a_vit_fine_tunes_as_mae_does_with_drop_path_and_after_mae_its_patch_tokens_averaged_under_a_fresh_norm():
+    import safetensors.torch
+
+    spec = backbone_spec("vit_tiny_patch16_224", in_chans=1, image_size=28, patch_size=4)
+    pretrained_vit, width = create_backbone(spec)
+    weights = safetensors.torch.save({key: value.contiguous() for key, value in pretrained_vit.state_dict().items()})
+    pretrained = {**spec.to_dict(), "feature_dim": width, "method": "mae"}
+    settings = FinetuneSettings()
+    vit = build_classifier(classifier_meta(pretrained, settings), weights, 10, settings).backbone.eval()
+    assert vit.global_pool == "avg" and isinstance(vit.norm, nn.Identity) and torch.equal(vit.fc_norm.weight, torch.ones(width))
+    assert [getattr(block.drop_path1, "drop_prob", 0.0) for block in (vit.blocks[0], vit.blocks[-1])] == pytest.approx([0, 0.1])
+    state = vit.state_dict()
+    assert all(torch.equal(value, state[key]) for key, value in pretrained_vit.state_dict().items() if not key.startswith("norm."))
+    images = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        tokens = vit.forward_features(images)[:, vit.num_prefix_tokens:]
+        assert torch.allclose(vit(images), vit.fc_norm(tokens.mean(1)), atol=1e-6)
+    dino = classifier_meta({**pretrained, "method": "dino"}, settings)["timm_kwargs"]  # DINO trains its class token
+    assert "global_pool" not in dino and dino["drop_path_rate"] == 0.1
+    assert "global_pool" not in classifier_meta(pretrained, FinetuneSettings(global_pool="token"))["timm_kwargs"]
+    assert classifier_meta(pretrained, FinetuneSettings(protocol="linear_aug")) == pretrained
+    with pytest.raises(ValueError, match="linear_aug keeps the backbone as pretrained"):
+        FinetuneSettings(protocol="linear_aug", drop_path=0.1)
+    partial = safetensors.torch.save({key: value.contiguous() for key, value in pretrained_vit.state_dict().items()
+                                      if key != "pos_embed"})
+    with pytest.raises(ValueError, match=r"the weights do not fit vit_tiny_patch16_224: missing \['pos_embed'\]"):
+        build_classifier(classifier_meta(pretrained, settings), partial, 10, settings)
 
 
 @pytest.fixture(scope="module")
