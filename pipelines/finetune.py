@@ -9,14 +9,19 @@ of train) after each epoch, every worker on its shard of it:
   smoothing 0.1, weight decay 0.05, head initialised at std 2e-5 (MAE's fine-tuning recipe);
 - `scratch`: the same, from the same architecture's random initialisation;
 - `linear_aug`: the backbone frozen (its BatchNorm statistics too), a parameter-free BatchNorm and a linear
-  layer trained with SGD (momentum 0.9, no weight decay), cosine schedule (MAE's linear probing).
+  layer trained with SGD (momentum 0.9, no weight decay), cosine schedule (MAE's linear probing);
+- `linear_dino`: DINO's linear evaluation of a ViT (eval_linear.py): frozen, the class tokens of its last
+  `last_blocks` blocks under the final norm concatenated (4 for ViT-S), with `avg_patch_tokens` the last
+  block's patch tokens averaged beside them (ViT-B: 1 block and the average), a plain linear layer (no
+  BatchNorm) from N(0, 0.01), SGD lr 0.001 x batch / 256, momentum 0.9, no weight decay.
 """
 import math
 import os
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from typing import Optional
+from functools import partial
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -26,7 +31,8 @@ from pipelines.dataset_store import DatasetError, DatasetInfo, split_files
 from pipelines.evaluate import Normalizer, decode_for_eval, eval_rows
 from ssl_models.online_probe import linear_classifier
 
-SUPERVISED = ("finetune", "scratch", "linear_aug")
+SUPERVISED = ("finetune", "scratch", "linear_aug", "linear_dino")
+FROZEN = ("linear_aug", "linear_dino")  # the backbone as pretrained, a linear classifier on its features
 # logical CPUs: a Train worker and an augmentation actor half a CPU each, the test decoding actor a quarter and
 # each read an eighth, so that two workers fit on two cores (threads are set explicitly; these numbers only decide what Ray schedules side by side)
 WORKER_CPUS, AUGMENT_CPUS, EVAL_CPUS, READ_CPUS = 0.5, 0.5, 0.25, 0.125
@@ -44,7 +50,8 @@ class FinetuneSettings:
     protocol: str = "finetune"
     epochs: int = 10
     batch_size: int = 128  # per worker
-    lr: Optional[float] = None  # per 256 images; None: 1e-3 (AdamW) for fine-tuning, 0.1 (SGD) for linear_aug
+    lr: Optional[float] = None  # per 256 images; None: 1e-3 (AdamW) for fine-tuning, 0.1 (SGD) for linear_aug,
+    # 0.001 (SGD) for linear_dino
     layer_decay: float = 0.75  # ViTs only
     warmup_epochs: float = 1.0
     label_smoothing: Optional[float] = None  # None: 0.1 for fine-tuning, 0 for linear_aug
@@ -52,6 +59,8 @@ class FinetuneSettings:
     crop_scale_min: float = 0.2  # MAE uses 0.08 on ImageNet; 28 px images keep more of the object
     drop_path: Optional[float] = None  # ViTs trained whole; None: 0.1 (MAE's fine-tuning), 0 for linear_aug
     global_pool: Optional[str] = None  # ViTs: "token" or "avg"; None: avg after MAE pretraining, else token
+    last_blocks: int = 4  # linear_dino: the class tokens of this many last blocks
+    avg_patch_tokens: bool = False  # linear_dino: and the last block's patch tokens averaged
     num_workers: int = 1
     augment_actors: int = 1
     train_limit: Optional[int] = None  # a stratified random subset of the labelled train rows
@@ -62,15 +71,17 @@ class FinetuneSettings:
     def __post_init__(self):
         if self.protocol not in SUPERVISED:
             raise ValueError(f"unknown supervised protocol '{self.protocol}'; choose from {', '.join(SUPERVISED)}")
-        linear = self.protocol == "linear_aug"
-        self.lr = self.lr if self.lr is not None else (0.1 if linear else 1e-3)
+        linear = self.protocol in FROZEN
+        self.lr = self.lr if self.lr is not None else {"linear_aug": 0.1, "linear_dino": 0.001}.get(self.protocol, 1e-3)
         self.label_smoothing = self.label_smoothing if self.label_smoothing is not None else (0.0 if linear else 0.1)
         self.weight_decay = self.weight_decay if self.weight_decay is not None else (0.0 if linear else 0.05)
         self.drop_path = self.drop_path if self.drop_path is not None else (0.0 if linear else FINETUNE_DROP_PATH)
         if self.global_pool not in (None, "token", "avg"):
             raise ValueError(f"global_pool '{self.global_pool}': choose token (the class token) or avg (the patch tokens)")
         if linear and (self.drop_path or self.global_pool not in (None, "token")):
-            raise ValueError("linear_aug keeps the backbone as pretrained: no drop_path or global_pool")
+            raise ValueError(f"{self.protocol} keeps the backbone as pretrained: no drop_path or global_pool")
+        if self.last_blocks < 1:
+            raise ValueError(f"last_blocks {self.last_blocks}: at least the last block")
 
 
 @dataclass
@@ -83,17 +94,22 @@ class FinetuneResult:
 
 
 class Classifier(nn.Module):
-    """Backbone and linear head; a frozen backbone stays in eval mode and out of autograd."""
+    """Backbone and linear head; a frozen backbone stays in eval mode and out of autograd, and the head reads
+    `features(images)` (default: the backbone's output) through a parameter-free BatchNorm, or as they are with
+    `plain_head`."""
 
-    def __init__(self, backbone: nn.Module, width: int, classes: int, frozen: bool):
+    def __init__(self, backbone: nn.Module, width: int, classes: int, frozen: bool,
+                 features: Optional[Callable[[torch.Tensor], torch.Tensor]] = None, plain_head: bool = False):
         super().__init__()
-        self.backbone, self.frozen = backbone, frozen
+        self.backbone, self.frozen, self.features = backbone, frozen, features  # a function, not a submodule
         if frozen:
             backbone.requires_grad_(False)
+        if frozen and not plain_head:
             self.head = linear_classifier(width, classes)
         else:
             self.head = nn.Linear(width, classes)
-            nn.init.trunc_normal_(self.head.weight, std=2e-5)
+            init = partial(nn.init.normal_, std=0.01) if frozen else partial(nn.init.trunc_normal_, std=2e-5)
+            init(self.head.weight)  # DINO's linear classifier; MAE's fine-tuning head
             nn.init.zeros_(self.head.bias)
 
     def train(self, mode: bool = True):
@@ -105,9 +121,20 @@ class Classifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.frozen:
             with torch.no_grad():
-                features = self.backbone(images).float()
+                features = (self.features or self.backbone)(images).float()
             return self.head(features)
         return self.head(self.backbone(images))
+
+
+def dino_tokens(vit: nn.Module, images: torch.Tensor, last_blocks: int, avg_patch_tokens: bool) -> torch.Tensor:
+    """DINO's linear-evaluation features of a timm ViT: the class token of each of its last `last_blocks` blocks
+    under the final norm, concatenated, and with `avg_patch_tokens` the last block's patch tokens averaged."""
+    outputs = vit.forward_intermediates(images, indices=last_blocks, norm=True, output_fmt="NLC",
+                                        intermediates_only=True, return_prefix_tokens=True)
+    features = [prefix[:, 0] for _, prefix in outputs]
+    if avg_patch_tokens:
+        features.append(outputs[-1][0].mean(dim=1))
+    return torch.cat(features, dim=-1)
 
 
 def param_groups(model: Classifier, settings: FinetuneSettings, vit: bool) -> list[dict]:
@@ -139,7 +166,7 @@ def classifier_meta(meta: dict, settings: FinetuneSettings) -> dict:
     MAE never trains. linear_aug and other backbones: the description as pretrained."""
     from ssl_models.backbones import is_vit
 
-    if settings.protocol == "linear_aug" or not is_vit(meta["timm_name"]):
+    if settings.protocol in FROZEN or not is_vit(meta["timm_name"]):
         return meta
     kwargs = {key: value for key, value in meta.get("timm_kwargs", {}).items() if key not in ("drop_path_rate", "global_pool")}
     if settings.drop_path:
@@ -147,6 +174,13 @@ def classifier_meta(meta: dict, settings: FinetuneSettings) -> dict:
     if (settings.global_pool or ("avg" if meta.get("method") == "mae" else "token")) == "avg":
         kwargs["global_pool"] = "avg"  # timm then norms the pooled tokens (fc_norm) and drops the final norm
     return {**meta, "timm_kwargs": kwargs}
+
+
+def check_linear_dino(meta: dict) -> None:
+    from ssl_models.backbones import is_vit
+
+    if not is_vit(meta["timm_name"]):
+        raise ValueError(f"linear_dino reads a ViT's class tokens, which {meta['timm_name']} has not: use linear_aug")
 
 
 def build_classifier(meta: dict, weights: Optional[bytes], classes: int, settings: FinetuneSettings) -> Classifier:
@@ -168,7 +202,15 @@ def build_classifier(meta: dict, weights: Optional[bytes], classes: int, setting
         missing = [key for key in missing if not key.startswith("fc_norm.")]
         if missing or unexpected:
             raise ValueError(f"the weights do not fit {meta['timm_name']}: missing {missing}, unexpected {unexpected}")
-    return Classifier(backbone, meta["feature_dim"], classes, frozen=settings.protocol == "linear_aug")
+    if settings.protocol != "linear_dino":
+        return Classifier(backbone, meta["feature_dim"], classes, frozen=settings.protocol in FROZEN)
+    check_linear_dino(meta)
+    if settings.last_blocks > len(backbone.blocks):
+        raise ValueError(f"last_blocks {settings.last_blocks}: {meta['timm_name']} has {len(backbone.blocks)} blocks")
+    width = meta["feature_dim"] * (settings.last_blocks + settings.avg_patch_tokens)
+    return Classifier(backbone, width, classes, frozen=True, plain_head=True,
+                      features=partial(dino_tokens, backbone, last_blocks=settings.last_blocks,
+                                       avg_patch_tokens=settings.avg_patch_tokens))
 
 
 class EvalBatch:
@@ -335,6 +377,8 @@ def run_supervised(weights: str, data: str, settings: FinetuneSettings, storage:
     info = read_info(data)
     meta = weights_meta(weights, info)
     check_compatible(meta, info, data)
+    if settings.protocol == "linear_dino":
+        check_linear_dino(meta)
     train, test, images = supervised_datasets(info, data, meta["image_size"], settings)
     spe = images // (settings.batch_size * settings.num_workers)
     if spe < 1:

@@ -10,7 +10,7 @@ kNN (cosine, weighted vote, T = 0.07, k = 20 and 200, the bank compared a chunk 
 probe on cached embeddings (no augmentation; "fast path"). Bank and queries as in pretraining: the train
 split against the test split, or a stratified 10 % of train held out when there is no test split. With
 `--run` the results go into that run's MLflow run (`eval/...`) and a nested run per protocol.
-`finetune`, `scratch` and `linear_aug` train on Ray Train with augmentation (pipelines/finetune.py).
+`finetune`, `scratch`, `linear_aug` and `linear_dino` train on Ray Train with augmentation (pipelines/finetune.py).
 """
 import argparse
 import math
@@ -28,7 +28,7 @@ from pipelines.config import Config, ConfigError
 from pipelines.dataset_store import DatasetError, DatasetInfo, read_info
 from pipelines.embed import PIXELS, embed_split, read_embeddings, run_weights
 from pipelines.evaluate import eval_rows
-from pipelines.finetune import SUPERVISED, FinetuneSettings, required_cpus, run_supervised
+from pipelines.finetune import FROZEN, SUPERVISED, FinetuneSettings, required_cpus, run_supervised
 from pipelines.knn import knn_accuracy
 from pipelines.linear_probe import ProbeResult, linear_probe
 from pipelines.pretrain import RunFailed, failure_reason, read_run_file
@@ -135,16 +135,21 @@ def parse_args(argv):
     parser.add_argument("--train-limit", type=int, help="a stratified random subset of the labelled train images "
                         "(only those are embedded or trained on)")
     parser.add_argument("--test-limit", type=int, help="a stratified random subset of the test images (likewise)")
-    supervised = parser.add_argument_group("finetune, scratch and linear_aug (Ray Train)")
+    supervised = parser.add_argument_group("finetune, scratch, linear_aug and linear_dino (Ray Train)")
     supervised.add_argument("--epochs", type=int, default=10)
     supervised.add_argument("--batch-size", type=int, default=128, help="per worker")
-    supervised.add_argument("--lr", type=float, help="per 256 images (default: 1e-3 AdamW; 0.1 SGD for linear_aug)")
+    supervised.add_argument("--lr", type=float, help="per 256 images (default: 1e-3 AdamW; SGD: 0.1 for linear_aug, "
+                            "0.001 for linear_dino)")
     supervised.add_argument("--layer-decay", type=float, default=0.75, help="layer-wise lr decay (ViTs)")
     supervised.add_argument("--warmup-epochs", type=float, default=1.0)
     supervised.add_argument("--drop-path", type=float, help="stochastic depth of a ViT trained whole (default: 0.1, "
                             "MAE's fine-tuning)")
     supervised.add_argument("--global-pool", choices=["token", "avg"], help="a ViT's input to the head: its class "
                             "token, or its patch tokens averaged under a fresh norm (default: avg after MAE, else token)")
+    supervised.add_argument("--last-blocks", type=int, default=4, help="linear_dino: class tokens of this many last "
+                            "blocks (DINO: 4 for ViT-S, 1 for ViT-B)")
+    supervised.add_argument("--avg-patch-tokens", action="store_true", help="linear_dino: and the last block's patch "
+                            "tokens averaged (DINO's ViT-B setting)")
     supervised.add_argument("--workers", type=int, default=1, help="Ray Train workers")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--verbose", action="store_true", help="show Ray's and its workers' output here")
@@ -161,8 +166,9 @@ def protocol_settings(args, protocols: list[str]) -> dict:
         settings[protocol] = asdict(FinetuneSettings(
             protocol=protocol, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, layer_decay=args.layer_decay,
             warmup_epochs=args.warmup_epochs, num_workers=args.workers, train_limit=args.train_limit,
-            test_limit=args.test_limit, seed=args.seed, **({} if protocol == "linear_aug" else {
-                "drop_path": args.drop_path, "global_pool": args.global_pool})))
+            test_limit=args.test_limit, seed=args.seed, **({
+                "last_blocks": args.last_blocks, "avg_patch_tokens": args.avg_patch_tokens} if protocol == "linear_dino"
+                else {} if protocol in FROZEN else {"drop_path": args.drop_path, "global_pool": args.global_pool})))
     return settings
 
 

@@ -12,7 +12,8 @@ from pipelines.dataset_store import read_info
 from pipelines.embed import embed_split, read_embeddings
 from pipelines.evaluate import Normalizer, evaluate_backbone, extract_features, load_eval_sets, load_labelled
 from pipelines.export import save_backbone
-from pipelines.finetune import Classifier, FinetuneSettings, build_classifier, classifier_meta, param_groups, run_supervised
+from pipelines.finetune import (Classifier, FinetuneSettings, build_classifier, classifier_meta, dino_tokens, param_groups,
+                                run_supervised)
 from pipelines.knn import knn_predict
 from pipelines.linear_probe import batches_of, linear_probe, train_probe
 from pipelines.transfer import evaluate_embeddings, main
@@ -121,6 +122,44 @@ def test_a_vit_fine_tunes_as_mae_does_with_drop_path_and_after_mae_its_patch_tok
                                       if key != "pos_embed"})
     with pytest.raises(ValueError, match=r"the weights do not fit vit_tiny_patch16_224: missing \['pos_embed'\]"):
         build_classifier(classifier_meta(pretrained, settings), partial, 10, settings)
+
+
+def test_dinos_linear_protocol_reads_the_last_blocks_class_tokens_under_the_final_norm_into_a_plain_linear_layer():
+    import safetensors.torch
+
+    spec = backbone_spec("vit_tiny_patch16_224", in_chans=1, image_size=28, patch_size=4)
+    vit, width = create_backbone(spec)
+    vit.eval()
+    captured = []
+    hooks = [block.register_forward_hook(lambda module, inputs, output: captured.append(output)) for block in vit.blocks]
+    images = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        vit(images)
+        expected = torch.cat([vit.norm(output)[:, 0] for output in captured[-4:]], dim=1)
+        with_patches = torch.cat([expected, vit.norm(captured[-1])[:, 1:].mean(1)], dim=1)
+        for hook in hooks:
+            hook.remove()
+        assert torch.allclose(dino_tokens(vit, images, 4, False), expected, atol=1e-5)
+        assert torch.allclose(dino_tokens(vit, images, 4, True), with_patches, atol=1e-5)
+    weights = safetensors.torch.save({key: value.contiguous() for key, value in vit.state_dict().items()})
+    meta = {**spec.to_dict(), "feature_dim": width, "method": "dino"}
+    settings = FinetuneSettings(protocol="linear_dino")
+    assert (settings.lr, settings.weight_decay, settings.label_smoothing, settings.drop_path) == (0.001, 0.0, 0.0, 0.0)
+    model = build_classifier(classifier_meta(meta, settings), weights, 10, settings).train()
+    assert type(model.head) is nn.Linear and model.head.in_features == 4 * width and 0.005 < model.head.weight.std() < 0.015
+    assert set(model.state_dict()) == {f"backbone.{key}" for key in vit.state_dict()} | {"head.weight", "head.bias"}
+    optimizer = torch.optim.SGD(param_groups(model, settings, vit=True), lr=0.1, momentum=0.9)
+    nn.functional.cross_entropy(model(images), torch.arange(3)).backward()
+    optimizer.step()
+    assert not model.backbone.training and all(p.grad is None for p in model.backbone.parameters())
+    assert all(torch.equal(value, model.backbone.state_dict()[key]) for key, value in vit.state_dict().items())
+    assert build_classifier(meta, weights, 10, FinetuneSettings(protocol="linear_dino", last_blocks=1,
+                                                                 avg_patch_tokens=True)).head.in_features == 2 * width
+    resnet = {**backbone_spec("resnet18", in_chans=1, image_size=28, small_stem=True).to_dict(), "feature_dim": 512}
+    with pytest.raises(ValueError, match="linear_dino reads a ViT's class tokens, which resnet18 has not"):
+        build_classifier(resnet, None, 10, settings)
+    with pytest.raises(ValueError, match="last_blocks 13: vit_tiny_patch16_224 has 12 blocks"):
+        build_classifier(meta, weights, 10, FinetuneSettings(protocol="linear_dino", last_blocks=13))
 
 
 @pytest.fixture(scope="module")
