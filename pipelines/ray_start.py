@@ -12,8 +12,8 @@ def start_ray(verbose: bool = False, num_cpus: Optional[int] = None) -> None:
     in Ray's log files, whose folder is named here (errors still reach this process)."""
     import ray
 
+    address = cluster_address()  # checked even where Ray runs already (a notebook, a test session)
     if not ray.is_initialized():
-        address = cluster_address()
         quiet = {} if verbose else {"log_to_driver": False, "logging_level": logging.ERROR}
         if address:
             context = ray.init(address=address, **quiet)

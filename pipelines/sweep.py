@@ -241,7 +241,8 @@ def trial_rows(client, state: dict, space: Space, base: Config, results) -> list
         status = "STOPPED" if "stopped_early" in run.data.tags else run.info.status
         if statuses.get(trial_id) == "DONE" and status in ("RUNNING", "FAILED"):
             # Tune stopped the trial after a report (ASHA; also at a rung on the last epoch): it kills the
-            # trial's process, or tears its Train run down first and pretrain marked the run FAILED.
+            # trial's process, or tears its Train run down first and pretrain marks the run FAILED, maybe only now.
+            run = settled(client, run.info.run_id)
             status = "STOPPED" if epochs < base.train.epochs else "FINISHED"
             if status == "STOPPED":
                 client.set_tag(run.info.run_id, "stopped_early", f"by {state['scheduler']} after epoch {epochs} "
@@ -255,6 +256,17 @@ def trial_rows(client, state: dict, space: Space, base: Config, results) -> list
                      "objective": run.data.metrics.get(space.objective), "tree": tree,
                      "tagged_best": run.data.tags.get("sweep.best") == "true"})
     return sorted(rows, key=lambda row: row["trial_id"])
+
+
+def settled(client, run_id: str, seconds: float = 10.0):
+    """The run once a stopped trial's own `pretrain` is done with it: its failure handler may still be marking
+    it FAILED (a relabel before that would be undone, as CI once saw); a trial killed outright leaves it RUNNING."""
+    deadline = time.time() + seconds
+    run = client.get_run(run_id)
+    while run.info.status == "RUNNING" and time.time() < deadline:
+        time.sleep(0.5)
+        run = client.get_run(run_id)
+    return run
 
 
 def log_last_backbone(client, run_id: str, train_run_folder: str) -> None:
