@@ -159,6 +159,9 @@ def load_space(path: str | Path, base_tree: Optional[dict] = None, overrides: li
     if tree["objective"] not in objective_names(config):
         raise ConfigError(f"{where}: objective '{tree['objective']}' is not reported; the training loop reports "
                           f"{', '.join(objective_names(config))} (eval.knn_k), never the SSL loss")
+    if config.eval.every_epochs != 1:  # Ray Tune refuses a trial's report without the objective
+        raise ConfigError(f"{where}: eval.every_epochs={config.eval.every_epochs}, but a trial reports its objective "
+                          f"{tree['objective']} to Ray Tune every epoch: the online kNN must run every epoch (1)")
     axes = [Axis(ROW_AXIS, "grid", values=list(rows))] if rows else []
     axes += [_axis(where, name, spec) for name, spec in (tree.get("axes") or {}).items()]
     for axis in axes:

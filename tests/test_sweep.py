@@ -114,6 +114,8 @@ def test_a_space_for_another_method_and_optuna_on_a_grid_are_refused(tmp_path, c
     assert "the space is for method 'dino' but the configuration trains 'byol'" in capsys.readouterr().err
     assert sweep.main(["--space", str(PROJECT_ROOT / "tune_spaces" / "mae.yaml"), "--search", "optuna", *common]) == 2
     assert "grid axes (method.mask_ratio) need --search random" in capsys.readouterr().err
+    assert sweep.main(["--space", SIMCLR_SPACE, "--set", "eval.every_epochs=4", *common]) == 2
+    assert "eval.every_epochs=4, but a trial reports its objective knn_top1_k20 to Ray Tune every epoch" in capsys.readouterr().err
     assert sweep.main(["--resume", "nothing-here", *common]) == 2
     assert "no sweep named 'nothing-here'" in capsys.readouterr().err
 
