@@ -1,4 +1,4 @@
-"""Augmentation recipes (albumentations) and the Ray Data stage that turns image bytes into views."""
+"""Augmentation recipes (albumentations): each method's views of an HxWxC uint8 image."""
 from typing import Callable, Sequence
 
 import albumentations as A
@@ -85,7 +85,8 @@ def multi_crop_views(image_size: int, channels: int, crop_scale_min: float, meth
 def single_crop_view(image_size: int, channels: int, crop_scale_min: float, method: dict) -> list[A.Compose]:
     """MAE's only augmentation: a random resized crop and a flip; `method["augmentation"]` picks the paper's
     ablation rows (none: the centre; fixed_crop: a fixed-size random crop of the image resized by 256/224;
-    random_crop_jitter: colour jitter as well)."""
+    random_crop_jitter: colour jitter as well). Fine-tuning adds timm's RandAugment after them with
+    `method["rand_augment"]` (filling with `method["fill"]`)."""
     kind = method.get("augmentation", "random_crop")
     if kind == "none":
         return [eval_transform(image_size)]
@@ -94,9 +95,14 @@ def single_crop_view(image_size: int, channels: int, crop_scale_min: float, meth
     else:
         crop = [A.RandomResizedCrop(size=(image_size, image_size), scale=(crop_scale_min, 1.0))]
     brightness, contrast, saturation, hue = BYOL_JITTER
-    jitter = [A.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation if channels == 3 else 0.0,
-                            hue=hue if channels == 3 else 0.0, p=0.8)] if kind == "random_crop_jitter" else []
-    return [A.Compose([*crop, A.HorizontalFlip(p=0.5), *jitter])]
+    after = [A.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation if channels == 3 else 0.0,
+                           hue=hue if channels == 3 else 0.0, p=0.8)] if kind == "random_crop_jitter" else []
+    if method.get("rand_augment"):
+        from pipelines.finetune_augment import RandAugmentImage
+
+        fill = method.get("fill") or [128] * channels
+        after.append(A.Lambda(image=RandAugmentImage(method["rand_augment"], image_size, fill), name="rand_augment"))
+    return [A.Compose([*crop, A.HorizontalFlip(p=0.5), *after])]
 
 
 RECIPES = {

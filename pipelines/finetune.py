@@ -6,7 +6,8 @@ flip, decoded and augmented by Ray Data actors) and scores top-1 on the test spl
 of train) after each epoch, every worker on its shard of it:
 
 - `finetune`: the whole network, AdamW, layer-wise lr decay for ViTs, linear warm-up then cosine, label
-  smoothing 0.1, weight decay 0.05, head initialised at std 2e-5 (MAE's fine-tuning recipe);
+  smoothing 0.1, weight decay 0.05, head initialised at std 2e-5 (MAE's fine-tuning recipe), and as settings
+  MAE's RandAugment, random erasing, mixup and cutmix (`finetune_augment.MAE_AUGMENT`; off by default);
 - `scratch`: the same, from the same architecture's random initialisation;
 - `linear_aug`: the backbone frozen (its BatchNorm statistics too), a parameter-free BatchNorm and a linear
   layer trained with SGD (momentum 0.9, no weight decay), cosine schedule (MAE's linear probing);
@@ -59,6 +60,10 @@ class FinetuneSettings:
     crop_scale_min: float = 0.2  # MAE uses 0.08 on ImageNet; 28 px images keep more of the object
     drop_path: Optional[float] = None  # ViTs trained whole; None: 0.1 (MAE's fine-tuning), 0 for linear_aug
     global_pool: Optional[str] = None  # ViTs: "token" or "avg"; None: avg after MAE pretraining, else token
+    mixup: float = 0.0  # finetune and scratch: mixup's alpha (MAE: 0.8); 0: off
+    cutmix: float = 0.0  # cutmix's alpha (MAE: 1.0); with mixup, one of them per batch
+    rand_augment: Optional[str] = None  # timm's RandAugment setting (MAE: rand-m9-mstd0.5-inc1)
+    random_erasing: float = 0.0  # the chance to erase a random box of each image with noise (MAE: 0.25)
     last_blocks: int = 4  # linear_dino: the class tokens of this many last blocks
     avg_patch_tokens: bool = False  # linear_dino: and the last block's patch tokens averaged
     num_workers: int = 1
@@ -80,8 +85,26 @@ class FinetuneSettings:
             raise ValueError(f"global_pool '{self.global_pool}': choose token (the class token) or avg (the patch tokens)")
         if linear and (self.drop_path or self.global_pool not in (None, "token")):
             raise ValueError(f"{self.protocol} keeps the backbone as pretrained: no drop_path or global_pool")
+        self.check_regularisers(linear)
         if self.last_blocks < 1:
             raise ValueError(f"last_blocks {self.last_blocks}: at least the last block")
+
+    def check_regularisers(self, linear: bool) -> None:
+        on = [name for name in ("mixup", "cutmix", "rand_augment", "random_erasing") if getattr(self, name)]
+        if linear and on:
+            raise ValueError(f"{self.protocol} trains a linear head on the crop and flip alone: no {', '.join(on)}")
+        for name in ("mixup", "cutmix"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} {getattr(self, name)}: an alpha of 0 (off) or more")
+        if not 0 <= self.random_erasing <= 1:
+            raise ValueError(f"random_erasing {self.random_erasing}: a chance between 0 and 1")
+        if (self.mixup or self.cutmix) and self.batch_size % 2:
+            raise ValueError(f"batch_size {self.batch_size}: mixup and cutmix pair each image with another, "
+                             "so the batch size per worker must be even")
+        if self.rand_augment:
+            from pipelines.finetune_augment import rand_augment
+
+            rand_augment(self.rand_augment, 32, (0,))
 
 
 @dataclass
@@ -232,6 +255,7 @@ def finetune_loop(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
+    from pipelines.finetune_augment import batch_regulariser
     from pipelines.progress import say
     from pipelines.step import autocast_for, configure_device, resolve_precision, scaled_step
     from pipelines.tracking import MetricLogger
@@ -256,7 +280,8 @@ def finetune_loop(loop_config: dict) -> None:
     model = ray.train.torch.prepare_model(model)
     precision = resolve_precision(settings.precision, device)
     autocast, scaler = autocast_for(precision, device), torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    criterion = nn.CrossEntropyLoss(label_smoothing=settings.label_smoothing)
+    regularise, criterion = batch_regulariser(settings.mixup, settings.cutmix, settings.random_erasing,
+                                              settings.label_smoothing, loop_config["classes"], device)
     spe, epochs = loop_config["steps_per_epoch"], settings.epochs
     schedule = warmup_cosine_schedule(lr, 0.0, spe * epochs, round(settings.warmup_epochs * spe))
     normalize = Normalizer(meta["mean"], meta["std"], device)
@@ -271,8 +296,11 @@ def finetune_loop(loop_config: dict) -> None:
         for _, batch in zip(range(spe), batches):
             for group in optimizer.param_groups:
                 group["lr"] = value_at(schedule, step) * group.get("lr_scale", 1.0)
+            images, targets = normalize(batch["view_0"]), batch["label"].to(device)
+            if regularise:
+                images, targets = regularise(images, targets)
             with autocast():
-                loss = criterion(model(normalize(batch["view_0"])).float(), batch["label"].to(device))
+                loss = criterion(model(images).float(), targets)
             scaled_step(loss, optimizer, scaler)
             losses.append(loss.detach())
             step += 1
@@ -330,7 +358,8 @@ def report(metrics: dict, model: nn.Module, meta: dict, last: bool, chief: bool)
 
 
 def supervised_datasets(info: DatasetInfo, data: str, image_size: int, settings: FinetuneSettings):
-    """(train dataset with every epoch in one stream, test dataset, labelled train images used)."""
+    """(train dataset with every epoch in one stream, test dataset, labelled train images used); RandAugment
+    fills with the dataset's mean."""
     import ray.data
 
     from pipelines.augment_batch import AugmentBatch
@@ -344,7 +373,8 @@ def supervised_datasets(info: DatasetInfo, data: str, image_size: int, settings:
     train = ray.data.read_datasource(ShuffledRowGroups(split_files(data, train_split), ["image", "label"],
                                                        settings.seed, train_rows, settings.epochs), num_cpus=READ_CPUS)
     train = poll_gently(train).map_batches(
-        AugmentBatch, fn_constructor_kwargs={"method": {"name": "finetune"}, "image_size": image_size,
+        AugmentBatch, fn_constructor_kwargs={"method": {"name": "finetune", "rand_augment": settings.rand_augment,
+                                                        "fill": [round(255 * m) for m in info.mean]}, "image_size": image_size,
                                              "channels": info.channels, "crop_scale_min": settings.crop_scale_min},
         batch_size=min(settings.batch_size, 256), batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=settings.augment_actors), num_cpus=AUGMENT_CPUS)

@@ -29,6 +29,7 @@ from pipelines.dataset_store import DatasetError, DatasetInfo, read_info
 from pipelines.embed import PIXELS, embed_split, read_embeddings, run_weights
 from pipelines.evaluate import eval_rows
 from pipelines.finetune import FROZEN, SUPERVISED, FinetuneSettings, required_cpus, run_supervised
+from pipelines.finetune_augment import MAE_AUGMENT
 from pipelines.knn import knn_accuracy
 from pipelines.linear_probe import ProbeResult, linear_probe
 from pipelines.pretrain import RunFailed, failure_reason, read_run_file
@@ -146,6 +147,13 @@ def parse_args(argv):
                             "MAE's fine-tuning)")
     supervised.add_argument("--global-pool", choices=["token", "avg"], help="a ViT's input to the head: its class "
                             "token, or its patch tokens averaged under a fresh norm (default: avg after MAE, else token)")
+    supervised.add_argument("--mixup", type=float, help="finetune, scratch: mixup's alpha (MAE: 0.8; default 0, off)")
+    supervised.add_argument("--cutmix", type=float, help="cutmix's alpha (MAE: 1.0; default 0, off)")
+    supervised.add_argument("--rand-augment", help="timm's RandAugment setting (MAE: rand-m9-mstd0.5-inc1; default off)")
+    supervised.add_argument("--random-erasing", type=float, help="chance to erase a box of each image (MAE: 0.25; "
+                            "default 0)")
+    supervised.add_argument("--mae-augment", action="store_true", help="MAE's four above at its values (each one "
+                            "given on its own wins)")
     supervised.add_argument("--last-blocks", type=int, default=4, help="linear_dino: class tokens of this many last "
                             "blocks (DINO: 4 for ViT-S, 1 for ViT-B)")
     supervised.add_argument("--avg-patch-tokens", action="store_true", help="linear_dino: and the last block's patch "
@@ -168,8 +176,16 @@ def protocol_settings(args, protocols: list[str]) -> dict:
             warmup_epochs=args.warmup_epochs, num_workers=args.workers, train_limit=args.train_limit,
             test_limit=args.test_limit, seed=args.seed, **({
                 "last_blocks": args.last_blocks, "avg_patch_tokens": args.avg_patch_tokens} if protocol == "linear_dino"
-                else {} if protocol in FROZEN else {"drop_path": args.drop_path, "global_pool": args.global_pool})))
+                else {} if protocol in FROZEN else {"drop_path": args.drop_path, "global_pool": args.global_pool,
+                                                    **regularisers(args)})))
     return settings
+
+
+def regularisers(args) -> dict:
+    """The fine-tuning regularisers asked for: MAE's with --mae-augment, each flag given replacing its value."""
+    chosen = dict(MAE_AUGMENT) if args.mae_augment else {}
+    chosen.update({name: getattr(args, name) for name in MAE_AUGMENT if getattr(args, name) is not None})
+    return chosen
 
 
 def evaluate(args, protocols: list[str], settings: dict, record: Optional[dict]

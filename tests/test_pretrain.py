@@ -250,7 +250,7 @@ def test_evaluate_by_run_name_logs_into_the_pretraining_run_with_a_nested_run_pe
     assert evaluate_main(["--run", "tiny", "--storage", str(folder / "runs"), "--protocol", "knn,linear,finetune",
                           "--linear-epochs", "2", "--linear-lrs", "0.1", "--epochs", "2", "--batch-size", "16",
                           "--train-limit", "256", "--test-limit", "160", "--workers", "2", "--lr", "0.004",
-                          "--warmup-epochs", "0"]) == 0
+                          "--warmup-epochs", "0", "--mae-augment"]) == 0
     printed = capsys.readouterr().out
     assert f"logged into MLflow run {outcome['run_id']}" in printed
     client = MlflowClient(uri)
@@ -264,6 +264,7 @@ def test_evaluate_by_run_name_logs_into_the_pretraining_run_with_a_nested_run_pe
     assert protocols.count("finetune") == protocols.count("linear") == 1 and protocols.count("knn") >= 2
     finetune = next(child for child in children if child.data.tags["protocol"] == "finetune")
     assert finetune.data.params["num_workers"] == "2" and finetune.data.params["label_smoothing"] == "0.1"
+    assert (finetune.data.params["mixup"], finetune.data.params["rand_augment"]) == ("0.8", "rand-m9-mstd0.5-inc1")
     curve = client.get_metric_history(finetune.info.run_id, "finetune/top1")
     assert [m.step for m in curve] == [1, 2] and curve[-1].value == run.data.metrics["eval/finetune_top1"]
     assert finetune.data.metrics["finetune_top1"] == run.data.metrics["eval/finetune_top1"]

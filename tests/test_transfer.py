@@ -258,3 +258,56 @@ def test_the_evaluate_command_prints_each_protocol_and_names_bad_input(ray_sessi
     assert "no run named 'nothing-here'" in capsys.readouterr().err
     assert main(["--weights", str(colour), "--data", fmnist_slice, "--protocol", "knn"]) == 2
     assert "the weights take 3-channel images but" in capsys.readouterr().err
+
+
+def test_maes_fine_tuning_regularisers_randaugment_random_erasing_mixup_and_cutmix_are_settings():
+    from pipelines.augment_batch import AugmentBatch
+    from pipelines.finetune_augment import MAE_AUGMENT, RandAugmentImage, batch_regulariser
+    from pipelines.transfer import parse_args, protocol_settings
+
+    # RandAugment after the crop and flip, on grey and colour images; magnitude 10's posterize keeps 0 bits
+    # (Pillow 11 and later refuse them)
+    for channels in (1, 3):
+        augment = RandAugmentImage("rand-m10-n3-mstd0-inc1", 28, [100] * channels)
+        rng = np.random.default_rng(channels)
+        outputs = [augment(rng.integers(0, 256, (28, 28, channels), dtype=np.uint8)) for _ in range(200)]
+        assert {out.shape for out in outputs} == {(28, 28, channels)} and {out.dtype for out in outputs} == {np.dtype(np.uint8)}
+        assert any(not out.any() for out in outputs)  # some posterized to black
+    image = np.full((40, 40, 1), 200, np.uint8)
+    image[10:30, 10:30] = 20
+    encoded = [__import__("cv2").imencode(".png", image)[1].tobytes()] * 64
+    plain = AugmentBatch({"name": "finetune"}, 28, 1, 1.0)({"image": np.array(encoded, dtype=object)})["view_0"]
+    randaug = AugmentBatch({"name": "finetune", "rand_augment": "rand-m9-mstd0.5-inc1", "fill": [0]}, 28, 1, 1.0)(
+        {"image": np.array(encoded, dtype=object)})["view_0"]
+    assert plain.shape == randaug.shape == (64, 1, 28, 28)
+    assert len({row.tobytes() for row in plain}) <= 2 < len({row.tobytes() for row in randaug})  # flip only / more
+
+    # random erasing, then mixup: soft targets with the smoothing folded in, and the loss for them
+    images, labels = torch.zeros(8, 1, 28, 28), torch.arange(8) % 4
+    erase_only, criterion = batch_regulariser(0, 0, 1.0, 0.1, 4, torch.device("cpu"))
+    erased, same = erase_only(images.clone(), labels)
+    assert torch.equal(same, labels) and (erased != 0).flatten(1).any(1).all() and isinstance(criterion, nn.CrossEntropyLoss)
+    images = torch.arange(8.0)[:, None, None, None].expand(8, 1, 28, 28).clone()
+    mix, criterion = batch_regulariser(0.8, 0, 0, 0.1, 4, torch.device("cpu"))
+    mixed, targets = mix(images.clone(), labels)
+    assert targets.shape == (8, 4) and torch.allclose(targets.sum(1), torch.ones(8)) and targets.min() > 0
+    lam = (mixed[0, 0, 0, 0] - 7) / (0 - 7)  # image i mixed with image 7 - i
+    assert torch.allclose(mixed[:, 0, 0, 0], lam * torch.arange(8.0) + (1 - lam) * torch.arange(7.0, -1, -1))
+    assert criterion(torch.zeros(8, 4), targets).item() == pytest.approx(np.log(4), rel=1e-5)  # soft-target CE
+    assert batch_regulariser(0, 0, 0, 0.1, 4, torch.device("cpu"))[0] is None
+
+    # as settings: MAE's values with --mae-augment, each flag on its own winning, refused where they do not belong
+    args = parse_args(["--weights", "w", "--protocol", "finetune,linear_aug", "--mae-augment", "--cutmix", "0"])
+    settings = protocol_settings(args, ["finetune", "linear_aug"])
+    assert {key: settings["finetune"][key] for key in MAE_AUGMENT} == {**MAE_AUGMENT, "cutmix": 0.0}
+    assert not any(settings["linear_aug"][key] for key in MAE_AUGMENT)
+    with pytest.raises(ValueError, match="linear_aug trains a linear head on the crop and flip alone: no mixup"):
+        FinetuneSettings(protocol="linear_aug", mixup=0.8)
+    with pytest.raises(ValueError, match="batch_size 15: mixup and cutmix pair each image"):
+        FinetuneSettings(batch_size=15, cutmix=1.0)
+    with pytest.raises(ValueError, match="rand_augment 'rand-q9' is no timm RandAugment setting"):
+        FinetuneSettings(rand_augment="rand-q9")
+    with pytest.raises(ValueError, match="rand_augment 'm9' is no timm RandAugment setting"):
+        FinetuneSettings(rand_augment="m9")
+    with pytest.raises(ValueError, match="random_erasing 1.5: a chance between 0 and 1"):
+        FinetuneSettings(random_erasing=1.5)
