@@ -258,6 +258,7 @@ def finetune_loop(loop_config: dict) -> None:
     from pipelines.finetune_augment import batch_regulariser
     from pipelines.progress import say
     from pipelines.step import autocast_for, configure_device, resolve_precision, scaled_step
+    from pipelines.train_worker import started_stream
     from pipelines.tracking import MetricLogger
     from ssl_models.backbones import is_vit
     from ssl_models.schedules import value_at, warmup_cosine_schedule
@@ -269,6 +270,8 @@ def finetune_loop(loop_config: dict) -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.get_local_world_size()))
     device = ray.train.torch.get_device()
     configure_device(device)
+    batches = started_stream(ray.train.get_dataset_shard("train"), batch_size=settings.batch_size, drop_last=True,
+                             local_shuffle_buffer_size=4 * settings.batch_size)
     torch.manual_seed(settings.seed + rank)
     model = build_classifier(meta, loop_config["weights"], loop_config["classes"], settings).to(device)
     groups = param_groups(model, settings, is_vit(meta["timm_name"]))
@@ -287,8 +290,6 @@ def finetune_loop(loop_config: dict) -> None:
     normalize = Normalizer(meta["mean"], meta["std"], device)
     logger = MetricLogger(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 and loop_config["run_id"] else None
     board = loop_config.get("progress_board") if rank == 0 else None
-    batches = iter(ray.train.get_dataset_shard("train").iter_torch_batches(
-        batch_size=settings.batch_size, drop_last=True, local_shuffle_buffer_size=4 * settings.batch_size))
     step, curve, epoch_losses = 0, [], []
     for epoch in range(epochs):
         model.train()

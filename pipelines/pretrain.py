@@ -274,17 +274,18 @@ def fit(config: Config, info, spe: int, run_name: str, run_id: str, uri: str, da
 
     from pipelines.data import ingest_config
     from pipelines.progress import ProgressLine, start_board
-    from pipelines.train_loop import train_loop_per_worker
+    from pipelines.train_worker import stream_options, train_worker
 
     board = start_board() if progress else None
     use_gpu = config.train.use_gpu
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    stream = stream_options(config.data.batch_size, config.data.shuffle_buffer, config.data.prefetch_batches, use_gpu)
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        train_worker,
         train_loop_config={"config": config.model_dump(mode="json"), "dataset": asdict(info),
                            "steps_per_epoch": spe, "mlflow_run_id": run_id, "tracking_uri": uri,
-                           "progress_board": board},
+                           "progress_board": board, "stream": stream},
         scaling_config=ScalingConfig(num_workers=config.train.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": config.train.cpus_per_worker},
                                      placement_strategy=config.train.placement_strategy),

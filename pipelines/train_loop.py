@@ -4,11 +4,10 @@ import math
 import os
 import random
 import tempfile
-import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable
 
 import numpy as np
 import ray.train
@@ -85,31 +84,9 @@ class MetricWindow:
         return reduced
 
 
-def started_stream(shard, **options) -> Iterator[dict]:
-    """The shard's batches, the first asked for at once by a thread: Ray Data starts its reader and augmentation
-    actors while this worker builds its model and evaluation sets, instead of at the first step."""
-    batches, first = iter(shard.iter_torch_batches(**options)), {}
-
-    def fetch():
-        try:
-            first["batch"] = next(batches, None)
-        except BaseException as error:  # raised where the batch is asked for
-            first["error"] = error
-
-    thread = threading.Thread(target=fetch, name="first-batch", daemon=True)  # a failed setup does not wait on it
-    thread.start()
-
-    def stream():
-        thread.join()
-        if "error" in first:
-            raise first["error"]
-        if first["batch"] is not None:
-            yield first["batch"]
-            yield from batches
-    return stream()
-
-
-def train_loop_per_worker(loop_config: dict) -> None:
+def train_loop_per_worker(loop_config: dict, batches: Iterable[dict]) -> None:
+    """Trains on `batches` (`train_worker.started_stream` of this worker's shard, every epoch in one stream: see
+    pipelines/row_groups.py; a resumed run reads it from its start)."""
     config = Config.model_validate(loop_config["config"])
     info = DatasetInfo(**loop_config["dataset"])
     steps_per_epoch, epochs = loop_config["steps_per_epoch"], config.train.epochs
@@ -122,10 +99,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
     configure_device(device)
     seed_everything(config.train.seed + rank)
     batch_size = config.data.batch_size
-    # one stream holds every epoch (see pipelines/row_groups.py); a resumed run reads it from its start
-    batches = started_stream(ray.train.get_dataset_shard("train"), batch_size=batch_size, drop_last=True,
-                             local_shuffle_buffer_size=config.data.shuffle_buffer or None,
-                             prefetch_batches=config.data.prefetch_batches, pin_memory=device.type == "cuda")
 
     checkpoint = ray.train.get_checkpoint()
     with (checkpoint.as_directory() if checkpoint else nullcontext(None)) as folder:

@@ -12,7 +12,7 @@ from pipelines.data import limited_rows, train_rows
 from pipelines.dataset_store import read_info, split_files, split_labels
 from pipelines.evaluate import eval_rows
 from pipelines.row_groups import ShuffledRowGroups
-from pipelines.train_loop import started_stream
+from pipelines.train_worker import started_stream
 
 BATCH = 64
 
