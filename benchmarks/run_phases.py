@@ -41,6 +41,26 @@ def timed(module, name: str) -> None:
     setattr(module, name, wrapper)
 
 
+def controller_phases() -> list[str]:
+    """The Train controller's own timing of its worker group's start (its debug lines, which it writes to the
+    session's logs/train folder), for the run that ended last."""
+    import glob
+    import json
+    import os
+
+    from ray._private.worker import _global_node
+
+    logs = glob.glob(os.path.join(_global_node.get_logs_dir_path(), "train", "ray-train-sys-controller-*.log"))
+    if not logs:
+        return []
+    lines = []
+    for line in open(max(logs, key=os.path.getmtime)):
+        message = json.loads(line).get("message", "") if line.startswith("{") else line
+        if message.startswith("[Worker Group Initialization]"):
+            lines.append(message.split("]", 1)[1].split("\n")[0].strip())
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run_phases", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,6 +84,8 @@ def main() -> None:
         pretrain.pretrain(load_config(None, sets), verbose=False, progress=False)
         seconds.append(time.time() - started)
         print(f"  in all: {seconds[-1]:.1f} s", flush=True)
+        for line in controller_phases():
+            print(f"    Train controller: {line}", flush=True)
     print(f"fixed cost: {statistics.median(seconds):.1f} s (median of {args.runs} runs, 2 steps each)")
 
 
