@@ -1,8 +1,27 @@
 """Augmentation recipes (albumentations): each method's views of an HxWxC uint8 image."""
+import sys
 from typing import Callable, Sequence
 
-import albumentations as A
 import numpy as np
+
+
+def import_albumentations():
+    """albumentations, without the PyTorch transforms it imports when torch is installed (none of which the
+    recipes use): in a process that has not imported torch (Ray Data's augmentation actors), importing torch
+    for them cost 1.5 s of CPU and 450 MB. albumentations skips them on ImportError, which a None entry in
+    sys.modules raises for the time of its import."""
+    if "albumentations" in sys.modules or "torch" in sys.modules:
+        import albumentations
+        return albumentations
+    sys.modules["torch"] = None
+    try:
+        import albumentations
+    finally:
+        del sys.modules["torch"]
+    return albumentations
+
+
+A = import_albumentations()
 
 
 ViewTransform = Callable[[np.ndarray], np.ndarray]
