@@ -155,7 +155,7 @@ def sweep(state: dict, resume: bool = False) -> dict:
                 trainable, param_space=space.param_space(),
                 tune_config=tune.TuneConfig(
                     metric=space.objective, mode="max", num_samples=state["num_samples"],
-                    max_concurrent_trials=concurrency,
+                    max_concurrent_trials=concurrency, reuse_actors=True,
                     search_alg=searcher(state["search"], space, base.train.seed),
                     scheduler=scheduler(state["scheduler"], base, state["grace_epochs"])),
                 run_config=tune.RunConfig(name=name, storage_path=base.train.storage_path, verbose=1))
