@@ -26,7 +26,7 @@ info = read_info(data)
 started = time.time()
 if kind == "in_process":
     from pipelines.embed import weights_meta
-    from pipelines.evaluate import Normalizer, extract_features, load_labelled
+    from pipelines.features import Normalizer, extract_features, load_labelled
     from pipelines.export import load_backbone
     from pipelines.storage import read_bytes
     meta = weights_meta(weights, info)

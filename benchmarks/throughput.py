@@ -20,7 +20,7 @@ import torch
 from pipelines.augment_batch import AugmentBatch, view_column
 from pipelines.config import PROJECT_ROOT, Config, load_config
 from pipelines.dataset_store import read_info, read_rows
-from pipelines.evaluate import Normalizer
+from pipelines.features import Normalizer
 from pipelines.step import TrainStep, prepare
 
 CPU = torch.device("cpu")

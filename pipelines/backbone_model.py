@@ -47,7 +47,7 @@ class BackboneEmbeddings(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         import torch
 
-        from pipelines.evaluate import Normalizer
+        from pipelines.features import Normalizer
         from pipelines.export import load_backbone
 
         self.meta = json.loads(Path(context.artifacts["meta"]).read_text())
@@ -59,7 +59,7 @@ class BackboneEmbeddings(mlflow.pyfunc.PythonModel):
 
         from pipelines.augment import eval_transform
         from pipelines.augment_batch import to_chw
-        from pipelines.evaluate import extract_features
+        from pipelines.features import extract_features
 
         channels = self.meta.get("timm_kwargs", {}).get("in_chans", 3)
         transform = eval_transform(self.meta["image_size"])

@@ -61,15 +61,14 @@ def build_method(config: Config, channels: int, steps_per_epoch: int,
                  stats: Optional[tuple[Sequence[float], Sequence[float]]] = None,
                  teacher: Optional[torch.nn.Module] = None) -> SSLMethod:
     """`stats`: the data's (mean, std), which distillation's teacher re-standardises from (None: the teacher's own);
-    `teacher`: a distillation teacher already loaded (else it is loaded from `config.method`)."""
+    `teacher`: distillation's teacher, loaded (`pipelines.teacher.build_with_teacher` loads it and builds)."""
     backbone, feature_dim = create_backbone(build_spec(config, channels))
     total_steps = steps_per_epoch * config.train.epochs
     extra = {}
     if isinstance(config.method, DistillConfig):
-        from pipelines.teacher import load_teacher
-
-        extra["teacher"] = teacher if teacher is not None else load_teacher(
-            config.method, config.train.storage_path, channels, *(stats or (None, None)))
+        if teacher is None:
+            raise ValueError("distillation is built with its teacher loaded: pipelines.teacher.build_with_teacher")
+        extra["teacher"] = teacher
     method = METHODS[config.method.name](backbone, feature_dim, total_steps, **head_arguments(config),
                                          **method_arguments(config, steps_per_epoch), **extra)
     if "teacher" in extra:  # the student's backbone has its norm already and its heads have none; the teacher stays

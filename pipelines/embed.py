@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from pipelines.dataset_store import DatasetError, DatasetInfo, read_info, read_rows, split_files
-from pipelines.evaluate import Normalizer, decode_for_eval, extract_features
+from pipelines.features import Normalizer, decode_for_eval, extract_features
 from pipelines.export import META_FILE, WEIGHTS_FILE, load_backbone
-from pipelines.storage import filesystem, latest_checkpoint, read_bytes
+from pipelines.storage import filesystem, read_bytes
 
 EMBED_BATCH = 256
 READ_CPUS = 0.25
@@ -82,14 +82,6 @@ def check_compatible(meta: dict, info: DatasetInfo, data: str) -> None:
     if expected != info.channels:
         raise DatasetError(f"the weights take {expected}-channel images but '{data}' holds {info.channels}-channel "
                            "ones: embed a dataset ingested like the one they were trained on")
-
-
-def run_weights(storage_path: str, run_name: str) -> str:
-    """The last checkpoint of a pretraining run (by name) under `storage_path`."""
-    checkpoint = latest_checkpoint(f"{storage_path.rstrip('/')}/{run_name}")
-    if checkpoint is None:
-        raise DatasetError(f"no run named '{run_name}' with a checkpoint under {storage_path}")
-    return checkpoint
 
 
 def embed_split(weights: str, data: str, split: str, out: str, actors: int = 1, batch_size: int = EMBED_BATCH,
@@ -167,7 +159,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="show Ray's and its workers' output here")
     args = parser.parse_args(argv)
     from pipelines.ray_start import start_ray
-    from pipelines.transfer import resolve_source
+    from pipelines.run_registry import resolve_source
 
     try:
         weights, data = resolve_source(args.weights, args.run, args.storage, args.data)

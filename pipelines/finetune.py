@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from pipelines.dataset_store import DatasetError, DatasetInfo, split_files
-from pipelines.evaluate import Normalizer, decode_for_eval, eval_rows
+from pipelines.features import Normalizer, decode_for_eval, eval_rows
 from ssl_models.online_probe import linear_classifier
 
 SUPERVISED = ("finetune", "scratch", "linear_aug", "linear_dino")

@@ -21,15 +21,10 @@ from typing import Optional
 from pipelines.config import (IN_RAY_JOB_COPY, PROJECT_ROOT, Config, ConfigError, DistillConfig, apply_override, build_config,
                               load_config, parse_override, save_config)
 from pipelines.dataset_store import DatasetError, read_info
-from pipelines.storage import file_exists, filesystem, newest_folder_with, write_text
-from pipelines.evaluate import eval_plan
-
-RUN_FILE = "run.json"
-
-
-class RunFailed(RuntimeError):
-    """Training failed; the MLflow run is marked FAILED with this reason."""
-
+from pipelines.run_registry import (RUN_FILE, RunFailed, failure_reason, last_run_name, read_run_file, run_exists,
+                                    run_weights)
+from pipelines.storage import write_text
+from pipelines.features import eval_plan
 
 def required_cpus(config: Config) -> float:
     """Logical CPUs the run reserves at once: Train workers, augmentation actors, and Ray Data's
@@ -109,36 +104,6 @@ def check_job_locations(config: Config, uri: str) -> None:
             "locations, e.g. --set data.path=s3://bucket/data --set train.storage_path=s3://bucket/runs "
             "--set tracking.tracking_uri=http://mlflow-server:5000 (or export MLFLOW_TRACKING_URI), or folders "
             "on a mount every node sees")
-
-
-def read_run_file(storage_path: str, name: str) -> dict:
-    fs, base = filesystem(f"{storage_path.rstrip('/')}/{name}")
-    try:
-        with fs.open_input_stream(f"{base}/{RUN_FILE}") as stream:
-            return json.loads(stream.read())
-    except (FileNotFoundError, OSError):
-        raise ConfigError(f"no run named '{name}' under {storage_path} (nothing to resume)") from None
-
-
-def run_exists(storage_path: str, name: str) -> bool:
-    return file_exists(f"{storage_path.rstrip('/')}/{name}/{RUN_FILE}")
-
-
-def last_run_name(storage_path: str) -> str:
-    name = newest_folder_with(storage_path, RUN_FILE)
-    if name is None:
-        raise ConfigError(f"no run to resume under {storage_path}")
-    return name
-
-
-def failure_reason(error: BaseException) -> str:
-    failures = getattr(error, "worker_failures", None)
-    if failures:
-        rank, cause = sorted(failures.items())[0]
-        cause = getattr(cause, "cause", None) or cause
-        return f"worker {rank}: {type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[-1] if text else ''}"
 
 
 def steps_per_epoch(config: Config, train_images: int) -> int:
@@ -256,7 +221,6 @@ def evaluate_at_end(config: Config, info, run_name: str, baseline: Optional[str]
     protocols = config.eval.final_protocols
     if not protocols or not info.labelled:
         return {}
-    from pipelines.embed import run_weights
     from pipelines.transfer import final_evaluation
 
     print(f"evaluating the trained backbone: {', '.join(protocols)} on {config.data.path} "

@@ -10,9 +10,10 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from pipelines.build import build_method, build_optimizer, lr_schedule, weight_decay_schedule
+from pipelines.build import build_optimizer, lr_schedule, weight_decay_schedule
 from pipelines.checkpoint import load_training_state
 from pipelines.config import Config
+from pipelines.teacher import build_with_teacher
 from ssl_models import SSLMethod
 from ssl_models.batchnorm import GlobalBatchNorm, convert_to_global_batchnorm
 from ssl_models.distributed import broadcast_tensors, world
@@ -65,7 +66,7 @@ def prepare(config: Config, channels: int, steps_per_epoch: int, device: torch.d
     several workers, restore a checkpoint, give every rank rank 0's state (targets, teachers, key encoders,
     queues, centres: DDP only broadcasts what it wraps), then wrap the trained network (DDP). `stats`: the data's
     (mean, std), for a distillation teacher."""
-    method = build_method(config, channels, steps_per_epoch, stats).to(device)
+    method = build_with_teacher(config, channels, steps_per_epoch, stats).to(device)
     if world()[1] > 1 and config.sync_batchnorm():
         method = use_global_batchnorm(method, device)
     if device.type == "cuda":

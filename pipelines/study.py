@@ -17,7 +17,7 @@ from typing import Optional
 
 from pipelines.config import ConfigError, build_config, read_yaml
 from pipelines.dataset_store import DatasetError
-from pipelines.pretrain import RunFailed
+from pipelines.run_registry import RunFailed
 from pipelines.tune_space import ROW_AXIS, Space
 
 # every row ends with the transfer stage, so rows compare on what papers report
@@ -120,7 +120,7 @@ def reference_lines(space: Space, base) -> list[dict]:
     """Table lines of the reference runs: their logged metrics, as the rows'."""
     from mlflow.tracking import MlflowClient
 
-    from pipelines.pretrain import read_run_file
+    from pipelines.run_registry import read_run_file
 
     lines = []
     for label, name in reference_runs(space, base).items():
@@ -138,7 +138,7 @@ def inference_speed(storage_path: str, run_name: str, image_size: int, channels:
     `repeats`): what deploying it costs, measured alike for every row and reference."""
     import torch
 
-    from pipelines.embed import run_weights
+    from pipelines.run_registry import run_weights
     from pipelines.export import META_FILE, WEIGHTS_FILE, load_backbone
     from pipelines.storage import read_bytes
 

@@ -22,7 +22,8 @@ import yaml
 from pipelines.config import Config, ConfigError, apply_override, build_config, load_config, read_yaml
 from pipelines.dataset_store import DatasetError
 from pipelines.storage import file_exists, filesystem, latest_checkpoint, newest_folder_with, read_bytes, write_text
-from pipelines.pretrain import RUN_FILE, RunFailed, check_job_locations, init_ray, read_run_file, required_cpus
+from pipelines.pretrain import check_job_locations, init_ray, required_cpus
+from pipelines.run_registry import RUN_FILE, RunFailed, read_run_file
 from pipelines.tune_space import ROW_AXIS, Space, apply_values, load_space
 
 SWEEP_FILE = "sweep.json"

@@ -30,7 +30,7 @@ def run_head(folder: str, storage_path: str, run_name: str, channels: int):
     """(head, centre, final teacher temperature, Sinkhorn-Knopp iterations or None where the run centred by its
     centre) of a DINO or DINOv2 run's teacher; Nones for other methods."""
     from pipelines.build import build_method
-    from pipelines.pretrain import read_run_file
+    from pipelines.run_registry import read_run_file
 
     config = build_config(read_run_file(storage_path, run_name)["config"])
     if config.method.name not in HEADED_METHODS:
@@ -84,7 +84,7 @@ def load_teacher(method: DistillConfig, storage_path: str, channels: int, data_m
     else:
         runs = method.teacher_run_storage or storage_path
         if method.teacher_run:
-            from pipelines.embed import run_weights
+            from pipelines.run_registry import run_weights
 
             try:
                 folder = run_weights(runs, method.teacher_run)
@@ -105,6 +105,18 @@ def load_teacher(method: DistillConfig, storage_path: str, channels: int, data_m
     temperature = method.teacher_temperature or run_temperature or 0.04
     adapt = TeacherInput(data_mean or mean, data_std or std, mean, std, teacher_channels, image_size)
     return FrozenTeacher(backbone.eval(), feature_dim, head, center, temperature, adapt, sinkhorn_iterations)
+
+
+def build_with_teacher(config: Config, channels: int, steps_per_epoch: int,
+                       stats: Optional[tuple[Sequence[float], Sequence[float]]] = None):
+    """`build.build_method`, with distillation's teacher loaded from `config.method` first (`stats`: the data's
+    (mean, std), which the teacher re-standardises from; None: the teacher's own)."""
+    from pipelines.build import build_method
+
+    teacher = None
+    if isinstance(config.method, DistillConfig):
+        teacher = load_teacher(config.method, config.train.storage_path, channels, *(stats or (None, None)))
+    return build_method(config, channels, steps_per_epoch, stats, teacher)
 
 
 def resolve_teacher(config: Config, tracking_uri: str) -> None:

@@ -19,7 +19,7 @@ from pipelines.build import build_spec
 from pipelines.checkpoint import rng_state, save_training_state
 from pipelines.config import Config
 from pipelines.dataset_store import DatasetInfo
-from pipelines.evaluate import Normalizer, evaluate_backbone, load_eval_sets, load_images
+from pipelines.features import Normalizer, evaluate_backbone, load_eval_sets, load_images
 from pipelines.export import save_backbone
 from pipelines.pictures import method_pictures
 from pipelines.progress import StepClock, say

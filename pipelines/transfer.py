@@ -26,31 +26,18 @@ import torch
 
 from pipelines.config import Config, ConfigError
 from pipelines.dataset_store import DatasetError, DatasetInfo, read_info
-from pipelines.embed import PIXELS, embed_split, read_embeddings, run_weights
-from pipelines.evaluate import eval_rows
+from pipelines.embed import PIXELS, embed_split, read_embeddings
+from pipelines.features import eval_rows
 from pipelines.finetune import FROZEN, SUPERVISED, FinetuneSettings, required_cpus, run_supervised
 from pipelines.finetune_augment import MAE_AUGMENT
 from pipelines.knn import knn_accuracy
 from pipelines.linear_probe import ProbeResult, linear_probe
-from pipelines.pretrain import RunFailed, failure_reason, read_run_file
+from pipelines.run_registry import RunFailed, failure_reason, read_run_file, resolve_source
 from pipelines.tracking import fail_run
 
 EMBEDDING_PROTOCOLS = ("knn", "linear")
 PROTOCOLS = EMBEDDING_PROTOCOLS + SUPERVISED
 BANK_CHUNK = 8192
-
-
-def resolve_source(weights: Optional[str], run: Optional[str], storage: Optional[str],
-                   data: Optional[str], record: Optional[dict] = None) -> tuple[str, str]:
-    """(weights folder, dataset) from `--weights` or a run's name (its last checkpoint and its data.path;
-    `record`: its run.json, when read already)."""
-    if run:
-        storage = storage or Config().train.storage_path
-        config = (record or read_run_file(storage, run))["config"]
-        return run_weights(storage, run), data or config["data"]["path"]
-    if not data:
-        raise ConfigError("--data is required with --weights (the ingested dataset to evaluate on)")
-    return weights, data
 
 
 def select(rows: np.ndarray, labels: np.ndarray, embeddings: torch.Tensor, wanted: np.ndarray):

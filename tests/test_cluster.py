@@ -271,7 +271,7 @@ def test_two_nodes_train_from_object_storage_and_a_node_lost_mid_run_resumes_on_
     # `--resume last` and `pipelines.sweep --resume last` look for the newest run in object storage too
     for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
         monkeypatch.setenv(key, cluster["env"][key])
-    from pipelines.pretrain import last_run_name
+    from pipelines.run_registry import last_run_name
 
     assert last_run_name("s3://ssl/runs") == "node-lost"
 

@@ -10,7 +10,7 @@ import pytest
 from pipelines.config import load_config
 from pipelines.data import limited_rows, train_rows
 from pipelines.dataset_store import read_info, split_files, split_labels
-from pipelines.evaluate import eval_rows
+from pipelines.features import eval_rows
 from pipelines.row_groups import ShuffledRowGroups
 from pipelines.train_worker import started_stream
 

@@ -13,7 +13,7 @@ from pipelines.build import build_method
 from pipelines.checkpoint import STATE_FILE, load_training_state, save_training_state
 from pipelines.config import ConfigError, load_config
 from pipelines.export import save_backbone
-from pipelines.teacher import load_teacher
+from pipelines.teacher import build_with_teacher, load_teacher
 from ssl_models import DINO, backbone_spec, create_backbone
 from ssl_models.batchnorm import GlobalBatchNorm
 from ssl_models.dinov2 import sinkhorn_knopp
@@ -232,7 +232,7 @@ def _distill_step(rank: int) -> dict:
                                     "model.projector_hidden_dim=32", "data.batch_size=8", "train.num_workers=2",
                                     "optim.warmup_epochs=0"])
         torch.manual_seed(100 + rank)  # as the loop does: each rank seeds seed + rank, so initialisations differ
-        own_init = next(build_method(config, 1, 10).student_ema.parameters()).detach().clone()
+        own_init = next(build_with_teacher(config, 1, 10).student_ema.parameters()).detach().clone()
         torch.manual_seed(100 + rank)
         prepared = prepare(config, 1, 10, torch.device("cpu"), wrap=ray.train.torch.prepare_model)
     method = prepared.method

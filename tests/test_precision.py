@@ -6,6 +6,7 @@ import torch
 from pipelines.build import build_method, build_optimizer
 from pipelines.config import load_config
 from pipelines.step import TrainStep, resolve_precision
+from pipelines.teacher import build_with_teacher
 
 CPU = torch.device("cpu")
 
@@ -72,7 +73,7 @@ def test_dinov2_and_distillation_step_under_cpu_autocast(method, precision, tmp_
         views = [torch.randn(8, 1, 28, 28)]
     config = load_config(None, overrides)
     torch.manual_seed(0)
-    built = build_method(config, 1, 10)
+    built = build_with_teacher(config, 1, 10)
     step = TrainStep(config, built, build_optimizer(config, built.trained), 10, CPU)
     assert step.scaler.is_enabled() == (precision == "fp16")
     if precision == "fp16":  # from 16, not 65536: at 256 DINOv2 overflowed 4-5 steps in a row (37 s of emulated fp16)

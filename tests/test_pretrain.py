@@ -17,7 +17,8 @@ from mlflow.tracking import MlflowClient
 from ray.util.state import list_actors
 
 from pipelines.config import PROJECT_ROOT, ConfigError, load_config
-from pipelines.pretrain import RunFailed, pretrain, resolve_config, parse_args
+from pipelines.pretrain import pretrain, resolve_config, parse_args
+from pipelines.run_registry import RunFailed
 from tests.conftest import mlflow_store, tiny_overrides
 from tests.study_runs import run_smoke
 
@@ -75,7 +76,7 @@ def test_the_backbone_is_an_mlflow_model_that_loads_outside_the_project_and_embe
     import sys
 
     from pipelines.backbone_model import model_of_run
-    from pipelines.evaluate import Normalizer, extract_features, load_images
+    from pipelines.features import Normalizer, extract_features, load_images
     from pipelines.export import load_backbone
 
     outcome, folder, uri = first_run

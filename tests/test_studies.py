@@ -62,6 +62,7 @@ def test_every_row_of_every_study_takes_a_training_step(path, tmp_path):
     from pipelines.augment_batch import AugmentBatch, view_column
     from pipelines.build import build_method
     from pipelines.data import augment_arguments
+    from pipelines.teacher import build_with_teacher
 
     space, base = load_study(path, "smoke")
     images = {"image": np.array([png(seed) for seed in range(8)], dtype=object)}
@@ -74,7 +75,7 @@ def test_every_row_of_every_study_takes_a_training_step(path, tmp_path):
             config.train.storage_path = str(tmp_path)
         batch = AugmentBatch(**augment_arguments(config, SimpleNamespace(channels=1)))(images)
         torch.manual_seed(0)
-        method = build_method(config, 1, 10)
+        method = build_with_teacher(config, 1, 10)
         views = [torch.from_numpy(batch[view_column(v)]).float() / 255 for v in range(method.num_views)]
         loss = method.training_step(views, 0)["loss"]
         loss.backward()
@@ -250,7 +251,7 @@ def train_rows_in_process(stem: str, data: str) -> list[dict]:
     from pipelines.augment_batch import AugmentBatch, view_column
     from pipelines.data import augment_arguments
     from pipelines.dataset_store import read_info, read_split
-    from pipelines.evaluate import Normalizer
+    from pipelines.features import Normalizer
     from pipelines.step import prepare, TrainStep
     from pipelines.train_loop import MetricWindow, seed_everything
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from pipelines.dataset_store import read_info
 from pipelines.embed import embed_split, read_embeddings
-from pipelines.evaluate import Normalizer, evaluate_backbone, extract_features, load_eval_sets, load_labelled
+from pipelines.features import Normalizer, evaluate_backbone, extract_features, load_eval_sets, load_labelled
 from pipelines.export import save_backbone
 from pipelines.finetune import (Classifier, FinetuneSettings, build_classifier, classifier_meta, dino_tokens, param_groups,
                                 run_supervised)

@@ -1,0 +1,81 @@
+"""The project's own import graph, imports inside functions counted: no circle, and ssl_models below pipelines
+(pure PyTorch and timm: no Ray, no MLflow)."""
+import ast
+from pathlib import Path
+from typing import Optional
+
+from pipelines.config import PROJECT_ROOT
+
+PACKAGES = ("pipelines", "ssl_models")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PROJECT_ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_names(path: Path) -> set[str]:
+    """Every module name an import statement of the file names, wherever the statement is."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = {module_name(path): path for package in PACKAGES for path in (PROJECT_ROOT / package).rglob("*.py")}
+    graph = {}
+    for module, path in files.items():
+        targets = set()
+        for name in imported_names(path):
+            while name and name not in files:
+                name = name.rpartition(".")[0]
+            if name and name != module and name not in PACKAGES:
+                targets.add(name)
+        graph[module] = targets
+    return graph
+
+
+def find_circle(graph: dict[str, set[str]]) -> Optional[list[str]]:
+    """One circle of `graph` as the modules along it (the first repeated at the end), or None."""
+    state: dict[str, str] = {}  # "open" while on the current path, "done" once every import below it is clear
+    path: list[str] = []
+
+    def visit(module: str) -> Optional[list[str]]:
+        state[module] = "open"
+        path.append(module)
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == "open":
+                return path[path.index(target):] + [target]
+            if target not in state and (circle := visit(target)):
+                return circle
+        state[module] = "done"
+        path.pop()
+        return None
+
+    for module in sorted(graph):
+        if module not in state and (circle := visit(module)):
+            return circle
+    return None
+
+
+def test_find_circle_names_a_circle_and_passes_a_layered_graph():
+    assert find_circle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_circle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+
+
+def test_the_project_has_no_import_circle_counting_imports_inside_functions():
+    graph = import_graph()
+    assert "pipelines.teacher" in graph["pipelines.pretrain"]  # imported inside `pretrain()`: such imports count
+    circle = find_circle(graph)
+    assert circle is None, "import circle: " + " -> ".join(circle)
+
+
+def test_ssl_models_imports_nothing_from_pipelines_ray_or_mlflow():
+    for path in sorted((PROJECT_ROOT / "ssl_models").rglob("*.py")):
+        found = {name.split(".")[0] for name in imported_names(path)} & {"pipelines", "ray", "mlflow"}
+        assert not found, f"{path.name} imports {', '.join(sorted(found))}"
