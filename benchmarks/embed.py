@@ -26,8 +26,8 @@ info = read_info(data)
 started = time.time()
 if kind == "in_process":
     from pipelines.embed import weights_meta
-    from pipelines.features import Normalizer, extract_features, load_labelled
     from pipelines.export import load_backbone
+    from pipelines.features import Normalizer, extract_features, load_labelled
     from pipelines.storage import read_bytes
     meta = weights_meta(weights, info)
     backbone = load_backbone(read_bytes(weights + "/backbone.safetensors"), meta)

@@ -47,8 +47,8 @@ class BackboneEmbeddings(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         import torch
 
-        from pipelines.features import Normalizer
         from pipelines.export import load_backbone
+        from pipelines.features import Normalizer
 
         self.meta = json.loads(Path(context.artifacts["meta"]).read_text())
         self.backbone = load_backbone(Path(context.artifacts["weights"]).read_bytes(), self.meta)

@@ -1,7 +1,10 @@
 """Training state on disk: everything needed to resume, loadable without unpickling arbitrary objects."""
 import random
+import shutil
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
@@ -55,3 +58,22 @@ def load_training_state(folder: Path, method, optimizer, rank: int = 0) -> dict[
         set_rng_state(rngs[rank])
     return {"step": state["step"], "epoch": state["epoch"], "metrics": state["metrics"],
             "rng_restored": rank < len(rngs)}
+
+
+@contextmanager
+def worker_checkpoint_folder(checkpoint) -> Iterator[Optional[str]]:
+    """A Ray Train checkpoint's folder for this worker alone (None without a checkpoint): where it is (local
+    storage), else downloaded into a folder of its own and removed after. Ray's `as_directory` shares one
+    download folder between the workers of a node, and a worker that arrives after another has downloaded
+    downloads again into the folder the first is reading (or the first removes it under the second): CI saw a
+    restarted worker read a truncated state file (EOFError) after a node was lost, its two workers on one node."""
+    import pyarrow.fs
+
+    if checkpoint is None or isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem):
+        yield checkpoint and checkpoint.path
+        return
+    folder = tempfile.mkdtemp(prefix="checkpoint_")
+    try:
+        yield checkpoint.to_directory(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from pipelines.dataset_store import DatasetError, DatasetInfo, read_info, read_rows, split_files
-from pipelines.features import Normalizer, decode_for_eval, extract_features
 from pipelines.export import META_FILE, WEIGHTS_FILE, load_backbone
+from pipelines.features import Normalizer, decode_for_eval, extract_features
 from pipelines.storage import filesystem, read_bytes
 
 EMBED_BATCH = 256

@@ -21,10 +21,11 @@ from typing import Optional
 from pipelines.config import (IN_RAY_JOB_COPY, PROJECT_ROOT, Config, ConfigError, DistillConfig, apply_override, build_config,
                               load_config, parse_override, save_config)
 from pipelines.dataset_store import DatasetError, read_info
+from pipelines.features import eval_plan
 from pipelines.run_registry import (RUN_FILE, RunFailed, failure_reason, last_run_name, read_run_file, run_exists,
                                     run_weights)
 from pipelines.storage import write_text
-from pipelines.features import eval_plan
+
 
 def required_cpus(config: Config) -> float:
     """Logical CPUs the run reserves at once: Train workers, augmentation actors, and Ray Data's

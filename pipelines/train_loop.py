@@ -5,7 +5,6 @@ import os
 import random
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Iterable
 
@@ -16,11 +15,11 @@ import torch
 
 from pipelines.augment_batch import view_column
 from pipelines.build import build_spec
-from pipelines.checkpoint import rng_state, save_training_state
+from pipelines.checkpoint import rng_state, save_training_state, worker_checkpoint_folder
 from pipelines.config import Config
 from pipelines.dataset_store import DatasetInfo
-from pipelines.features import Normalizer, evaluate_backbone, load_eval_sets, load_images
 from pipelines.export import save_backbone
+from pipelines.features import Normalizer, evaluate_backbone, load_eval_sets, load_images
 from pipelines.pictures import method_pictures
 from pipelines.progress import StepClock, say
 from pipelines.step import TrainStep, configure_device, prepare
@@ -100,8 +99,7 @@ def train_loop_per_worker(loop_config: dict, batches: Iterable[dict]) -> None:
     seed_everything(config.train.seed + rank)
     batch_size = config.data.batch_size
 
-    checkpoint = ray.train.get_checkpoint()
-    with (checkpoint.as_directory() if checkpoint else nullcontext(None)) as folder:
+    with worker_checkpoint_folder(ray.train.get_checkpoint()) as folder:
         prepared = prepare(config, info.channels, steps_per_epoch, device, Path(folder) if folder else None,
                            ray.train.torch.prepare_model, (info.mean, info.std))
     method, optimizer, restored = prepared.method, prepared.optimizer, prepared.restored

@@ -1,11 +1,12 @@
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from pipelines.checkpoint import load_training_state, rng_state, save_training_state
+from pipelines.checkpoint import load_training_state, rng_state, save_training_state, worker_checkpoint_folder
 from ssl_models import DINO, MoCo
 
 
@@ -84,3 +85,26 @@ def test_a_checkpoint_loads_into_a_method_on_another_device(tmp_path):
     restored = load_training_state(tmp_path, elsewhere, moved_optimizer)
     assert restored["step"] == 1 and restored["rng_restored"]
     assert all(p.device.type == "meta" for p in elsewhere.parameters())
+
+
+def test_each_worker_reads_a_downloaded_checkpoint_from_a_folder_of_its_own(tmp_path):
+    """Two workers of one node restoring from object storage (here a pyarrow filesystem that is not the local
+    one): Ray's `as_directory` hands both one folder, which the later one downloads into again while the
+    earlier one reads it."""
+    import pyarrow.fs
+    from ray.train import Checkpoint
+
+    stored = tmp_path / "bucket" / "checkpoint_000001"
+    stored.mkdir(parents=True)
+    (stored / "training_state.pt").write_bytes(b"x" * 1_000_000)
+    checkpoint = Checkpoint("checkpoint_000001", filesystem=pyarrow.fs.SubTreeFileSystem(
+        str(tmp_path / "bucket"), pyarrow.fs.LocalFileSystem()))
+    with worker_checkpoint_folder(checkpoint) as first:
+        with worker_checkpoint_folder(checkpoint) as second:
+            assert first != second and (Path(second) / "training_state.pt").stat().st_size == 1_000_000
+        assert (Path(first) / "training_state.pt").read_bytes() == b"x" * 1_000_000
+    assert not Path(first).exists() and not Path(second).exists()
+    with worker_checkpoint_folder(Checkpoint(str(stored))) as folder:  # local storage: read where it is
+        assert folder == str(stored)
+    with worker_checkpoint_folder(None) as folder:
+        assert folder is None

@@ -76,8 +76,8 @@ def test_the_backbone_is_an_mlflow_model_that_loads_outside_the_project_and_embe
     import sys
 
     from pipelines.backbone_model import model_of_run
-    from pipelines.features import Normalizer, extract_features, load_images
     from pipelines.export import load_backbone
+    from pipelines.features import Normalizer, extract_features, load_images
 
     outcome, folder, uri = first_run
     model_id = model_of_run(uri, outcome["run_id"])

@@ -10,8 +10,8 @@ from torch import nn
 
 from pipelines.dataset_store import read_info
 from pipelines.embed import embed_split, read_embeddings
-from pipelines.features import Normalizer, evaluate_backbone, extract_features, load_eval_sets, load_labelled
 from pipelines.export import save_backbone
+from pipelines.features import Normalizer, evaluate_backbone, extract_features, load_eval_sets, load_labelled
 from pipelines.finetune import (Classifier, FinetuneSettings, build_classifier, classifier_meta, dino_tokens, param_groups,
                                 run_supervised)
 from pipelines.knn import knn_predict
