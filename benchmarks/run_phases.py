@@ -20,6 +20,7 @@ import pipelines.tracking as tracking
 from pipelines import pretrain, transfer
 from pipelines.config import load_config
 from pipelines.ingest import FASHION_MNIST_DIR, ingest_fashion_mnist
+from pipelines.ray_compat import session_logs_dir
 from pipelines.ray_start import use_one_machine_train_settings
 
 PHASES = [(pretrain, ["init_ray", "fit", "evaluate_at_end"]), (tracking, ["start_run"]),
@@ -48,9 +49,7 @@ def controller_phases() -> list[str]:
     import json
     import os
 
-    from ray._private.worker import _global_node
-
-    logs = glob.glob(os.path.join(_global_node.get_logs_dir_path(), "train", "ray-train-sys-controller-*.log"))
+    logs = glob.glob(os.path.join(session_logs_dir(), "train", "ray-train-sys-controller-*.log"))
     if not logs:
         return []
     lines = []

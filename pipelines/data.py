@@ -6,11 +6,11 @@ from typing import Optional
 
 import numpy as np
 import ray.data
-from ray.data._internal.execution.execution_callback import ExecutionCallback
 
 from pipelines.augment_batch import AugmentBatch
 from pipelines.config import Config
 from pipelines.dataset_store import DatasetInfo, split_files, split_labels
+from pipelines.ray_compat import ExecutionCallback, with_execution_callback
 from pipelines.row_groups import ShuffledRowGroups
 from pipelines.sampling import stratified_sample
 
@@ -34,8 +34,7 @@ class PollGently(ExecutionCallback):
 
 def poll_gently(dataset: ray.data.Dataset) -> ray.data.Dataset:
     """`dataset` executed with `PollGently` (a stream of many epochs that training holds back)."""
-    dataset.context.custom_execution_callback_classes = [*dataset.context.custom_execution_callback_classes, PollGently]
-    return dataset
+    return with_execution_callback(dataset, PollGently)
 
 
 def limited_rows(config: Config, info: DatasetInfo) -> Optional[np.ndarray]:

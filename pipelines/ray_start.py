@@ -4,6 +4,7 @@ import os
 from typing import Optional
 
 from pipelines.config import ConfigError
+from pipelines.ray_compat import TRAIN_HEALTH_CHECK_INTERVAL_S, TRAIN_PREEMPTION_WATCHER, session_logs_dir
 
 
 def start_ray(verbose: bool = False, num_cpus: Optional[int] = None) -> None:
@@ -21,10 +22,8 @@ def start_ray(verbose: bool = False, num_cpus: Optional[int] = None) -> None:
             use_one_machine_train_settings()
             context = ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **quiet)
         if not verbose:
-            from ray._private.worker import _global_node
-
             dashboard = f"dashboard http://{context.dashboard_url}; " if context.dashboard_url else ""
-            print(f"Ray: {dashboard}its logs and the workers' in {_global_node.get_logs_dir_path()} "
+            print(f"Ray: {dashboard}its logs and the workers' in {session_logs_dir()} "
                   "(--verbose shows them here)", flush=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
     if not verbose:
@@ -46,7 +45,7 @@ def cluster_address() -> Optional[str]:
 # Ray Train V2's settings for one machine, read by each run's controller (Ray passes them on): no preemption
 # watcher (an actor more per run, watching for the drain of a node that nothing here drains) and the workers'
 # status polled every 0.5 s instead of 2 s (a run's end is seen that much sooner).
-ONE_MACHINE_TRAIN_SETTINGS = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+ONE_MACHINE_TRAIN_SETTINGS = {TRAIN_PREEMPTION_WATCHER: "0", TRAIN_HEALTH_CHECK_INTERVAL_S: "0.5"}
 
 
 def use_one_machine_train_settings() -> None:

@@ -19,6 +19,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from pipelines.dataset_store import SCHEMA
+from pipelines.ray_compat import execution_index
 from pipelines.storage import filesystem
 
 
@@ -79,7 +80,7 @@ class ShuffledRowGroups(Datasource):
     def get_read_tasks(self, parallelism: int, per_task_row_limit: Optional[int] = None,
                        data_context=None) -> list[ReadTask]:
         # Ray Data counts the executions of a dataset; a second one (a restarted run) gets new orders.
-        execution = getattr(data_context, "_execution_idx", 0) if data_context is not None else 0
+        execution = execution_index(data_context)
         order = [unit for epoch in range(self.epochs) for unit in self.epoch_order(execution * self.epochs + epoch)]
         tasks = []
         for chunk in np.array_split(np.arange(len(order)), max(1, min(parallelism, len(order)))):

@@ -179,7 +179,7 @@ def on_loopback(address: str) -> bool:
 def test_every_listener_of_the_cluster_is_on_loopback_and_refuses_this_machines_address(cluster):
     """Ray takes 127.0.0.1 to mean the machine's network address unless told it is a one-machine Ray
     (scripts/cluster.sh): then the GCS, the raylet, the agents and Ray's client server listened everywhere."""
-    from ray._private.services import get_node_ip_address
+    from ray.util import get_node_ip_address
 
     found = cluster_processes(cluster)
     ports = {entry["port"] for entry in found["listening"]}

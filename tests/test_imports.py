@@ -1,6 +1,7 @@
 """The project's own import graph, imports inside functions counted: no circle, and ssl_models below pipelines
 (pure PyTorch and timm: no Ray, no MLflow)."""
 import ast
+import re
 from pathlib import Path
 from typing import Optional
 
@@ -79,3 +80,40 @@ def test_ssl_models_imports_nothing_from_pipelines_ray_or_mlflow():
     for path in sorted((PROJECT_ROOT / "ssl_models").rglob("*.py")):
         found = {name.split(".")[0] for name in imported_names(path)} & {"pipelines", "ray", "mlflow"}
         assert not found, f"{path.name} imports {', '.join(sorted(found))}"
+
+
+def private_ray_uses(source: str) -> set[str]:
+    """What `source` names of Ray's private modules and attributes: an import or a dotted name from `ray` with a
+    part starting with `_`, or a `getattr` of a private name (Ray's `_execution_idx`)."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Attribute):
+            parts, value = [node.attr], node.value
+            while isinstance(value, ast.Attribute):
+                parts.append(value.attr)
+                value = value.value
+            names = [".".join([value.id, *reversed(parts)])] if isinstance(value, ast.Name) else []
+        elif (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "getattr" and len(node.args) > 1
+              and isinstance(node.args[1], ast.Constant) and re.match(r"_[a-z]", str(node.args[1].value))):
+            found.add(f"getattr(..., {node.args[1].value!r})")
+        found.update(name for name in names
+                     if name.split(".")[0] == "ray" and any(part.startswith("_") for part in name.split(".")))
+    return found
+
+
+def test_private_ray_apis_are_used_only_in_the_compatibility_module():
+    assert private_ray_uses("from ray._private.worker import _global_node\nimport ray.data\n"
+                            "x = ray.data._internal.util\ny = getattr(context, '_execution_idx', 0)") == {
+        "ray._private.worker", "ray._private.worker._global_node", "ray.data._internal", "ray.data._internal.util",
+        "getattr(..., '_execution_idx')"}
+    allowed = PROJECT_ROOT / "pipelines" / "ray_compat.py"
+    assert private_ray_uses(allowed.read_text())  # what the check looks for is what the module holds
+    for folder in ("pipelines", "ssl_models", "benchmarks", "tests", "scripts"):
+        for path in sorted((PROJECT_ROOT / folder).rglob("*.py")):
+            if path != allowed and path != Path(__file__):
+                assert not private_ray_uses(path.read_text()), f"{path.relative_to(PROJECT_ROOT)}: private Ray API"
