@@ -130,7 +130,7 @@ class TeacherStudent(SSLMethod):
 
 class DINO(TeacherStudent):
     def __init__(self, backbone: nn.Module, feature_dim: int, total_steps: int, out_dim: int = 4096,
-                 head_hidden_dim: int = 2048, bottleneck_dim: int = 256, num_local_crops: int = 6,
+                 head_hidden_dim: int = 2048, bottleneck_dim: int = 256, num_local_crops: int = 8,
                  student_temperature: float = 0.1, teacher_temperature: float = 0.04,
                  warmup_teacher_temperature: float = 0.04, teacher_temperature_warmup_steps: int = 0,
                  center_momentum: float = 0.9, momentum_start: float = 0.996, momentum_end: float = 1.0,

@@ -66,3 +66,24 @@ def test_cpu_reservation_counts_every_consumer():
     config = load_config(None, ["train.num_workers=2", "train.cpus_per_worker=0.5", "data.augment_actors=1",
                                 "data.augment_cpus=0.5", "data.read_cpus=0.25"])
     assert required_cpus(config) == 2 * 0.5 + 0.5 + 1.0
+
+
+@pytest.mark.parametrize("name", ["byol", "simsiam", "simclr", "barlow_twins", "vicreg", "moco", "dino", "dinov2",
+                                  "distill", "mae"])
+def test_a_methods_defaults_in_the_configuration_are_its_classs(name):
+    """The paper's recipe is written in the method's class (ssl_models) and in its configuration section: every
+    setting both name has one default; head sizes the configuration leaves unset (null) are the class's."""
+    import inspect
+
+    from pipelines.build import METHODS
+
+    sets = {"dinov2": ["model.backbone=vit_tiny_patch16_224"], "mae": ["model.backbone=vit_tiny_patch16_224"],
+            "distill": ["method.teacher_run=teacher"]}.get(name, [])
+    config = load_config(None, [f"method.name={name}", *sets])
+    defaults = {key: parameter.default for key, parameter in inspect.signature(METHODS[name]).parameters.items()
+                if parameter.default is not inspect.Parameter.empty}
+    fields = config.method.model_dump(exclude={"name"})
+    shared = sorted(set(defaults) & set(fields))
+    assert shared, f"{name}: no setting in both"
+    assert {key: fields[key] for key in shared} == {key: defaults[key] for key in shared}
+    assert all(config.model.heads().get(key) in (None, defaults[key]) for key in config.model.heads() if key in defaults)
