@@ -486,5 +486,5 @@ def load_config(path: Optional[str | Path] = None, overrides: list[str] = ()) ->
     return build_config(tree)
 
 
-def save_config(config: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+def config_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

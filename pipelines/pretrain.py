@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from pipelines.config import (IN_RAY_JOB_COPY, PROJECT_ROOT, Config, ConfigError, DistillConfig, apply_override, build_config,
-                              load_config, parse_override, save_config)
+                              config_yaml, load_config, parse_override)
 from pipelines.dataset_store import DatasetError, read_info
 from pipelines.features import eval_plan
 from pipelines.run_registry import (RUN_FILE, RunFailed, failure_reason, last_run_name, read_run_file, run_exists,
@@ -171,12 +171,9 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
 
     baseline = None
     try:
-        with tempfile.TemporaryDirectory() as folder:
-            save_config(config, Path(folder) / "config.yaml")
-            write_text(folder, "dataset.json", json.dumps(asdict(info), indent=2))
-            augmented_views_grid(config, info).save(Path(folder) / "augmented_views.png")
-            for name in ("config.yaml", "dataset.json", "augmented_views.png"):
-                client.log_artifact(run_id, str(Path(folder) / name))
+        client.log_text(run_id, config_yaml(config), "config.yaml")
+        client.log_dict(run_id, asdict(info), "dataset.json")
+        client.log_image(run_id, augmented_views_grid(config, info), "augmented_views.png")
         baseline = random_init_backbone(config, info, spe, teacher) if info.labelled and config.eval.baseline \
             and not resume and config.eval.final_protocols else None
         teacher = None  # the workers load their own

@@ -10,7 +10,6 @@ import argparse
 import copy
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -280,6 +279,8 @@ def report(outcome: dict, space: Space, state: dict) -> dict:
     """The study's table, plot and checks on the parent run."""
     from mlflow.tracking import MlflowClient
 
+    from pipelines.tracking import log_figure
+
     client, parent = MlflowClient(outcome["tracking_uri"]), outcome["parent_run_id"]
     base = build_config(copy.deepcopy(state["base"]))
     table = study_table(client, space, outcome["rows"]) + reference_lines(space, base)
@@ -300,13 +301,10 @@ def report(outcome: dict, space: Space, state: dict) -> dict:
                        "study.checks": "passed" if all(c["passed"] for c in checks) else "failed"}.items():
         client.set_tag(parent, key, str(value)[:5000])
     text = markdown(table)
-    with tempfile.TemporaryDirectory() as folder:
-        (Path(folder) / "study_table.json").write_text(json.dumps({"table": table, "checks": checks}, indent=2))
-        (Path(folder) / "study_table.md").write_text(f"{study.get('title', '')}\n\n{text}\n\nsource: "
-                                                      f"{study.get('source', '')}\n")
-        study_plot(space, table).savefig(Path(folder) / "study.png", dpi=110)
-        for name in ("study_table.json", "study_table.md", "study.png"):
-            client.log_artifact(parent, str(Path(folder) / name), "study")
+    client.log_dict(parent, {"table": table, "checks": checks}, "study/study_table.json")
+    client.log_text(parent, f"{study.get('title', '')}\n\n{text}\n\nsource: {study.get('source', '')}\n",
+                    "study/study_table.md")
+    log_figure(client, parent, study_plot(space, table), "study/study.png")
     return {"table": table, "checks": checks, "markdown": text}
 
 

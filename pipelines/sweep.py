@@ -298,6 +298,7 @@ def best_preset(row: dict, base: Config) -> dict:
 
 def summarise(client, state: dict, space: Space, base: Config, results) -> dict:
     from pipelines.sweep_report import format_table, objective_plot, trial_table
+    from pipelines.tracking import log_figure
 
     parent = state["parent_run_id"]
     rows = trial_rows(client, state, space, base, results)
@@ -317,24 +318,18 @@ def summarise(client, state: dict, space: Space, base: Config, results) -> dict:
             client.set_tag(parent, f"best.{field}", str(value))
     table = trial_table(rows, space)
     preset_path = state.get("out") or f"{base.train.storage_path.rstrip('/')}/{state['name']}/best.yaml"
-    with tempfile.TemporaryDirectory() as folder:
-        (Path(folder) / "trials.json").write_text(json.dumps(table, indent=2))
-        (Path(folder) / "trials.txt").write_text(format_table(table) + "\n")
-        figure = objective_plot(rows, space)
-        figure.savefig(Path(folder) / "objective_vs_axes.png", dpi=110)
-        names = ["trials.json", "trials.txt", "objective_vs_axes.png"]
-        if best:
-            header = (f"# Best trial {best['trial_id']} of sweep {state['name']} ({space.objective} "
-                      f"{best['objective']:.4f}); from {state['space_file']}\n")
-            text = header + yaml.safe_dump(best_preset(best, base), sort_keys=False)
-            (Path(folder) / "best_preset.yaml").write_text(text)
-            names.append("best_preset.yaml")
-            fs, path = filesystem(preset_path)
-            fs.create_dir(str(Path(path).parent), recursive=True)
-            with fs.open_output_stream(path) as stream:
-                stream.write(text.encode())
-        for file_name in names:
-            client.log_artifact(parent, str(Path(folder) / file_name))
+    client.log_dict(parent, table, "trials.json")
+    client.log_text(parent, format_table(table) + "\n", "trials.txt")
+    log_figure(client, parent, objective_plot(rows, space), "objective_vs_axes.png")
+    if best:
+        header = (f"# Best trial {best['trial_id']} of sweep {state['name']} ({space.objective} "
+                  f"{best['objective']:.4f}); from {state['space_file']}\n")
+        text = header + yaml.safe_dump(best_preset(best, base), sort_keys=False)
+        client.log_text(parent, text, "best_preset.yaml")
+        fs, path = filesystem(preset_path)
+        fs.create_dir(str(Path(path).parent), recursive=True)
+        with fs.open_output_stream(path) as stream:
+            stream.write(text.encode())
     return {"name": state["name"], "parent_run_id": parent, "tracking_uri": state["tracking_uri"], "rows": rows,
             "table": table, "best": best, "preset": preset_path if best else None}
 

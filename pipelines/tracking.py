@@ -119,3 +119,11 @@ class MetricLogger:
         for operation in self.pending:
             operation.wait()
         self.pending = []
+
+
+def log_figure(client: MlflowClient, run_id: str, figure, artifact_file: str) -> None:
+    """A matplotlib figure as a PNG artifact of the run, then closed (pyplot keeps every figure until then)."""
+    import matplotlib.pyplot as plt
+
+    client.log_figure(run_id, figure, artifact_file, save_kwargs={"dpi": 110})
+    plt.close(figure)
