@@ -3,6 +3,7 @@ import numpy as np
 import torch
 from PIL import Image
 from timm.models.vision_transformer import VisionTransformer
+from torchvision.utils import make_grid
 
 from pipelines.augment import method_views
 from pipelines.config import Config
@@ -35,11 +36,13 @@ def _heat(values: np.ndarray) -> np.ndarray:
 
 
 def _grid(rows: list[list[np.ndarray]]) -> Image.Image:
-    grid = Image.new("RGB", (max(map(len, rows)) * (CELL + 4), len(rows) * (CELL + 4)), "white")
-    for r, cells in enumerate(rows):
-        for c, cell in enumerate(cells):
-            grid.paste(_cell(cell), (c * (CELL + 4), r * (CELL + 4)))
-    return grid
+    """The rows' images as cells of one picture (torchvision's make_grid), short rows filled with white."""
+    columns = max(map(len, rows))
+    blank = np.full((CELL, CELL, 3), 255, np.uint8)
+    cells = [cell for row in rows
+             for cell in [np.asarray(_cell(image)) for image in row] + [blank] * (columns - len(row))]
+    grid = make_grid(torch.from_numpy(np.stack(cells)).permute(0, 3, 1, 2), nrow=columns, padding=4, pad_value=255)
+    return Image.fromarray(grid.permute(1, 2, 0).numpy())
 
 
 def _to_uint8(images: torch.Tensor, normalize) -> np.ndarray:
