@@ -10,7 +10,6 @@ the whole split. Useful on its own for near-duplicate search and data curation.
 """
 import argparse
 import json
-import os
 import sys
 from typing import Optional
 
@@ -24,6 +23,7 @@ from pipelines.dataset_store import DatasetError, DatasetInfo, read_info, read_r
 from pipelines.export import META_FILE, WEIGHTS_FILE, load_backbone
 from pipelines.features import Normalizer, decode_for_eval, extract_features
 from pipelines.storage import filesystem, read_bytes
+from pipelines.train_driver import torch_threads
 
 EMBED_BATCH = 256
 READ_CPUS = 0.25
@@ -111,7 +111,7 @@ def embed_split(weights: str, data: str, split: str, out: str, actors: int = 1, 
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     from pipelines.row_groups import ShuffledRowGroups
 
-    threads = max(1, (os.cpu_count() or 1) // actors)
+    threads = torch_threads(actors)
     # the actors must leave room for the read tasks, or a small machine deadlocks
     actor_cpus = 0 if use_gpu else min(1.0, (ray.cluster_resources().get("CPU", 1) - READ_CPUS) / actors)
     dataset = ray.data.read_datasource(ShuffledRowGroups(split_files(data, split), ["image", "label"], seed=0,

@@ -17,9 +17,7 @@ of train) after each epoch, every worker on its shard of it:
   BatchNorm) from N(0, 0.01), SGD lr 0.001 x batch / 256, momentum 0.9, no weight decay.
 """
 import math
-import os
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Callable, Optional
@@ -260,6 +258,7 @@ def finetune_loop(loop_config: dict) -> None:
     from pipelines.step import autocast_for, configure_device, resolve_precision, scaled_step
     from pipelines.train_worker import started_stream
     from pipelines.tracking import MetricLogger
+    from pipelines.train_driver import torch_threads
     from ssl_models.backbones import is_vit
     from ssl_models.schedules import value_at, warmup_cosine_schedule
 
@@ -267,7 +266,7 @@ def finetune_loop(loop_config: dict) -> None:
     meta = classifier_meta(loop_config["meta"], settings)  # also the trained classifier's backbone.json
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // context.get_local_world_size()))
+    torch.set_num_threads(torch_threads(context.get_local_world_size()))
     device = ray.train.torch.get_device()
     configure_device(device)
     batches = started_stream(ray.train.get_dataset_shard("train"), batch_size=settings.batch_size, drop_last=True,
@@ -392,19 +391,16 @@ def run_supervised(weights: str, data: str, settings: FinetuneSettings, storage:
     only their description is used). With `run_id` the chief logs the curves into that MLflow run."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
+    from pipelines import train_driver
     from pipelines.dataset_store import read_info
     from pipelines.embed import check_compatible, weights_meta
     from pipelines.export import WEIGHTS_FILE
-    from pipelines.progress import ProgressLine, start_board
     from pipelines.storage import read_bytes
 
-    available = ray.cluster_resources().get("CPU", 0)
-    if available < required_cpus(settings):
-        raise ValueError(f"{settings.protocol} reserves {required_cpus(settings):g} CPUs ({WORKER_CPUS:g} per worker, "
-                         f"{AUGMENT_CPUS:g} per augmentation actor, {EVAL_CPUS + 2 * READ_CPUS:g} for reading and "
-                         f"test decoding) but the Ray cluster has {available:g}: use fewer --workers")
+    train_driver.check_cpus(required_cpus(settings), ray.cluster_resources().get("CPU", 0),
+                            f"{settings.protocol} ({WORKER_CPUS:g} per worker, {AUGMENT_CPUS:g} per augmentation "
+                            f"actor, {EVAL_CPUS + 2 * READ_CPUS:g} for reading and test decoding)", "use fewer --workers")
     info = read_info(data)
     meta = weights_meta(weights, info)
     check_compatible(meta, info, data)
@@ -415,12 +411,12 @@ def run_supervised(weights: str, data: str, settings: FinetuneSettings, storage:
     if spe < 1:
         raise ValueError(f"{images} labelled training images cannot fill one batch of {settings.batch_size} per "
                          f"worker on {settings.num_workers} workers: lower the batch size")
-    board = start_board() if progress else None
-    trainer = TorchTrainer(
+    result = train_driver.fit(
         finetune_loop,
-        train_loop_config={"settings": asdict(settings), "meta": meta, "classes": len(info.classes),
-                           "weights": None if settings.protocol == "scratch" else read_bytes(f"{weights}/{WEIGHTS_FILE}"),
-                           "steps_per_epoch": spe, "run_id": run_id, "tracking_uri": uri, "progress_board": board},
+        {"settings": asdict(settings), "meta": meta, "classes": len(info.classes),
+         "weights": None if settings.protocol == "scratch" else read_bytes(f"{weights}/{WEIGHTS_FILE}"),
+         "steps_per_epoch": spe, "run_id": run_id, "tracking_uri": uri},
+        progress,
         scaling_config=ScalingConfig(num_workers=settings.num_workers, resources_per_worker={"CPU": WORKER_CPUS},
                                      use_gpu=ray.cluster_resources().get("GPU", 0) > 0),
         run_config=RunConfig(name=f"{settings.protocol}-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=storage,
@@ -428,8 +424,6 @@ def run_supervised(weights: str, data: str, settings: FinetuneSettings, storage:
                              failure_config=FailureConfig(max_failures=0)),
         datasets={"train": train, "test": test},
     )
-    with ProgressLine(board) if board else nullcontext():
-        result = trainer.fit()
     if result.error:
         raise result.error
     metrics = result.metrics

@@ -13,7 +13,6 @@ import shutil
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
@@ -25,6 +24,7 @@ from pipelines.features import eval_plan
 from pipelines.run_registry import (RUN_FILE, RunFailed, failure_reason, last_run_name, read_run_file, run_exists,
                                     run_weights)
 from pipelines.storage import write_text
+from pipelines.train_driver import check_cpus
 
 
 def required_cpus(config: Config) -> float:
@@ -45,14 +45,10 @@ def init_ray(config: Config, verbose: bool = True) -> None:
     from pipelines.tracking import tracking_uri
 
     start_ray(verbose, num_cpus=max(os.cpu_count() or 1, math.ceil(required_cpus(config))))
-    available = ray.cluster_resources().get("CPU", 0)
     check_shared_storage(config, tracking_uri(config), len([n for n in ray.nodes() if n["Alive"]]))
-    if available < required_cpus(config):
-        raise ConfigError(
-            f"the run reserves {required_cpus(config):g} CPUs (train.num_workers x train.cpus_per_worker + "
-            f"data.augment_actors x data.augment_cpus + 1 for file listing) but the Ray "
-            f"cluster has {available:g}: lower train.cpus_per_worker or data.augment_cpus"
-        )
+    check_cpus(required_cpus(config), ray.cluster_resources().get("CPU", 0),
+               "the run (train.num_workers x train.cpus_per_worker + data.augment_actors x data.augment_cpus + 1 for "
+               "file listing)", "lower train.cpus_per_worker or data.augment_cpus")
 
 
 def is_local(path: str) -> bool:
@@ -232,22 +228,20 @@ def fit(config: Config, info, spe: int, run_name: str, run_id: str, uri: str, da
         progress: bool = True):
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
+    from pipelines import train_driver
     from pipelines.data import ingest_config
-    from pipelines.progress import ProgressLine, start_board
     from pipelines.train_worker import stream_options, train_worker
 
-    board = start_board() if progress else None
     use_gpu = config.train.use_gpu
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     stream = stream_options(config.data.batch_size, config.data.shuffle_buffer, config.data.prefetch_batches, use_gpu)
-    trainer = TorchTrainer(
+    return train_driver.fit(
         train_worker,
-        train_loop_config={"config": config.model_dump(mode="json"), "dataset": asdict(info),
-                           "steps_per_epoch": spe, "mlflow_run_id": run_id, "tracking_uri": uri,
-                           "progress_board": board, "stream": stream},
+        {"config": config.model_dump(mode="json"), "dataset": asdict(info), "steps_per_epoch": spe,
+         "mlflow_run_id": run_id, "tracking_uri": uri, "stream": stream},
+        progress,
         scaling_config=ScalingConfig(num_workers=config.train.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": config.train.cpus_per_worker},
                                      placement_strategy=config.train.placement_strategy),
@@ -258,8 +252,6 @@ def fit(config: Config, info, spe: int, run_name: str, run_id: str, uri: str, da
         datasets={"train": dataset},
         dataset_config=ingest_config(config, info),
     )
-    with ProgressLine(board) if board else nullcontext():
-        return trainer.fit()
 
 
 def summary(outcome: dict) -> str:

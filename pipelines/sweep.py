@@ -24,6 +24,7 @@ from pipelines.dataset_store import DatasetError
 from pipelines.storage import file_exists, filesystem, latest_checkpoint, newest_folder_with, read_bytes, write_text
 from pipelines.pretrain import check_job_locations, init_ray, required_cpus
 from pipelines.run_registry import RUN_FILE, RunFailed, read_run_file
+from pipelines.train_driver import torch_threads
 from pipelines.tune_space import ROW_AXIS, Space, apply_values, load_space
 
 SWEEP_FILE = "sweep.json"
@@ -124,7 +125,7 @@ def sweep(state: dict, resume: bool = False) -> dict:
 
     concurrency = trial_concurrency(base, ray.cluster_resources(), state["max_concurrent"])
     if base.train.torch_threads is None and not os.environ.get("RAY_ADDRESS"):
-        threads = max(1, (os.cpu_count() or 1) // (concurrency * base.train.num_workers))
+        threads = torch_threads(concurrency * base.train.num_workers)
         apply_override(base_tree, ["train", "torch_threads"], threads)  # one machine: share its cores
     name = state["name"]
     folder = f"{base.train.storage_path.rstrip('/')}/{name}"

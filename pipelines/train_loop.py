@@ -1,7 +1,6 @@
 """What each Ray Train worker runs: the training loop, its evaluation, checkpoints and metrics."""
 import hashlib
 import math
-import os
 import random
 import tempfile
 import time
@@ -24,6 +23,7 @@ from pipelines.pictures import method_pictures
 from pipelines.progress import StepClock, say
 from pipelines.step import TrainStep, configure_device, prepare
 from pipelines.tracking import MetricLogger
+from pipelines.train_driver import torch_threads
 from ssl_models.distributed import gather_objects
 from ssl_models.online_probe import FirstOutput, OnlineProbe
 
@@ -93,7 +93,7 @@ def train_loop_per_worker(loop_config: dict, batches: Iterable[dict]) -> None:
     rank, world_size = context.get_world_rank(), context.get_world_size()
     board = loop_config.get("progress_board") if rank == 0 else None  # pipelines/progress.py
     # the cores of this node are shared by the workers on this node, not by every worker of the run
-    torch.set_num_threads(config.train.torch_threads or max(1, (os.cpu_count() or 1) // context.get_local_world_size()))
+    torch.set_num_threads(torch_threads(context.get_local_world_size(), config.train.torch_threads))
     device = ray.train.torch.get_device()
     configure_device(device)
     seed_everything(config.train.seed + rank)
