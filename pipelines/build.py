@@ -7,7 +7,7 @@ import torch
 
 from pipelines.config import Config, ConfigError, DistillConfig
 from ssl_models import METHODS, BackboneSpec, SSLMethod, backbone_spec, create_backbone
-from ssl_models.backbones import is_vit, vit_lr_scale
+from ssl_models.backbones import is_vit, layer_lr_scales
 from ssl_models.norms import replace_batchnorm
 from ssl_models.schedules import cosine_schedule, warmup_cosine_schedule
 
@@ -76,42 +76,45 @@ def build_method(config: Config, channels: int, steps_per_epoch: int,
     return replace_batchnorm(method, config.model.norm)  # the heads' too
 
 
-def lr_scales(config: Config, module: torch.nn.Module) -> dict[int, float]:
-    """Layer-wise lr decay over the ViT inside `module` (by parameter id; heads and the rest at 1): layer l of
-    the ViT's depth n at optim.layer_decay^(n + 1 - l), the patch embedding also x optim.patch_embed_lr_mult.
-    A mask token beside the ViT (DINOv2's) counts as an embedding, as in DINOv2's reference code."""
-    optim = config.optim
-    vits = [(name, sub) for name, sub in module.named_modules()
-            if hasattr(sub, "blocks") and hasattr(sub, "patch_embed")]
-    if (optim.layer_decay == 1.0 and optim.patch_embed_lr_mult == 1.0) or not vits:
-        return {}
-    prefix, vit = vits[0][0] + "." if vits[0][0] else "", vits[0][1]
-    depth, scales = len(vit.blocks), {}
+def param_groups(module: torch.nn.Module, weight_decay: float, layer_decay: float = 1.0,
+                 patch_embed_lr_mult: float = 1.0, fixed_lr: Sequence[torch.nn.Parameter] = (),
+                 no_decay_names: Sequence[str] = ()) -> list[dict]:
+    """The optimizer's groups over `module`'s trainable parameters, one per (weight decay or not, `fixed_lr` or
+    not, lr scale), in that order. No weight decay on biases and normalisation parameters (timm's rule: one
+    dimension or less) nor on those named in `no_decay_names` (names in `module`). `lr_scale` multiplies the
+    scheduled lr: layer-wise decay over the timm backbone inside `module` (`layer_lr_scales`; a mask token beside it
+    counts as an embedding), its patch embedding also x `patch_embed_lr_mult`, what is not the backbone (the heads)
+    at 1. Parameters in `fixed_lr` keep the initial lr (their groups flagged `fixed_lr`, skipped by the schedule)."""
+    prefix, scales = "", {}
+    if layer_decay != 1.0 or patch_embed_lr_mult != 1.0:
+        trained = [(name, sub) for name, sub in module.named_modules() if hasattr(sub, "group_matcher")
+                   and any(parameter.requires_grad for parameter in sub.parameters())]  # a frozen one: nothing to do
+        if trained:
+            prefix, scales = trained[0][0] + "." if trained[0][0] else "", layer_lr_scales(trained[0][1], layer_decay)
+    fixed, skip, buckets = {id(parameter) for parameter in fixed_lr}, set(no_decay_names), {}
     for name, parameter in module.named_parameters():
+        if not parameter.requires_grad:
+            continue
         inner = name.removeprefix(prefix) if name.startswith(prefix) else None
-        if inner is None and name.endswith("mask_token"):
-            inner = "mask_token"
-        mult = optim.patch_embed_lr_mult if inner is not None and inner.startswith("patch_embed") else 1.0
-        scales[id(parameter)] = vit_lr_scale(inner, depth, optim.layer_decay) * mult
-    return scales
+        scale = 1.0
+        if inner in scales:
+            scale = scales[inner] * (patch_embed_lr_mult if inner.startswith("patch_embed") else 1.0)
+        elif scales and name.endswith("mask_token"):
+            scale = min(scales.values())  # the embeddings' layer
+        decay = parameter.ndim > 1 and not name.endswith(".bias") and name not in skip
+        buckets.setdefault((decay, id(parameter) in fixed, -scale), []).append(parameter)
+    return [{"params": buckets[key], "weight_decay": weight_decay if key[0] else 0.0, "fixed_lr": key[1],
+             "lr_scale": -key[2]} for key in sorted(buckets)]
 
 
 def build_optimizer(config: Config, module: torch.nn.Module, fixed_lr: Sequence[torch.nn.Parameter] = ()
                     ) -> torch.optim.Optimizer:
-    """AdamW or LARS over `module`; biases and normalisation parameters get no weight decay (timm's grouping),
-    the parameters in `fixed_lr` keep the initial lr (groups flagged `fixed_lr`, skipped by the schedule), each
-    group's `lr_scale` multiplies the scheduled lr (layer-wise decay on ViTs, `lr_scales`)."""
+    """AdamW, LARS or SGD over `module`'s `param_groups` (the optim section's weight decay, layer decay and patch
+    embedding multiplier), each group at the effective lr x its `lr_scale`."""
     optim = config.optim
     extra = {"betas": optim.betas} if optim.name == "adamw" else {"momentum": optim.momentum}
-    fixed, scales = {id(parameter) for parameter in fixed_lr}, lr_scales(config, module)
-    groups = []
-    for group in timm.optim.param_groups_weight_decay(module, optim.weight_decay):
-        buckets: dict[tuple[bool, float], list] = {}
-        for parameter in group["params"]:
-            buckets.setdefault((id(parameter) in fixed, scales.get(id(parameter), 1.0)), []).append(parameter)
-        for is_fixed, scale in sorted(buckets, key=lambda key: (key[0], -key[1])):
-            groups.append({**group, "params": buckets[is_fixed, scale], "fixed_lr": is_fixed, "lr_scale": scale,
-                           "lr": config.effective_lr() * scale})
+    groups = [{**group, "lr": config.effective_lr() * group["lr_scale"]} for group in param_groups(
+        module, optim.weight_decay, optim.layer_decay, optim.patch_embed_lr_mult, fixed_lr)]
     name = "momentum" if optim.name == "sgd" else optim.name  # timm's "sgd" is Nesterov's
     return timm.optim.create_optimizer_v2(groups, opt=name, lr=config.effective_lr(),
                                           weight_decay=optim.weight_decay, **extra)

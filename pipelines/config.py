@@ -250,8 +250,9 @@ class OptimConfig(Section):
         "gradient on its own (DINO's clipping); per_module: the backbone's and each head's on their own (DINOv2's)")
     warmup_epochs: float = Field(0.2, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
-    layer_decay: float = Field(1.0, gt=0, le=1, description="ViT backbones: block i of n learns at lr x layer_decay^"
-                               "(n - i), the embeddings at layer_decay^(n + 1), the heads at lr (DINOv2: 0.9); 1: off")
+    layer_decay: float = Field(1.0, gt=0, le=1, description="ViTs: block i of n learns at lr x layer_decay^(n - i), "
+                               "the embeddings at layer_decay^(n + 1), the heads at lr (DINOv2: 0.9); other timm "
+                               "backbones by timm's grouping into layers (stem, blocks or stages); 1: off")
     patch_embed_lr_mult: float = Field(1.0, gt=0, description="ViT backbones: the patch embedding's lr is also "
                                        "multiplied by this (DINOv2: 0.2)")
     momentum: float = Field(0.9, ge=0, lt=1, description="LARS and SGD momentum")
@@ -338,14 +339,14 @@ class Config(Section):
         return self
 
     @model_validator(mode="after")
-    def _layer_decay_on_vits(self) -> "Config":
-        if self.optim.layer_decay == 1.0 and self.optim.patch_embed_lr_mult == 1.0:
+    def _patch_embed_lr_mult_on_vits(self) -> "Config":
+        if self.optim.patch_embed_lr_mult == 1.0:
             return self
         from ssl_models.backbones import is_vit
 
         if not is_vit(self.model.backbone):
-            raise ValueError(f"optim.layer_decay and optim.patch_embed_lr_mult apply to ViT backbones, not "
-                             f"'{self.model.backbone}': leave them at 1")
+            raise ValueError(f"optim.patch_embed_lr_mult applies to ViT backbones (their patch embedding), not "
+                             f"'{self.model.backbone}': leave it at 1")
         return self
 
     def global_batch(self) -> int:

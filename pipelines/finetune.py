@@ -159,25 +159,14 @@ def dino_tokens(vit: nn.Module, images: torch.Tensor, last_blocks: int, avg_patc
 
 
 def param_groups(model: Classifier, settings: FinetuneSettings, vit: bool) -> list[dict]:
-    """One group per (lr scale, with or without weight decay): on ViTs layer l of n gets lr x decay^(n - l), so
-    the head and the final norm learn at the full rate and the patch embedding slowest; no weight decay on biases,
-    norms and tokens."""
-    from ssl_models.backbones import vit_lr_scale
+    """`build.param_groups` as MAE's fine-tuning sets them: on ViTs layer l of n at lr x decay^(n + 1 - l) (the
+    head and the final norm at the full rate, the patch embedding slowest), no weight decay on biases, norms and
+    the backbone's tokens (its `no_weight_decay`)."""
+    from pipelines.build import param_groups as groups
 
-    backbone_names = {id(p): name for name, p in model.backbone.named_parameters()}
-    depth = len(model.backbone.blocks) if vit else 0
-    skip = set(getattr(model.backbone, "no_weight_decay", lambda: ())())
-    groups: dict[tuple[float, bool], dict] = {}
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        inner = backbone_names.get(id(parameter))
-        scale = vit_lr_scale(inner if vit else None, depth, settings.layer_decay)
-        decay = parameter.ndim > 1 and (inner or "") not in skip
-        group = groups.setdefault((scale, decay), {"params": [], "lr_scale": scale,
-                                                   "weight_decay": settings.weight_decay if decay else 0.0})
-        group["params"].append(parameter)
-    return list(groups.values())
+    skip = getattr(model.backbone, "no_weight_decay", lambda: ())()
+    return groups(model, settings.weight_decay, settings.layer_decay if vit else 1.0,
+                  no_decay_names=[f"backbone.{name}" for name in skip])
 
 
 def classifier_meta(meta: dict, settings: FinetuneSettings) -> dict:

@@ -90,11 +90,23 @@ def vit_layer(name: str, depth: int) -> int:
     return depth + 1
 
 
-def vit_lr_scale(name: Optional[str], depth: int, decay: float) -> float:
-    """Layer-wise lr decay: the parameter `name` of a ViT of `depth` blocks learns at lr x decay^(depth + 1 - l),
-    l its `vit_layer`; None (a parameter outside the ViT: a head) at the full lr."""
-    layer = depth + 1 if name is None else vit_layer(name, depth)
-    return decay ** (depth + 1 - layer)
+def layer_lr_scales(backbone: nn.Module, decay: float) -> dict[str, float]:
+    """Layer-wise lr decay over a timm backbone: its parameter `name` learns at lr x decay^(top - l), l its layer
+    and top the layer of what follows the backbone (the heads, at the full lr). A ViT's layers are BEiT's, MAE's
+    and DINOv2's (`vit_layer`: the embeddings 0, block i i + 1, the final norm top); another model's are timm's
+    grouping (its group_matcher: the stem 0, then each block or stage, top the one after the last)."""
+    names = [name for name, _ in backbone.named_parameters()]
+    if hasattr(backbone, "blocks") and hasattr(backbone, "patch_embed"):
+        depth = len(backbone.blocks)
+        return {name: decay ** (depth + 1 - vit_layer(name, depth)) for name in names}
+    if not hasattr(backbone, "group_matcher"):
+        raise ValueError(f"layer-wise lr decay needs a backbone timm groups into layers (a group_matcher): "
+                         f"{type(backbone).__name__} has none")
+    from timm.models import group_parameters
+
+    layers = group_parameters(backbone, backbone.group_matcher(coarse=False), reverse=True)
+    top = max(layers.values()) + 1
+    return {name: decay ** (top - layers.get(name, top - 1)) for name in names}
 
 
 def apply_small_stem(model: nn.Module) -> nn.Module:

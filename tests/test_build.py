@@ -87,3 +87,18 @@ def test_a_methods_defaults_in_the_configuration_are_its_classs(name):
     assert shared, f"{name}: no setting in both"
     assert {key: fields[key] for key in shared} == {key: defaults[key] for key in shared}
     assert all(config.model.heads().get(key) in (None, defaults[key]) for key in config.model.heads() if key in defaults)
+
+
+def test_layer_decay_on_a_resnet_follows_timms_grouping_from_the_stem_to_the_last_block_and_heads_at_full_lr():
+    config = load_config(None, ["optim.layer_decay=0.5", "model.projector_hidden_dim=32", "model.projection_dim=16",
+                                "model.predictor_hidden_dim=32"])
+    method = build_method(config, channels=1, steps_per_epoch=5)
+    optimizer = build_optimizer(config, method.trained)
+    scale = {id(p): group["lr_scale"] for group in optimizer.param_groups for p in group["params"]}
+    named = dict(method.trained.named_parameters())
+    stem, first, last = (scale[id(named[f"encoder.0.{name}"])] for name in
+                         ("conv1.weight", "layer1.0.conv1.weight", "layer4.1.conv2.weight"))
+    assert (stem, first, last) == (0.5 ** 9, 0.5 ** 8, 0.5)  # 8 residual blocks after the stem, the heads above
+    heads = [scale[id(p)] for name, p in named.items() if not name.startswith("encoder.0.")]
+    assert heads and set(heads) == {1.0}
+    assert len(optimizer.param_groups) == 2 * 10  # with and without weight decay, for each of the 10 scales

@@ -85,8 +85,8 @@ def test_dinov2_decays_the_lr_layer_by_layer_slows_the_patch_embedding_and_scale
     dino = load_config(None, SMALL_DINO + VIT)
     assert (dino.optim.layer_decay, dino.model.layer_scale_init) == (1.0, None)
     assert {g["lr_scale"] for g in build_optimizer(dino, build_method(dino, 1, 10).trained).param_groups} == {1.0}
-    with pytest.raises(ConfigError, match="optim.layer_decay and optim.patch_embed_lr_mult apply to ViT"):
-        load_config(None, ["optim.layer_decay=0.8"])
+    with pytest.raises(ConfigError, match="optim.patch_embed_lr_mult applies to ViT backbones"):
+        load_config(None, ["optim.patch_embed_lr_mult=0.5"])
     with pytest.raises(ValueError, match="model.layer_scale_init applies to ViTs"):
         build_method(load_config(None, ["model.layer_scale_init=0.1"]), 1, 10)
     unscaled = build_method(load_config(None, SMALL_DINOV2 + VIT + ["model.layer_scale_init=0"]), 1, 10)
