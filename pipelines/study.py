@@ -267,18 +267,11 @@ def study_plot(space: Space, table: list[dict]):
     return figure
 
 
-def markdown(table: list[dict]) -> str:
-    columns = list(dict.fromkeys(key for line in table for key in line))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for line in table:
-        lines.append("| " + " | ".join("-" if line.get(c) is None else str(line.get(c)) for c in columns) + " |")
-    return "\n".join(lines)
-
-
 def report(outcome: dict, space: Space, state: dict) -> dict:
     """The study's table, plot and checks on the parent run."""
     from mlflow.tracking import MlflowClient
 
+    from pipelines.sweep_report import markdown_table
     from pipelines.tracking import log_figure
 
     client, parent = MlflowClient(outcome["tracking_uri"]), outcome["parent_run_id"]
@@ -300,7 +293,7 @@ def report(outcome: dict, space: Space, state: dict) -> dict:
                        "study.rows": state["study"].get("rows", "all"),
                        "study.checks": "passed" if all(c["passed"] for c in checks) else "failed"}.items():
         client.set_tag(parent, key, str(value)[:5000])
-    text = markdown(table)
+    text = markdown_table(table)
     client.log_dict(parent, {"table": table, "checks": checks}, "study/study_table.json")
     client.log_text(parent, f"{study.get('title', '')}\n\n{text}\n\nsource: {study.get('source', '')}\n",
                     "study/study_table.md")

@@ -298,7 +298,7 @@ def best_preset(row: dict, base: Config) -> dict:
 
 
 def summarise(client, state: dict, space: Space, base: Config, results) -> dict:
-    from pipelines.sweep_report import format_table, objective_plot, trial_table
+    from pipelines.sweep_report import markdown_table, objective_plot, trial_table
     from pipelines.tracking import log_figure
 
     parent = state["parent_run_id"]
@@ -320,7 +320,7 @@ def summarise(client, state: dict, space: Space, base: Config, results) -> dict:
     table = trial_table(rows, space)
     preset_path = state.get("out") or f"{base.train.storage_path.rstrip('/')}/{state['name']}/best.yaml"
     client.log_dict(parent, table, "trials.json")
-    client.log_text(parent, format_table(table) + "\n", "trials.txt")
+    client.log_text(parent, markdown_table(table) + "\n", "trials.md")
     log_figure(client, parent, objective_plot(rows, space), "objective_vs_axes.png")
     if best:
         header = (f"# Best trial {best['trial_id']} of sweep {state['name']} ({space.objective} "
@@ -404,10 +404,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except SweepInterrupted as error:
         print(f"\n{error}", file=sys.stderr)
         return 130
-    from pipelines.sweep_report import format_table
+    from pipelines.sweep_report import markdown_table
     from pipelines.tracking import ui_command
 
-    print("\n" + format_table(outcome["table"]))
+    print("\n" + markdown_table(outcome["table"]))
     if outcome["best"]:
         best = outcome["best"]
         print(f"\nbest trial {best['trial_id']}: {json.dumps(best['values'])} -> {best['objective']:.4f}")

@@ -19,20 +19,21 @@ def trial_table(rows: list[dict], space: Space) -> list[dict]:
             for row in ordered]
 
 
-def format_table(table: list[dict]) -> str:
+def markdown_table(table: list[dict]) -> str:
+    """A Markdown table of `table`'s lines (columns in order of first appearance), padded to read as text too:
+    the sweep's trials and the study's rows, printed and logged."""
     if not table:
-        return "(no trials)"
-    columns = list(table[0])
-    cells = [[_cell(row[c]) for c in columns] for row in table]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
-    return "\n".join(lines)
+        return "(no rows)"
+    columns = list(dict.fromkeys(key for line in table for key in line))
+    cells = [[_cell(line.get(column)) for column in columns] for line in table]
+    widths = [max(len(column), *(len(row[i]) for row in cells)) for i, column in enumerate(columns)]
+    rows = [columns, ["-" * width for width in widths], *cells]
+    return "\n".join("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in rows)
 
 
 def _cell(value) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
     return "-" if value is None else str(value)
 
 

@@ -3,6 +3,7 @@
 MLflow child run per row, the table beside the paper's or beside a reference run, its checks); the other six run
 one row each through `--rows`, and every row of every study takes a training step in process."""
 import copy
+import re
 
 import pytest
 import yaml
@@ -209,7 +210,7 @@ def test_the_simsiam_collapse_study_interrupted_resumes_each_row_once_and_puts_i
     baseline = table["table"][0]
     assert baseline["ours knn"] == round(100 * rows["baseline"].data.metrics["eval/knn_top1_k20"], 2)
     assert all(check["passed"] for check in table["checks"]) and len(table["checks"]) == 2
-    assert "| baseline | 67.7 |" in out and "check passed: no_stop_gradient" in out
+    assert re.search(r"\| baseline +\| 67\.7 +\|", out) and "check passed: no_stop_gradient" in out
     with pytest.raises(ConfigError, match="is a sweep, not a study"):  # a sweep is not resumed as a study
         (tmp_path / "runs" / "plain").mkdir()
         (tmp_path / "runs" / "plain" / "sweep.json").write_text('{"name": "plain"}')
@@ -321,3 +322,15 @@ def test_another_study_runs_one_row_end_to_end_through_its_command(ray_session, 
     pictures = {a.path.split("/")[1].split("+timestamp")[0]
                 for a in client.list_artifacts(rows["0.9"].info.run_id, "images") if a.path.endswith(".png")}
     assert pictures == {f"mae_reconstruction+step+{int(rows['0.9'].data.metrics['step'])}"}
+
+
+def test_a_table_prints_as_markdown_padded_to_read_as_text():
+    from pipelines.sweep_report import markdown_table
+
+    text = markdown_table([{"row": "baseline", "ours knn": 81.234567, "paper": None},
+                           {"row": "no_predictor", "ours knn": 12345.6, "extra": 3}])
+    assert text.splitlines() == ["| row          | ours knn | paper | extra |",
+                                 "| ------------ | -------- | ----- | ----- |",
+                                 "| baseline     | 81.23    | -     | -     |",
+                                 "| no_predictor | 12346    | -     | 3     |"]
+    assert markdown_table([]) == "(no rows)"

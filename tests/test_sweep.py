@@ -72,7 +72,7 @@ def test_a_sweep_runs_its_trials_as_child_runs_asha_stops_the_one_sure_to_lose_a
     weights = {artifact.path for artifact in client.list_artifacts(stopped.info.run_id, "backbone")}
     assert {"backbone/backbone.safetensors", "backbone/backbone.json"} <= weights
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"trials.json", "trials.txt", "objective_vs_axes.png", "best_preset.yaml"} <= artifacts
+    assert {"trials.json", "trials.md", "objective_vs_axes.png", "best_preset.yaml"} <= artifacts
     config = load_config(tmp_path / "runs" / "asha" / "best.yaml")  # accepted by pipelines.pretrain as it is
     assert config.method.temperature == float(kept.data.params["method.temperature"])
     assert config.eval.online_bank_size == 320 and config.train.epochs == 4
