@@ -22,10 +22,10 @@ from ssl_models import METHODS
 def raw_pixels(root: str) -> dict[str, float]:
     from pipelines.embed import PIXELS
     from pipelines.ray_start import start_ray
-    from pipelines.transfer import embed_and_evaluate, parse_args
+    from pipelines.transfer import EvaluationSettings, embed_and_evaluate
 
     start_ray(False)
-    return embed_and_evaluate(PIXELS, root, read_info(root), ["knn", "linear"], parse_args(["--weights", PIXELS]))[0]
+    return embed_and_evaluate(PIXELS, root, read_info(root), ["knn", "linear"], EvaluationSettings(weights=PIXELS))[0]
 
 
 def main() -> None:

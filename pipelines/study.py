@@ -12,7 +12,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from pipelines.config import ConfigError, build_config, read_yaml
 from pipelines.dataset_store import DatasetError
@@ -52,23 +52,24 @@ def only_rows(raw: dict, names: list[str], where: str) -> dict:
     return cut
 
 
-def new_state(args) -> dict:
+def new_state(study_file: str, budget: str, overrides: Sequence[str] = (), rows: Optional[str] = None,
+              name: Optional[str] = None, max_concurrent: Optional[int] = None) -> dict:
+    """A new study's state: a sweep over the study file's rows (`rows`: comma-separated, a cut of them) at the
+    `budget`, with `overrides` on top."""
     import yaml
 
     from pipelines import sweep
 
-    where = str(args.study)
-    raw = read_yaml(args.study)
+    where = str(study_file)
+    raw = read_yaml(study_file)
     if "rows" not in raw:
         raise ConfigError(f"{where}: a study needs 'rows' (a sweep space has none: use pipelines.sweep)")
-    name = args.name or f"{Path(where).stem}-{args.budget}-{time.strftime('%Y%m%d-%H%M%S')}"
-    sweep_args = argparse.Namespace(space=args.study, config=None, search="random", scheduler="fifo",
-                                    num_samples=1, grace_epochs=1, max_concurrent=args.max_concurrent, name=name,
-                                    out=None, overrides=[f"tracking.experiment=study-{Path(where).stem}"]
-                                    + budget_overrides(raw, args.budget, where) + list(args.overrides))
-    cut = only_rows(raw, args.rows.split(","), where) if args.rows else None
-    state = sweep.new_state(sweep_args)
-    state["study"] = {"budget": args.budget, "rows": args.rows or "all"}
+    name = name or f"{Path(where).stem}-{budget}-{time.strftime('%Y%m%d-%H%M%S')}"
+    cut = only_rows(raw, rows.split(","), where) if rows else None
+    state = sweep.new_state(study_file, [f"tracking.experiment=study-{Path(where).stem}"]
+                            + budget_overrides(raw, budget, where) + list(overrides),
+                            max_concurrent=max_concurrent, name=name)
+    state["study"] = {"budget": budget, "rows": rows or "all"}
     if cut:
         state["space_text"] = yaml.safe_dump(cut, sort_keys=False)  # what the sweep, its table and a resume read
     return state
@@ -301,10 +302,10 @@ def report(outcome: dict, space: Space, state: dict) -> dict:
     return {"table": table, "checks": checks, "markdown": text}
 
 
-def resumed_state(args) -> dict:
+def resumed_state(name: str, overrides: Sequence[str] = ()) -> dict:
     from pipelines import sweep
 
-    state = sweep.resumed_state(argparse.Namespace(resume=args.resume, overrides=list(args.overrides)))
+    state = sweep.resumed_state(name, overrides)
     if "study" not in state:
         raise ConfigError(f"'{state['name']}' is a sweep, not a study: resume it with pipelines.sweep")
     return state
@@ -336,7 +337,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     args = parse_args(argv)
     try:
-        state = resumed_state(args) if args.resume else new_state(args)
+        state = resumed_state(args.resume, args.overrides) if args.resume else new_state(
+            args.study, args.budget, args.overrides, args.rows, args.name, args.max_concurrent)
         space = sweep.space_from_state(state)
         check_study_file(space)
         outcome = sweep.sweep(state, resume=bool(args.resume))

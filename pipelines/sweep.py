@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import yaml
 
@@ -335,33 +335,37 @@ def summarise(client, state: dict, space: Space, base: Config, results) -> dict:
             "table": table, "best": best, "preset": preset_path if best else None}
 
 
-def new_state(args) -> dict:
-    if not args.space:
+def new_state(space_file: Optional[str], overrides: Sequence[str] = (), config: Optional[str] = None,
+              search: str = "random", scheduler: str = "fifo", num_samples: int = 1, grace_epochs: int = 1,
+              max_concurrent: Optional[int] = None, name: Optional[str] = None, out: Optional[str] = None) -> dict:
+    """A new sweep's state (what `sweep` runs and a resume reads back): the space file, the base configuration
+    with `overrides`, the search, scheduler and their settings."""
+    if not space_file:
         raise ConfigError("--space is required (one of tune_spaces/*.yaml), unless you --resume a sweep")
-    base_tree = read_yaml(args.config) if args.config else None
-    space, base_tree = load_space(args.space, base_tree, SWEEP_DEFAULTS + list(args.overrides))
+    base_tree = read_yaml(config) if config else None
+    space, base_tree = load_space(space_file, base_tree, SWEEP_DEFAULTS + list(overrides))
     base = build_config(copy.deepcopy(base_tree))
-    if args.search == "optuna" and space.has_grid:
+    if search == "optuna" and space.has_grid:
         searcher("optuna", space, 0)  # raises the message
-    name = args.name or f"{space.method}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = name or f"{space.method}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     if file_exists(f"{base.train.storage_path.rstrip('/')}/{name}/{SWEEP_FILE}"):
         raise ConfigError(f"a sweep named '{name}' exists under {base.train.storage_path}: --resume {name} or pick "
                           "another --name")
-    return {"name": name, "space_file": str(args.space), "space_text": Path(args.space).read_text(),
-            "base": json.loads(json.dumps(base_tree)), "num_samples": args.num_samples, "search": args.search,
-            "scheduler": args.scheduler, "grace_epochs": args.grace_epochs, "max_concurrent": args.max_concurrent,
-            "out": args.out}
+    return {"name": name, "space_file": str(space_file), "space_text": Path(space_file).read_text(),
+            "base": json.loads(json.dumps(base_tree)), "num_samples": num_samples, "search": search,
+            "scheduler": scheduler, "grace_epochs": grace_epochs, "max_concurrent": max_concurrent, "out": out}
 
 
-def resumed_state(args) -> dict:
-    storage = load_config(None, args.overrides).train.storage_path
-    if args.resume == "last":
-        args.resume = newest_folder_with(storage, SWEEP_FILE)
-        if args.resume is None:
+def resumed_state(name: str, overrides: Sequence[str] = ()) -> dict:
+    """The state of the sweep `name` ('last': the newest) under the storage path `overrides` give."""
+    storage = load_config(None, list(overrides)).train.storage_path
+    if name == "last":
+        name = newest_folder_with(storage, SWEEP_FILE)
+        if name is None:
             raise ConfigError(f"no sweep to resume under {storage}")
-    fs, path = filesystem(f"{storage.rstrip('/')}/{args.resume}/{SWEEP_FILE}")
+    fs, path = filesystem(f"{storage.rstrip('/')}/{name}/{SWEEP_FILE}")
     if not fs.get_file_info(path).is_file:
-        raise ConfigError(f"no sweep named '{args.resume}' under {storage} (nothing to resume)")
+        raise ConfigError(f"no sweep named '{name}' under {storage} (nothing to resume)")
     with fs.open_input_stream(path) as stream:
         return json.loads(stream.read())
 
@@ -393,7 +397,9 @@ def parse_args(argv):
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     try:
-        state = resumed_state(args) if args.resume else new_state(args)
+        state = resumed_state(args.resume, args.overrides) if args.resume else new_state(
+            args.space, args.overrides, args.config, args.search, args.scheduler, args.num_samples, args.grace_epochs,
+            args.max_concurrent, args.name, args.out)
         outcome = sweep(state, resume=bool(args.resume))
     except (ConfigError, DatasetError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -12,17 +12,16 @@ split against the test split, or a stratified 10 % of train held out when there 
 `--run` the results go into that run's MLflow run (`eval/...`) and a nested run per protocol.
 `finetune`, `scratch`, `linear_aug` and `linear_dino` train on Ray Train with augmentation (pipelines/finetune.py).
 """
-import argparse
 import math
 import os
-import sys
 import tempfile
 import time
-from dataclasses import asdict
-from typing import Optional
+from dataclasses import asdict, dataclass
+from typing import Literal, Optional
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipelines.config import Config, ConfigError
 from pipelines.dataset_store import DatasetError, DatasetInfo, read_info
@@ -106,55 +105,69 @@ def log_to_run(record: dict, run: str, metrics: dict[str, float], probe: Optiona
     return parent
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m pipelines.evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", help="a pretraining run's name: its last checkpoint, its data, its MLflow run")
-    source.add_argument("--weights", help="folder or URI holding backbone.safetensors and backbone.json ('pixels': "
-                        "the raw-pixel baseline, normalised and flattened at the dataset's smallest image side)")
-    parser.add_argument("--storage", help="where the run's checkpoints are (default: train.storage_path)")
-    parser.add_argument("--data", help="ingested, labelled dataset (default with --run: the run's data.path)")
-    parser.add_argument("--protocol", default="knn,linear", help=f"comma-separated, of: {', '.join(PROTOCOLS)}")
-    parser.add_argument("--embeddings", help="keep the embeddings in this folder or URI (default: a temporary one)")
-    parser.add_argument("--actors", type=int, default=1, help="embedding actors")
-    parser.add_argument("--linear-epochs", type=int, default=50)
-    parser.add_argument("--linear-lrs", default="0.01,0.1,1.0", help="learning rates tried (chosen on a held-out 10 %%)")
-    parser.add_argument("--train-limit", type=int, help="a stratified random subset of the labelled train images "
-                        "(only those are embedded or trained on)")
-    parser.add_argument("--test-limit", type=int, help="a stratified random subset of the test images (likewise)")
-    supervised = parser.add_argument_group("finetune, scratch, linear_aug and linear_dino (Ray Train)")
-    supervised.add_argument("--epochs", type=int, default=10)
-    supervised.add_argument("--batch-size", type=int, default=128, help="per worker")
-    supervised.add_argument("--lr", type=float, help="per 256 images (default: 1e-3 AdamW; SGD: 0.1 for linear_aug, "
-                            "0.001 for linear_dino)")
-    supervised.add_argument("--layer-decay", type=float, default=0.75, help="layer-wise lr decay (ViTs)")
-    supervised.add_argument("--warmup-epochs", type=float, default=1.0)
-    supervised.add_argument("--drop-path", type=float, help="stochastic depth of a ViT trained whole (default: 0.1, "
-                            "MAE's fine-tuning)")
-    supervised.add_argument("--global-pool", choices=["token", "avg"], help="a ViT's input to the head: its class "
-                            "token, or its patch tokens averaged under a fresh norm (default: avg after MAE, else token)")
-    supervised.add_argument("--mixup", type=float, help="finetune, scratch: mixup's alpha (MAE: 0.8; default 0, off)")
-    supervised.add_argument("--cutmix", type=float, help="cutmix's alpha (MAE: 1.0; default 0, off)")
-    supervised.add_argument("--rand-augment", help="timm's RandAugment setting (MAE: rand-m9-mstd0.5-inc1; default off)")
-    supervised.add_argument("--random-erasing", type=float, help="chance to erase a box of each image (MAE: 0.25; "
-                            "default 0)")
-    supervised.add_argument("--mae-augment", action="store_true", help="MAE's four above at its values (each one "
-                            "given on its own wins)")
-    supervised.add_argument("--last-blocks", type=int, default=4, help="linear_dino: class tokens of this many last "
-                            "blocks (DINO: 4 for ViT-S, 1 for ViT-B)")
-    supervised.add_argument("--avg-patch-tokens", action="store_true", help="linear_dino: and the last block's patch "
-                            "tokens averaged (DINO's ViT-B setting)")
-    supervised.add_argument("--workers", type=int, default=1, help="Ray Train workers")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--verbose", action="store_true", help="show Ray's and its workers' output here")
-    return parser.parse_args(argv)
+class EvaluationSettings(BaseModel):
+    """What an evaluation takes (`python -m pipelines.evaluate` parses its flags into it; a notebook builds it):
+    the backbone (`run`, a pretraining run's name, or `weights`, a folder or URI with backbone.safetensors and
+    backbone.json, or 'pixels'), the data (default with `run`: the run's), the protocols and their settings."""
+    model_config = ConfigDict(extra="forbid")
+
+    run: Optional[str] = None
+    weights: Optional[str] = None
+    storage: Optional[str] = Field(None, description="where the run's checkpoints are (default: train.storage_path)")
+    data: Optional[str] = None
+    protocols: list[str] = ["knn", "linear"]
+    embeddings: Optional[str] = Field(None, description="keep the embeddings here (default: a temporary folder)")
+    actors: int = Field(1, ge=1, description="embedding actors")
+    linear_epochs: int = Field(50, ge=1)
+    linear_lrs: list[float] = Field([0.01, 0.1, 1.0], min_length=1, description="chosen on a held-out 10 %")
+    train_limit: Optional[int] = Field(None, ge=1, description="a stratified random subset of the labelled train images")
+    test_limit: Optional[int] = Field(None, ge=1, description="a stratified random subset of the test images")
+    epochs: int = Field(10, ge=1, description="the supervised protocols' (Ray Train) from here on")
+    batch_size: int = Field(128, ge=1, description="per worker")
+    lr: Optional[float] = Field(None, gt=0)
+    layer_decay: float = Field(0.75, gt=0, le=1)
+    warmup_epochs: float = Field(1.0, ge=0)
+    drop_path: Optional[float] = Field(None, ge=0, lt=1)
+    global_pool: Optional[Literal["token", "avg"]] = None
+    mixup: Optional[float] = None
+    cutmix: Optional[float] = None
+    rand_augment: Optional[str] = None
+    random_erasing: Optional[float] = None
+    mae_augment: bool = False
+    last_blocks: int = Field(4, ge=1)
+    avg_patch_tokens: bool = False
+    workers: int = Field(1, ge=1, description="Ray Train workers")
+    seed: int = 0
+    verbose: bool = Field(False, description="show Ray's and its workers' output here")
+
+    @field_validator("protocols")
+    @classmethod
+    def _known_protocols(cls, protocols: list[str]) -> list[str]:
+        unknown = sorted(set(protocols) - set(PROTOCOLS))
+        if unknown or not protocols:
+            raise ValueError(f"unknown protocol {', '.join(unknown) or '(none)'}; choose from {', '.join(PROTOCOLS)}")
+        return protocols
+
+    @model_validator(mode="after")
+    def _one_backbone(self) -> "EvaluationSettings":
+        if (self.run is None) == (self.weights is None):
+            raise ValueError("give the backbone as run or as weights (one of them)")
+        return self
 
 
-def protocol_settings(args, protocols: list[str]) -> dict:
+@dataclass
+class EvaluationResult:
+    metrics: dict[str, float]  # eval/... without the prefix: knn_top1_k20, linear_top1, finetune_top1, ...
+    probe: Optional[ProbeResult]  # the linear probe's chosen lr and held-out accuracy by lr
+    mlflow_run_id: Optional[str]  # the run the results went into (with `run`)
+
+
+def protocol_settings(args: EvaluationSettings) -> dict:
     """What each protocol ran with, as the nested runs' params (and the supervised protocols' settings)."""
+    protocols = args.protocols
     settings = {"protocols": protocols, "knn": {"k": "20,200", "temperature": 0.07, "embeddings": "cached"},
-                "linear": {"epochs": args.linear_epochs, "lrs": args.linear_lrs, "optimizer": "sgd momentum 0.9",
+                "linear": {"epochs": args.linear_epochs, "lrs": ",".join(str(lr) for lr in args.linear_lrs),
+                           "optimizer": "sgd momentum 0.9",
                            "schedule": "cosine", "batch_size": 256, "norm": "BatchNorm1d(affine=False)",
                            "embeddings": "cached, no augmentation"}}
     for protocol in set(protocols) & set(SUPERVISED):
@@ -168,18 +181,20 @@ def protocol_settings(args, protocols: list[str]) -> dict:
     return settings
 
 
-def regularisers(args) -> dict:
+def regularisers(args: EvaluationSettings) -> dict:
     """The fine-tuning regularisers asked for: MAE's with --mae-augment, each flag given replacing its value."""
     chosen = dict(MAE_AUGMENT) if args.mae_augment else {}
     chosen.update({name: getattr(args, name) for name in MAE_AUGMENT if getattr(args, name) is not None})
     return chosen
 
 
-def evaluate(args, protocols: list[str], settings: dict, record: Optional[dict]
+def evaluate(args: EvaluationSettings, settings: dict, record: Optional[dict]
              ) -> tuple[dict[str, float], Optional[ProbeResult], dict]:
-    """Runs the protocols (`record`: the run.json of `--run`); returns (metrics, linear probe, nested MLflow
+    """Runs the protocols (`record`: the run.json of `args.run`); returns (metrics, linear probe, nested MLflow
     runs made)."""
     from pipelines.ray_start import start_ray
+
+    protocols = args.protocols
 
     storage = args.storage or Config().train.storage_path
     weights, data = resolve_source(args.weights, args.run, storage, args.data, record)
@@ -222,11 +237,11 @@ def evaluate(args, protocols: list[str], settings: dict, record: Optional[dict]
     return metrics, probe, children
 
 
-def embed_and_evaluate(weights: str, data: str, info: DatasetInfo, protocols: list[str], args,
+def embed_and_evaluate(weights: str, data: str, info: DatasetInfo, protocols: list[str], args: EvaluationSettings,
                        keep: Optional[str] = None) -> tuple[dict[str, float], Optional[ProbeResult]]:
     """The embedding protocols: both splits embedded by Ray Data (into `keep`, else a temporary folder), then
     kNN and the linear probe on the embeddings."""
-    probe_settings = {"epochs": args.linear_epochs, "lrs": tuple(float(v) for v in args.linear_lrs.split(","))}
+    probe_settings = {"epochs": args.linear_epochs, "lrs": tuple(args.linear_lrs)}
     plan = eval_rows(info, data, args.train_limit, args.test_limit, args.seed)
     if plan is None:
         raise DatasetError(f"'{data}' has no labels: kNN and the linear probe need labelled images")
@@ -244,40 +259,21 @@ def final_evaluation(weights: str, info: DatasetInfo, data: str, protocols: list
                      limits=(None, None), seed: int = 0, baseline: Optional[str] = None) -> dict[str, float]:
     """The end of a pretraining: `protocols` on the run's data with the command's defaults, and kNN of the
     random-init backbone in `baseline` (as init_knn_top1_k*), logged into the run and its backbone model."""
-    args = parse_args(["--weights", weights, "--seed", str(seed)])
-    args.train_limit, args.test_limit = limits
+    args = EvaluationSettings(weights=weights, protocols=protocols, train_limit=limits[0], test_limit=limits[1],
+                              seed=seed)
     metrics, probe = embed_and_evaluate(weights, data, info, protocols, args)
     if baseline:
         before, _ = embed_and_evaluate(baseline, data, info, ["knn"], args)
         metrics.update({f"init_{key}": value for key, value in before.items()})
-    log_to_run(record, run, metrics, probe, protocol_settings(args, protocols))
+    log_to_run(record, run, metrics, probe, protocol_settings(args))
     return metrics
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    args = parse_args(argv)
-    protocols = [name.strip() for name in args.protocol.split(",") if name.strip()]
-    unknown = sorted(set(protocols) - set(PROTOCOLS))
-    if unknown or not protocols:
-        print(f"error: unknown protocol {', '.join(unknown) or '(none)'}; choose from {', '.join(PROTOCOLS)}",
-              file=sys.stderr)
-        return 2
-    try:
-        settings = protocol_settings(args, protocols)
-        record = read_run_file(args.storage or Config().train.storage_path, args.run) if args.run else None
-        metrics, probe, children = evaluate(args, protocols, settings, record)
-    except (ConfigError, DatasetError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except RunFailed as error:
-        print(f"evaluation failed: {error}", file=sys.stderr)
-        return 1
-    for key, value in metrics.items():
-        print(f"{key}: {value:.2%}")
-    if probe is not None:
-        print(f"linear probe lr {probe.lr:g} (held-out accuracy by lr: "
-              + ", ".join(f"{lr:g} {value:.2%}" for lr, value in probe.validation.items()) + ")")
-    if record:
-        parent = log_to_run(record, args.run, metrics, probe, settings, children)
-        print(f"logged into MLflow run {parent} (eval/...) with a nested run per protocol")
-    return 0
+def run_evaluation(args: EvaluationSettings) -> EvaluationResult:
+    """The protocols on the backbone; with `args.run` the results go into that run's MLflow run (`eval/...`) and
+    a nested run per protocol. Raises ConfigError or DatasetError for bad input, RunFailed for a failed protocol."""
+    settings = protocol_settings(args)
+    record = read_run_file(args.storage or Config().train.storage_path, args.run) if args.run else None
+    metrics, probe, children = evaluate(args, settings, record)
+    parent = log_to_run(record, args.run, metrics, probe, settings, children) if record else None
+    return EvaluationResult(metrics, probe, parent)

@@ -219,7 +219,7 @@ def test_each_method_not_run_elsewhere_trains_end_to_end_on_photos_without_test_
     assert "no labels in the dataset: kNN evaluation skipped (the run goes on)" in printed
     assert not [key for key in outcome["metrics"] if "knn" in key]
     assert not [key for key in run.data.metrics if "knn" in key or "linear" in key]
-    from pipelines.transfer import main as evaluate_main
+    from pipelines.evaluate import main as evaluate_main
 
     for protocols, message in (("knn,linear", "knn, linear need"), ("finetune", "finetune needs")):
         assert evaluate_main(["--run", outcome["run_name"], "--storage", str(tmp_path / "runs"),
@@ -245,7 +245,7 @@ def test_a_new_run_with_an_existing_name_is_refused_unless_resumed(first_run, fm
 
 
 def test_evaluate_by_run_name_logs_into_the_pretraining_run_with_a_nested_run_per_protocol(first_run, capsys):
-    from pipelines.transfer import main as evaluate_main
+    from pipelines.evaluate import main as evaluate_main
 
     outcome, folder, uri = first_run
     assert evaluate_main(["--run", "tiny", "--storage", str(folder / "runs"), "--protocol", "knn,linear,finetune",

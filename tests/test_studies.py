@@ -214,7 +214,7 @@ def test_the_simsiam_collapse_study_interrupted_resumes_each_row_once_and_puts_i
     with pytest.raises(ConfigError, match="is a sweep, not a study"):  # a sweep is not resumed as a study
         (tmp_path / "runs" / "plain").mkdir()
         (tmp_path / "runs" / "plain" / "sweep.json").write_text('{"name": "plain"}')
-        study.resumed_state(type("Args", (), {"resume": "plain", "overrides": [f"train.storage_path={tmp_path / 'runs'}"]}))
+        study.resumed_state("plain", [f"train.storage_path={tmp_path / 'runs'}"])
 
 
 def test_a_reference_run_is_shown_beside_the_rows_with_its_inference_speed(tmp_path):

@@ -16,7 +16,8 @@ from pipelines.finetune import (Classifier, FinetuneSettings, build_classifier, 
                                 run_supervised)
 from pipelines.knn import knn_predict
 from pipelines.linear_probe import batches_of, linear_probe, train_probe
-from pipelines.transfer import evaluate_embeddings, main
+from pipelines.evaluate import main
+from pipelines.transfer import evaluate_embeddings
 from ssl_models import backbone_spec, create_backbone
 
 
@@ -263,7 +264,8 @@ def test_the_evaluate_command_prints_each_protocol_and_names_bad_input(ray_sessi
 def test_maes_fine_tuning_regularisers_randaugment_random_erasing_mixup_and_cutmix_are_settings():
     from pipelines.augment_batch import AugmentBatch
     from pipelines.finetune_augment import MAE_AUGMENT, RandAugmentImage, batch_regulariser
-    from pipelines.transfer import parse_args, protocol_settings
+    from pipelines.evaluate import parse_args
+    from pipelines.transfer import EvaluationSettings, protocol_settings
 
     # RandAugment after the crop and flip, on grey and colour images; magnitude 10's posterize keeps 0 bits
     # (Pillow 11 and later refuse them)
@@ -298,7 +300,8 @@ def test_maes_fine_tuning_regularisers_randaugment_random_erasing_mixup_and_cutm
 
     # as settings: MAE's values with --mae-augment, each flag on its own winning, refused where they do not belong
     args = parse_args(["--weights", "w", "--protocol", "finetune,linear_aug", "--mae-augment", "--cutmix", "0"])
-    settings = protocol_settings(args, ["finetune", "linear_aug"])
+    assert args == EvaluationSettings(weights="w", protocols=["finetune", "linear_aug"], mae_augment=True, cutmix=0)
+    settings = protocol_settings(args)
     assert {key: settings["finetune"][key] for key in MAE_AUGMENT} == {**MAE_AUGMENT, "cutmix": 0.0}
     assert not any(settings["linear_aug"][key] for key in MAE_AUGMENT)
     with pytest.raises(ValueError, match="linear_aug trains a linear head on the crop and flip alone: no mixup"):
