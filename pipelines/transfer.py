@@ -122,7 +122,7 @@ class EvaluationSettings(BaseModel):
     linear_lrs: list[float] = Field([0.01, 0.1, 1.0], min_length=1, description="chosen on a held-out 10 %")
     train_limit: Optional[int] = Field(None, ge=1, description="a stratified random subset of the labelled train images")
     test_limit: Optional[int] = Field(None, ge=1, description="a stratified random subset of the test images")
-    epochs: int = Field(10, ge=1, description="the supervised protocols' (Ray Train) from here on")
+    epochs: int = Field(10, ge=1, description="the supervised protocols' epochs (finetune, scratch, linear_aug, linear_dino)")
     batch_size: int = Field(128, ge=1, description="per worker")
     lr: Optional[float] = Field(None, gt=0)
     layer_decay: float = Field(0.75, gt=0, le=1)
