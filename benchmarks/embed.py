@@ -20,15 +20,15 @@ CHILD = r"""
 import json, sys, time
 import torch
 from benchmarks.memory import own_peak_mb, ray_worker_peak_mb
-from pipelines.dataset_store import read_info
+from pipelines.data.store import read_info
 kind, weights, data, split, out = sys.argv[1:6]
 info = read_info(data)
 started = time.time()
 if kind == "in_process":
-    from pipelines.embed import weights_meta
-    from pipelines.export import load_backbone
-    from pipelines.features import Normalizer, extract_features, load_labelled
-    from pipelines.storage import read_bytes
+    from pipelines.evaluation.embeddings import weights_meta
+    from pipelines.storage.export import load_backbone
+    from pipelines.features.extract import Normalizer, extract_features, load_labelled
+    from pipelines.storage.files import read_bytes
     meta = weights_meta(weights, info)
     backbone = load_backbone(read_bytes(weights + "/backbone.safetensors"), meta)
     images = load_labelled(data, split, info.channels, meta["image_size"], range(info.splits[split])).images
@@ -36,8 +36,8 @@ if kind == "in_process":
 else:
     import pyarrow.parquet as pq
     from pathlib import Path
-    from pipelines.embed import embed_split
-    from pipelines.ray_start import start_ray
+    from pipelines.evaluation.embeddings import embed_split
+    from pipelines.cluster.start import start_ray
     start_ray()
     started = time.time()  # Ray's start-up not counted: a cluster is already up
     folder = embed_split(weights, data, split, out, actors=int(kind.split("_")[-1]))

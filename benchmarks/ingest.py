@@ -34,7 +34,7 @@ if kind == "baseline":
     spec.loader.exec_module(module)
     info, _ = module.ingest_folder(Path(source), out, progress_every=10**9)
 else:
-    from pipelines.folder_ingest import ingest_folder
+    from pipelines.ingestion.folder import ingest_folder
     info, _ = ingest_folder(source, out, progress_every=10**9)
 print(json.dumps({"images": sum(info.splits.values()), "seconds": time.time() - started,
                   "driver_mb": own_peak_mb(), "worker_mb": ray_worker_peak_mb()}))
@@ -53,7 +53,7 @@ def generated_folder(root: Path, count: int) -> Path:
 
 
 def fashion_mnist_folder(root: Path) -> Path:
-    from pipelines.ingest import FASHION_MNIST_DIR, read_idx
+    from pipelines.ingestion.datasets import FASHION_MNIST_DIR, read_idx
 
     folder = root / "fashion_mnist_png"
     for split, prefix in (("train", "train"), ("test", "t10k")):

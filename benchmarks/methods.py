@@ -13,16 +13,17 @@ import time
 
 import torch
 
-from pipelines.config import PROJECT_ROOT, load_config
-from pipelines.dataset_store import read_info
-from pipelines.pretrain import pretrain
+from pipelines.config.load import load_config
+from pipelines.config.project import PROJECT_ROOT
+from pipelines.data.store import read_info
+from pipelines.pretraining.run import pretrain
 from ssl_models import METHODS
 
 
 def raw_pixels(root: str) -> dict[str, float]:
-    from pipelines.embed import PIXELS
-    from pipelines.ray_start import start_ray
-    from pipelines.transfer import EvaluationSettings, embed_and_evaluate
+    from pipelines.cluster.start import start_ray
+    from pipelines.evaluation.embeddings import PIXELS
+    from pipelines.evaluation.transfer import EvaluationSettings, embed_and_evaluate
 
     start_ray(False)
     return embed_and_evaluate(PIXELS, root, read_info(root), ["knn", "linear"], EvaluationSettings(weights=PIXELS))[0]

@@ -15,15 +15,16 @@ import time
 
 import ray
 
-import pipelines.backbone_model as backbone_model
-import pipelines.tracking as tracking
-from pipelines import pretrain, transfer
-from pipelines.config import load_config
-from pipelines.ingest import FASHION_MNIST_DIR, ingest_fashion_mnist
-from pipelines.ray_compat import session_logs_dir
-from pipelines.ray_start import use_one_machine_train_settings
+import pipelines.tracking.logged_model as backbone_model
+import pipelines.tracking.mlflow_runs as tracking
+from pipelines.cluster.ray_compat import session_logs_dir
+from pipelines.cluster.start import use_one_machine_train_settings
+from pipelines.config.load import load_config
+from pipelines.evaluation import transfer
+from pipelines.ingestion.datasets import FASHION_MNIST_DIR, ingest_fashion_mnist
+from pipelines.pretraining import run as pretraining_run
 
-PHASES = [(pretrain, ["init_ray", "fit", "evaluate_at_end"]), (tracking, ["start_run"]),
+PHASES = [(pretraining_run, ["init_ray", "fit", "evaluate_at_end"]), (tracking, ["start_run"]),
           (backbone_model, ["log_backbone_model"]), (transfer, ["embed_split", "evaluate_embeddings"])]
 SMOKE = ["train.cpus_per_worker=0.25", "eval.every_epochs=1", "eval.baseline=false", "eval.picture_every=0",
          "eval.final_protocols=[knn,linear]", "train.epochs=1", "data.limit=512", "eval.final_bank_size=512",
@@ -80,7 +81,7 @@ def main() -> None:
     for run in range(args.runs):
         print(f"run {run + 1}:", flush=True)
         started = time.time()
-        pretrain.pretrain(load_config(None, sets), verbose=False, progress=False)
+        pretraining_run.pretrain(load_config(None, sets), verbose=False, progress=False)
         seconds.append(time.time() - started)
         print(f"  in all: {seconds[-1]:.1f} s", flush=True)
         for line in controller_phases():

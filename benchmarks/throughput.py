@@ -17,11 +17,13 @@ import time
 import numpy as np
 import torch
 
-from pipelines.augment_batch import AugmentBatch, view_column
-from pipelines.config import PROJECT_ROOT, Config, load_config
-from pipelines.dataset_store import read_info, read_rows
-from pipelines.features import Normalizer
-from pipelines.step import TrainStep, prepare
+from pipelines.config.load import load_config
+from pipelines.config.project import PROJECT_ROOT
+from pipelines.config.schema import Config
+from pipelines.data.augment_batch import AugmentBatch, view_column
+from pipelines.data.store import read_info, read_rows
+from pipelines.features.extract import Normalizer
+from pipelines.training.step import TrainStep, prepare
 
 CPU = torch.device("cpu")
 
@@ -85,7 +87,7 @@ def dataloader_loop(config: Config, encoded: list[bytes], channels: int, normali
 
 
 def pipeline(config: Config) -> float:
-    from pipelines.pretrain import pretrain
+    from pipelines.pretraining.run import pretrain
 
     run = config.model_copy(deep=True)
     run.train.epochs = 2

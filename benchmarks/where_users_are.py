@@ -14,9 +14,10 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from pipelines.config import ConfigError, load_config, parse_override
-from pipelines.ingest import ingest_folder
-from pipelines.pretrain import pretrain
+from pipelines.config.load import load_config, parse_override
+from pipelines.config.section import ConfigError
+from pipelines.ingestion.folder import ingest_folder
+from pipelines.pretraining.run import pretrain
 from tests.conftest import tiny_overrides, write_sorted_folder
 
 

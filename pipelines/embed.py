@@ -9,139 +9,11 @@ embedding is written with its label and its position in the split (`row`), so no
 the whole split. Useful on its own for near-duplicate search and data curation.
 """
 import argparse
-import json
 import sys
 from typing import Optional
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-import torch
-from torch import nn
-
-from pipelines.dataset_store import DatasetError, DatasetInfo, read_info, read_rows, split_files
-from pipelines.export import META_FILE, WEIGHTS_FILE, load_backbone
-from pipelines.features import Normalizer, decode_for_eval, extract_features
-from pipelines.storage import filesystem, read_bytes
-from pipelines.train_driver import torch_threads
-
-EMBED_BATCH = 256
-READ_CPUS = 0.25
-# Fewer pixels than this (about 5,000 images of 28 px, 80 of 224 px) embed in the calling process in less time than
-# a Ray Data job takes to start its reader and a fresh actor (about 6 s a split on 2 CPUs, mostly importing torch
-# and timm): the end of a small run, a study row, a sweep trial, a test.
-IN_PROCESS_PIXELS = 1 << 22
-PIXELS = "pixels"  # as --weights: the raw pixels (normalised, flattened), the baseline any backbone must beat
-
-
-class Embedder:
-    """Ray Data actor: decodes a batch as evaluation does (resize, centre crop), embeds it with the backbone."""
-
-    def __init__(self, weights: str, channels: int, meta: dict, threads: int = 1):
-        torch.set_num_threads(threads)
-        self.meta = meta
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.backbone = (nn.Flatten() if weights == PIXELS else
-                         load_backbone(read_bytes(f"{weights}/{WEIGHTS_FILE}"), meta).to(self.device))
-        self.normalize = Normalizer(self.meta["mean"], self.meta["std"], self.device)
-        self.channels = channels
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        images, kept = decode_for_eval(batch["image"].to_pylist(), self.channels, self.meta["image_size"])
-        if not images:
-            return empty_embeddings(self.meta["feature_dim"])
-        features = extract_features(self.backbone, torch.from_numpy(np.stack(images)), self.normalize, len(images))
-        return pa.table({"row": batch["row"].take(kept), "label": batch["label"].take(kept),
-                         "embedding": embedding_array(features.cpu().numpy())})
-
-
-def embedding_array(features: np.ndarray) -> pa.FixedSizeListArray:
-    return pa.FixedSizeListArray.from_arrays(pa.array(features.astype(np.float32).reshape(-1)), features.shape[1])
-
-
-def empty_embeddings(width: int) -> pa.Table:
-    return pa.table({"row": pa.array([], pa.int64()), "label": pa.array([], pa.int32()),
-                     "embedding": embedding_array(np.zeros((0, width), np.float32))})
-
-
-def weights_meta(weights: str, info: DatasetInfo) -> dict:
-    if weights == PIXELS:
-        size = info.min_side or 32
-        return {"timm_kwargs": {"in_chans": info.channels}, "mean": info.mean, "std": info.std, "image_size": size,
-                "feature_dim": info.channels * size * size}
-    try:
-        return json.loads(read_bytes(f"{weights}/{META_FILE}"))
-    except (FileNotFoundError, OSError):
-        raise DatasetError(f"no backbone at '{weights}' (expected {WEIGHTS_FILE} and {META_FILE} there, as a "
-                           "pretraining's checkpoint or its MLflow artifact 'backbone' holds them)") from None
-
-
-def check_compatible(meta: dict, info: DatasetInfo, data: str) -> None:
-    """Weights trained on grey images cannot embed colour ones (and the other way round)."""
-    expected = meta.get("timm_kwargs", {}).get("in_chans", 3)
-    if expected != info.channels:
-        raise DatasetError(f"the weights take {expected}-channel images but '{data}' holds {info.channels}-channel "
-                           "ones: embed a dataset ingested like the one they were trained on")
-
-
-def embed_split(weights: str, data: str, split: str, out: str, actors: int = 1, batch_size: int = EMBED_BATCH,
-                use_gpu: Optional[bool] = None, rows: Optional[np.ndarray] = None,
-                in_process: Optional[bool] = None) -> str:
-    """Writes `<out>/<split>/*.parquet` (row, label, embedding) and returns that folder; with `rows` (sorted
-    positions in the split) only those rows are read and embedded. `in_process`: by the calling process instead
-    of a Ray Data job (default: when the images hold under IN_PROCESS_PIXELS pixels)."""
-    import ray
-
-    info = read_info(data)
-    if split not in info.splits:
-        raise DatasetError(f"'{data}' has no split '{split}' (it has {', '.join(info.splits)})")
-    meta = weights_meta(weights, info)
-    check_compatible(meta, info, data)
-    folder = f"{out.rstrip('/')}/{split}"
-    fs, path = filesystem(folder)
-    fs.create_dir(path, recursive=True)
-    count = info.splits[split] if rows is None else len(rows)
-    if in_process is None:
-        in_process = count * meta["image_size"] ** 2 < IN_PROCESS_PIXELS
-    if in_process:
-        embed_here(Embedder(weights, info.channels, meta, threads=torch.get_num_threads()), data, split,
-                   np.arange(info.splits[split]) if rows is None else rows, batch_size, folder)
-        return folder
-    if use_gpu is None:
-        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
-    from pipelines.row_groups import ShuffledRowGroups
-
-    threads = torch_threads(actors)
-    # the actors must leave room for the read tasks, or a small machine deadlocks
-    actor_cpus = 0 if use_gpu else min(1.0, (ray.cluster_resources().get("CPU", 1) - READ_CPUS) / actors)
-    dataset = ray.data.read_datasource(ShuffledRowGroups(split_files(data, split), ["image", "label"], seed=0,
-                                                         rows=rows, row_ids=True), num_cpus=READ_CPUS)
-    embedded = dataset.map_batches(
-        Embedder, fn_constructor_kwargs={"weights": weights, "channels": info.channels, "meta": meta, "threads": threads},
-        batch_size=batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
-        num_gpus=1 if use_gpu else 0, num_cpus=actor_cpus)
-    embedded.write_parquet(folder)
-    return folder
-
-
-def embed_here(embedder: Embedder, data: str, split: str, rows: np.ndarray, batch_size: int, folder: str) -> None:
-    """What the Ray Data job does, in this process: the rows read, embedded a batch at a time, one Parquet file."""
-    table = read_rows(data, split, rows)  # small by IN_PROCESS_PIXELS: read once
-    table = table.append_column("row", pa.array(rows[:len(table)], pa.int64()))
-    parts = [embedder(table.slice(start, batch_size)) for start in range(0, len(table), batch_size)]
-    fs, path = filesystem(folder)
-    pq.write_table(pa.concat_tables(parts) if parts else empty_embeddings(embedder.meta["feature_dim"]),
-                   f"{path}/embeddings.parquet", filesystem=fs)
-
-
-def read_embeddings(folder: str) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-    """(rows, labels, embeddings) of a folder `embed_split` wrote, in row order."""
-    fs, path = filesystem(folder)
-    table = pq.read_table(path, filesystem=fs).sort_by("row")
-    width = table.schema.field("embedding").type.list_size
-    flat = table["embedding"].combine_chunks().flatten().to_numpy()
-    labels = table["label"].fill_null(-1).to_numpy()
-    return table["row"].to_numpy(), labels, torch.from_numpy(flat.reshape(-1, width).copy())
+from pipelines.evaluation.embeddings import embed_split, read_embeddings
+from pipelines.storage.files import DatasetError
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -158,8 +30,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--actors", type=int, default=1, help="embedding actors (one GPU each where there are GPUs)")
     parser.add_argument("--verbose", action="store_true", help="show Ray's and its workers' output here")
     args = parser.parse_args(argv)
-    from pipelines.ray_start import start_ray
-    from pipelines.run_registry import resolve_source
+    from pipelines.cluster.start import start_ray
+    from pipelines.storage.runs import resolve_source
 
     try:
         weights, data = resolve_source(args.weights, args.run, args.storage, args.data)

@@ -1,16 +1,16 @@
 """`python -m pipelines.evaluate`: the transfer evaluation command (kNN, linear probe, fine-tuning): its flags
-into `transfer.EvaluationSettings`, then `transfer.run_evaluation` (see pipelines/transfer.py)."""
+into `transfer.EvaluationSettings`, then `transfer.run_evaluation` (see pipelines/evaluation/transfer.py)."""
 import argparse
 import sys
 from typing import Optional
 
 from pydantic import ValidationError
 
-from pipelines.config import ConfigError
-from pipelines.dataset_store import DatasetError
-from pipelines.run_registry import RunFailed
-from pipelines import transfer
-from pipelines.transfer import PROTOCOLS, EvaluationSettings, run_evaluation
+from pipelines.config.section import ConfigError
+from pipelines.evaluation import transfer
+from pipelines.evaluation.transfer import PROTOCOLS, EvaluationSettings, run_evaluation
+from pipelines.storage.files import DatasetError
+from pipelines.storage.runs import RunFailed
 
 
 def parse_args(argv) -> EvaluationSettings:

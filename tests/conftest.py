@@ -2,8 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.ingest import FASHION_MNIST_DIR, ingest_fashion_mnist
-
+from pipelines.ingestion.datasets import FASHION_MNIST_DIR, ingest_fashion_mnist
 
 RAY_FIXTURES = {"ray_session", "two_worker_results", "sorted_shards", "s3_server"}
 
@@ -39,7 +38,7 @@ def ray_session():
     """One local Ray instance for the whole test session (a folder ingest may have started it already)."""
     import ray
 
-    from pipelines.ray_start import use_one_machine_train_settings
+    from pipelines.cluster.start import use_one_machine_train_settings
 
     if not ray.is_initialized():
         use_one_machine_train_settings()
@@ -131,7 +130,7 @@ def sorted_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def sorted_shards(sorted_folder, tmp_path_factory) -> str:
-    from pipelines.ingest import ingest_folder
+    from pipelines.ingestion.folder import ingest_folder
 
     out = tmp_path_factory.mktemp("sorted_shards") / "shards"
     ingest_folder(sorted_folder, str(out))
@@ -183,9 +182,9 @@ def write_run_files(storage: Path, name: str, config, method, uri: str = None, r
 
     import torch
 
-    from pipelines.build import build_spec
-    from pipelines.checkpoint import save_training_state
-    from pipelines.export import save_backbone
+    from pipelines.storage.checkpoint import save_training_state
+    from pipelines.storage.export import save_backbone
+    from pipelines.training.methods import build_spec
 
     checkpoint = Path(storage) / name / "checkpoint_000"
     checkpoint.mkdir(parents=True)
@@ -211,7 +210,7 @@ def interrupt_after_first_trial(module: str, arguments: list[str], folder: Path,
 
     from mlflow.tracking import MlflowClient
 
-    from pipelines.config import PROJECT_ROOT
+    from pipelines.config.project import PROJECT_ROOT
 
     address = ray_session.get_runtime_context().gcs_address
     process = subprocess.Popen([sys.executable, "-m", module, *arguments], cwd=PROJECT_ROOT,

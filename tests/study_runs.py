@@ -4,8 +4,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipelines import study
-from pipelines.config import PROJECT_ROOT
-from pipelines.tune_space import ROW_AXIS
+from pipelines.config.project import PROJECT_ROOT
+from pipelines.tuning.space import ROW_AXIS
 from tests.conftest import mlflow_store
 
 

@@ -3,9 +3,10 @@ import torch
 from timm.layers import LayerScale
 from torch import nn
 
-from pipelines.build import build_method, build_optimizer, lr_schedule
-from pipelines.config import load_config
-from pipelines.pretrain import required_cpus
+from pipelines.config.load import load_config
+from pipelines.training.checks import required_cpus
+from pipelines.training.methods import build_method
+from pipelines.training.optimizer import build_optimizer, lr_schedule
 
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 VIT = ["model.backbone=vit_tiny_patch16_224", "model.patch_size=4", "model.layer_scale_init=1e-5"]
@@ -75,7 +76,7 @@ def test_a_methods_defaults_in_the_configuration_are_its_classs(name):
     setting both name has one default; head sizes the configuration leaves unset (null) are the class's."""
     import inspect
 
-    from pipelines.build import METHODS
+    from ssl_models import METHODS
 
     sets = {"dinov2": ["model.backbone=vit_tiny_patch16_224"], "mae": ["model.backbone=vit_tiny_patch16_224"],
             "distill": ["method.teacher_run=teacher"]}.get(name, [])

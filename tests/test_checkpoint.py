@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipelines.checkpoint import load_training_state, rng_state, save_training_state, worker_checkpoint_folder
+from pipelines.storage.checkpoint import load_training_state, rng_state, save_training_state, worker_checkpoint_folder
 from ssl_models import DINO, MoCo
 
 

@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from pyarrow.fs import FileType, S3FileSystem
 
-from pipelines.config import PROJECT_ROOT
+from pipelines.config.project import PROJECT_ROOT
 from tests.conftest import tiny_overrides
 
 pytestmark = pytest.mark.slow
@@ -271,7 +271,7 @@ def test_two_nodes_train_from_object_storage_and_a_node_lost_mid_run_resumes_on_
     # `--resume last` and `pipelines.sweep --resume last` look for the newest run in object storage too
     for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
         monkeypatch.setenv(key, cluster["env"][key])
-    from pipelines.run_registry import last_run_name
+    from pipelines.storage.runs import last_run_name
 
     assert last_run_name("s3://ssl/runs") == "node-lost"
 

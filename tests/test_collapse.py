@@ -14,9 +14,9 @@ import pytest
 import torch
 from torch import nn
 
-from pipelines.augment import RECIPES
-from pipelines.augment_batch import to_chw
-from pipelines.ingest import FASHION_MNIST_DIR, read_idx
+from pipelines.data.augment import RECIPES
+from pipelines.data.augment_batch import to_chw
+from pipelines.ingestion.datasets import FASHION_MNIST_DIR, read_idx
 from ssl_models import SimSiam
 from ssl_models.metrics import embedding_std
 

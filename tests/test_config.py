@@ -4,7 +4,9 @@ import sys
 
 import pytest
 
-from pipelines.config import ConfigError, PROJECT_ROOT, load_config
+from pipelines.config.load import load_config
+from pipelines.config.project import PROJECT_ROOT
+from pipelines.config.section import ConfigError
 from pipelines.pretrain import main as pretrain_main
 from tests.conftest import mlflow_store
 
@@ -66,7 +68,7 @@ def test_cli_fails_fast_when_the_mlflow_server_does_not_answer(fmnist_slice, tmp
 
 
 def test_a_multi_node_run_refuses_node_local_paths_unless_they_are_shared():
-    from pipelines.pretrain import check_shared_storage
+    from pipelines.training.checks import check_shared_storage
 
     config = load_config(None, ["train.storage_path=s3://bucket/runs", "data.path=s3://bucket/data"])
     check_shared_storage(config, "http://10.0.0.1:5000", nodes=2)  # all reachable from every node
@@ -82,7 +84,7 @@ def test_a_multi_node_run_refuses_node_local_paths_unless_they_are_shared():
 
 
 def test_a_new_experiment_keeps_its_artifacts_where_tracking_artifact_location_says(tmp_path):
-    from pipelines.tracking import start_run
+    from pipelines.tracking.mlflow_runs import start_run
 
     config = load_config(None, [f"tracking.artifact_location={(tmp_path / 'shared' / 'art').as_uri()}",
                                 "tracking.experiment=placed"])

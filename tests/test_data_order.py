@@ -7,12 +7,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import load_config
-from pipelines.data import limited_rows, train_rows
-from pipelines.dataset_store import read_info, split_files, split_labels
-from pipelines.features import eval_rows
-from pipelines.row_groups import ShuffledRowGroups
-from pipelines.train_worker import started_stream
+from pipelines.config.load import load_config
+from pipelines.data.row_groups import ShuffledRowGroups
+from pipelines.data.store import read_info, split_files, split_labels
+from pipelines.data.stream import limited_rows, train_rows
+from pipelines.features.extract import eval_rows
+from pipelines.training.worker import started_stream
 
 BATCH = 64
 

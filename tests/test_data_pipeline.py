@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.augment_batch import view_column
-from pipelines.config import load_config
-from pipelines.data import training_dataset
-from pipelines.dataset_store import read_info
+from pipelines.config.load import load_config
+from pipelines.data.augment_batch import view_column
+from pipelines.data.store import read_info
+from pipelines.data.stream import training_dataset
 
 pytestmark = pytest.mark.slow  # Ray Data jobs
 
@@ -40,7 +40,7 @@ def test_the_stream_does_not_spin_a_core_while_training_holds_it_back(ray_sessio
     """With a Train worker holding part of the CPUs, Ray Data's scheduling loop (in the split coordinator) spins
     once augmentation is ahead and nothing runs (Ray 2.60): over a long run that took a core from training
     (BYOL: 49 images/s instead of 200). Here an actor holds the CPUs a Train worker would."""
-    from pipelines.data import ahead_bytes, ingest_options
+    from pipelines.data.stream import ahead_bytes, ingest_options
 
     config = load_config(None, [f"data.path={fmnist_slice}", "data.limit=512", "train.epochs=200"])
     info = read_info(fmnist_slice)
@@ -82,9 +82,9 @@ def test_an_augmentation_actor_builds_its_views_without_importing_torch_timm_or_
     import subprocess
     import sys
 
-    from pipelines.config import PROJECT_ROOT
+    from pipelines.config.project import PROJECT_ROOT
 
-    code = ("import sys; from pipelines.augment_batch import AugmentBatch; AugmentBatch({'name': 'byol'}, 28, 3, 0.2); "
+    code = ("import sys; from pipelines.data.augment_batch import AugmentBatch; AugmentBatch({'name': 'byol'}, 28, 3, 0.2); "
             "print(sorted(m for m in ('torch', 'timm', 'mlflow') if m in sys.modules))")
     found = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
     assert found.stdout.strip() == "[]", found.stdout + found.stderr

@@ -4,8 +4,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_models import DINO, backbone_spec, create_backbone
-from tests.two_workers import results_of, two_worker_check
 from ssl_models.dino import DINOHead, dino_loss, teacher_temperature_schedule, view_pairs
+from tests.two_workers import results_of, two_worker_check
 
 
 def test_pairs_skip_only_identical_views():

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipelines.build import build_method
-from pipelines.config import load_config
+from pipelines.config.load import load_config
+from pipelines.training.methods import build_method
 from ssl_models import DINOv2, backbone_spec, create_backbone
 from ssl_models.block_masks import block_mask, crop_masks, with_positions
 from ssl_models.dino import DINOHead
@@ -204,7 +204,7 @@ def _dinov2_step(rank: int) -> dict:
     centres; the state outside DDP (teacher, centres) afterwards."""
     import ray.train.torch
 
-    from pipelines.step import TrainStep, prepare
+    from pipelines.training.step import TrainStep, prepare
 
     results = {}
     for centering in ("sinkhorn_knopp", "ema"):

@@ -9,11 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from pipelines.build import build_method
-from pipelines.checkpoint import STATE_FILE, load_training_state, save_training_state
-from pipelines.config import ConfigError, load_config
-from pipelines.export import save_backbone
-from pipelines.teacher import build_with_teacher, load_teacher
+from pipelines.config.load import load_config
+from pipelines.config.section import ConfigError
+from pipelines.storage.checkpoint import STATE_FILE, load_training_state, save_training_state
+from pipelines.storage.export import save_backbone
+from pipelines.training.methods import build_method
+from pipelines.training.teacher import build_with_teacher, load_teacher
 from ssl_models import DINO, backbone_spec, create_backbone
 from ssl_models.batchnorm import GlobalBatchNorm
 from ssl_models.dinov2 import sinkhorn_knopp
@@ -218,8 +219,8 @@ def _distill_step(rank: int) -> dict:
     of a distillation into a ResNet student, each rank on its own images."""
     import ray.train.torch
 
-    from pipelines.step import TrainStep, prepare
-    from pipelines.train_loop import probe_step
+    from pipelines.training.loop import probe_step
+    from pipelines.training.step import TrainStep, prepare
     from ssl_models.online_probe import FirstOutput, OnlineProbe
 
     with tempfile.TemporaryDirectory(prefix=f"distill_rank{rank}_") as storage:  # each rank writes its own

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from pipelines.checkpoint import load_training_state, save_training_state
-from pipelines.config import load_config
-from pipelines.step import TrainStep, prepare, resolve_precision
+from pipelines.config.load import load_config
+from pipelines.storage.checkpoint import load_training_state, save_training_state
+from pipelines.training.step import TrainStep, prepare, resolve_precision
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -54,7 +54,7 @@ def test_checkpoint_round_trip_on_cuda(tmp_path):
 def test_sync_batchnorm_on_cuda_is_torchs():
     from torch import nn
 
-    from pipelines.step import use_global_batchnorm
+    from pipelines.training.step import use_global_batchnorm
 
     method = prepare(small("byol"), 1, 10, torch.device("cuda")).method
     converted = use_global_batchnorm(method, torch.device("cuda"))

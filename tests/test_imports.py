@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from pipelines.config import PROJECT_ROOT
+from pipelines.config.project import PROJECT_ROOT
 
 PACKAGES = ("pipelines", "ssl_models")
 
@@ -71,9 +71,46 @@ def test_find_circle_names_a_circle_and_passes_a_layered_graph():
 
 def test_the_project_has_no_import_circle_counting_imports_inside_functions():
     graph = import_graph()
-    assert "pipelines.teacher" in graph["pipelines.pretrain"]  # imported inside `pretrain()`: such imports count
+    assert "pipelines.training.teacher" in graph["pipelines.pretraining.run"]  # imported inside `pretrain()`: counted
     circle = find_circle(graph)
     assert circle is None, "import circle: " + " -> ".join(circle)
+
+
+# pipelines/ by stage, lowest first: a module imports from its own stage or those before it; the commands
+# (pipelines/<command>.py) come after every stage.
+STAGES = ("config", "cluster", "storage", "data", "ingestion", "features", "tracking", "training", "evaluation",
+          "pretraining", "tuning")
+
+
+def stage_rank(module: str) -> int:
+    parts = module.split(".")
+    if parts[0] != "pipelines":
+        return -1
+    if parts[1] in STAGES:
+        return STAGES.index(parts[1])
+    return len(STAGES)  # a command module
+
+
+def imports_up_the_stages(graph: dict[str, set[str]]) -> list[str]:
+    return [f"{module} -> {target}" for module, targets in sorted(graph.items()) for target in sorted(targets)
+            if stage_rank(target) > stage_rank(module)]
+
+
+def test_imports_flow_down_the_stages_of_pipelines():
+    assert imports_up_the_stages({"pipelines.data.store": {"pipelines.training.step", "pipelines.config.schema"},
+                                  "pipelines.pretrain": {"pipelines.tuning.sweep"}}) == [
+        "pipelines.data.store -> pipelines.training.step"]
+    folders = {path.name for path in (PROJECT_ROOT / "pipelines").iterdir() if path.is_dir() and path.name != "__pycache__"}
+    assert folders == set(STAGES)
+    assert imports_up_the_stages(import_graph()) == []
+
+
+def test_each_stage_says_what_it_holds_and_no_file_of_pipelines_is_over_300_lines():
+    for stage in STAGES:
+        assert ast.get_docstring(ast.parse((PROJECT_ROOT / "pipelines" / stage / "__init__.py").read_text())), stage
+    for path in sorted((PROJECT_ROOT / "pipelines").rglob("*.py")):
+        lines = len(path.read_text().splitlines())
+        assert lines <= 300, f"{path.relative_to(PROJECT_ROOT)}: {lines} lines"
 
 
 def test_ssl_models_imports_nothing_from_pipelines_ray_or_mlflow():
@@ -111,9 +148,38 @@ def test_private_ray_apis_are_used_only_in_the_compatibility_module():
                             "x = ray.data._internal.util\ny = getattr(context, '_execution_idx', 0)") == {
         "ray._private.worker", "ray._private.worker._global_node", "ray.data._internal", "ray.data._internal.util",
         "getattr(..., '_execution_idx')"}
-    allowed = PROJECT_ROOT / "pipelines" / "ray_compat.py"
+    allowed = PROJECT_ROOT / "pipelines" / "cluster" / "ray_compat.py"
     assert private_ray_uses(allowed.read_text())  # what the check looks for is what the module holds
     for folder in ("pipelines", "ssl_models", "benchmarks", "tests", "scripts"):
         for path in sorted((PROJECT_ROOT / folder).rglob("*.py")):
             if path != allowed and path != Path(__file__):
                 assert not private_ray_uses(path.read_text()), f"{path.relative_to(PROJECT_ROOT)}: private Ray API"
+
+
+COMMANDS = ("pretrain", "evaluate", "embed", "ingest", "sweep", "study")
+
+
+def argparse_uses(source: str) -> set[str]:
+    """`argparse` imported, or `parse_args` named (called or defined), anywhere in `source`."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import) and any(alias.name == "argparse" for alias in node.names) or \
+                isinstance(node, ast.ImportFrom) and node.module == "argparse":
+            found.add("argparse")
+        elif isinstance(node, ast.Attribute) and node.attr == "parse_args" or \
+                isinstance(node, ast.Name) and node.id == "parse_args" or \
+                isinstance(node, ast.FunctionDef) and node.name == "parse_args" or \
+                isinstance(node, ast.ImportFrom) and any(alias.name == "parse_args" for alias in node.names):
+            found.add("parse_args")
+    return found
+
+
+def test_command_lines_are_parsed_only_in_the_command_modules():
+    assert argparse_uses("import argparse\ndef f(argv):\n    return parser.parse_args(argv)") == {"argparse",
+                                                                                                 "parse_args"}
+    assert argparse_uses("from pipelines.pretrain import parse_args") == {"parse_args"}
+    commands = {PROJECT_ROOT / "pipelines" / f"{name}.py" for name in COMMANDS}
+    assert {path for path in (PROJECT_ROOT / "pipelines").glob("*.py")} == commands
+    for path in sorted((PROJECT_ROOT / "pipelines").rglob("*.py")):
+        if path not in commands:
+            assert not argparse_uses(path.read_text()), f"{path.relative_to(PROJECT_ROOT)} parses a command line"

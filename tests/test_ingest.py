@@ -5,9 +5,11 @@ import pytest
 from PIL import Image
 from skimage import data as photos
 
-from pipelines.dataset_store import read_info, read_split
-from pipelines.images import decode_image
-from pipelines.ingest import FASHION_MNIST_DIR, ingest_fashion_mnist, ingest_folder, main
+from pipelines.data.decode import decode_image
+from pipelines.data.store import read_info, read_split
+from pipelines.ingest import main
+from pipelines.ingestion.datasets import FASHION_MNIST_DIR, ingest_fashion_mnist
+from pipelines.ingestion.folder import ingest_folder
 
 
 @pytest.fixture()
@@ -131,7 +133,6 @@ def test_an_empty_folder_or_one_without_a_readable_image_is_a_message(tmp_path, 
 def test_a_folder_of_odd_files_never_stops_the_ingest_and_each_skip_is_named(tmp_path):
     import os
 
-    import numpy as np
 
     root = tmp_path / "odd"
     (root / "things").mkdir(parents=True)
@@ -187,7 +188,7 @@ def test_a_folder_in_object_storage_is_ingested_by_a_ray_data_job(s3_server, sor
 
     from pyarrow.fs import LocalFileSystem, copy_files
 
-    from pipelines.config import PROJECT_ROOT
+    from pipelines.config.project import PROJECT_ROOT
 
     copy_files(str(sorted_folder), "test/pictures", source_filesystem=LocalFileSystem(),
                destination_filesystem=s3_server["fs"])
@@ -209,7 +210,7 @@ def test_a_folder_in_object_storage_is_ingested_by_a_ray_data_job(s3_server, sor
 
 
 def test_shards_are_written_one_row_group_at_a_time(tmp_path):
-    from pipelines.dataset_store import ShardWriter, split_files
+    from pipelines.data.store import ShardWriter, split_files
 
     writer = ShardWriter(str(tmp_path), "train", rows_per_shard=600)
     for index in range(1000):
@@ -229,7 +230,7 @@ def test_an_image_above_pillows_pixel_limit_is_refused_by_its_size_and_large_one
 
     import numpy as np
 
-    from pipelines.images import ChannelStats, channel_stats, decode_reduced, verified_size
+    from pipelines.data.decode import ChannelStats, channel_stats, decode_reduced, verified_size
 
     jpeg = io.BytesIO()
     Image.fromarray(photos.coffee()).save(jpeg, format="JPEG")  # 600 x 400
@@ -262,7 +263,7 @@ def test_one_very_large_jpeg_keeps_the_ingest_drivers_own_memory_flat(tmp_path):
     import cv2
     import numpy as np
 
-    from pipelines.config import PROJECT_ROOT
+    from pipelines.config.project import PROJECT_ROOT
 
     root = tmp_path / "big"
     root.mkdir()
@@ -299,12 +300,12 @@ def test_an_avif_photo_decodes_as_training_decodes_it_and_trains_a_step():
     import numpy as np
     import torch
 
-    from pipelines.augment_batch import AugmentBatch, view_column
-    from pipelines.config import load_config
-    from pipelines.data import augment_arguments
-    from pipelines.dataset_store import DatasetInfo
-    from pipelines.images import IMAGE_SUFFIXES
-    from pipelines.step import TrainStep, prepare
+    from pipelines.config.load import load_config
+    from pipelines.data.augment_batch import AugmentBatch, view_column
+    from pipelines.data.decode import IMAGE_SUFFIXES
+    from pipelines.data.store import DatasetInfo
+    from pipelines.data.stream import augment_arguments
+    from pipelines.training.step import TrainStep, prepare
 
     assert ".avif" in IMAGE_SUFFIXES
     buffer = io.BytesIO()

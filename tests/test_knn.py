@@ -1,6 +1,6 @@
 import torch
 
-from pipelines.knn import knn_accuracy, knn_predict
+from pipelines.features.knn import knn_accuracy, knn_predict
 
 
 def test_weighted_vote_by_hand():

@@ -3,8 +3,8 @@ identical replicas."""
 import pytest
 import torch
 
-from pipelines.build import build_method
-from pipelines.config import load_config
+from pipelines.config.load import load_config
+from pipelines.training.methods import build_method
 from ssl_models import MAE, backbone_spec, create_backbone
 from ssl_models.mae import masked_patch_loss, patchify, random_masking, unpatchify
 from tests.two_workers import results_of, two_worker_check
@@ -84,7 +84,7 @@ def _mae_step(rank: int) -> dict:
     """A training step on each rank's own images (and masks); every parameter and buffer afterwards."""
     import ray.train.torch
 
-    from pipelines.step import TrainStep, prepare
+    from pipelines.training.step import TrainStep, prepare
 
     config = load_config(None, ["method.name=mae", "model.backbone=vit_tiny_patch16_224", "model.patch_size=4",
                                 "method.decoder_dim=32", "method.decoder_depth=1", "method.decoder_heads=2",

@@ -5,9 +5,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipelines.build import build_method
-from pipelines.config import load_config
-from pipelines.pretrain import pretrain
+from pipelines.config.load import load_config
+from pipelines.pretraining.run import pretrain
+from pipelines.training.methods import build_method
 from ssl_models.batchnorm import GlobalBatchNorm
 from tests.conftest import mlflow_store, tiny_overrides
 from tests.two_workers import results_of, two_worker_check
@@ -30,7 +30,7 @@ def small_config(method: str):
 def _first_step(rank: int) -> dict:
     import ray.train.torch
 
-    from pipelines.step import TrainStep, prepare
+    from pipelines.training.step import TrainStep, prepare
 
     results = {}
     for method in SMALL:

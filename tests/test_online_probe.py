@@ -3,9 +3,9 @@ from contextlib import nullcontext
 
 import torch
 
-from pipelines.build import build_method
-from pipelines.config import load_config
-from pipelines.train_loop import probe_step
+from pipelines.config.load import load_config
+from pipelines.training.loop import probe_step
+from pipelines.training.methods import build_method
 from ssl_models.online_probe import FirstOutput, OnlineProbe
 
 

@@ -2,10 +2,10 @@
 import numpy as np
 import torch
 
-from pipelines.build import build_method
-from pipelines.config import load_config
-from pipelines.features import Normalizer
-from pipelines.pictures import CELL, _grid, method_pictures
+from pipelines.config.load import load_config
+from pipelines.features.extract import Normalizer
+from pipelines.tracking.pictures import CELL, _grid, method_pictures
+from pipelines.training.methods import build_method
 
 PITCH = CELL + 4  # a cell and the white line after it
 

@@ -3,10 +3,11 @@ Barlow Twins in fp16 (tests/test_pretrain.py), MAE in bf16 (tests/test_studies.p
 import pytest
 import torch
 
-from pipelines.build import build_method, build_optimizer
-from pipelines.config import load_config
-from pipelines.step import TrainStep, resolve_precision
-from pipelines.teacher import build_with_teacher
+from pipelines.config.load import load_config
+from pipelines.training.methods import build_method
+from pipelines.training.optimizer import build_optimizer
+from pipelines.training.step import TrainStep, resolve_precision
+from pipelines.training.teacher import build_with_teacher
 
 CPU = torch.device("cpu")
 

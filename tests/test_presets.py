@@ -4,9 +4,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.build import head_arguments, method_arguments
-from pipelines.config import PAPER_OPTIM, PROJECT_ROOT, load_config
-from pipelines.tune_space import load_space
+from pipelines.config.load import load_config
+from pipelines.config.methods import PAPER_OPTIM
+from pipelines.config.project import PROJECT_ROOT
+from pipelines.training.methods import head_arguments, method_arguments
+from pipelines.tuning.space import load_space
 from ssl_models import METHODS
 
 PRESETS = sorted((PROJECT_ROOT / "configs").glob("*.yaml"))

@@ -16,9 +16,12 @@ import torch
 from mlflow.tracking import MlflowClient
 from ray.util.state import list_actors
 
-from pipelines.config import PROJECT_ROOT, ConfigError, load_config
-from pipelines.pretrain import pretrain, resolve_config, parse_args
-from pipelines.run_registry import RunFailed
+from pipelines.config.load import load_config
+from pipelines.config.project import PROJECT_ROOT
+from pipelines.config.section import ConfigError
+from pipelines.pretrain import parse_args, resolve_config
+from pipelines.pretraining.run import pretrain
+from pipelines.storage.runs import RunFailed
 from tests.conftest import mlflow_store, tiny_overrides
 from tests.study_runs import run_smoke
 
@@ -63,7 +66,7 @@ def test_one_epoch_run_logs_metrics_config_and_loadable_weights(first_run, ray_s
     model.load_state_dict(safetensors.torch.load_file(local / "backbone.safetensors"))
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, meta["feature_dim"])
     assert outcome["metrics"]["step"] == 8
-    # Ray started on one machine: Train's one-machine settings (pipelines/ray_start.py), no preemption watcher
+    # Ray started on one machine: Train's one-machine settings (pipelines/cluster/start.py), no preemption watcher
     assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
     address = ray_session.get_runtime_context().gcs_address  # this session's Ray, not the newest on the machine
     assert not list_actors(address=address, filters=[("class_name", "=", "PreemptionWatcher")])
@@ -71,13 +74,14 @@ def test_one_epoch_run_logs_metrics_config_and_loadable_weights(first_run, ray_s
 
 
 def test_the_backbone_is_an_mlflow_model_that_loads_outside_the_project_and_embeds(first_run, fmnist_slice, tmp_path):
-    import mlflow
     import os
     import sys
 
-    from pipelines.backbone_model import model_of_run
-    from pipelines.export import load_backbone
-    from pipelines.features import Normalizer, extract_features, load_images
+    import mlflow
+
+    from pipelines.features.extract import Normalizer, extract_features, load_images
+    from pipelines.storage.export import load_backbone
+    from pipelines.tracking.logged_model import model_of_run
 
     outcome, folder, uri = first_run
     model_id = model_of_run(uri, outcome["run_id"])
@@ -162,7 +166,7 @@ def photo_shards(root: Path, labelled: bool) -> str:
     from PIL import Image
     from skimage import data as photos
 
-    from pipelines.ingest import ingest_folder
+    from pipelines.ingestion.folder import ingest_folder
 
     rng = np.random.default_rng(0)
     for name, picture in (("cat", photos.chelsea()), ("coffee", photos.coffee()), ("astronaut", photos.astronaut())):
@@ -271,7 +275,7 @@ def test_evaluate_by_run_name_logs_into_the_pretraining_run_with_a_nested_run_pe
     assert finetune.data.metrics["finetune_top1"] == run.data.metrics["eval/finetune_top1"]
     import mlflow
 
-    from pipelines.backbone_model import model_of_run
+    from pipelines.tracking.logged_model import model_of_run
 
     mlflow.set_tracking_uri(uri)
     attached = {m.key: m.value for m in mlflow.get_logged_model(model_of_run(uri, outcome["run_id"])).metrics}
@@ -294,7 +298,7 @@ def test_the_distillation_study_distils_a_small_student_from_the_first_run_and_t
     method.teacher_run, found under the study's storage while the row's own run lives under the study's trials):
     the table beside the teacher's logged metrics and every backbone's inference speed; then the same teacher as
     the first run's MLflow model."""
-    from pipelines.teacher import load_teacher, resolve_teacher
+    from pipelines.training.teacher import load_teacher, resolve_teacher
 
     outcome, folder, uri = first_run
     code, out, client, parent, rows, table = run_smoke(

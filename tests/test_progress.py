@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from pipelines.progress import ProgressLine, StepClock, progress_text, start_board
+from pipelines.tracking.progress import ProgressLine, StepClock, progress_text, start_board
 
 
 class Terminal(io.StringIO):

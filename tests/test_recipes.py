@@ -4,9 +4,11 @@ import torch
 from timm.layers import DropPath
 from torch import nn
 
-from pipelines.build import build_method, build_optimizer
-from pipelines.config import ConfigError, load_config
-from pipelines.step import TrainStep, clip_each_module, clip_each_parameter
+from pipelines.config.load import load_config
+from pipelines.config.section import ConfigError
+from pipelines.training.methods import build_method
+from pipelines.training.optimizer import build_optimizer
+from pipelines.training.step import TrainStep, clip_each_module, clip_each_parameter
 from ssl_models import DINO, MoCo, SimSiam
 
 CPU = torch.device("cpu")
@@ -102,7 +104,7 @@ def test_a_run_without_a_preset_gets_its_papers_optimizer_and_a_preset_or_overri
     byol = load_config(None).optim
     assert (byol.lr, byol.betas, byol.weight_decay, byol.clip_mode) == (2e-3, (0.9, 0.999), 1e-6, "global")
     assert load_config(None, ["method.name=dino", "optim.clip_mode=global", "optim.lr=0.01"]).optim.lr == 0.01
-    from pipelines.config import PROJECT_ROOT
+    from pipelines.config.project import PROJECT_ROOT
 
     mae_preset = load_config(PROJECT_ROOT / "configs" / "mae_fmnist_quick.yaml")
     assert mae_preset.optim.lr == 1.5e-4 and mae_preset.effective_lr() == pytest.approx(1.5e-4)  # batch 256
@@ -176,7 +178,7 @@ def test_mae_initialises_encoder_and_decoder_as_the_reference():
 def test_augmentation_strengths_and_crop_scales_follow_each_paper():
     import albumentations as A
 
-    from pipelines.augment import RECIPES
+    from pipelines.data.augment import RECIPES
 
     def jitter(method: str, channels: int = 3):
         views = RECIPES[method](32, channels, 0.08, load_config(None, [f"method.name={method}"]).method.model_dump())

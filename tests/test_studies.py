@@ -10,9 +10,14 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipelines import study
-from pipelines.config import PROJECT_ROOT, ConfigError, build_config, read_yaml
-from pipelines.sweep import SWEEP_DEFAULTS
-from pipelines.tune_space import ROW_AXIS, apply_values, load_space
+from pipelines.config.load import build_config, read_yaml
+from pipelines.config.project import PROJECT_ROOT
+from pipelines.config.section import ConfigError
+from pipelines.tuning.plots import study_plot
+from pipelines.tuning.space import ROW_AXIS, apply_values, load_space, metrics_of
+from pipelines.tuning.study import budget_overrides, check_study_file, only_rows, resumed_state
+from pipelines.tuning.study_report import check_outcomes, inference_speed, reference_lines, shown
+from pipelines.tuning.sweep import SWEEP_DEFAULTS
 from tests.conftest import interrupt_after_first_trial, mlflow_store, write_run_files
 from tests.study_runs import run_smoke, smoke_sets, study_results
 
@@ -20,8 +25,8 @@ STUDIES = sorted((PROJECT_ROOT / "tune_spaces" / "studies").glob("*.yaml"))
 
 
 def load_study(path, budget: str):
-    space, base = load_space(path, None, SWEEP_DEFAULTS + study.budget_overrides(read_yaml(path), budget, str(path)))
-    study.check_study_file(space)
+    space, base = load_space(path, None, SWEEP_DEFAULTS + budget_overrides(read_yaml(path), budget, str(path)))
+    check_study_file(space)
     return space, base
 
 
@@ -60,10 +65,10 @@ def test_every_row_of_every_study_takes_a_training_step(path, tmp_path):
     import numpy as np
     import torch
 
-    from pipelines.augment_batch import AugmentBatch, view_column
-    from pipelines.build import build_method
-    from pipelines.data import augment_arguments
-    from pipelines.teacher import build_with_teacher
+    from pipelines.data.augment_batch import AugmentBatch, view_column
+    from pipelines.data.stream import augment_arguments
+    from pipelines.training.methods import build_method
+    from pipelines.training.teacher import build_with_teacher
 
     space, base = load_study(path, "smoke")
     images = {"image": np.array([png(seed) for seed in range(8)], dtype=object)}
@@ -126,12 +131,12 @@ def test_a_bad_study_file_is_refused_with_a_message_naming_the_problem(case, tmp
 
 def test_rows_cut_a_study_to_the_rows_named_with_its_checks_and_plot_lines(tmp_path, capsys):
     path = PROJECT_ROOT / "tune_spaces" / "studies" / "byol_vs_simclr_robustness.yaml"
-    cut = study.only_rows(read_yaml(path), ["simclr_batch_64", "byol_batch_256", "byol_batch_128"], "robustness")
+    cut = only_rows(read_yaml(path), ["simclr_batch_64", "byol_batch_256", "byol_batch_128"], "robustness")
     assert list(cut["rows"]) == ["byol_batch_256", "byol_batch_128", "simclr_batch_64"]  # the file's order
     assert cut["plot"]["lines"] == {"BYOL": ["byol_batch_256", "byol_batch_128"], "SimCLR": ["simclr_batch_64"]}
-    assert "plot" not in study.only_rows(read_yaml(path), ["byol_no_colour"], "robustness")
+    assert "plot" not in only_rows(read_yaml(path), ["byol_no_colour"], "robustness")
     collapse = read_yaml(PROJECT_ROOT / "tune_spaces" / "studies" / "simsiam_collapse.yaml")
-    kept = study.only_rows(collapse, ["baseline", "no_predictor"], "collapse")["checks"]
+    kept = only_rows(collapse, ["baseline", "no_predictor"], "collapse")["checks"]
     assert [(check["row"], check["of"]) for check in kept] == [("no_predictor", "baseline")]
     assert study.main([str(path), "--rows", "byol_batch_256,byol_batch_1", "--budget", "smoke",
                        "--set", f"train.storage_path={tmp_path}"]) == 2
@@ -145,22 +150,22 @@ def test_checks_compare_a_row_with_another():
     space, _ = load_study(PROJECT_ROOT / "tune_spaces" / "studies" / "simsiam_collapse.yaml", "smoke")
     table = [{"row": "baseline", "ours std": 0.03}, {"row": "no_stop_gradient", "ours std": 0.01},
              {"row": "no_predictor", "ours std": 0.029}]
-    outcomes = study.check_outcomes(space, table)
+    outcomes = check_outcomes(space, table)
     assert [outcome["passed"] for outcome in outcomes] == [True, False]
-    assert study.check_outcomes(space, [{**line, "ours std": None} for line in table])[0]["passed"] is False
+    assert check_outcomes(space, [{**line, "ours std": None} for line in table])[0]["passed"] is False
 
 
 def test_a_study_plot_draws_the_papers_curves_as_lines_and_every_row_as_a_bar():
     space, _ = load_study(PROJECT_ROOT / "tune_spaces" / "studies" / "byol_vs_simclr_robustness.yaml", "cpu")
     table = [{"row": row, "ours knn": 60.0 + index, "ours linear": 70.0 + index}
              for index, row in enumerate(space.rows)]
-    lines_panel, _, bars_panel, _ = study.study_plot(space, table).axes
+    lines_panel, _, bars_panel, _ = study_plot(space, table).axes
     curves = {line.get_label(): list(line.get_xdata()) for line in lines_panel.get_lines()}
     assert curves == {"BYOL ours": [256, 128, 64], "SimCLR ours": [256, 128, 64]}
     assert [tick.get_text() for tick in bars_panel.get_xticklabels()] == list(space.rows)
     space, _ = load_study(PROJECT_ROOT / "tune_spaces" / "studies" / "mae_mask_ratio.yaml", "cpu")
     table = [{"row": row, "ours knn": 50.0, "ours linear": 60.0} for row in space.rows]
-    figure = study.study_plot(space, table)  # every row on the curve: no bars
+    figure = study_plot(space, table)  # every row on the curve: no bars
     assert len(figure.axes) == 2 and len(figure.axes[0].get_lines()[0].get_xdata()) == len(space.rows)
 
 
@@ -214,12 +219,12 @@ def test_the_simsiam_collapse_study_interrupted_resumes_each_row_once_and_puts_i
     with pytest.raises(ConfigError, match="is a sweep, not a study"):  # a sweep is not resumed as a study
         (tmp_path / "runs" / "plain").mkdir()
         (tmp_path / "runs" / "plain" / "sweep.json").write_text('{"name": "plain"}')
-        study.resumed_state("plain", [f"train.storage_path={tmp_path / 'runs'}"])
+        resumed_state("plain", [f"train.storage_path={tmp_path / 'runs'}"])
 
 
 def test_a_reference_run_is_shown_beside_the_rows_with_its_inference_speed(tmp_path):
     """The distillation study's teacher: a finished run named by method.teacher_run, its logged metrics as the rows'."""
-    from pipelines.build import build_method
+    from pipelines.training.methods import build_method
 
     uri = mlflow_store(tmp_path)
     client = MlflowClient(uri)
@@ -229,12 +234,12 @@ def test_a_reference_run_is_shown_beside_the_rows_with_its_inference_speed(tmp_p
     write_run_files(tmp_path / "runs", "byol-24ep", teacher, build_method(teacher, 1, 10), uri, run.info.run_id)
     space, base = load_study(PROJECT_ROOT / "tune_spaces" / "studies" / "distillation.yaml", "smoke")
     base["train"] = {**base.get("train", {}), "storage_path": str(tmp_path / "runs")}
-    lines = study.reference_lines(space, build_config(base))
+    lines = reference_lines(space, build_config(base))
     assert lines == [{"row": "teacher", "ours knn": 81.23, "ours linear": None, "status": "reference", "run": "byol-24ep"}]
-    assert study.inference_speed(str(tmp_path / "runs"), "byol-24ep", 28, 1, batch=16, repeats=1) > 0
+    assert inference_speed(str(tmp_path / "runs"), "byol-24ep", 28, 1, batch=16, repeats=1) > 0
     space.study["references"] = {"teacher": "method.nothing"}
     with pytest.raises(ConfigError, match="references.teacher: 'method.nothing' names no run"):
-        study.reference_lines(space, build_config(base))
+        reference_lines(space, build_config(base))
 
 
 COLLAPSE_STUDIES = {"dino_collapse_guards": ("no_centering", "no_sharpening"),
@@ -244,17 +249,17 @@ COLLAPSE_STUDIES = {"dino_collapse_guards": ("no_centering", "no_sharpening"),
 def train_rows_in_process(stem: str, data: str) -> list[dict]:
     """Each row of a study at its smoke budget, trained as one Ray Train worker trains it but in process: the
     row's configuration, its augmentation of the real slice's images in a seeded order, its schedules and steps
-    (pipelines.step); each row's line holds the means of the last `train.log_every` steps, the value the run logs
+    (pipelines.training.step); each row's line holds the means of the last `train.log_every` steps, the value the run logs
     last (what the study's table reads from MLflow)."""
     import numpy as np
     import torch
 
-    from pipelines.augment_batch import AugmentBatch, view_column
-    from pipelines.data import augment_arguments
-    from pipelines.dataset_store import read_info, read_split
-    from pipelines.features import Normalizer
-    from pipelines.step import prepare, TrainStep
-    from pipelines.train_loop import MetricWindow, seed_everything
+    from pipelines.data.augment_batch import AugmentBatch, view_column
+    from pipelines.data.store import read_info, read_split
+    from pipelines.data.stream import augment_arguments
+    from pipelines.features.extract import Normalizer
+    from pipelines.training.loop import MetricWindow, seed_everything
+    from pipelines.training.step import TrainStep, prepare
 
     path = PROJECT_ROOT / "tune_spaces" / "studies" / f"{stem}.yaml"
     space, base = load_study(path, "smoke")
@@ -279,8 +284,8 @@ def train_rows_in_process(stem: str, data: str) -> list[dict]:
             if (step + 1) % config.train.log_every == 0 and step + 1 < config.train.epochs * steps_per_epoch:
                 window.reduce(1)
         logged = {f"train/{key}": value for key, value in window.reduce(config.train.epochs).items()}
-        table.append({"row": row, **{f"ours {label}": study.shown(metric, logged.get(metric))
-                                     for label, metric in study.metrics_of(space.study).items()}})
+        table.append({"row": row, **{f"ours {label}": shown(metric, logged.get(metric))
+                                     for label, metric in metrics_of(space.study).items()}})
     return space, table
 
 
@@ -295,7 +300,7 @@ def test_a_collapse_study_at_its_smoke_budget_sees_its_ablations_collapse(stem, 
     the study's smoke budget on real views; the study's own checks on the collapse signal pass (the SimSiam
     study below runs end to end through Ray Tune, as every study does)."""
     space, table = train_rows_in_process(stem, fmnist_slice)
-    outcomes = study.check_outcomes(space, table)
+    outcomes = check_outcomes(space, table)
     assert [outcome["row"] for outcome in outcomes] == list(COLLAPSE_STUDIES[stem])
     assert all(outcome["passed"] for outcome in outcomes), outcomes
 
@@ -325,7 +330,7 @@ def test_another_study_runs_one_row_end_to_end_through_its_command(ray_session, 
 
 
 def test_a_table_prints_as_markdown_padded_to_read_as_text():
-    from pipelines.sweep_report import markdown_table
+    from pipelines.tuning.report import markdown_table
 
     text = markdown_table([{"row": "baseline", "ours knn": 81.234567, "paper": None},
                            {"row": "no_predictor", "ours knn": 12345.6, "extra": 3}])

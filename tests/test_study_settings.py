@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipelines.augment import method_views
-from pipelines.augment_batch import AugmentBatch
-from pipelines.build import build_method
-from pipelines.config import ConfigError, load_config
+from pipelines.config.load import load_config
+from pipelines.config.section import ConfigError
+from pipelines.data.augment import method_views
+from pipelines.data.augment_batch import AugmentBatch
+from pipelines.training.methods import build_method
 from ssl_models.dino import dino_loss
 from ssl_models.ema import update_momentum
 
@@ -82,8 +83,8 @@ def test_backbone_and_heads_without_batch_statistics(norm, tmp_path):
     from timm.layers import StdConv2d
     from torch.nn.modules.batchnorm import _BatchNorm
 
-    from pipelines.build import build_spec
-    from pipelines.export import load_backbone, save_backbone
+    from pipelines.storage.export import load_backbone, save_backbone
+    from pipelines.training.methods import build_spec
 
     config = load_config(None, [f"model.norm={norm}", "model.projector_hidden_dim=64", "model.projection_dim=32",
                                 "model.predictor_hidden_dim=64"])

@@ -7,7 +7,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipelines import sweep
-from pipelines.config import PROJECT_ROOT, load_config
+from pipelines.config.load import load_config
+from pipelines.config.project import PROJECT_ROOT
+from pipelines.config.section import ConfigError
+from pipelines.tuning.sweep import trial_concurrency
 from tests.conftest import mlflow_store, tiny_overrides
 
 SIMCLR_SPACE = str(PROJECT_ROOT / "tune_spaces" / "simclr.yaml")
@@ -122,9 +125,9 @@ def test_a_space_for_another_method_and_optuna_on_a_grid_are_refused(tmp_path, c
 
 def test_trial_concurrency_follows_the_cluster_cpus_and_gpus():
     config = load_config(None)  # a trial reserves 0.5 (worker) + 0.5 (augmentation) + 1 (file listing) CPUs
-    assert sweep.trial_concurrency(config, {"CPU": 8}, None) == 4
-    assert sweep.trial_concurrency(config, {"CPU": 8}, 2) == 2
+    assert trial_concurrency(config, {"CPU": 8}, None) == 4
+    assert trial_concurrency(config, {"CPU": 8}, 2) == 2
     gpus = load_config(None, ["train.num_workers=2", "train.use_gpu=true"])
-    assert sweep.trial_concurrency(gpus, {"CPU": 64, "GPU": 4}, None) == 2
-    with pytest.raises(sweep.ConfigError, match="train.cpus_per_worker"):
-        sweep.trial_concurrency(config, {"CPU": 1.5}, None)
+    assert trial_concurrency(gpus, {"CPU": 64, "GPU": 4}, None) == 2
+    with pytest.raises(ConfigError, match="train.cpus_per_worker"):
+        trial_concurrency(config, {"CPU": 1.5}, None)

@@ -3,10 +3,12 @@ import os
 
 import pytest
 
-from pipelines.config import ConfigError, load_config
-from pipelines.finetune import FinetuneSettings, required_cpus as finetune_cpus
-from pipelines.pretrain import required_cpus
-from pipelines.train_driver import check_cpus, torch_threads
+from pipelines.config.load import load_config
+from pipelines.config.section import ConfigError
+from pipelines.evaluation.finetune_settings import FinetuneSettings
+from pipelines.evaluation.finetune_settings import required_cpus as finetune_cpus
+from pipelines.training.checks import required_cpus
+from pipelines.training.driver import check_cpus, torch_threads
 
 
 def test_torch_threads_share_the_machines_cores_and_a_setting_wins():

@@ -8,16 +8,17 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from pipelines.dataset_store import read_info
-from pipelines.embed import embed_split, read_embeddings
-from pipelines.export import save_backbone
-from pipelines.features import Normalizer, evaluate_backbone, extract_features, load_eval_sets, load_labelled
-from pipelines.finetune import (Classifier, FinetuneSettings, build_classifier, classifier_meta, dino_tokens, param_groups,
-                                run_supervised)
-from pipelines.knn import knn_predict
-from pipelines.linear_probe import batches_of, linear_probe, train_probe
+from pipelines.data.store import read_info
 from pipelines.evaluate import main
-from pipelines.transfer import evaluate_embeddings
+from pipelines.evaluation.classifier import Classifier, build_classifier, classifier_meta, dino_tokens, param_groups
+from pipelines.evaluation.embeddings import embed_split, read_embeddings
+from pipelines.evaluation.finetune import run_supervised
+from pipelines.evaluation.finetune_settings import FinetuneSettings
+from pipelines.evaluation.transfer import evaluate_embeddings
+from pipelines.features.extract import Normalizer, evaluate_backbone, extract_features, load_eval_sets, load_labelled
+from pipelines.features.knn import knn_predict
+from pipelines.features.linear_probe import batches_of, linear_probe, train_probe
+from pipelines.storage.export import save_backbone
 from ssl_models import backbone_spec, create_backbone
 
 
@@ -262,10 +263,10 @@ def test_the_evaluate_command_prints_each_protocol_and_names_bad_input(ray_sessi
 
 
 def test_maes_fine_tuning_regularisers_randaugment_random_erasing_mixup_and_cutmix_are_settings():
-    from pipelines.augment_batch import AugmentBatch
-    from pipelines.finetune_augment import MAE_AUGMENT, RandAugmentImage, batch_regulariser
+    from pipelines.data.augment_batch import AugmentBatch
+    from pipelines.data.finetune_augment import MAE_AUGMENT, RandAugmentImage, batch_regulariser
     from pipelines.evaluate import parse_args
-    from pipelines.transfer import EvaluationSettings, protocol_settings
+    from pipelines.evaluation.transfer import EvaluationSettings, protocol_settings
 
     # RandAugment after the crop and flip, on grey and colour images; magnitude 10's posterize keeps 0 bits
     # (Pillow 11 and later refuse them)

@@ -1,0 +1,147 @@
+"""A pretraining end to end (`python -m pipelines.pretrain` calls `pretrain`): the checks, Ray, the MLflow run,
+the Ray Train run, the logged model and the evaluation at the end.
+
+Locally it starts a Ray instance and writes to an MLflow store in the project folder; under
+`ray job submit` (or with RAY_ADDRESS set) it joins that cluster. A resumed run continues from its last
+checkpoint, in the same MLflow run.
+"""
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+from pipelines.config.load import config_yaml
+from pipelines.config.methods import DistillConfig
+from pipelines.config.schema import Config
+from pipelines.config.section import ConfigError
+from pipelines.data.store import read_info
+from pipelines.features.extract import eval_plan
+from pipelines.storage.files import DatasetError, write_text
+from pipelines.storage.runs import RUN_FILE, RunFailed, failure_reason, read_run_file, run_exists, run_weights
+from pipelines.training.checks import check_job_locations, init_ray, steps_per_epoch
+from pipelines.training.trainer import fit, random_init_backbone
+
+
+def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] = None, callbacks=(),
+             verbose: bool = True, progress: bool = True) -> dict:
+    """Runs (or resumes) one pretraining; returns run name, MLflow run id, tracking URI and final metrics.
+    `tags` go on a new MLflow run (a sweep's parent id), `callbacks` to Ray Train (a sweep's Tune reporter);
+    `verbose`: Ray's and the workers' output on this console; `progress`: the progress line."""
+    # Imported here, not at the top: the command line answers configuration mistakes in a second.
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.data.stream import train_size, training_dataset
+    from pipelines.tracking.mlflow_runs import check_reachable, fail_run, start_run, tracking_uri
+    from pipelines.tracking.pictures import augmented_views_grid
+    from pipelines.training.methods import build_spec, head_arguments
+
+    check_job_locations(config, tracking_uri(config))
+    info = read_info(config.data.path)
+    if info.splits.get("train", 0) == 0:
+        raise DatasetError(f"dataset '{config.data.path}' has no training images")
+    if info.min_side and info.min_side < config.data.image_size:
+        print(f"note: the smallest images are {info.min_side} px on their shorter side; their crops are "
+              f"upsampled to data.image_size={config.data.image_size}", flush=True)
+    build_spec(config, info.channels)
+    head_arguments(config)
+    spe = steps_per_epoch(config, train_size(config, info))
+    previous = read_run_file(config.train.storage_path, resume) if resume else None
+    if not resume and config.tracking.run_name and run_exists(config.train.storage_path, config.tracking.run_name):
+        # Ray Train would silently restore that run's checkpoint under the same name
+        raise ConfigError(f"a run named '{config.tracking.run_name}' already exists under "
+                          f"{config.train.storage_path}: continue it with --resume {config.tracking.run_name}, or "
+                          "choose another tracking.run_name")
+    uri = previous["tracking_uri"] if resume else tracking_uri(config)
+    check_reachable(uri)
+    teacher = None
+    if isinstance(config.method, DistillConfig):  # a missing or unfit teacher is told now, not by every worker
+        from pipelines.training.teacher import load_teacher, resolve_teacher
+
+        resolve_teacher(config, uri)
+        teacher = load_teacher(config.method, config.train.storage_path, info.channels, info.mean, info.std)
+    if not verbose:
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+    init_ray(config, verbose)
+
+    if resume:
+        run_name, run_id = resume, previous["mlflow_run_id"]
+        client = MlflowClient(uri)
+        client.update_run(run_id, status="RUNNING")
+    else:
+        run_name = config.tracking.run_name or f"{config.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        client, run_id = start_run(config, uri, run_name, tags)
+    write_text(f"{config.train.storage_path.rstrip('/')}/{run_name}", RUN_FILE, json.dumps(
+        {"mlflow_run_id": run_id, "tracking_uri": uri, "config": config.model_dump(mode="json")}, indent=2))
+    print(f"MLflow run {run_id} ({run_name}); {eval_plan(info)[1]}", flush=True)
+
+    baseline = None
+    try:
+        client.log_text(run_id, config_yaml(config), "config.yaml")
+        client.log_dict(run_id, asdict(info), "dataset.json")
+        client.log_image(run_id, augmented_views_grid(config, info), "augmented_views.png")
+        baseline = random_init_backbone(config, info, spe, teacher) if info.labelled and config.eval.baseline \
+            and not resume and config.eval.final_protocols else None
+        teacher = None  # the workers load their own
+        result = fit(config, info, spe, run_name, run_id, uri, training_dataset(config, info), callbacks, progress)
+        with result.checkpoint.as_directory() as folder:
+            for name in ("backbone.safetensors", "backbone.json"):
+                client.log_artifact(run_id, str(Path(folder) / name), "backbone")
+            if config.tracking.log_model:
+                from pipelines.tracking.logged_model import log_backbone_model
+
+                log_backbone_model(uri, run_id, folder)
+        evaluated = evaluate_at_end(config, info, run_name, baseline)
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C: Ray Train's SIGINT handler aborts the run, then sys.exit()s
+        fail_run(client, run_id, "interrupted by the user", status="KILLED")
+        raise
+    except Exception as error:
+        reason = failure_reason(error)
+        fail_run(client, run_id, reason)
+        raise RunFailed(reason) from error
+    finally:
+        if baseline:
+            shutil.rmtree(baseline, ignore_errors=True)
+    client.set_terminated(run_id, "FINISHED")
+    return {"run_name": run_name, "run_id": run_id, "tracking_uri": uri, "metrics": dict(result.metrics),
+            "eval": evaluated, "artifact_uri": client.get_run(run_id).info.artifact_uri}
+
+
+def evaluate_at_end(config: Config, info, run_name: str, baseline: Optional[str]) -> dict[str, float]:
+    """`eval.final_protocols` by the transfer stage on the final checkpoint (the Train workers are gone by now)."""
+    protocols = config.eval.final_protocols
+    if not protocols or not info.labelled:
+        return {}
+    from pipelines.evaluation.transfer import final_evaluation
+
+    print(f"evaluating the trained backbone: {', '.join(protocols)} on {config.data.path} "
+          "(as `python -m pipelines.evaluate`)", flush=True)
+    record = read_run_file(config.train.storage_path, run_name)
+    return final_evaluation(run_weights(config.train.storage_path, run_name), info, config.data.path, list(protocols), record, run_name,
+                            (config.eval.final_bank_size, config.eval.final_query_size), config.train.seed, baseline)
+
+
+def summary(outcome: dict) -> str:
+    metrics, lines = outcome["metrics"], []
+    evaluated = outcome.get("eval") or {}
+    for key in sorted(k for k in evaluated if k.startswith("knn_top1_k")):
+        k = key.removeprefix("knn_top1_k")
+        before = evaluated.get(f"init_knn_top1_k{k}")
+        start = f"random init {before:.2%} -> " if before is not None else ""
+        lines.append(f"kNN top-1 (k={k}): {start}pretrained {evaluated[key]:.2%}")
+    if "linear_top1" in evaluated:
+        lines.append(f"linear probe top-1: {evaluated['linear_top1']:.2%}")
+    if not lines:
+        lines.append("no final evaluation (the dataset has no labels, or eval.final_protocols is empty)")
+    from pipelines.tracking.mlflow_runs import ui_command
+
+    lines += [
+        f"throughput: {metrics.get('images_per_second', 0):.0f} images/s (last epoch)",
+        f"MLflow run id: {outcome['run_id']} (run name {outcome['run_name']})",
+        f"backbone weights: {outcome['artifact_uri']}/backbone",
+        f"open the MLflow UI: {ui_command(outcome['tracking_uri'])}",
+        f"resume or extend: python -m pipelines.pretrain --resume {outcome['run_name']} --set train.epochs=N",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,57 @@
+"""Where files live: local folders or object storage (s3://, gs://, ...), through one pyarrow filesystem.
+
+Object storage is configured the way its own tools are: for S3, `AWS_ENDPOINT_URL` (a non-AWS server),
+`AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` (or an instance role) and `AWS_DEFAULT_REGION`; MLflow's
+artifact client also reads `MLFLOW_S3_ENDPOINT_URL`."""
+from typing import Optional
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+
+class DatasetError(ValueError):
+    """A dataset or run that is missing, empty or unusable: a user mistake, printed as a message."""
+
+
+def filesystem(root: str) -> tuple[pafs.FileSystem, str]:
+    try:
+        return pafs.FileSystem.from_uri(root)
+    except (pa.ArrowInvalid, ValueError):
+        return pafs.LocalFileSystem(), root
+
+
+def write_text(root: str, name: str, text: str) -> None:
+    fs, base = filesystem(root)
+    fs.create_dir(base, recursive=True)
+    with fs.open_output_stream(f"{base}/{name}") as stream:
+        stream.write(text.encode())
+
+
+def file_exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def newest_folder_with(root: str, file_name: str) -> Optional[str]:
+    """The name of the folder directly under `root` whose `file_name` changed last (None if none has it)."""
+    fs, base = filesystem(root)
+    folders = [info.base_name for info in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+               if info.type == pafs.FileType.Directory]
+    found = [(info.mtime, folder) for folder, info in
+             zip(folders, fs.get_file_info([f"{base}/{folder}/{file_name}" for folder in folders]))
+             if info.type == pafs.FileType.File]
+    return max(found)[1] if found else None
+
+
+def latest_checkpoint(run_folder: str) -> Optional[str]:
+    """The newest `checkpoint_*` folder Ray Train wrote under a run's folder (a path or URI), or None."""
+    fs, base = filesystem(run_folder)
+    names = sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+                   if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"))
+    return f"{run_folder.rstrip('/')}/{names[-1]}" if names else None
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    with fs.open_input_stream(path) as stream:
+        return stream.read()

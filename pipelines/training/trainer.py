@@ -1,0 +1,49 @@
+"""The pretraining's TorchTrainer (workers, storage, the data stream) and the backbone as rank 0 initialises it (the random-init baseline)."""
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from pipelines.config.schema import Config
+
+
+def random_init_backbone(config: Config, info, spe: int, teacher=None) -> str:
+    """The backbone as rank 0 initialises it (same seed), exported to a temporary folder for the baseline
+    (`teacher`: a distillation's, loaded once by the driver's check)."""
+    from pipelines.training.loop import export_backbone, seed_everything
+    from pipelines.training.methods import build_method
+
+    seed_everything(config.train.seed)
+    folder = tempfile.mkdtemp(prefix="random_init_")
+    method = build_method(config, info.channels, spe, (info.mean, info.std), teacher)
+    export_backbone(Path(folder), method.backbone, config, info, 0, 0)
+    return folder
+
+
+def fit(config: Config, info, spe: int, run_name: str, run_id: str, uri: str, dataset, callbacks=(),
+        progress: bool = True):
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+
+    from pipelines.data.stream import ingest_config
+    from pipelines.training import driver as train_driver
+    from pipelines.training.worker import stream_options, train_worker
+
+    use_gpu = config.train.use_gpu
+    if use_gpu is None:
+        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    stream = stream_options(config.data.batch_size, config.data.shuffle_buffer, config.data.prefetch_batches, use_gpu)
+    return train_driver.fit(
+        train_worker,
+        {"config": config.model_dump(mode="json"), "dataset": asdict(info), "steps_per_epoch": spe,
+         "mlflow_run_id": run_id, "tracking_uri": uri, "stream": stream},
+        progress,
+        scaling_config=ScalingConfig(num_workers=config.train.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": config.train.cpus_per_worker},
+                                     placement_strategy=config.train.placement_strategy),
+        run_config=RunConfig(name=run_name, storage_path=config.train.storage_path,
+                             checkpoint_config=CheckpointConfig(num_to_keep=1),
+                             failure_config=FailureConfig(max_failures=config.train.max_failures),
+                             callbacks=list(callbacks)),
+        datasets={"train": dataset},
+        dataset_config=ingest_config(config, info),
+    )
