@@ -50,9 +50,9 @@ def main() -> None:
                                       "eval.final_protocols=[knn, linear]", f"tracking.experiment=benchmark-{method}"])
         began = time.time()
         outcome = pretrain(config)
-        rows.append((method, config.model.backbone, outcome["eval"], outcome["metrics"]["images_per_second"],
-                     time.time() - began, outcome["run_name"]))
-        print(f"{method}: kNN top-1 {outcome['eval']['knn_top1_k20']:.2%}, linear {outcome['eval']['linear_top1']:.2%}, "
+        rows.append((method, config.model.backbone, outcome.evaluation, outcome.metrics["images_per_second"],
+                     time.time() - began, outcome.run_name))
+        print(f"{method}: kNN top-1 {outcome.evaluation['knn_top1_k20']:.2%}, linear {outcome.evaluation['linear_top1']:.2%}, "
               f"{rows[-1][3]:.0f} img/s", flush=True)
     print("\n| method | backbone | kNN k=20 | kNN k=200 | linear (cached) | kNN vs raw pixels | images/s | wall "
           "(train + eval) | run |\n|---|---|---|---|---|---|---|---|---|")

@@ -94,7 +94,7 @@ def pipeline(config: Config) -> float:
     run.eval.every_epochs, run.eval.baseline, run.eval.picture_every = 0, False, 0
     run.eval.final_protocols = []
     run.tracking.experiment = f"benchmark-throughput-{config.method.name}"
-    return pretrain(run)["metrics"]["images_per_second"]
+    return pretrain(run).metrics["images_per_second"]
 
 
 def mae_mask_timing(config: Config, encoded: list[bytes], channels: int, normalize: Normalizer,

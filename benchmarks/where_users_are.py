@@ -63,13 +63,13 @@ def main() -> None:
             extra.update({"method.teacher_run": "sorted-teacher", "model.backbone": "resnet10t"})
         outcome = pretrain(load_config(None, tiny_overrides(shards, storage, uri, method, **{**common, **extra})),
                            progress=False)
-        run_id = outcome["run_id"]
+        run_id = outcome.run_id
 
         def history(key: str) -> list[float]:
             return [round(metric.value, 3) for metric in client.get_metric_history(run_id, key)]
 
         print(f"{' '.join([method, *(f'{k}={v}' for k, v in settings.items())])}: {client.get_run(run_id).info.status}, "
-              f"steps {outcome['metrics']['step']}, replicas_identical {history('replicas_identical')}, "
+              f"steps {outcome.metrics['step']}, replicas_identical {history('replicas_identical')}, "
               f"classes_per_batch {history('train/classes_per_batch')}, knn_top1_k20 {history('knn_top1_k20')}, "
               f"loss {history('train/loss')[-3:]}", flush=True)
 

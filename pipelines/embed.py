@@ -12,11 +12,13 @@ import argparse
 import sys
 from typing import Optional
 
-from pipelines.evaluation.embeddings import embed_split, read_embeddings
+from pipelines.config.flags import settings_from_flags
+from pipelines.config.section import ConfigError
+from pipelines.evaluation.embeddings import EmbedSettings, embed
 from pipelines.storage.files import DatasetError
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def parse_args(argv) -> EmbedSettings:
     parser = argparse.ArgumentParser(prog="python -m pipelines.embed", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
@@ -29,19 +31,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", required=True, help="folder or URI; the embeddings go to OUT/SPLIT/")
     parser.add_argument("--actors", type=int, default=1, help="embedding actors (one GPU each where there are GPUs)")
     parser.add_argument("--verbose", action="store_true", help="show Ray's and its workers' output here")
-    args = parser.parse_args(argv)
-    from pipelines.cluster.start import start_ray
-    from pipelines.storage.runs import resolve_source
+    return settings_from_flags(EmbedSettings, vars(parser.parse_args(argv)), {})
 
+
+def main(argv: Optional[list[str]] = None) -> int:
     try:
-        weights, data = resolve_source(args.weights, args.run, args.storage, args.data)
-        start_ray(args.verbose)
-        folder = embed_split(weights, data, args.split, args.out, args.actors)
-    except (DatasetError, ValueError) as error:
+        result = embed(parse_args(argv))
+    except (ConfigError, DatasetError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    rows, _, embeddings = read_embeddings(folder)
-    print(f"embedded {len(rows)} images of '{args.split}' ({embeddings.shape[1]} features each) into {folder}")
+    print(f"embedded {result.images} images ({result.features} features each) into {result.folder}")
     return 0
 
 

@@ -4,8 +4,7 @@ import argparse
 import sys
 from typing import Optional
 
-from pydantic import ValidationError
-
+from pipelines.config.flags import settings_from_flags
 from pipelines.config.section import ConfigError
 from pipelines.evaluation import transfer
 from pipelines.evaluation.transfer import PROTOCOLS, EvaluationSettings, run_evaluation
@@ -61,13 +60,8 @@ def parse_args(argv) -> EvaluationSettings:
     except ValueError:
         parser.error("--linear-lrs takes numbers separated by commas, e.g. 0.01,0.1,1.0")
     protocols = [name.strip() for name in args.pop("protocol").split(",") if name.strip()]
-    try:
-        return EvaluationSettings(**args, protocols=protocols, linear_lrs=lrs)
-    except ValidationError as error:  # named by the flag a person typed
-        first = error.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else ""
-        flag = {"protocols": "--protocol", "": "--run or --weights"}.get(field, "--" + field.replace("_", "-"))
-        raise ConfigError(f"{flag}: {first['msg'].removeprefix('Value error, ')}") from None
+    return settings_from_flags(EvaluationSettings, {**args, "protocols": protocols, "linear_lrs": lrs},
+                               {"protocols": "--protocol", "": "--run or --weights"})
 
 
 def main(argv: Optional[list[str]] = None) -> int:

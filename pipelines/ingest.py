@@ -15,20 +15,19 @@ cluster (or `ray job submit`'s) when there is one, else starts Ray on this machi
 """
 import argparse
 import sys
-import time
-from pathlib import Path
 from typing import Optional
 
-from pipelines.ingestion.datasets import FASHION_MNIST_DIR, ingest_digits, ingest_fashion_mnist
-from pipelines.ingestion.folder import ingest_folder
+from pipelines.config.flags import settings_from_flags
+from pipelines.ingestion.datasets import FASHION_MNIST_DIR
+from pipelines.ingestion.jobs import IngestSettings, ingest
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def parse_args(argv) -> IngestSettings:
     parser = argparse.ArgumentParser(prog="python -m pipelines.ingest", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="kind", required=True)
     fmnist = sub.add_parser("fashion-mnist", help="Fashion-MNIST IDX files")
-    fmnist.add_argument("--source", type=Path, default=FASHION_MNIST_DIR)
+    fmnist.add_argument("--source", default=str(FASHION_MNIST_DIR), help="the folder of its IDX files")
     fmnist.add_argument("--limit", type=int, default=None, help="first N images of each split")
     digits = sub.add_parser("digits", help="scikit-learn's 8x8 handwritten digits (bundled, offline), for transfer")
     digits.add_argument("--test-fraction", type=float, default=0.2)
@@ -41,25 +40,22 @@ def main(argv: Optional[list[str]] = None) -> int:
         each.add_argument("--rows-per-shard", type=int, default=10_000)
         each.add_argument("--seed", type=int, default=0, help="seed of the random order rows are written in")
     folder.add_argument("--verbose", action="store_true", help="show Ray's and its workers' output here")
-    args = parser.parse_args(argv)
-    started = time.time()
+    return settings_from_flags(IngestSettings, vars(parser.parse_args(argv)), {})
+
+
+def main(argv: Optional[list[str]] = None) -> int:
     try:
-        if args.kind == "fashion-mnist":
-            info = ingest_fashion_mnist(args.source, args.out, args.limit, args.rows_per_shard, args.seed)
-        elif args.kind == "digits":
-            info = ingest_digits(args.out, args.test_fraction, args.rows_per_shard, args.seed)
-        else:
-            info, skipped = ingest_folder(args.source, args.out, args.split, args.rows_per_shard,
-                                          min_size=args.min_size, seed=args.seed, verbose=args.verbose)
-            for item in skipped[:20]:
-                print(f"  skipped {item['file']}: {item['reason']}")
-            if len(skipped) > 20:
-                print(f"  ... and {len(skipped) - 20} more")
+        settings = parse_args(argv)
+        result = ingest(settings)
     except (FileNotFoundError, ValueError) as error:
         print(f"ingest failed: {error}", file=sys.stderr)
         return 2
-    print(f"ingested {sum(info.splits.values())} images ({info.skipped} skipped) into {args.out} "
-          f"in {time.time() - started:.1f}s; report: {args.out}/ingest_report.json")
+    for item in result.skipped[:20]:
+        print(f"  skipped {item['file']}: {item['reason']}")
+    if len(result.skipped) > 20:
+        print(f"  ... and {len(result.skipped) - 20} more")
+    print(f"ingested {sum(result.info.splits.values())} images ({result.info.skipped} skipped) into {settings.out} "
+          f"in {result.seconds:.1f}s; report: {settings.out}/ingest_report.json")
     return 0
 
 

@@ -10,14 +10,15 @@ import argparse
 import sys
 from typing import Optional
 
+from pipelines.config.flags import settings_from_flags
 from pipelines.config.section import ConfigError
 from pipelines.storage.files import DatasetError
 from pipelines.storage.runs import RunFailed
-from pipelines.tuning.study import check_study_file, new_state, resumed_state
-from pipelines.tuning.study_report import report
+from pipelines.tuning.jobs import StudySettings, study
+from pipelines.tuning.sweep import SweepInterrupted
 
 
-def parse_args(argv):
+def parse_args(argv) -> StudySettings:
     parser = argparse.ArgumentParser(prog="python -m pipelines.study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", nargs="?", help="study file, e.g. tune_spaces/studies/simsiam_collapse.yaml")
@@ -35,36 +36,29 @@ def parse_args(argv):
         parser.error("give a study file (tune_spaces/studies/*.yaml) or --resume NAME")
     if args.resume and args.rows:
         parser.error("--rows picks the rows of a new study; a resumed study runs the rows it began with")
-    return args
+    rows = [row.strip() for row in args.rows.split(",") if row.strip()] if args.rows else None
+    return settings_from_flags(StudySettings, {**vars(args), "rows": rows}, {"overrides": "--set"})
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from pipelines.tuning import sweep
-
-    args = parse_args(argv)
     try:
-        state = resumed_state(args.resume, args.overrides) if args.resume else new_state(
-            args.study, args.budget, args.overrides, args.rows, args.name, args.max_concurrent)
-        space = sweep.space_from_state(state)
-        check_study_file(space)
-        outcome = sweep.sweep(state, resume=bool(args.resume))
-        result = report(outcome, space, state)
+        result = study(parse_args(argv))
     except (ConfigError, DatasetError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except RunFailed as error:
         print(f"study failed: {error}", file=sys.stderr)
         return 1
-    except sweep.SweepInterrupted as error:
+    except SweepInterrupted as error:
         print(f"\n{error}", file=sys.stderr)
         return 130
     from pipelines.tracking.mlflow_runs import ui_command
 
-    print(f"\n{space.study.get('title', '')} ({state['study']['budget']} budget)\n\n{result['markdown']}\n")
-    for check in result["checks"]:
+    print(f"\n{result.title} ({result.budget} budget)\n\n{result.markdown}\n")
+    for check in result.checks:
         print(f"check {'passed' if check['passed'] else 'FAILED'}: {check['text']}")
-    print(f"MLflow parent run {outcome['parent_run_id']}; open the UI: {ui_command(outcome['tracking_uri'])}")
-    return 0 if all(check["passed"] for check in result["checks"]) else 1
+    print(f"MLflow parent run {result.sweep.parent_run_id}; open the UI: {ui_command(result.sweep.tracking_uri)}")
+    return 0 if result.passed else 1
 
 
 if __name__ == "__main__":

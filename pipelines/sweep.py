@@ -11,13 +11,15 @@ import json
 import sys
 from typing import Optional
 
+from pipelines.config.flags import settings_from_flags
 from pipelines.config.section import ConfigError
 from pipelines.storage.files import DatasetError
 from pipelines.storage.runs import RunFailed
-from pipelines.tuning.sweep import SweepInterrupted, new_state, resumed_state, sweep
+from pipelines.tuning.jobs import SweepSettings, sweep
+from pipelines.tuning.sweep import SweepInterrupted
 
 
-def parse_args(argv):
+def parse_args(argv) -> SweepSettings:
     parser = argparse.ArgumentParser(prog="python -m pipelines.sweep", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--space", help="sweep space, e.g. tune_spaces/dino.yaml")
@@ -35,19 +37,12 @@ def parse_args(argv):
     parser.add_argument("--out", help="where to write the best preset (default: <storage>/<name>/best.yaml)")
     parser.add_argument("--resume", metavar="NAME", help="continue an interrupted sweep ('last': the newest); "
                                                           "finished trials are kept, not rerun")
-    args = parser.parse_args(argv)
-    if args.num_samples < 1:
-        parser.error("--num-samples must be at least 1")
-    return args
+    return settings_from_flags(SweepSettings, vars(parser.parse_args(argv)), {"overrides": "--set"})
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = parse_args(argv)
     try:
-        state = resumed_state(args.resume, args.overrides) if args.resume else new_state(
-            args.space, args.overrides, args.config, args.search, args.scheduler, args.num_samples, args.grace_epochs,
-            args.max_concurrent, args.name, args.out)
-        outcome = sweep(state, resume=bool(args.resume))
+        outcome = sweep(parse_args(argv))
     except (ConfigError, DatasetError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -60,15 +55,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     from pipelines.tracking.mlflow_runs import ui_command
     from pipelines.tuning.report import markdown_table
 
-    print("\n" + markdown_table(outcome["table"]))
-    if outcome["best"]:
-        best = outcome["best"]
+    print("\n" + markdown_table(outcome.table))
+    if outcome.best:
+        best = outcome.best
         print(f"\nbest trial {best['trial_id']}: {json.dumps(best['values'])} -> {best['objective']:.4f}")
-        print(f"best preset: {outcome['preset']}\n  python -m pipelines.pretrain --config {outcome['preset']}")
+        print(f"best preset: {outcome.preset}\n  python -m pipelines.pretrain --config {outcome.preset}")
     else:
         print("\nno trial finished: see the failure_reason tag of each child run")
-    print(f"MLflow parent run {outcome['parent_run_id']}; open the UI: {ui_command(outcome['tracking_uri'])}")
-    return 0 if outcome["best"] else 1
+    print(f"MLflow parent run {outcome.parent_run_id}; open the UI: {ui_command(outcome.tracking_uri)}")
+    return 0 if outcome.best else 1
 
 
 if __name__ == "__main__":

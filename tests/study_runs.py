@@ -1,20 +1,24 @@
-"""Studies run through their command at the smoke budget on the real Fashion-MNIST slice, as CI affords them,
+"""Studies run through `study()` at the smoke budget on the real Fashion-MNIST slice, as CI affords them,
 and what they leave in MLflow."""
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipelines import study
 from pipelines.config.project import PROJECT_ROOT
+from pipelines.tuning.jobs import StudySettings, study
 from pipelines.tuning.space import ROW_AXIS
 from tests.conftest import mlflow_store
 
 
-def smoke_sets(data: str, tmp_path) -> list[str]:
+def smoke_overrides(data: str, tmp_path) -> list[str]:
     """A study at its smoke budget on the real Fashion-MNIST slice, its runs under `tmp_path`, as CI affords it."""
-    sets = [f"data.path={data}", f"train.storage_path={tmp_path / 'runs'}",
+    return [f"data.path={data}", f"train.storage_path={tmp_path / 'runs'}",
             f"tracking.tracking_uri={mlflow_store(tmp_path)}",
             "train.cpus_per_worker=0.25"]  # one row (0.25 + 0.5 augmentation + reads) fits the 2-CPU session
-    return [part for text in sets for part in ("--set", text)]
+
+
+def smoke_sets(data: str, tmp_path) -> list[str]:
+    """`smoke_overrides` as the command's flags."""
+    return [part for text in smoke_overrides(data, tmp_path) for part in ("--set", text)]
 
 
 def study_results(stem: str, name: str, tmp_path):
@@ -27,9 +31,8 @@ def study_results(stem: str, name: str, tmp_path):
     return client, parent, {run.data.tags[ROW_AXIS]: run for run in children}, table
 
 
-def run_smoke(stem: str, name: str, data: str, tmp_path, capsys, sets: list[str] = (), rows: str = ""):
-    """The study at its smoke budget through its command: exit code, printed output and `study_results`."""
-    code = study.main([str(PROJECT_ROOT / "tune_spaces" / "studies" / f"{stem}.yaml"), "--budget", "smoke",
-                       "--name", name, *(["--rows", rows] if rows else []), *smoke_sets(data, tmp_path),
-                       *[part for text in sets for part in ("--set", text)]])
-    return code, capsys.readouterr().out, *study_results(stem, name, tmp_path)
+def run_smoke(stem: str, name: str, data: str, tmp_path, overrides: list[str] = (), rows: list[str] = None):
+    """The study at its smoke budget, as a notebook runs it: its StudyResult and `study_results`."""
+    result = study(StudySettings(study=str(PROJECT_ROOT / "tune_spaces" / "studies" / f"{stem}.yaml"), budget="smoke",
+                                 name=name, rows=rows, overrides=smoke_overrides(data, tmp_path) + list(overrides)))
+    return result, *study_results(stem, name, tmp_path)

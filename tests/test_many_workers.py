@@ -79,8 +79,8 @@ def test_two_worker_run_on_a_class_sorted_folder(ray_session, sorted_shards, tmp
         "eval.online_bank_size": 200, "eval.online_query_size": 48})
     outcome = pretrain(load_config(None, overrides))
     client = MlflowClient(uri)
-    run = client.get_run(outcome["run_id"])
-    assert run.info.status == "FINISHED" and outcome["metrics"]["step"] == 2 * 7  # 480 images / (2 x 32)
+    run = client.get_run(outcome.run_id)
+    assert run.info.status == "FINISHED" and outcome.metrics["step"] == 2 * 7  # 480 images / (2 x 32)
     # the replicas (targets / teachers included) are bit-identical at the end of every epoch
     assert [m.value for m in client.get_metric_history(run.info.run_id, "replicas_identical")] == [1.0, 1.0]
     # the online probe ran on each worker's batches, its gradients averaged (its weights are in the fingerprint)

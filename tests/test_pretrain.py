@@ -41,7 +41,7 @@ def first_run(ray_session, fmnist_slice, tmp_path_factory):
 def test_one_epoch_run_logs_metrics_config_and_loadable_weights(first_run, ray_session, tmp_path):
     outcome, folder, uri = first_run
     client = MlflowClient(uri)
-    run = client.get_run(outcome["run_id"])
+    run = client.get_run(outcome.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["optim.lr"] == "0.002" and run.data.params["method.name"] == "byol"
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout
@@ -54,7 +54,7 @@ def test_one_epoch_run_logs_metrics_config_and_loadable_weights(first_run, ray_s
     for key in ("knn_top1_k20", "knn_top1_k200", "feature_std", "eval/knn_top1_k20", "eval/init_knn_top1_k20"):
         assert 0 <= run.data.metrics[key] <= 1, key
     # the final evaluation ran as the transfer stage on the whole slice: its kNN is the command's
-    assert outcome["eval"]["knn_top1_k20"] == run.data.metrics["eval/knn_top1_k20"]
+    assert outcome.evaluation["knn_top1_k20"] == run.data.metrics["eval/knn_top1_k20"]
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
     assert [child.data.tags["protocol"] for child in children] == ["knn"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -65,7 +65,7 @@ def test_one_epoch_run_logs_metrics_config_and_loadable_weights(first_run, ray_s
     model = timm.create_model(meta["timm_name"], num_classes=0, **meta["timm_kwargs"])
     model.load_state_dict(safetensors.torch.load_file(local / "backbone.safetensors"))
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, meta["feature_dim"])
-    assert outcome["metrics"]["step"] == 8
+    assert outcome.metrics["step"] == 8
     # Ray started on one machine: Train's one-machine settings (pipelines/cluster/start.py), no preemption watcher
     assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
     address = ray_session.get_runtime_context().gcs_address  # this session's Ray, not the newest on the machine
@@ -84,10 +84,10 @@ def test_the_backbone_is_an_mlflow_model_that_loads_outside_the_project_and_embe
     from pipelines.tracking.logged_model import model_of_run
 
     outcome, folder, uri = first_run
-    model_id = model_of_run(uri, outcome["run_id"])
+    model_id = model_of_run(uri, outcome.run_id)
     mlflow.set_tracking_uri(uri)
     logged = mlflow.get_logged_model(model_id)
-    assert logged.name == "backbone_model" and logged.source_run_id == outcome["run_id"]
+    assert logged.name == "backbone_model" and logged.source_run_id == outcome.run_id
     assert {m.key for m in logged.metrics} >= {"eval/knn_top1_k20", "eval/init_knn_top1_k20"}
     images = load_images(fmnist_slice, "test", 1, 28, 5)
     np.save(tmp_path / "images.npy", images[:, 0].numpy())
@@ -96,7 +96,7 @@ def test_the_backbone_is_an_mlflow_model_that_loads_outside_the_project_and_embe
               f"np.save('embeddings.npy', model.predict(np.load('images.npy')))")
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, check=True, timeout=120)
-    local = Path(MlflowClient(uri).download_artifacts(outcome["run_id"], "backbone", str(tmp_path)))
+    local = Path(MlflowClient(uri).download_artifacts(outcome.run_id, "backbone", str(tmp_path)))
     meta = json.loads((local / "backbone.json").read_text())
     backbone = load_backbone((local / "backbone.safetensors").read_bytes(), meta)
     expected = extract_features(backbone, images, Normalizer(meta["mean"], meta["std"], torch.device("cpu")), 8)
@@ -129,19 +129,19 @@ def test_ctrl_c_marks_the_run_killed_and_resume_continues_the_step_count_in_the_
     assert process.returncode == 130, output[-3000:]
     assert "continue it with: python -m pipelines.pretrain --resume tiny" in output
     client = MlflowClient(uri)
-    run = client.get_run(outcome["run_id"])
+    run = client.get_run(outcome.run_id)
     assert run.info.status == "KILLED" and run.data.tags["failure_reason"] == "interrupted by the user"
 
     config, name = resolve_config(parse_args(["--resume", "tiny", *storage]))
     assert name == "tiny" and config.data.limit == 512
     resumed = pretrain(config, name)
-    assert resumed["run_id"] == outcome["run_id"]
-    assert resumed["metrics"]["step"] == 16 and resumed["metrics"]["epoch"] == 2
-    steps = [m.step for m in client.get_metric_history(outcome["run_id"], "train/loss")]
+    assert resumed.run_id == outcome.run_id
+    assert resumed.metrics["step"] == 16 and resumed.metrics["epoch"] == 2
+    steps = [m.step for m in client.get_metric_history(outcome.run_id, "train/loss")]
     assert steps == [2, 4, 6, 8, 10, 12, 14, 16]
-    assert [m.value for m in client.get_metric_history(outcome["run_id"], "epoch")] == [1, 2]
-    assert client.get_run(outcome["run_id"]).info.status == "FINISHED"
-    runs = client.search_runs([client.get_run(outcome["run_id"]).info.experiment_id])
+    assert [m.value for m in client.get_metric_history(outcome.run_id, "epoch")] == [1, 2]
+    assert client.get_run(outcome.run_id).info.status == "FINISHED"
+    runs = client.search_runs([client.get_run(outcome.run_id).info.experiment_id])
     assert len([run for run in runs if "mlflow.parentRunId" not in run.data.tags]) == 1  # nested: evaluations
 
 
@@ -203,10 +203,10 @@ def test_each_method_not_run_elsewhere_trains_end_to_end_on_photos_without_test_
     outcome = pretrain(load_config(None, overrides))
     printed = capsys.readouterr().out
     client = MlflowClient(uri)
-    run = client.get_run(outcome["run_id"])
+    run = client.get_run(outcome.run_id)
     assert run.info.status == "FINISHED" and run.data.params["method.name"] == method
     assert client.get_experiment(run.info.experiment_id).name == method
-    assert outcome["metrics"]["step"] == steps
+    assert outcome.metrics["step"] == steps
     losses = [m.value for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert len(losses) == steps and all(math.isfinite(value) and value != 0 for value in losses)
     assert run.data.params["train.precision"] == PHOTO_RUNS[method].get("train.precision", "auto")
@@ -221,12 +221,12 @@ def test_each_method_not_run_elsewhere_trains_end_to_end_on_photos_without_test_
         assert (1 / 3 if method != "dinov2" else 0) < run.data.metrics["knn_top1_k20"] <= 1, run.data.metrics
         return
     assert "no labels in the dataset: kNN evaluation skipped (the run goes on)" in printed
-    assert not [key for key in outcome["metrics"] if "knn" in key]
+    assert not [key for key in outcome.metrics if "knn" in key]
     assert not [key for key in run.data.metrics if "knn" in key or "linear" in key]
     from pipelines.evaluate import main as evaluate_main
 
     for protocols, message in (("knn,linear", "knn, linear need"), ("finetune", "finetune needs")):
-        assert evaluate_main(["--run", outcome["run_name"], "--storage", str(tmp_path / "runs"),
+        assert evaluate_main(["--run", outcome.run_name, "--storage", str(tmp_path / "runs"),
                               "--protocol", protocols]) == 2  # supervised protocols on unlabelled images: refused
         assert f"has no labels: {message} labelled images" in capsys.readouterr().err
 
@@ -257,14 +257,14 @@ def test_evaluate_by_run_name_logs_into_the_pretraining_run_with_a_nested_run_pe
                           "--train-limit", "256", "--test-limit", "160", "--workers", "2", "--lr", "0.004",
                           "--warmup-epochs", "0", "--mae-augment"]) == 0
     printed = capsys.readouterr().out
-    assert f"logged into MLflow run {outcome['run_id']}" in printed
+    assert f"logged into MLflow run {outcome.run_id}" in printed
     client = MlflowClient(uri)
-    run = client.get_run(outcome["run_id"])
+    run = client.get_run(outcome.run_id)
     for key in ("eval/knn_top1_k20", "eval/knn_top1_k200", "eval/linear_top1"):
         assert 0.1 < run.data.metrics[key] <= 1, key  # above chance (10 classes) for a trained backbone
     # 16 steps cannot fine-tune this 16-step backbone (8 run alone; nearly collapsed) past chance; what
     # shows it trained: its curve, and its backbone moved away from the pretrained one (linear_aug's stays put)
-    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{outcome['run_id']}'")
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{outcome.run_id}'")
     protocols = [child.data.tags["protocol"] for child in children]  # knn: also each final evaluation's
     assert protocols.count("finetune") == protocols.count("linear") == 1 and protocols.count("knn") >= 2
     finetune = next(child for child in children if child.data.tags["protocol"] == "finetune")
@@ -278,12 +278,12 @@ def test_evaluate_by_run_name_logs_into_the_pretraining_run_with_a_nested_run_pe
     from pipelines.tracking.logged_model import model_of_run
 
     mlflow.set_tracking_uri(uri)
-    attached = {m.key: m.value for m in mlflow.get_logged_model(model_of_run(uri, outcome["run_id"])).metrics}
+    attached = {m.key: m.value for m in mlflow.get_logged_model(model_of_run(uri, outcome.run_id)).metrics}
     assert attached["eval/finetune_top1"] == run.data.metrics["eval/finetune_top1"] and "eval/linear_top1" in attached
     classifier = Path(printed.split("the trained classifier is in ")[1].split()[0])
     state = safetensors.torch.load_file(classifier / "classifier.safetensors")
     assert state["head.weight"].shape == (10, 512) and json.loads((classifier / "backbone.json").read_text())["feature_dim"] == 512
-    pretrained = safetensors.torch.load_file(Path(client.download_artifacts(outcome["run_id"], "backbone"))
+    pretrained = safetensors.torch.load_file(Path(client.download_artifacts(outcome.run_id, "backbone"))
                                              / "backbone.safetensors")
     moved = [key for key, value in pretrained.items() if not torch.equal(state[f"backbone.{key}"], value)]
     assert len(moved) > len(pretrained) // 2, f"fine-tuning moved only {moved}"
@@ -293,25 +293,25 @@ def test_evaluate_by_run_name_logs_into_the_pretraining_run_with_a_nested_run_pe
 
 
 def test_the_distillation_study_distils_a_small_student_from_the_first_run_and_times_every_backbone(
-        first_run, fmnist_slice, capsys):
-    """The distillation study's distilled row through its command, its teacher the module's first run (named by
+        first_run, fmnist_slice):
+    """The distillation study's distilled row (`study()`), its teacher the module's first run (named by
     method.teacher_run, found under the study's storage while the row's own run lives under the study's trials):
     the table beside the teacher's logged metrics and every backbone's inference speed; then the same teacher as
     the first run's MLflow model."""
     from pipelines.training.teacher import load_teacher, resolve_teacher
 
     outcome, folder, uri = first_run
-    code, out, client, parent, rows, table = run_smoke(
-        "distillation", "distil", fmnist_slice, folder, capsys, rows="distilled", sets=[
+    result, client, parent, rows, table = run_smoke(
+        "distillation", "distil", fmnist_slice, folder, rows=["distilled"], overrides=[
             "method.teacher_run=tiny", "eval.baseline=false", "model.projector_hidden_dim=128", "data.limit=512",
             "train.log_every=2"])
-    assert code == 0 and parent.data.tags["study.checks"] == "passed", out  # its check needs the scratch row
+    assert result.passed and parent.data.tags["study.checks"] == "passed", result.markdown  # its check: the scratch row
     run = rows["distilled"]
     assert {name: row.info.status for name, row in rows.items()} == {"distilled": "FINISHED"}
     assert run.data.params["method.teacher_run"] == "tiny"
     assert run.data.params["method.teacher_run_storage"] == str(folder / "runs")
     assert [line["row"] for line in table["table"]] == ["distilled", "teacher"]
-    teacher_knn = client.get_run(outcome["run_id"]).data.metrics["eval/knn_top1_k20"]
+    teacher_knn = client.get_run(outcome.run_id).data.metrics["eval/knn_top1_k20"]
     assert table["table"][1]["ours knn"] == round(100 * teacher_knn, 2) and table["table"][1]["run"] == "tiny"
     # each backbone timed on its own; which is faster is a benchmark's to say (CI hosts vary: 1.6x one day, 1.06x
     # another), so the test holds that both were timed and the student is the smaller network
@@ -325,7 +325,7 @@ def test_the_distillation_study_distils_a_small_student_from_the_first_run_and_t
     overrides = tiny_overrides(fmnist_slice, str(folder / "runs"), uri, "distill", **{
         "method.teacher_run": "tiny", "model.backbone": "resnet10t"})
     # the teacher as the first run's MLflow model: downloaded once into the storage, where workers read it
-    config = load_config(None, overrides + [f"method.teacher_weights=runs:/{outcome['run_id']}/backbone_model",
+    config = load_config(None, overrides + [f"method.teacher_weights=runs:/{outcome.run_id}/backbone_model",
                                                  "method.teacher_run=null"])
     resolve_teacher(config, uri)
     assert config.method.teacher_weights.startswith(str(folder / "runs" / "teachers"))

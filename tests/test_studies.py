@@ -306,17 +306,16 @@ def test_a_collapse_study_at_its_smoke_budget_sees_its_ablations_collapse(stem, 
 
 
 @pytest.mark.slow
-def test_another_study_runs_one_row_end_to_end_through_its_command(ray_session, fmnist_slice, tmp_path, capsys):
-    """The studies CI cannot afford whole (a Ray Train run a row, about a minute each): one of them through
-    `pipelines.study --rows` (MAE, the only end-to-end MAE run), every row of every study steps in process above.
+def test_another_study_runs_one_row_end_to_end(ray_session, fmnist_slice, tmp_path):
+    """The studies CI cannot afford whole (a Ray Train run a row, about a minute each): one row of one of them
+    (`study()` with `rows`; MAE, the only end-to-end MAE run), every row of every study steps in process above.
     The row trains in bf16 (the GPU's path through CPU autocast) on 2 steps of 64 (this CPU emulates half
     precision: the budget's 2 steps of 256 took 175 s against 76 s in fp32) and, asked to (sweeps default to no
     pictures), logs its reconstructions as MLflow images (the step slider in the UI)."""
     sets = ["train.precision=bf16", "eval.picture_every=1", "data.limit=128", "data.batch_size=64",
             "eval.online_bank_size=128", "eval.online_query_size=64"]  # the online kNN embeds in bf16 too: 29 img/s
-    code, out, client, parent, rows, table = run_smoke("mae_mask_ratio", "mask", fmnist_slice, tmp_path, capsys,
-                                                       sets, rows="0.9")
-    assert code == 0, out
+    result, client, parent, rows, table = run_smoke("mae_mask_ratio", "mask", fmnist_slice, tmp_path, sets, ["0.9"])
+    assert result.passed and [line["row"] for line in result.table] == ["0.9"], result.markdown
     assert parent.info.status == "FINISHED" and parent.data.tags["study.rows"] == "0.9"
     assert {name: run.info.status for name, run in rows.items()} == {"0.9": "FINISHED"}
     assert rows["0.9"].data.params["method.mask_ratio"] == "0.9" and rows["0.9"].data.params["method.name"] == "mae"

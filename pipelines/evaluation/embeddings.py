@@ -6,12 +6,14 @@ embedding is written with its label and its position in the split (`row`), so no
 the whole split. Useful on its own for near-duplicate search and data curation.
 """
 import json
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from pipelines.data.store import DatasetInfo, read_info, read_rows, split_files
@@ -139,3 +141,44 @@ def read_embeddings(folder: str) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
     flat = table["embedding"].combine_chunks().flatten().to_numpy()
     labels = table["label"].fill_null(-1).to_numpy()
     return table["row"].to_numpy(), labels, torch.from_numpy(flat.reshape(-1, width).copy())
+
+
+class EmbedSettings(BaseModel):
+    """What `python -m pipelines.embed` takes, each field its flag: the backbone (`run`, a pretraining run's name,
+    or `weights`, a folder or URI with backbone.safetensors and backbone.json, or 'pixels'), the data (default with
+    `run`: the run's), the split, and where the embeddings go (`out`/<split>/)."""
+    model_config = ConfigDict(extra="forbid")
+
+    run: Optional[str] = None
+    weights: Optional[str] = None
+    storage: Optional[str] = Field(None, description="where the run's checkpoints are (default: train.storage_path)")
+    data: Optional[str] = None
+    split: str = "train"
+    out: str
+    actors: int = Field(1, ge=1, description="embedding actors (one GPU each where there are GPUs)")
+    verbose: bool = Field(False, description="show Ray's and its workers' output here")
+
+    @model_validator(mode="after")
+    def _one_backbone(self) -> "EmbedSettings":
+        if (self.run is None) == (self.weights is None):
+            raise ValueError("give the backbone as run or as weights (one of them)")
+        return self
+
+
+@dataclass
+class EmbedResult:
+    folder: str  # <out>/<split>: Parquet files of (row, label, embedding)
+    images: int
+    features: int  # the width of each embedding
+
+
+def embed(settings: EmbedSettings) -> EmbedResult:
+    """Embeds one split with a Ray Data job (joining RAY_ADDRESS's cluster, else starting Ray here)."""
+    from pipelines.cluster.start import start_ray
+    from pipelines.storage.runs import resolve_source
+
+    weights, data = resolve_source(settings.weights, settings.run, settings.storage, settings.data)
+    start_ray(settings.verbose)
+    folder = embed_split(weights, data, settings.split, settings.out, settings.actors)
+    rows, _, embeddings = read_embeddings(folder)
+    return EmbedResult(folder, len(rows), embeddings.shape[1])

@@ -9,7 +9,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -25,9 +25,21 @@ from pipelines.training.checks import check_job_locations, init_ray, steps_per_e
 from pipelines.training.trainer import fit, random_init_backbone
 
 
+@dataclass
+class RunResult:
+    """A finished pretraining: its names, the last epoch's training metrics, the evaluation at its end (eval/...
+    without the prefix; empty without labels or eval.final_protocols), and where MLflow keeps its artifacts."""
+    run_name: str
+    run_id: str
+    tracking_uri: str
+    metrics: dict[str, float]
+    evaluation: dict[str, float]
+    artifact_uri: str
+
+
 def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] = None, callbacks=(),
-             verbose: bool = True, progress: bool = True) -> dict:
-    """Runs (or resumes) one pretraining; returns run name, MLflow run id, tracking URI and final metrics.
+             verbose: bool = True, progress: bool = True) -> RunResult:
+    """Runs (or resumes, `resume`: the run's name) one pretraining.
     `tags` go on a new MLflow run (a sweep's parent id), `callbacks` to Ray Train (a sweep's Tune reporter);
     `verbose`: Ray's and the workers' output on this console; `progress`: the progress line."""
     # Imported here, not at the top: the command line answers configuration mistakes in a second.
@@ -105,8 +117,7 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
         if baseline:
             shutil.rmtree(baseline, ignore_errors=True)
     client.set_terminated(run_id, "FINISHED")
-    return {"run_name": run_name, "run_id": run_id, "tracking_uri": uri, "metrics": dict(result.metrics),
-            "eval": evaluated, "artifact_uri": client.get_run(run_id).info.artifact_uri}
+    return RunResult(run_name, run_id, uri, dict(result.metrics), evaluated, client.get_run(run_id).info.artifact_uri)
 
 
 def evaluate_at_end(config: Config, info, run_name: str, baseline: Optional[str]) -> dict[str, float]:
@@ -123,9 +134,8 @@ def evaluate_at_end(config: Config, info, run_name: str, baseline: Optional[str]
                             (config.eval.final_bank_size, config.eval.final_query_size), config.train.seed, baseline)
 
 
-def summary(outcome: dict) -> str:
-    metrics, lines = outcome["metrics"], []
-    evaluated = outcome.get("eval") or {}
+def summary(outcome: RunResult) -> str:
+    metrics, lines, evaluated = outcome.metrics, [], outcome.evaluation
     for key in sorted(k for k in evaluated if k.startswith("knn_top1_k")):
         k = key.removeprefix("knn_top1_k")
         before = evaluated.get(f"init_knn_top1_k{k}")
@@ -139,9 +149,9 @@ def summary(outcome: dict) -> str:
 
     lines += [
         f"throughput: {metrics.get('images_per_second', 0):.0f} images/s (last epoch)",
-        f"MLflow run id: {outcome['run_id']} (run name {outcome['run_name']})",
-        f"backbone weights: {outcome['artifact_uri']}/backbone",
-        f"open the MLflow UI: {ui_command(outcome['tracking_uri'])}",
-        f"resume or extend: python -m pipelines.pretrain --resume {outcome['run_name']} --set train.epochs=N",
+        f"MLflow run id: {outcome.run_id} (run name {outcome.run_name})",
+        f"backbone weights: {outcome.artifact_uri}/backbone",
+        f"open the MLflow UI: {ui_command(outcome.tracking_uri)}",
+        f"resume or extend: python -m pipelines.pretrain --resume {outcome.run_name} --set train.epochs=N",
     ]
     return "\n".join(lines)

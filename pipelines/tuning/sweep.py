@@ -105,7 +105,7 @@ def scheduler(kind: str, config: Config, grace_epochs: int):
                          grace_period=min(grace_epochs, config.train.epochs), reduction_factor=2)
 
 
-def sweep(state: dict, resume: bool = False) -> dict:
+def run_sweep(state: dict, resume: bool = False) -> dict:
     """Runs (or resumes) the sweep `state` describes; returns its summary."""
     from mlflow.tracking import MlflowClient
     from ray import tune
