@@ -183,3 +183,14 @@ def test_command_lines_are_parsed_only_in_the_command_modules():
     for path in sorted((PROJECT_ROOT / "pipelines").rglob("*.py")):
         if path not in commands:
             assert not argparse_uses(path.read_text()), f"{path.relative_to(PROJECT_ROOT)} parses a command line"
+
+
+def test_the_tests_are_laid_out_as_the_code():
+    """A folder per stage of pipelines/ that has tests, `methods` for ssl_models, `end_to_end` for whole runs;
+    shared helpers in tests/helpers.py, fixtures in tests/conftest.py."""
+    tests = PROJECT_ROOT / "tests"
+    folders = {path.name for path in tests.iterdir() if path.is_dir() and path.name != "__pycache__"}
+    assert folders <= set(STAGES) | {"methods", "end_to_end"}, folders - set(STAGES)
+    assert {path.name for path in tests.glob("*.py")} == {"conftest.py", "helpers.py", "test_imports.py"}
+    for path in tests.rglob("*.py"):
+        assert "tests.conftest" not in imported_names(path), f"{path.relative_to(PROJECT_ROOT)}: helpers come from tests.helpers"

@@ -5,12 +5,12 @@ from typing import Any, Literal, Optional
 from pydantic import Field, model_validator
 
 from pipelines.config.methods import GLOBAL_BATCHNORM_METHODS, BYOLConfig, MethodConfig
-from pipelines.config.project import PROJECT_ROOT
+from pipelines.config.project import PROJECT_ROOT, LocalOrURI
 from pipelines.config.section import Section
 
 
 class DataConfig(Section):
-    path: str = Field(str(PROJECT_ROOT / "data" / "fashion_mnist"), description="folder of Parquet shards from pipelines.ingest (local path or URI)")
+    path: LocalOrURI = Field(str(PROJECT_ROOT / "data" / "fashion_mnist"), description="folder of Parquet shards from pipelines.ingest (local path or URI)")
     image_size: int = Field(28, ge=8, le=1024)
     batch_size: int = Field(256, ge=2, description="per-worker batch")
     limit: Optional[int] = Field(None, ge=1, description="train on N training images drawn at random (seeded by "
@@ -98,7 +98,7 @@ class TrainConfig(Section):
     compile: bool = Field(False, description="torch.compile the trained network (minutes of compilation first)")
     seed: int = 0
     log_every: int = Field(10, ge=1, description="steps between logged training metrics")
-    storage_path: str = Field(str(PROJECT_ROOT / "runs"), description="Ray Train storage (checkpoints): on "
+    storage_path: LocalOrURI = Field(str(PROJECT_ROOT / "runs"), description="Ray Train storage (checkpoints): on "
                               "several nodes a URI (s3://, gs://) or a shared folder (see shared_storage)")
     shared_storage: bool = Field(False, description="local paths (data, storage, sqlite MLflow) are a mount every "
                                  "node sees, e.g. NFS; only then may a multi-node run use them")

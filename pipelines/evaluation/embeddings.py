@@ -16,6 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from pipelines.config.project import LocalOrURI
 from pipelines.data.store import DatasetInfo, read_info, read_rows, split_files
 from pipelines.features.extract import Normalizer, decode_for_eval, extract_features
 from pipelines.storage.export import META_FILE, WEIGHTS_FILE, load_backbone
@@ -151,10 +152,10 @@ class EmbedSettings(BaseModel):
 
     run: Optional[str] = None
     weights: Optional[str] = None
-    storage: Optional[str] = Field(None, description="where the run's checkpoints are (default: train.storage_path)")
-    data: Optional[str] = None
+    storage: Optional[LocalOrURI] = Field(None, description="where the run's checkpoints are (default: train.storage_path)")
+    data: Optional[LocalOrURI] = None
     split: str = "train"
-    out: str
+    out: LocalOrURI
     actors: int = Field(1, ge=1, description="embedding actors (one GPU each where there are GPUs)")
     verbose: bool = Field(False, description="show Ray's and its workers' output here")
 

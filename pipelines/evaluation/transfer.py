@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pipelines.config.project import LocalOrURI
 from pipelines.config.schema import Config
 from pipelines.config.section import ConfigError
 from pipelines.data.finetune_augment import MAE_AUGMENT
@@ -116,10 +117,10 @@ class EvaluationSettings(BaseModel):
 
     run: Optional[str] = None
     weights: Optional[str] = None
-    storage: Optional[str] = Field(None, description="where the run's checkpoints are (default: train.storage_path)")
-    data: Optional[str] = None
+    storage: Optional[LocalOrURI] = Field(None, description="where the run's checkpoints are (default: train.storage_path)")
+    data: Optional[LocalOrURI] = None
     protocols: list[str] = ["knn", "linear"]
-    embeddings: Optional[str] = Field(None, description="keep the embeddings here (default: a temporary folder)")
+    embeddings: Optional[LocalOrURI] = Field(None, description="keep the embeddings here (default: a temporary folder)")
     actors: int = Field(1, ge=1, description="embedding actors")
     linear_epochs: int = Field(50, ge=1)
     linear_lrs: list[float] = Field([0.01, 0.1, 1.0], min_length=1, description="chosen on a held-out 10 %")

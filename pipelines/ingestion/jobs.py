@@ -7,6 +7,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipelines.config.project import LocalOrURI
 from pipelines.data.store import DatasetInfo
 from pipelines.ingestion.datasets import FASHION_MNIST_DIR, ingest_digits, ingest_fashion_mnist
 from pipelines.ingestion.folder import ingest_folder
@@ -18,8 +19,8 @@ class IngestSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["fashion-mnist", "digits", "folder"]
-    out: str = Field(description="output folder or URI")
-    source: Optional[str] = Field(None, description="fashion-mnist: default the Debian package's folder; folder: required")
+    out: LocalOrURI = Field(description="output folder or URI")
+    source: Optional[LocalOrURI] = Field(None, description="fashion-mnist: default the Debian package's folder; folder: required")
     limit: Optional[int] = Field(None, ge=1, description="fashion-mnist: the first N images of each split")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="digits: the share held out as the test split")
     split: str = Field("train", description="folder: the split's name when it has no train/test sub-folders")

@@ -8,7 +8,7 @@ from pipelines.config.load import load_config
 from pipelines.config.project import PROJECT_ROOT
 from pipelines.config.section import ConfigError
 from pipelines.pretrain import main as pretrain_main
-from tests.conftest import mlflow_store
+from tests.helpers import mlflow_store
 
 
 def test_defaults_preset_and_overrides(tmp_path):

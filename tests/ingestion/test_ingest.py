@@ -89,7 +89,7 @@ def test_a_job_servers_url_in_ray_address_is_refused_by_name_by_the_commands_tha
     """What the README's cluster section once exported (RAY_ADDRESS=http://...:8265, the job server): Ray's own
     answer was a traceback; the folder ingest and a pretraining now say which variable takes which address."""
     from pipelines import pretrain
-    from tests.conftest import mlflow_store
+    from tests.helpers import mlflow_store
 
     (tmp_path / "pictures").mkdir()
     Image.fromarray(photos.coffee()).save(tmp_path / "pictures" / "coffee.png")

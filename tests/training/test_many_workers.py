@@ -9,8 +9,7 @@ from pipelines.config.load import load_config
 from pipelines.pretraining.run import pretrain
 from pipelines.training.methods import build_method
 from ssl_models.batchnorm import GlobalBatchNorm
-from tests.conftest import mlflow_store, tiny_overrides
-from tests.two_workers import results_of, two_worker_check
+from tests.helpers import mlflow_store, results_of, tiny_overrides, two_worker_check
 
 pytestmark = pytest.mark.slow
 

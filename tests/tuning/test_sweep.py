@@ -11,7 +11,7 @@ from pipelines.config.load import load_config
 from pipelines.config.project import PROJECT_ROOT
 from pipelines.config.section import ConfigError
 from pipelines.tuning.sweep import trial_concurrency
-from tests.conftest import mlflow_store, tiny_overrides
+from tests.helpers import mlflow_store, tiny_overrides
 
 SIMCLR_SPACE = str(PROJECT_ROOT / "tune_spaces" / "simclr.yaml")
 
@@ -43,8 +43,8 @@ def test_a_sweep_runs_its_trials_as_child_runs_asha_stops_the_one_sure_to_lose_a
     tore its Train run down), tagged `stopped_early`, with the weights of its last epoch; the best trial is the one
     that ran longest, and becomes the sweep's preset. 4 epochs, not 2: an epoch here takes 2 s, and with 2 the
     Train run once finished its last epoch before Tune's stop reached it (then it did run to the end, and its run
-    rightly says so). (Optuna's search: the sweep under `ray job submit` in tests/test_cluster.py; an interrupted
-    sweep resumed without rerunning a finished trial: the SimSiam study in tests/test_studies.py, a study being a
+    rightly says so). (Optuna's search: the sweep under `ray job submit` in tests/end_to_end/test_cluster.py; an interrupted
+    sweep resumed without rerunning a finished trial: the SimSiam study in tests/tuning/test_studies.py, a study being a
     sweep of rows.)"""
     space = tmp_path / "asha.yaml"
     space.write_text(yaml.safe_dump({"method": "simclr", "objective": "knn_top1_k20", "axes": {

@@ -6,10 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_models import BarlowTwins, MoCo, SimCLR, SimSiam, VICReg
 from ssl_models.distributed import gather_with_grad
 from ssl_models.losses import barlow_twins_loss, negative_cosine, nt_xent, queue_info_nce, vicreg_loss
-from tests.two_workers import results_of, two_worker_check
+from tests.helpers import results_of, tiny_method, two_worker_check
 
 
 def test_negative_cosine_by_hand():
@@ -74,15 +73,10 @@ def test_vicreg_terms_match_direct_computation():
     assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-def tiny(cls, **kwargs):
-    backbone = nn.Sequential(nn.Flatten(), nn.Linear(12, 8))
-    return cls(backbone, 8, 10, projector_hidden_dim=16, projection_dim=8, **kwargs)
-
-
-@pytest.mark.parametrize("cls", [SimSiam, SimCLR, BarlowTwins, VICReg, MoCo])
-def test_every_method_steps_and_trains_its_whole_network(cls):
+@pytest.mark.parametrize("name", ["simsiam", "simclr", "barlow_twins", "vicreg", "moco"])
+def test_every_method_steps_and_trains_its_whole_network(name):
     torch.manual_seed(0)
-    method = tiny(cls)
+    method = tiny_method(name)
     out = method.training_step([torch.randn(6, 3, 2, 2), torch.randn(6, 3, 2, 2)], 0)
     assert torch.isfinite(out["loss"])
     out["loss"].backward()
@@ -93,7 +87,7 @@ def test_simsiam_stop_gradient_blocks_the_target_branch():
     torch.manual_seed(0)
     views = [torch.randn(6, 3, 2, 2), torch.randn(6, 3, 2, 2)]
     for stop in (True, False):
-        method = tiny(SimSiam, stop_gradient=stop, predictor_hidden_dim=4)
+        method = tiny_method("simsiam", stop_gradient=stop, predictor_hidden_dim=4)
         network, captured = method.network, {}
         network.encoder.register_forward_hook(lambda module, inputs, output: captured.update(projection=output))
         network.predictor.register_forward_hook(lambda module, inputs, output: captured.update(prediction=output))
@@ -107,7 +101,7 @@ def test_simsiam_stop_gradient_blocks_the_target_branch():
             assert through_target.abs().max() == 0
         else:
             assert through_target.abs().max() > 1e-3
-    without_predictor = tiny(SimSiam, predictor=False)
+    without_predictor = tiny_method("simsiam", predictor=False)
     assert isinstance(without_predictor.network.predictor, nn.Identity)
 
 
@@ -143,7 +137,7 @@ def test_queue_info_nce_matches_direct_computation():
 
 
 def test_moco_queue_fills_in_order_and_wraps():
-    method = tiny(MoCo, queue_size=5)
+    method = tiny_method("moco", queue_size=5)
     keys = torch.arange(24.0).view(3, 8)
     method.enqueue(keys)
     assert torch.equal(method.queue[:3], keys) and method.queue_pointer.item() == 3
@@ -154,7 +148,7 @@ def test_moco_queue_fills_in_order_and_wraps():
 
 def test_moco_step_enqueues_keys_and_moves_key_encoder_by_ema():
     torch.manual_seed(0)
-    method = tiny(MoCo, queue_size=16, momentum_start=0.9, momentum_end=0.9)
+    method = tiny_method("moco", queue_size=16, momentum_start=0.9, momentum_end=0.9)
     optimizer = torch.optim.SGD(method.trained.parameters(), lr=0.1)
     views = [torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2)]
     torch.manual_seed(1)
@@ -173,7 +167,7 @@ def test_moco_step_enqueues_keys_and_moves_key_encoder_by_ema():
 @two_worker_check
 def _enqueue(rank: int):
     torch.manual_seed(0)
-    method = tiny(MoCo, queue_size=8)
+    method = tiny_method("moco", queue_size=8)
     method.enqueue(torch.full((2, 8), float(rank + 1)))
     return method.queue[:4].clone()
 
@@ -188,7 +182,7 @@ def test_moco_enqueues_keys_from_every_worker(two_worker_results):
 def test_moco_single_worker_normalises_shuffled_keys_in_sub_batches():
     torch.manual_seed(0)
     backbone = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.BatchNorm1d(8))  # MoCo v2's head has no BN
-    method = MoCo(backbone, 8, 10, projector_hidden_dim=16, projection_dim=8, queue_size=16, shuffle_bn_splits=4)
+    method = tiny_method("moco", backbone, queue_size=16, shuffle_bn_splits=4)
     images = torch.randn(16, 3, 2, 2)
     torch.manual_seed(3)
     keys = method.keys(images)
@@ -204,7 +198,7 @@ def test_moco_single_worker_normalises_shuffled_keys_in_sub_batches():
 @two_worker_check
 def _simclr_and_moco_steps(rank: int):
     torch.manual_seed(0)  # same weights on both workers, as DDP would give
-    simclr, moco = tiny(SimCLR, temperature=0.3), tiny(MoCo, queue_size=16, shuffle_bn_splits=2)
+    simclr, moco = tiny_method("simclr", temperature=0.3), tiny_method("moco", queue_size=16, shuffle_bn_splits=2)
     torch.manual_seed(10 + rank)  # different images on each worker
     views = [torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2)]
     loss = simclr.training_step(views, 0)["loss"]

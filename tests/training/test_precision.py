@@ -1,5 +1,5 @@
 """Mixed precision through CPU autocast (bf16, and fp16 with the loss scaler), as the GPU paths run it. End to end:
-Barlow Twins in fp16 (tests/test_pretrain.py), MAE in bf16 (tests/test_studies.py)."""
+Barlow Twins in fp16 (tests/end_to_end/test_pretrain.py), MAE in bf16 (tests/tuning/test_studies.py)."""
 import pytest
 import torch
 
@@ -56,7 +56,7 @@ def test_bf16_step_runs_under_autocast():
 @pytest.mark.parametrize("method", ["dinov2", "distill"])
 def test_dinov2_and_distillation_step_under_cpu_autocast(method, precision, tmp_path):
     """The GPU paths of the two newest methods (bf16; fp16 with the loss scaler) through CPU autocast."""
-    from tests.conftest import write_run_files
+    from tests.helpers import write_run_files
 
     overrides = [f"method.name={method}", f"train.precision={precision}", "data.batch_size=8", "optim.warmup_epochs=0"]
     if method == "dinov2":

@@ -18,8 +18,14 @@ from pipelines.tuning.space import ROW_AXIS, apply_values, load_space, metrics_o
 from pipelines.tuning.study import budget_overrides, check_study_file, only_rows, resumed_state
 from pipelines.tuning.study_report import check_outcomes, inference_speed, reference_lines, shown
 from pipelines.tuning.sweep import SWEEP_DEFAULTS
-from tests.conftest import interrupt_after_first_trial, mlflow_store, write_run_files
-from tests.study_runs import run_smoke, smoke_sets, study_results
+from tests.helpers import (
+    interrupt_after_first_trial,
+    mlflow_store,
+    run_smoke,
+    smoke_sets,
+    study_results,
+    write_run_files,
+)
 
 STUDIES = sorted((PROJECT_ROOT / "tune_spaces" / "studies").glob("*.yaml"))
 

@@ -4,20 +4,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from pipelines.storage.checkpoint import load_training_state, rng_state, save_training_state, worker_checkpoint_folder
-from ssl_models import DINO, MoCo
-
-
-def tiny_backbone():
-    return nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, 8))
+from ssl_models import MoCo
+from tests.helpers import tiny_method
 
 
 def test_state_round_trip_restores_queue_centre_optimizer_and_rng(tmp_path):
     torch.manual_seed(0)
-    moco = MoCo(tiny_backbone(), 8, 10, projector_hidden_dim=16, projection_dim=8, queue_size=32)
-    dino = DINO(tiny_backbone(), 8, 10, out_dim=16, head_hidden_dim=16, bottleneck_dim=8, num_local_crops=0)
+    moco = tiny_method("moco")
+    dino = tiny_method("dino", head_hidden_dim=16, num_local_crops=0)
     moco.enqueue(torch.randn(5, 8))
     dino.update_center(torch.randn(4, 16))
     for method in (moco, dino):
@@ -31,10 +27,8 @@ def test_state_round_trip_restores_queue_centre_optimizer_and_rng(tmp_path):
         expected_random = (torch.rand(3), np.random.rand(3), random.random())
 
         torch.manual_seed(123)
-        fresh = type(method)(tiny_backbone(), 8, 10, **({"projector_hidden_dim": 16, "projection_dim": 8, "queue_size": 32}
-                                                      if isinstance(method, MoCo) else
-                                                      {"out_dim": 16, "head_hidden_dim": 16, "bottleneck_dim": 8,
-                                                       "num_local_crops": 0}))
+        fresh = tiny_method("moco") if isinstance(method, MoCo) else tiny_method("dino", head_hidden_dim=16,
+                                                                                  num_local_crops=0)
         fresh_optimizer = torch.optim.AdamW(fresh.trained.parameters(), lr=0.1)
         restored = load_training_state(folder, fresh, fresh_optimizer)
         assert restored["step"] == 7 and restored["epoch"] == 1
@@ -46,12 +40,8 @@ def test_state_round_trip_restores_queue_centre_optimizer_and_rng(tmp_path):
     assert moco.queue_pointer.item() == 5 + 4  # enqueue + one training step
 
 
-def small_moco():
-    return MoCo(tiny_backbone(), 8, 10, projector_hidden_dim=16, projection_dim=8, queue_size=32)
-
-
 def test_each_rank_resumes_its_own_random_stream(tmp_path):
-    method = small_moco()
+    method = tiny_method("moco")
     optimizer = torch.optim.AdamW(method.trained.parameters(), lr=0.1)
     states = []
     for seed in (1, 2):  # what two ranks would have gathered
@@ -65,22 +55,22 @@ def test_each_rank_resumes_its_own_random_stream(tmp_path):
         torch.manual_seed(seed)
         expected.append(torch.rand(4))
     for rank in (1, 0):
-        assert load_training_state(tmp_path, small_moco(), optimizer, rank)["rng_restored"]
+        assert load_training_state(tmp_path, tiny_method("moco"), optimizer, rank)["rng_restored"]
         assert torch.equal(torch.rand(4), expected[rank])
-    assert not load_training_state(tmp_path, small_moco(), optimizer, rank=2)["rng_restored"]
+    assert not load_training_state(tmp_path, tiny_method("moco"), optimizer, rank=2)["rng_restored"]
 
 
 @pytest.mark.filterwarnings("ignore:.*meta parameter")
 def test_a_checkpoint_loads_into_a_method_on_another_device(tmp_path):
     """The state file is read on the CPU and load_state_dict places each tensor: the RNG state, which must stay
     on the CPU, never lands on the accelerator (loading with map_location=device broke every GPU restart).
-    `meta` stands in for the accelerator here; tests/test_gpu.py repeats this on CUDA."""
-    method = small_moco()
+    `meta` stands in for the accelerator here; tests/training/test_gpu.py repeats this on CUDA."""
+    method = tiny_method("moco")
     optimizer = torch.optim.AdamW(method.trained.parameters(), lr=0.1)
     method.training_step([torch.randn(4, 3, 4, 4), torch.randn(4, 3, 4, 4)], 0)["loss"].backward()
     optimizer.step()
     save_training_state(tmp_path, method, optimizer, step=1, epoch=1, metrics={})
-    elsewhere = small_moco().to("meta")
+    elsewhere = tiny_method("moco").to("meta")
     moved_optimizer = torch.optim.AdamW(elsewhere.trained.parameters(), lr=0.1)
     restored = load_training_state(tmp_path, elsewhere, moved_optimizer)
     assert restored["step"] == 1 and restored["rng_restored"]

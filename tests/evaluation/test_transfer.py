@@ -239,7 +239,7 @@ def test_the_evaluate_command_prints_each_protocol_and_names_bad_input(ray_sessi
     backbone, width = create_backbone(spec)
     save_backbone(colour, backbone, spec, {"feature_dim": width, "image_size": 28, "mean": [0.5] * 3,
                                            "std": [0.25] * 3, "method": "none"})
-    # linear_aug (the only supervised protocol with a frozen backbone; fine-tuning: tests/test_pretrain.py) on a random
+    # linear_aug (the only supervised protocol with a frozen backbone; fine-tuning: tests/end_to_end/test_pretrain.py) on a random
     # init's features, the class-sorted folder (no test split: a stratified 10 % held out), 2 workers of 16 images
     # for 2 epochs: the held-out top-1 is above chance (0.35 and 0.44 in two runs here, against 0.1; the loss on
     # random features moved either way between the 2 epochs) and the classifier's backbone is the frozen one,

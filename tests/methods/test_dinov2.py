@@ -14,7 +14,7 @@ from ssl_models.block_masks import block_mask, crop_masks, with_positions
 from ssl_models.dino import DINOHead
 from ssl_models.dinov2 import koleo_loss, masked_patch_loss, masked_tokens, sinkhorn_knopp
 from ssl_models.schedules import value_at
-from tests.two_workers import results_of, two_worker_check
+from tests.helpers import results_of, tiny_method, two_worker_check
 
 
 def test_koleo_is_minus_the_mean_log_distance_to_the_nearest_neighbour():
@@ -91,8 +91,7 @@ def test_block_masks_mask_exactly_the_count_in_compact_blocks():
 
 def tiny_dinov2(**kwargs):
     vit, width = create_backbone(backbone_spec("vit_tiny_patch16_224", in_chans=1, image_size=28, patch_size=4))
-    return DINOv2(vit, width, 10, out_dim=32, patch_out_dim=16, head_hidden_dim=32, bottleneck_dim=8,
-                  num_local_crops=2, **kwargs)
+    return tiny_method("dinov2", vit, width, num_local_crops=2, **kwargs)
 
 
 def views(batch=4):

@@ -9,7 +9,8 @@ from pipelines.config.section import ConfigError
 from pipelines.training.methods import build_method
 from pipelines.training.optimizer import build_optimizer
 from pipelines.training.step import TrainStep, clip_each_module, clip_each_parameter
-from ssl_models import DINO, MoCo, SimSiam
+from ssl_models import DINO, SimSiam
+from tests.helpers import tiny_method
 
 CPU = torch.device("cpu")
 SMALL_DINO = ["method.name=dino", "method.out_dim=64", "method.head_hidden_dim=64", "method.bottleneck_dim=32",
@@ -40,7 +41,7 @@ def test_dino_teacher_keeps_its_own_batchnorm_statistics_and_takes_only_the_ema_
 def test_moco_v2_head_has_no_batchnorm_and_its_key_encoder_keeps_its_own_statistics():
     torch.manual_seed(0)
     backbone = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.BatchNorm1d(8))
-    method = MoCo(backbone, 8, 10, projector_hidden_dim=16, projection_dim=8, queue_size=16, shuffle_bn_splits=1)
+    method = tiny_method("moco", backbone, queue_size=16, shuffle_bn_splits=1)
     head = method.query_encoder[1]
     assert [type(m) for m in head] == [nn.Linear, nn.ReLU, nn.Linear]
     method.training_step([torch.randn(6, 3, 2, 2), torch.randn(6, 3, 2, 2) + 5], 0)
@@ -158,11 +159,11 @@ def test_simsiam_projector_ends_in_batchnorm_without_affine_and_the_predictor_lr
 def test_mae_initialises_encoder_and_decoder_as_the_reference():
     import math
 
-    from ssl_models import MAE, backbone_spec, create_backbone
+    from ssl_models import backbone_spec, create_backbone
 
     torch.manual_seed(0)
     backbone, width = create_backbone(backbone_spec("vit_tiny_patch16_224", in_chans=1, image_size=28, patch_size=4))
-    model = MAE(backbone, width, 10, decoder_dim=64, decoder_depth=1, decoder_heads=4).autoencoder
+    model = tiny_method("mae", backbone, width, decoder_dim=64, decoder_heads=4).autoencoder
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     assert linears and all(torch.count_nonzero(m.bias) == 0 for m in linears if m.bias is not None)
     for layer in linears:  # xavier-uniform: bounded by sqrt(6 / (fan_in + fan_out)) and filling the bound
@@ -217,7 +218,7 @@ def test_moco_normalises_queries_over_sub_batches_the_size_of_the_keys():
 
     torch.manual_seed(0)
     backbone = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), nn.BatchNorm1d(8))
-    method = MoCo(backbone, 8, 10, projector_hidden_dim=16, projection_dim=8, queue_size=32, shuffle_bn_splits=4)
+    method = tiny_method("moco", backbone, shuffle_bn_splits=4)
     assert method.splits(16) == 4 and method.splits(6) == 3 and method.splits(7) == 1 and method.splits(2) == 1
     plain = copy.deepcopy(method.query_encoder)
     images = torch.randn(16, 3, 2, 2) * torch.linspace(0.5, 4, 16).view(16, 1, 1, 1)

@@ -8,7 +8,7 @@ from torch import nn
 
 from ssl_models.batchnorm import GlobalBatchNorm, convert_to_global_batchnorm, normalise_views_apart
 from ssl_models.distributed import world
-from tests.two_workers import results_of, two_worker_check
+from tests.helpers import results_of, two_worker_check
 
 
 def _net() -> nn.Sequential:

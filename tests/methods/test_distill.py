@@ -15,12 +15,11 @@ from pipelines.storage.checkpoint import STATE_FILE, load_training_state, save_t
 from pipelines.storage.export import save_backbone
 from pipelines.training.methods import build_method
 from pipelines.training.teacher import build_with_teacher, load_teacher
-from ssl_models import DINO, backbone_spec, create_backbone
+from ssl_models import backbone_spec, create_backbone
 from ssl_models.batchnorm import GlobalBatchNorm
 from ssl_models.dinov2 import sinkhorn_knopp
 from ssl_models.distill import Distill, FrozenTeacher, TeacherInput
-from tests.conftest import write_run_files
-from tests.two_workers import results_of, two_worker_check
+from tests.helpers import results_of, tiny_method, two_worker_check, write_run_files
 
 
 def test_the_teacher_gets_its_own_standardisation_channels_and_size():
@@ -107,7 +106,7 @@ def test_a_checkpoint_leaves_the_teacher_out_and_resumes_into_a_method_that_load
 
 def test_a_teacher_with_a_dino_head_adds_the_cross_entropy_on_its_centred_output():
     torch.manual_seed(0)
-    dino = DINO(*small_backbone(), 10, out_dim=16, head_hidden_dim=32, bottleneck_dim=8)
+    dino = tiny_method("dino", *small_backbone())
     center = torch.randn(1, 16)
     teacher = FrozenTeacher(dino.teacher.backbone, 512, dino.teacher.head, center, temperature=0.05)
     view = torch.randn(4, 1, 28, 28)

@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from pyarrow.fs import FileType, S3FileSystem
 
 from pipelines.config.project import PROJECT_ROOT
-from tests.conftest import tiny_overrides
+from tests.helpers import tiny_overrides
 
 pytestmark = pytest.mark.slow
 RAY_CLI = str(Path(sys.executable).parent / "ray")

@@ -7,7 +7,7 @@ from pipelines.config.load import load_config
 from pipelines.training.methods import build_method
 from ssl_models import MAE, backbone_spec, create_backbone
 from ssl_models.mae import masked_patch_loss, patchify, random_masking, unpatchify
-from tests.two_workers import results_of, two_worker_check
+from tests.helpers import results_of, tiny_method, two_worker_check
 
 
 @pytest.mark.parametrize("ratio", [0.5, 0.75, 0.9])
@@ -52,7 +52,7 @@ def test_unmasked_patches_contribute_nothing_to_the_loss():
 
 def tiny_mae(ratio=0.75):
     backbone, width = create_backbone(backbone_spec("vit_tiny_patch16_224", in_chans=1, image_size=28, patch_size=4))
-    return MAE(backbone, width, 10, mask_ratio=ratio, decoder_dim=32, decoder_depth=1, decoder_heads=2)
+    return tiny_method("mae", backbone, width, mask_ratio=ratio)
 
 
 def test_encoder_sees_visible_patches_only_and_positions_are_fixed_sincos():

@@ -19,23 +19,55 @@ from ray.util.state import list_actors
 from pipelines.config.load import load_config
 from pipelines.config.project import PROJECT_ROOT
 from pipelines.config.section import ConfigError
+from pipelines.evaluation.embeddings import read_embeddings
 from pipelines.pretrain import parse_args, resolve_config
 from pipelines.pretraining.run import pretrain
 from pipelines.storage.runs import RunFailed
-from tests.conftest import mlflow_store, tiny_overrides
-from tests.study_runs import run_smoke
+from tests.helpers import mlflow_store, run_smoke, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
 
+def readme_notebook_code() -> str:
+    """The Python block of the README's notebook section, as a reader copies it."""
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    section = readme.split("## From a notebook", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
 @pytest.fixture(scope="module")
-def first_run(ray_session, fmnist_slice, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("run")
-    uri = mlflow_store(folder)
-    overrides = tiny_overrides(fmnist_slice, str(folder / "runs"), uri, **{"tracking.run_name": "tiny",
-                                                                          "eval.final_protocols": "[knn]"})
-    outcome = pretrain(load_config(None, overrides))
-    return outcome, folder, uri
+def notebook(ray_session, tmp_path_factory) -> dict:
+    """The README's notebook session run as written, from a folder of its own with its own MLflow store: what it
+    left in its variables. Its pretraining (`run`, named tiny) is the module's first run."""
+    base = tmp_path_factory.mktemp("session")
+    namespace = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(base)
+        patch.setenv("MLFLOW_TRACKING_URI", mlflow_store(base / "notebook"))
+        exec(compile(readme_notebook_code(), str(PROJECT_ROOT / "README.md"), "exec"), namespace)
+    return {**namespace, "folder": base / "notebook"}
+
+
+@pytest.fixture(scope="module")
+def first_run(notebook):
+    return notebook["run"], notebook["folder"], notebook["run"].tracking_uri
+
+
+def test_the_readmes_notebook_session_ingests_pretrains_evaluates_and_embeds(notebook):
+    folder, run = notebook["folder"], notebook["run"]
+    assert notebook["data"].info.splits == {"train": 640, "test": 640} and len(notebook["data"].info.classes) == 10
+    assert run.tracking_uri == f"sqlite:///{folder / 'mlflow.db'}" and (folder / "runs" / "tiny" / "run.json").exists()
+    assert set(run.evaluation) >= {"knn_top1_k20", "init_knn_top1_k20"}
+    evaluated = notebook["evaluated"]
+    assert evaluated.mlflow_run_id == run.run_id and 0.1 < evaluated.metrics["linear_top1"] <= 1
+    assert evaluated.probe.lr in (0.01, 0.1, 1.0) and set(evaluated.probe.validation) == {0.01, 0.1, 1.0}
+    logged = MlflowClient(run.tracking_uri).get_run(run.run_id).data.metrics
+    assert logged["eval/linear_top1"] == evaluated.metrics["linear_top1"]
+    assert logged["eval/knn_top1_k20"] == run.evaluation["knn_top1_k20"]
+    test = notebook["test"]
+    assert (test.images, test.folder) == (640, str(folder / "embeddings" / "test")) and test.features == 512
+    rows, labels, embeddings = read_embeddings(test.folder)
+    assert sorted(rows.tolist()) == list(range(640)) and embeddings.shape == (640, 512) and labels.max() == 9
 
 
 def test_one_epoch_run_logs_metrics_config_and_loadable_weights(first_run, ray_session, tmp_path):
@@ -56,7 +88,7 @@ def test_one_epoch_run_logs_metrics_config_and_loadable_weights(first_run, ray_s
     # the final evaluation ran as the transfer stage on the whole slice: its kNN is the command's
     assert outcome.evaluation["knn_top1_k20"] == run.data.metrics["eval/knn_top1_k20"]
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
-    assert [child.data.tags["protocol"] for child in children] == ["knn"]
+    assert sorted(child.data.tags["protocol"] for child in children) == ["knn", "linear"]  # linear: the notebook's
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"config.yaml", "dataset.json", "augmented_views.png", "backbone"} <= artifacts
     local = Path(client.download_artifacts(run.info.run_id, "backbone", str(tmp_path)))
@@ -185,7 +217,7 @@ def photo_shards(root: Path, labelled: bool) -> str:
 # MAE: the mask-ratio study's row, in bf16; DINO: the 2-worker run; distillation: its study below); Barlow Twins on
 # the GPU's fp16 path through CPU autocast with the loss scaler (1 step: this CPU emulates half precision, at
 # about 1 image/s for a ResNet-18 and 0.7 for DINOv2's ViT-Tiny with its heads; the scaler skipping an overflowed
-# step is tests/test_precision.py's).
+# step is tests/training/test_precision.py's).
 PHOTO_RUNS = {"moco": {"method.queue_size": 64}, "dinov2": {},
               "barlow_twins": {"train.precision": "fp16", "data.limit": 32}, "vicreg": {}}  # vicreg: without labels
 
@@ -248,12 +280,13 @@ def test_a_new_run_with_an_existing_name_is_refused_unless_resumed(first_run, fm
         pretrain(load_config(None, overrides))
 
 
-def test_evaluate_by_run_name_logs_into_the_pretraining_run_with_a_nested_run_per_protocol(first_run, capsys):
+def test_evaluate_by_run_name_logs_into_the_pretraining_run_with_a_nested_run_per_protocol(first_run, notebook,
+                                                                                          capsys):
     from pipelines.evaluate import main as evaluate_main
 
     outcome, folder, uri = first_run
-    assert evaluate_main(["--run", "tiny", "--storage", str(folder / "runs"), "--protocol", "knn,linear,finetune",
-                          "--linear-epochs", "2", "--linear-lrs", "0.1", "--epochs", "2", "--batch-size", "16",
+    assert evaluate_main(["--run", "tiny", "--storage", str(folder / "runs"), "--protocol", "knn,finetune",
+                          "--epochs", "2", "--batch-size", "16",
                           "--train-limit", "256", "--test-limit", "160", "--workers", "2", "--lr", "0.004",
                           "--warmup-epochs", "0", "--mae-augment"]) == 0
     printed = capsys.readouterr().out
@@ -266,7 +299,8 @@ def test_evaluate_by_run_name_logs_into_the_pretraining_run_with_a_nested_run_pe
     # shows it trained: its curve, and its backbone moved away from the pretrained one (linear_aug's stays put)
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{outcome.run_id}'")
     protocols = [child.data.tags["protocol"] for child in children]  # knn: also each final evaluation's
-    assert protocols.count("finetune") == protocols.count("linear") == 1 and protocols.count("knn") >= 2
+    assert protocols.count("finetune") == protocols.count("linear") == 1 and protocols.count("knn") >= 2  # linear:
+    # the README notebook's run_evaluation
     finetune = next(child for child in children if child.data.tags["protocol"] == "finetune")
     assert finetune.data.params["num_workers"] == "2" and finetune.data.params["label_smoothing"] == "0.1"
     assert (finetune.data.params["mixup"], finetune.data.params["rand_augment"]) == ("0.8", "rand-m9-mstd0.5-inc1")
@@ -288,8 +322,9 @@ def test_evaluate_by_run_name_logs_into_the_pretraining_run_with_a_nested_run_pe
     moved = [key for key, value in pretrained.items() if not torch.equal(state[f"backbone.{key}"], value)]
     assert len(moved) > len(pretrained) // 2, f"fine-tuning moved only {moved}"
     linear = next(child for child in children if child.data.tags["protocol"] == "linear")
-    assert linear.data.params["chosen_lr"] == "0.1" and linear.data.params["embeddings"] == "cached, no augmentation"
-    assert len(client.get_metric_history(linear.info.run_id, "linear/holdout_top1")) == 2
+    assert float(linear.data.params["chosen_lr"]) == notebook["evaluated"].probe.lr
+    assert linear.data.params["embeddings"] == "cached, no augmentation"
+    assert len(client.get_metric_history(linear.info.run_id, "linear/holdout_top1")) == 50  # linear_epochs' default
 
 
 def test_the_distillation_study_distils_a_small_student_from_the_first_run_and_times_every_backbone(

@@ -1,11 +1,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ssl_models import DINO, backbone_spec, create_backbone
+from ssl_models import backbone_spec, create_backbone
 from ssl_models.dino import DINOHead, dino_loss, teacher_temperature_schedule, view_pairs
-from tests.two_workers import results_of, two_worker_check
+from tests.helpers import results_of, tiny_method, two_worker_check
 
 
 def test_pairs_skip_only_identical_views():
@@ -37,13 +36,8 @@ def test_teacher_temperature_warms_up_linearly_then_holds():
     assert (schedule[4:] == 0.07).all() and len(schedule) == 10
 
 
-def tiny_dino(**kwargs):
-    backbone = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, 8))
-    return DINO(backbone, 8, 10, out_dim=16, head_hidden_dim=32, bottleneck_dim=8, **kwargs)
-
-
 def test_center_is_an_ema_of_the_teacher_mean():
-    method = tiny_dino(center_momentum=0.9)
+    method = tiny_method("dino", center_momentum=0.9)
     output = torch.tensor([[1.0] * 16, [3.0] * 16])
     method.update_center(output)
     assert torch.allclose(method.center, torch.full((1, 16), 0.1 * 2.0))
@@ -53,7 +47,7 @@ def test_center_is_an_ema_of_the_teacher_mean():
 
 def test_teacher_sees_global_crops_only_and_student_one_pass_per_resolution():
     torch.manual_seed(0)
-    method = tiny_dino(num_local_crops=3)
+    method = tiny_method("dino", num_local_crops=3)
     calls = []
     method.student.backbone.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape))
     teacher_calls = []
@@ -68,7 +62,7 @@ def test_teacher_sees_global_crops_only_and_student_one_pass_per_resolution():
 def test_last_layer_frozen_for_the_first_steps_and_weight_norm_fixed():
     head = DINOHead(8, 16, 32, 8)
     assert not head.last_layer.parametrizations.weight.original0.requires_grad
-    method = tiny_dino(num_local_crops=0, freeze_last_layer_steps=2)
+    method = tiny_method("dino", num_local_crops=0, freeze_last_layer_steps=2)
     views = [torch.randn(4, 3, 4, 4), torch.randn(4, 3, 4, 4)]
     last = method.student.head.last_layer.parametrizations.weight.original1
     method.training_step(views, 0)["loss"].backward()
@@ -80,7 +74,7 @@ def test_last_layer_frozen_for_the_first_steps_and_weight_norm_fixed():
 
 
 def test_teacher_follows_student_by_ema():
-    method = tiny_dino(momentum_start=0.5, momentum_end=0.5)
+    method = tiny_method("dino", momentum_start=0.5, momentum_end=0.5)
     with torch.no_grad():
         for p in method.student.parameters():
             p.add_(1.0)
@@ -94,7 +88,7 @@ def test_teacher_follows_student_by_ema():
 def test_dino_steps_with_resnets_and_vits(name, kwargs):
     torch.manual_seed(0)
     backbone, width = create_backbone(backbone_spec(name, in_chans=1, image_size=28, **kwargs))
-    method = DINO(backbone, width, 10, out_dim=64, head_hidden_dim=64, bottleneck_dim=32, num_local_crops=2)
+    method = tiny_method("dino", backbone, width, out_dim=64, head_hidden_dim=64, bottleneck_dim=32, num_local_crops=2)
     views = [torch.randn(2, 1, 28, 28), torch.randn(2, 1, 28, 28), torch.randn(2, 1, 12, 12), torch.randn(2, 1, 12, 12)]
     trained = {key: p for key, p in method.student.named_parameters() if p.requires_grad}
     student_before = {key: p.detach().clone() for key, p in trained.items()}
@@ -116,7 +110,7 @@ def test_dino_steps_with_resnets_and_vits(name, kwargs):
 
 @two_worker_check
 def _center(rank: int):
-    method = tiny_dino(center_momentum=0.5)
+    method = tiny_method("dino", center_momentum=0.5)
     method.update_center(torch.full((3, 16), float(rank)))  # rank 0: zeros, rank 1: ones
     return method.center.clone()
 

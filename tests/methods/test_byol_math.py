@@ -4,11 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from ssl_models import BYOL
 from ssl_models.ema import update_momentum
 from ssl_models.losses import normalized_regression_loss
 from ssl_models.metrics import embedding_std
 from ssl_models.schedules import cosine_schedule, warmup_cosine_schedule
+from tests.helpers import tiny_method
 
 
 def test_regression_loss_matches_hand_computation():
@@ -58,14 +58,9 @@ def test_warmup_cosine_lr_schedule():
     assert lrs[-1].item() == pytest.approx(0.0)
 
 
-def tiny_byol(total_steps=10):
-    backbone = nn.Sequential(nn.Flatten(), nn.Linear(12, 8))
-    return BYOL(backbone, 8, total_steps, projector_hidden_dim=16, projection_dim=4, predictor_hidden_dim=16)
-
-
 def test_byol_step_trains_online_only_and_moves_target_by_ema():
     torch.manual_seed(0)
-    method = tiny_byol()
+    method = tiny_method("byol", projection_dim=4)
     optimizer = torch.optim.SGD(method.trained.parameters(), lr=0.1)
     target_before = [p.clone() for p in method.target.parameters()]
     online_before = [p.clone() for p in method.online.encoder.parameters()]
@@ -84,7 +79,7 @@ def test_byol_step_trains_online_only_and_moves_target_by_ema():
 
 def test_byol_loss_is_symmetric_sum_of_both_directions():
     torch.manual_seed(1)
-    method = tiny_byol()
+    method = tiny_method("byol", projection_dim=4)
     v1, v2 = torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2)
     loss = method.training_step([v1, v2], 0)["loss"]
     p, _ = method.online(torch.cat([v1, v2]))
