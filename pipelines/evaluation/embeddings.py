@@ -144,26 +144,31 @@ def read_embeddings(folder: str) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
     return table["row"].to_numpy(), labels, torch.from_numpy(flat.reshape(-1, width).copy())
 
 
-class EmbedSettings(BaseModel):
-    """What `python -m pipelines.embed` takes, each field its flag: the backbone (`run`, a pretraining run's name,
-    or `weights`, a folder or URI with backbone.safetensors and backbone.json, or 'pixels'), the data (default with
-    `run`: the run's), the split, and where the embeddings go (`out`/<split>/)."""
+class BackboneSource(BaseModel):
+    """Which backbone and data a job reads: `run` (a pretraining run's name: its last checkpoint under `storage`, its
+    data) or `weights` (a folder or URI with backbone.safetensors and backbone.json, or 'pixels'), and `data` (an
+    ingested dataset; default with `run`: the run's)."""
     model_config = ConfigDict(extra="forbid")
 
     run: Optional[str] = None
     weights: Optional[str] = None
     storage: Optional[LocalOrURI] = Field(None, description="where the run's checkpoints are (default: train.storage_path)")
     data: Optional[LocalOrURI] = None
+
+    @model_validator(mode="after")
+    def _one_backbone(self) -> "BackboneSource":
+        if (self.run is None) == (self.weights is None):
+            raise ValueError("give the backbone as run or as weights (one of them)")
+        return self
+
+
+class EmbedSettings(BackboneSource):
+    """What `python -m pipelines.embed` takes, each field its flag: the backbone and data, the split, and where the
+    embeddings go (`out`/<split>/)."""
     split: str = "train"
     out: LocalOrURI
     actors: int = Field(1, ge=1, description="embedding actors (one GPU each where there are GPUs)")
     verbose: bool = Field(False, description="show Ray's and its workers' output here")
-
-    @model_validator(mode="after")
-    def _one_backbone(self) -> "EmbedSettings":
-        if (self.run is None) == (self.weights is None):
-            raise ValueError("give the backbone as run or as weights (one of them)")
-        return self
 
 
 @dataclass

@@ -21,14 +21,14 @@ from typing import Literal, Optional
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from pipelines.config.project import LocalOrURI
 from pipelines.config.schema import Config
 from pipelines.config.section import ConfigError
 from pipelines.data.finetune_augment import MAE_AUGMENT
 from pipelines.data.store import DatasetInfo, read_info
-from pipelines.evaluation.embeddings import PIXELS, embed_split, read_embeddings
+from pipelines.evaluation.embeddings import PIXELS, BackboneSource, embed_split, read_embeddings
 from pipelines.evaluation.finetune import run_supervised
 from pipelines.evaluation.finetune_settings import FROZEN, SUPERVISED, FinetuneSettings, required_cpus
 from pipelines.features.extract import eval_rows
@@ -109,16 +109,9 @@ def log_to_run(record: dict, run: str, metrics: dict[str, float], probe: Optiona
     return parent
 
 
-class EvaluationSettings(BaseModel):
+class EvaluationSettings(BackboneSource):
     """What an evaluation takes (`python -m pipelines.evaluate` parses its flags into it; a notebook builds it):
-    the backbone (`run`, a pretraining run's name, or `weights`, a folder or URI with backbone.safetensors and
-    backbone.json, or 'pixels'), the data (default with `run`: the run's), the protocols and their settings."""
-    model_config = ConfigDict(extra="forbid")
-
-    run: Optional[str] = None
-    weights: Optional[str] = None
-    storage: Optional[LocalOrURI] = Field(None, description="where the run's checkpoints are (default: train.storage_path)")
-    data: Optional[LocalOrURI] = None
+    the backbone and data (see BackboneSource), the protocols and their settings."""
     protocols: list[str] = ["knn", "linear"]
     embeddings: Optional[LocalOrURI] = Field(None, description="keep the embeddings here (default: a temporary folder)")
     actors: int = Field(1, ge=1, description="embedding actors")
@@ -151,12 +144,6 @@ class EvaluationSettings(BaseModel):
         if unknown or not protocols:
             raise ValueError(f"unknown protocol {', '.join(unknown) or '(none)'}; choose from {', '.join(PROTOCOLS)}")
         return protocols
-
-    @model_validator(mode="after")
-    def _one_backbone(self) -> "EvaluationSettings":
-        if (self.run is None) == (self.weights is None):
-            raise ValueError("give the backbone as run or as weights (one of them)")
-        return self
 
 
 @dataclass
