@@ -3,6 +3,7 @@ that moves one breaks it here and nowhere else (tests/test_imports.py holds the 
 from typing import Optional
 
 import ray.data
+
 # Waits for: a public hook into Ray Data's scheduling loop (2.60 documents none; DataContext's
 # custom_execution_callback_classes takes subclasses of this private base).
 from ray.data._internal.execution.execution_callback import ExecutionCallback

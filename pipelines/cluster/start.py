@@ -3,8 +3,8 @@ import logging
 import os
 from typing import Optional
 
-from pipelines.config.section import ConfigError
 from pipelines.cluster.ray_compat import TRAIN_HEALTH_CHECK_INTERVAL_S, TRAIN_PREEMPTION_WATCHER, session_logs_dir
+from pipelines.config.section import ConfigError
 
 
 def start_ray(verbose: bool = False, num_cpus: Optional[int] = None) -> None:

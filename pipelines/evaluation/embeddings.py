@@ -2,8 +2,8 @@
 
 A frozen backbone (backbone.safetensors + backbone.json, as pretraining exports it) is loaded once per
 actor of a pool (GPU actors where the cluster has GPUs); the split streams through it and each row's
-embedding is written with its label and its position in the split (`row`), so no process ever holds
-the whole split. Useful on its own for near-duplicate search and data curation.
+embedding is written with its label, its position in the split (`row`) and the file the ingest read it from
+(`source`), so no process ever holds the whole split. Useful on its own for near-duplicate search and data curation.
 """
 import json
 from dataclasses import dataclass
@@ -32,6 +32,9 @@ READ_CPUS = 0.25
 # and timm): the end of a small run, a study row, a sweep trial, a test.
 IN_PROCESS_PIXELS = 1 << 22
 PIXELS = "pixels"  # as --weights: the raw pixels (normalised, flattened), the baseline any backbone must beat
+# what an embedding keeps of its image's row: its label and its file (the path the ingest read it from; for
+# Fashion-MNIST and digits, the source file and the image's index in it)
+EMBEDDED_COLUMNS = ("image", "label", "source")
 
 
 class Embedder:
@@ -52,7 +55,7 @@ class Embedder:
             return empty_embeddings(self.meta["feature_dim"])
         features = extract_features(self.backbone, torch.from_numpy(np.stack(images)), self.normalize, len(images))
         return pa.table({"row": batch["row"].take(kept), "label": batch["label"].take(kept),
-                         "embedding": embedding_array(features.cpu().numpy())})
+                         "source": batch["source"].take(kept), "embedding": embedding_array(features.cpu().numpy())})
 
 
 def embedding_array(features: np.ndarray) -> pa.FixedSizeListArray:
@@ -61,7 +64,7 @@ def embedding_array(features: np.ndarray) -> pa.FixedSizeListArray:
 
 def empty_embeddings(width: int) -> pa.Table:
     return pa.table({"row": pa.array([], pa.int64()), "label": pa.array([], pa.int32()),
-                     "embedding": embedding_array(np.zeros((0, width), np.float32))})
+                     "source": pa.array([], pa.string()), "embedding": embedding_array(np.zeros((0, width), np.float32))})
 
 
 def weights_meta(weights: str, info: DatasetInfo) -> dict:
@@ -87,7 +90,7 @@ def check_compatible(meta: dict, info: DatasetInfo, data: str) -> None:
 def embed_split(weights: str, data: str, split: str, out: str, actors: int = 1, batch_size: int = EMBED_BATCH,
                 use_gpu: Optional[bool] = None, rows: Optional[np.ndarray] = None,
                 in_process: Optional[bool] = None) -> str:
-    """Writes `<out>/<split>/*.parquet` (row, label, embedding) and returns that folder; with `rows` (sorted
+    """Writes `<out>/<split>/*.parquet` (row, label, source, embedding) and returns that folder; with `rows` (sorted
     positions in the split) only those rows are read and embedded. `in_process`: by the calling process instead
     of a Ray Data job (default: when the images hold under IN_PROCESS_PIXELS pixels)."""
     import ray
@@ -114,7 +117,7 @@ def embed_split(weights: str, data: str, split: str, out: str, actors: int = 1, 
     threads = torch_threads(actors)
     # the actors must leave room for the read tasks, or a small machine deadlocks
     actor_cpus = 0 if use_gpu else min(1.0, (ray.cluster_resources().get("CPU", 1) - READ_CPUS) / actors)
-    dataset = ray.data.read_datasource(ShuffledRowGroups(split_files(data, split), ["image", "label"], seed=0,
+    dataset = ray.data.read_datasource(ShuffledRowGroups(split_files(data, split), list(EMBEDDED_COLUMNS), seed=0,
                                                          rows=rows, row_ids=True), num_cpus=READ_CPUS)
     embedded = dataset.map_batches(
         Embedder, fn_constructor_kwargs={"weights": weights, "channels": info.channels, "meta": meta, "threads": threads},
@@ -126,12 +129,19 @@ def embed_split(weights: str, data: str, split: str, out: str, actors: int = 1, 
 
 def embed_here(embedder: Embedder, data: str, split: str, rows: np.ndarray, batch_size: int, folder: str) -> None:
     """What the Ray Data job does, in this process: the rows read, embedded a batch at a time, one Parquet file."""
-    table = read_rows(data, split, rows)  # small by IN_PROCESS_PIXELS: read once
+    table = read_rows(data, split, rows, EMBEDDED_COLUMNS)  # small by IN_PROCESS_PIXELS: read once
     table = table.append_column("row", pa.array(rows[:len(table)], pa.int64()))
     parts = [embedder(table.slice(start, batch_size)) for start in range(0, len(table), batch_size)]
     fs, path = filesystem(folder)
     pq.write_table(pa.concat_tables(parts) if parts else empty_embeddings(embedder.meta["feature_dim"]),
                    f"{path}/embeddings.parquet", filesystem=fs)
+
+
+def read_sources(folder: str) -> dict[int, str]:
+    """{row: the file its image came from} of a folder `embed_split` wrote."""
+    fs, path = filesystem(folder)
+    table = pq.read_table(path, filesystem=fs, columns=["row", "source"])
+    return dict(zip(table["row"].to_pylist(), table["source"].to_pylist()))
 
 
 def read_embeddings(folder: str) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
@@ -173,7 +183,7 @@ class EmbedSettings(BackboneSource):
 
 @dataclass
 class EmbedResult:
-    folder: str  # <out>/<split>: Parquet files of (row, label, embedding)
+    folder: str  # <out>/<split>: Parquet files of (row, label, source, embedding)
     images: int
     features: int  # the width of each embedding
 

@@ -19,7 +19,7 @@ from ray.util.state import list_actors
 from pipelines.config.load import load_config
 from pipelines.config.project import PROJECT_ROOT
 from pipelines.config.section import ConfigError
-from pipelines.evaluation.embeddings import read_embeddings
+from pipelines.evaluation.embeddings import read_embeddings, read_sources
 from pipelines.pretrain import parse_args, resolve_config
 from pipelines.pretraining.run import pretrain
 from pipelines.storage.runs import RunFailed
@@ -68,6 +68,8 @@ def test_the_readmes_notebook_session_ingests_pretrains_evaluates_and_embeds(not
     assert (test.images, test.folder) == (640, str(folder / "embeddings" / "test")) and test.features == 512
     rows, labels, embeddings = read_embeddings(test.folder)
     assert sorted(rows.tolist()) == list(range(640)) and embeddings.shape == (640, 512) and labels.max() == 9
+    indices = {int(source.split("#")[1]) for source in read_sources(test.folder).values()}
+    assert indices == set(range(640))  # each vector's file and index: every test image once
 
 
 def test_one_epoch_run_logs_metrics_config_and_loadable_weights(first_run, ray_session, tmp_path):

@@ -8,10 +8,10 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from pipelines.data.store import read_info
+from pipelines.data.store import read_info, read_rows
 from pipelines.evaluate import main
 from pipelines.evaluation.classifier import Classifier, build_classifier, classifier_meta, dino_tokens, param_groups
-from pipelines.evaluation.embeddings import embed_split, read_embeddings
+from pipelines.evaluation.embeddings import embed_split, read_embeddings, read_sources
 from pipelines.evaluation.finetune import run_supervised
 from pipelines.evaluation.finetune_settings import FinetuneSettings
 from pipelines.evaluation.transfer import evaluate_embeddings
@@ -201,6 +201,12 @@ def test_embeddings_from_two_actors_equal_the_in_process_ones_and_knn_matches_th
     by_ray_rows, by_ray_labels, by_ray = read_embeddings(folders["test"])
     assert list(here_rows) == list(by_ray_rows) and list(here_labels) == list(by_ray_labels)
     assert torch.allclose(here, by_ray, atol=1e-5)
+    # each vector beside the file its image came from (Fashion-MNIST: the IDX file and the image's index in it),
+    # the same by either path, and the stored rows' own
+    sources = read_sources(folders["test"])
+    assert sources == read_sources(str(tmp_path / "here" / "test"))
+    stored = read_rows(fmnist_slice, "test", sorted(sources), ("source",))["source"].to_pylist()
+    assert [sources[row] for row in sorted(sources)] == stored and stored[0].startswith("t10k-images-idx3-ubyte")
 
     ours, _ = evaluate_embeddings(info, fmnist_slice, folders, ["knn"])
     bank, queries = load_eval_sets(info, fmnist_slice, 28, None, None)
