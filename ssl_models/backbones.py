@@ -117,9 +117,11 @@ def apply_small_stem(model: nn.Module) -> nn.Module:
     return model
 
 
-def create_backbone(spec: BackboneSpec) -> tuple[nn.Module, int]:
-    """The network (classifier removed, returns pooled features) and its feature width."""
-    model = timm.create_model(spec.timm_name, pretrained=False, num_classes=0, **spec.timm_kwargs)
+def create_backbone(spec: BackboneSpec, **create_kwargs: Any) -> tuple[nn.Module, int]:
+    """The network (classifier removed, returns pooled features) and its feature width. `create_kwargs` go to
+    `timm.create_model` too (weights from a file: pretrained=True, pretrained_cfg_overlay={"file": path})."""
+    model = timm.create_model(spec.timm_name, **{"pretrained": False, "num_classes": 0, **spec.timm_kwargs,
+                                                 **create_kwargs})
     if spec.small_stem:
         apply_small_stem(model)
     return replace_batchnorm(model, spec.norm), model.num_features

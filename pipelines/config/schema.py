@@ -35,6 +35,11 @@ class DataConfig(Section):
 
 class ModelConfig(Section):
     backbone: str = "resnet18"
+    init: Optional[str] = Field(None, description="start the backbone from weights: a timm weights file for "
+                                "model.backbone (.safetensors, .pth, .bin; on disk, nothing is downloaded), an earlier "
+                                "run (run:NAME), a folder with backbone.safetensors + backbone.json, or an MLflow "
+                                "model (models:/<id>, runs:/<run id>/backbone_model); the heads start random; null: "
+                                "timm's random initialisation")
     small_stem: bool = Field(False, description="ResNets only: 3x3 stride-1 stem and no max-pool")
     patch_size: Optional[int] = Field(None, ge=1, description="ViTs and ConvNeXts: patch (stem) size")
     projector_hidden_dim: Optional[int] = Field(None, ge=1, description="null: the method's paper value")

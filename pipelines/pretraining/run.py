@@ -68,6 +68,11 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
                           "choose another tracking.run_name")
     uri = previous["tracking_uri"] if resume else tracking_uri(config)
     check_reachable(uri)
+    if config.model.init:  # a missing or unfit file is told now, not by every worker
+        from pipelines.training.init_weights import initial_backbone, resolve_init
+
+        resolve_init(config, uri)
+        initial_backbone(build_spec(config, info.channels), config.model.init, config.train.storage_path)
     teacher = None
     if isinstance(config.method, DistillConfig):  # a missing or unfit teacher is told now, not by every worker
         from pipelines.training.teacher import load_teacher, resolve_teacher

@@ -98,3 +98,28 @@ def model_of_run(uri: str, run_id: str) -> Optional[str]:
     experiment = mlflow.MlflowClient(uri).get_run(run_id).info.experiment_id
     models = mlflow.search_logged_models([experiment], filter_string=f"source_run_id = '{run_id}'", output_format="list")
     return next((model.model_id for model in models if model.name == MODEL_NAME), None)
+
+
+def download_backbone(model_uri: str, tracking_uri: str, target: str, field: str) -> str:
+    """The backbone files of an MLflow model (models:/<id>, runs:/<run id>/backbone_model) copied into `target` (a
+    folder or URI the Train workers read); `field`: the setting that named it, for the messages."""
+    import tempfile
+
+    from pipelines.config.section import ConfigError
+    from pipelines.storage.files import filesystem
+
+    mlflow.set_tracking_uri(tracking_uri)
+    with tempfile.TemporaryDirectory() as local:
+        try:
+            mlflow.artifacts.download_artifacts(model_uri, dst_path=local)
+        except Exception as error:  # MLflow raises several kinds for a missing model or run
+            raise ConfigError(f"{field}: MLflow has no model at '{model_uri}' ({str(error)[:200]})") from None
+        fs, base = filesystem(target)
+        fs.create_dir(base, recursive=True)
+        for name in (WEIGHTS_FILE, META_FILE):
+            found = next(Path(local).rglob(name), None)
+            if found is None:
+                raise ConfigError(f"{field}: '{model_uri}' holds no {name} (not a backbone model of this project)")
+            with fs.open_output_stream(f"{base}/{name}") as stream:
+                stream.write(found.read_bytes())
+    return target

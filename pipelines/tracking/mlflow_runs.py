@@ -75,7 +75,8 @@ def start_run(config: Config, uri: str, run_name: str, tags: Optional[dict] = No
     experiment_id = ensure_experiment(client, config.tracking.experiment or config.method.name, uri,
                                       config.tracking.artifact_location)
     run = client.create_run(experiment_id, run_name=run_name,
-                            tags={"method": config.method.name, **source_tags(), **(tags or {})})
+                            tags={"method": config.method.name, **source_tags(), **(tags or {}),
+                                  **({"init": config.model.init} if config.model.init else {})})
     params = [Param(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in config.flat().items()]
     for start in range(0, len(params), 100):
         client.log_batch(run.info.run_id, params=params[start : start + 100])

@@ -7,7 +7,8 @@ import torch
 from pipelines.config.methods import DistillConfig
 from pipelines.config.schema import Config
 from pipelines.config.section import ConfigError
-from ssl_models import METHODS, BackboneSpec, SSLMethod, backbone_spec, create_backbone
+from pipelines.training.init_weights import initial_backbone
+from ssl_models import METHODS, BackboneSpec, SSLMethod, backbone_spec
 from ssl_models.backbones import is_vit
 from ssl_models.norms import replace_batchnorm
 
@@ -62,7 +63,7 @@ def build_method(config: Config, channels: int, steps_per_epoch: int,
                  teacher: Optional[torch.nn.Module] = None) -> SSLMethod:
     """`stats`: the data's (mean, std), which distillation's teacher re-standardises from (None: the teacher's own);
     `teacher`: distillation's teacher, loaded (`pipelines.teacher.build_with_teacher` loads it and builds)."""
-    backbone, feature_dim = create_backbone(build_spec(config, channels))
+    backbone, feature_dim = initial_backbone(build_spec(config, channels), config.model.init, config.train.storage_path)
     total_steps = steps_per_epoch * config.train.epochs
     extra = {}
     if isinstance(config.method, DistillConfig):

@@ -8,7 +8,6 @@ with backbone.safetensors + backbone.json (a checkpoint, an export, an MLflow mo
 import io
 import json
 import re
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -20,12 +19,12 @@ from pipelines.config.schema import Config
 from pipelines.config.section import ConfigError
 from pipelines.storage.checkpoint import STATE_FILE
 from pipelines.storage.export import META_FILE, WEIGHTS_FILE, load_backbone
-from pipelines.storage.files import DatasetError, filesystem, read_bytes
+from pipelines.storage.files import DatasetError, read_bytes
+from pipelines.training.init_weights import MLFLOW_SCHEMES
 from ssl_models.backbones import is_vit
 from ssl_models.distill import FrozenTeacher, TeacherInput
 
 HEADED_METHODS = ("dino", "dinov2")
-MLFLOW_SCHEMES = ("models:/", "runs:/")
 
 
 def run_head(folder: str, storage_path: str, run_name: str, channels: int):
@@ -128,23 +127,8 @@ def resolve_teacher(config: Config, tracking_uri: str) -> None:
     if not (isinstance(method, DistillConfig) and method.teacher_weights
             and method.teacher_weights.startswith(MLFLOW_SCHEMES)):
         return
-    import mlflow
+    from pipelines.tracking.logged_model import download_backbone
 
-    mlflow.set_tracking_uri(tracking_uri)
     target = f"{config.train.storage_path.rstrip('/')}/teachers/{re.sub(r'[^A-Za-z0-9_.-]+', '_', method.teacher_weights)}"
-    with tempfile.TemporaryDirectory() as local:
-        try:
-            mlflow.artifacts.download_artifacts(method.teacher_weights, dst_path=local)
-        except Exception as error:  # MLflow raises several kinds for a missing model or run
-            raise ConfigError(f"method.teacher_weights: MLflow has no model at '{method.teacher_weights}' "
-                              f"({str(error)[:200]})") from None
-        fs, base = filesystem(target)
-        fs.create_dir(base, recursive=True)
-        for name in (WEIGHTS_FILE, META_FILE):
-            found = next(Path(local).rglob(name), None)
-            if found is None:
-                raise ConfigError(f"method.teacher_weights: '{method.teacher_weights}' holds no {name} (not a "
-                                  "backbone model of this project)")
-            with fs.open_output_stream(f"{base}/{name}") as stream:
-                stream.write(found.read_bytes())
+    download_backbone(method.teacher_weights, tracking_uri, target, "method.teacher_weights")
     method.teacher_weights = target

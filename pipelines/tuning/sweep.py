@@ -64,6 +64,7 @@ def run_trial(sampled: dict, base_tree: dict, rows: dict, sweep_name: str, paren
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from pipelines.pretraining.run import pretrain
+    from pipelines.training.init_weights import RUN_PREFIX, run_folder
 
     trial_id = tune.get_context().get_trial_id()
     tree = apply_values(copy.deepcopy(base_tree), sampled, rows)
@@ -72,6 +73,8 @@ def run_trial(sampled: dict, base_tree: dict, rows: dict, sweep_name: str, paren
     run_name = f"{sweep_name}-{trial_id}"
     if tree_value(tree, "method.teacher_run") and not tree_value(tree, "method.teacher_run_storage"):
         apply_override(tree, ["method", "teacher_run_storage"], base.train.storage_path)  # not under the trials
+    if str(tree_value(tree, "model.init")).startswith(RUN_PREFIX):  # the run lives where the sweep's base stores
+        apply_override(tree, ["model", "init"], run_folder(tree_value(tree, "model.init"), base.train.storage_path))
     apply_override(tree, ["train", "storage_path"], storage)
     apply_override(tree, ["tracking", "run_name"], run_name)
     apply_override(tree, ["tracking", "tracking_uri"], uri)

@@ -135,6 +135,16 @@ def test_the_backbone_is_an_mlflow_model_that_loads_outside_the_project_and_embe
     backbone = load_backbone((local / "backbone.safetensors").read_bytes(), meta)
     expected = extract_features(backbone, images, Normalizer(meta["mean"], meta["std"], torch.device("cpu")), 8)
     assert np.allclose(np.load(tmp_path / "embeddings.npy"), expected.numpy(), atol=1e-5)
+    # the same model as where a new pretraining starts (model.init): downloaded once on the driver, then loaded whole
+    from pipelines.training.init_weights import resolve_init
+    from pipelines.training.methods import build_method
+
+    config = load_config(None, tiny_overrides(str(folder / "data"), str(tmp_path / "runs"), uri, **{
+        "model.init": f"runs:/{outcome.run_id}/backbone_model"}))
+    resolve_init(config, uri)
+    assert config.model.init.startswith(str(tmp_path / "runs" / "inits"))
+    started = build_method(config, 1, 10).backbone
+    assert all(torch.equal(started.state_dict()[key], value) for key, value in backbone.state_dict().items())
 
 
 def test_ctrl_c_marks_the_run_killed_and_resume_continues_the_step_count_in_the_same_mlflow_run(
