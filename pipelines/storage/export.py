@@ -35,3 +35,16 @@ def load_backbone(weights: bytes, meta: dict[str, Any]) -> nn.Module:
     backbone, _ = create_backbone(BackboneSpec.from_meta(meta))
     backbone.load_state_dict(safetensors.torch.load(weights))
     return backbone.eval()
+
+
+def read_export(folder: str, field: str, hint: str) -> tuple[dict[str, Any], bytes]:
+    """(backbone.json, backbone.safetensors' bytes) of `folder`; `field` (the setting that named it) and `hint`
+    make the message when they are not there."""
+    from pipelines.config.section import ConfigError
+    from pipelines.storage.files import read_bytes
+
+    try:
+        return json.loads(read_bytes(f"{folder}/{META_FILE}")), read_bytes(f"{folder}/{WEIGHTS_FILE}")
+    except (FileNotFoundError, OSError):
+        raise ConfigError(f"{field}: no backbone at '{folder}' (expected {WEIGHTS_FILE} and {META_FILE}; "
+                          f"{hint})") from None

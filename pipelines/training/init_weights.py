@@ -4,19 +4,18 @@ an MLflow model (downloaded once on the driver into train.storage_path/inits/, a
 
 Only the backbone starts from the weights; the heads start random. Momentum targets and self-distillation teachers
 are copies of the backbone, so they start from the same weights."""
-import json
 import logging
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import safetensors.torch
 from torch import nn
 
 from pipelines.config.schema import Config
 from pipelines.config.section import ConfigError
-from pipelines.storage.export import META_FILE, WEIGHTS_FILE
-from pipelines.storage.files import DatasetError, read_bytes
+from pipelines.storage.export import read_export
+from pipelines.storage.files import DatasetError
 from ssl_models import BackboneSpec, create_backbone
 
 RUN_PREFIX = "run:"
@@ -30,11 +29,12 @@ def describe(spec: BackboneSpec) -> str:
     return f"{spec.timm_name} ({', '.join([f'{channels} channels', *extras])})"
 
 
-def from_weights_file(spec: BackboneSpec, path: str) -> tuple[nn.Module, int]:
-    """timm's own loading: the classifier dropped, the first layer adapted to the data's channels, a ViT's position
-    embedding (and patch embedding) resampled to this image and patch size."""
+def timm_weights(create: Callable[[], nn.Module], path: str, field: str, target: str) -> nn.Module:
+    """`create()`, a timm model asked to load the weights file `path`, checked: timm loads without the classifier
+    non-strictly and only logs a layer the file lacks (left random), so what it reports is an error here naming the
+    file (`field`: the setting that named it) and the architecture (`target`)."""
     if not Path(path).is_file():
-        raise ConfigError(f"model.init: no weights file at '{path}' (a timm architecture's weights must be on disk: "
+        raise ConfigError(f"{field}: no weights file at '{path}' (a timm architecture's weights must be on disk: "
                           "nothing is downloaded at run time)")
     heard = TimmLoadReport()
     logger = logging.getLogger("timm.models._builder")
@@ -42,16 +42,23 @@ def from_weights_file(spec: BackboneSpec, path: str) -> tuple[nn.Module, int]:
     logger.setLevel(logging.INFO)
     logger.addHandler(heard)
     try:
-        loaded = create_backbone(spec, pretrained=True, pretrained_cfg_overlay={"file": path})
+        model = create()
     except (RuntimeError, KeyError, ValueError) as error:
         heard.problems.insert(0, str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
     finally:
         logger.removeHandler(heard)
         logger.setLevel(level)
-    if heard.problems:  # timm loads without the classifier non-strictly: a layer the file lacks stays random
-        raise ConfigError(f"model.init: '{path}' does not fit model.backbone {describe(spec)}: "
-                          f"{heard.problems[0][:300]}")
-    return loaded
+    if heard.problems:
+        raise ConfigError(f"{field}: '{path}' does not fit {target}: {heard.problems[0][:300]}")
+    return model
+
+
+def from_weights_file(spec: BackboneSpec, path: str) -> tuple[nn.Module, int]:
+    """timm's own loading: the classifier dropped, the first layer adapted to the data's channels, a ViT's position
+    embedding (and patch embedding) resampled to this image and patch size."""
+    backbone = timm_weights(lambda: create_backbone(spec, pretrained=True, pretrained_cfg_overlay={"file": path})[0],
+                            path, "model.init", f"model.backbone {describe(spec)}")
+    return backbone, backbone.num_features
 
 
 class TimmLoadReport(logging.Handler):
@@ -69,12 +76,8 @@ class TimmLoadReport(logging.Handler):
 
 def from_export(spec: BackboneSpec, folder: str, init: str) -> tuple[nn.Module, int]:
     """An exported backbone of the same architecture, loaded whole (a checkpoint, an export, an MLflow model's files)."""
-    try:
-        meta = json.loads(read_bytes(f"{folder}/{META_FILE}"))
-        weights = read_bytes(f"{folder}/{WEIGHTS_FILE}")
-    except (FileNotFoundError, OSError):
-        raise ConfigError(f"model.init: no backbone at '{init}' (expected {WEIGHTS_FILE} and {META_FILE}; a timm "
-                          f"weights file ends in {', '.join(WEIGHTS_FILE_SUFFIXES)})") from None
+    meta, weights = read_export(folder, "model.init",
+                                f"a timm weights file ends in {', '.join(WEIGHTS_FILE_SUFFIXES)}")
     theirs = BackboneSpec.from_meta(meta)
     backbone, width = create_backbone(spec)
     try:

@@ -6,9 +6,7 @@ with backbone.safetensors + backbone.json (a checkpoint, an export, an MLflow mo
 (downloaded on the driver into train.storage_path/teachers/), or a timm architecture with a weights file on disk.
 """
 import io
-import json
 import re
-from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
@@ -18,9 +16,9 @@ from pipelines.config.methods import DistillConfig
 from pipelines.config.schema import Config
 from pipelines.config.section import ConfigError
 from pipelines.storage.checkpoint import STATE_FILE
-from pipelines.storage.export import META_FILE, WEIGHTS_FILE, load_backbone
+from pipelines.storage.export import load_backbone, read_export
 from pipelines.storage.files import DatasetError, read_bytes
-from pipelines.training.init_weights import MLFLOW_SCHEMES
+from pipelines.training.init_weights import MLFLOW_SCHEMES, timm_weights
 from ssl_models.backbones import is_vit
 from ssl_models.distill import FrozenTeacher, TeacherInput
 
@@ -50,27 +48,16 @@ def timm_teacher(name: str, weights: str, image_size: Optional[int]):
 
     if name not in timm.list_models():
         raise ConfigError(f"method.teacher_backbone: '{name}' is not a timm architecture")
-    if not Path(weights).is_file():
-        raise ConfigError(f"method.teacher_weights: no weights file at '{weights}' (a timm architecture's weights "
-                          "must be on disk: nothing is downloaded at run time)")
     kwargs = {"img_size": image_size, "dynamic_img_size": True} if is_vit(name) and image_size else {}
-    try:
-        backbone = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": weights}, num_classes=0,
-                                     **kwargs)
-    except (RuntimeError, KeyError, ValueError) as error:
-        raise ConfigError(f"method.teacher_weights: '{weights}' does not fit {name}: {str(error)[:300]}") from None
+    backbone = timm_weights(lambda: timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": weights},
+                                                      num_classes=0, **kwargs), weights, "method.teacher_weights", name)
     cfg = backbone.pretrained_cfg
     return backbone, backbone.num_features, cfg.get("mean", (0.5,)), cfg.get("std", (0.5,)), cfg.get("input_size", (3,))[0]
 
 
 def exported_teacher(folder: str):
     """(backbone, meta) of a folder with backbone.safetensors + backbone.json."""
-    try:
-        meta = json.loads(read_bytes(f"{folder}/{META_FILE}"))
-        weights = read_bytes(f"{folder}/{WEIGHTS_FILE}")
-    except (FileNotFoundError, OSError):
-        raise ConfigError(f"method.teacher_weights: no backbone at '{folder}' (expected {WEIGHTS_FILE} and "
-                          f"{META_FILE}; for a timm weights file set method.teacher_backbone too)") from None
+    meta, weights = read_export(folder, "method.teacher_weights", "for a timm weights file set method.teacher_backbone too")
     return load_backbone(weights, meta), meta
 
 

@@ -79,3 +79,14 @@ def test_weights_that_do_not_fit_are_named_with_both_architectures(tmp_path):
         build_method(config("model.small_stem=true", "model.init=run:earlier", f"train.storage_path={tmp_path}"), 1, 10)
     with pytest.raises(ConfigError, match="model.init: no run named 'nobody'"):
         build_method(config("model.init=run:nobody", f"train.storage_path={tmp_path}"), 1, 10)
+
+
+def test_a_distillation_teacher_from_a_timm_file_is_held_to_the_same_check(tmp_path):
+    from pipelines.training.teacher import timm_teacher
+
+    path, released = weights_file(tmp_path, "resnet18")
+    backbone = timm_teacher("resnet18", path, None)[0]
+    assert torch.equal(backbone.state_dict()["layer4.1.conv2.weight"], released["layer4.1.conv2.weight"])
+    with pytest.raises(ConfigError, match=r"method.teacher_weights: '.*resnet18.safetensors' does not fit resnet34: "
+                                          r"Missing keys \(layer1.2.conv1.weight"):
+        timm_teacher("resnet34", path, None)  # timm alone would leave resnet34's extra blocks random
