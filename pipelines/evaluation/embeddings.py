@@ -173,12 +173,20 @@ class BackboneSource(BaseModel):
 
 
 class EmbedSettings(BackboneSource):
-    """What `python -m pipelines.embed` takes, each field its flag: the backbone and data, the split, and where the
-    embeddings go (`out`/<split>/)."""
+    """What `python -m pipelines.embed` takes, each field its flag: the backbone and data (or `source`, a folder of
+    images embedded without a separate ingest), the split, and where the embeddings go (`out`/<split>/)."""
+    source: Optional[LocalOrURI] = Field(None, description="a folder or bucket of images: ingested into a temporary "
+                                         "dataset for this embedding, then removed")
     split: str = "train"
     out: LocalOrURI
     actors: int = Field(1, ge=1, description="embedding actors (one GPU each where there are GPUs)")
     verbose: bool = Field(False, description="show Ray's and its workers' output here")
+
+    @model_validator(mode="after")
+    def _data_or_source(self) -> "EmbedSettings":
+        if self.source and self.data:
+            raise ValueError("give the images as data (an ingested dataset) or as source (a folder), not both")
+        return self
 
 
 @dataclass
@@ -189,12 +197,25 @@ class EmbedResult:
 
 
 def embed(settings: EmbedSettings) -> EmbedResult:
-    """Embeds one split with a Ray Data job (joining RAY_ADDRESS's cluster, else starting Ray here)."""
+    """Embeds one split with a Ray Data job (joining RAY_ADDRESS's cluster, else starting Ray here); a `source`
+    folder is ingested first into a temporary dataset (its files' paths kept in the `source` column)."""
+    import shutil
+    import tempfile
+
     from pipelines.cluster.start import start_ray
     from pipelines.storage.runs import resolve_source
 
-    weights, data = resolve_source(settings.weights, settings.run, settings.storage, settings.data)
     start_ray(settings.verbose)
-    folder = embed_split(weights, data, settings.split, settings.out, settings.actors)
+    ingested = tempfile.mkdtemp(prefix="embed_source_") if settings.source else None
+    try:
+        if ingested:
+            from pipelines.ingestion.folder import ingest_folder
+
+            ingest_folder(settings.source, ingested, settings.split, verbose=settings.verbose)
+        weights, data = resolve_source(settings.weights, settings.run, settings.storage, ingested or settings.data)
+        folder = embed_split(weights, data, settings.split, settings.out, settings.actors)
+    finally:
+        if ingested:
+            shutil.rmtree(ingested, ignore_errors=True)
     rows, _, embeddings = read_embeddings(folder)
     return EmbedResult(folder, len(rows), embeddings.shape[1])

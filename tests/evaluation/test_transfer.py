@@ -208,6 +208,23 @@ def test_embeddings_from_two_actors_equal_the_in_process_ones_and_knn_matches_th
     stored = read_rows(fmnist_slice, "test", sorted(sources), ("source",))["source"].to_pylist()
     assert [sources[row] for row in sorted(sources)] == stored and stored[0].startswith("t10k-images-idx3-ubyte")
 
+    # a folder of images embedded without an ingest of its own: each vector beside its file, the dataset removed
+    from PIL import Image
+
+    from pipelines.evaluation.embeddings import EmbedSettings, embed
+
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    for index, image in enumerate(direct.images[:5, 0].numpy()):
+        Image.fromarray(image).save(pictures / f"shirt{index}.png")
+    embedded_folder = embed(EmbedSettings(weights=folder, source=str(pictures), out=str(tmp_path / "by_file")))
+    assert (embedded_folder.images, embedded_folder.features) == (5, 512)
+    by_file = read_sources(embedded_folder.folder)
+    assert sorted(by_file.values()) == [f"shirt{index}.png" for index in range(5)]
+    _, _, vectors = read_embeddings(embedded_folder.folder)
+    by_name = dict(zip((by_file[row] for row in sorted(by_file)), vectors))
+    assert torch.allclose(by_name["shirt3.png"], embedded[3], atol=1e-4)  # the same image as row 3 of the split
+
     ours, _ = evaluate_embeddings(info, fmnist_slice, folders, ["knn"])
     bank, queries = load_eval_sets(info, fmnist_slice, 28, None, None)
     in_loop = evaluate_backbone(backbone, bank, queries, 10, normalize, [20, 200], 0.07, 128)
