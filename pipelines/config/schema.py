@@ -129,6 +129,9 @@ class EvalConfig(Section):
     final_query_size: Optional[int] = Field(None, ge=1, description="test images it scores; null: all")
     baseline: bool = Field(True, description="the final evaluation also scores the randomly initialised backbone "
                            "(eval/init_knn_top1_k*), on a new run")
+    pixel_baseline: bool = Field(False, description="the final evaluation also scores the raw pixels with kNN "
+                                 "(eval/pixels_knn_top1_k*: the figure any backbone must beat), computed once per "
+                                 "dataset and evaluation rows and kept under train.storage_path/baselines/")
     online_probe: bool = Field(True, description="train a linear classifier on the detached features of each labelled "
                                "training batch (solo-learn's online probe); logs train/online_probe_top1 and, per "
                                "epoch, online_linear_top1 (a sweep objective)")

@@ -247,16 +247,37 @@ def embed_and_evaluate(weights: str, data: str, info: DatasetInfo, protocols: li
 
 
 def final_evaluation(weights: str, info: DatasetInfo, data: str, protocols: list[str], record: dict, run: str,
-                     limits=(None, None), seed: int = 0, baseline: Optional[str] = None) -> dict[str, float]:
-    """The end of a pretraining: `protocols` on the run's data with the command's defaults, and kNN of the
-    random-init backbone in `baseline` (as init_knn_top1_k*), logged into the run and its backbone model."""
+                     limits=(None, None), seed: int = 0, baseline: Optional[str] = None,
+                     pixels_cache: Optional[str] = None) -> dict[str, float]:
+    """The end of a pretraining: `protocols` on the run's data with the command's defaults, kNN of the random-init
+    backbone in `baseline` (as init_knn_top1_k*) and, with `pixels_cache` (a folder), of the raw pixels (as
+    pixels_knn_top1_k*, read from there when computed before), logged into the run and its backbone model."""
     args = EvaluationSettings(weights=weights, protocols=protocols, train_limit=limits[0], test_limit=limits[1],
                               seed=seed)
     metrics, probe = embed_and_evaluate(weights, data, info, protocols, args)
     if baseline:
         before, _ = embed_and_evaluate(baseline, data, info, ["knn"], args)
         metrics.update({f"init_{key}": value for key, value in before.items()})
+    if pixels_cache:
+        metrics.update({f"pixels_{key}": value for key, value in pixel_knn(data, info, args, pixels_cache).items()})
     log_to_run(record, run, metrics, probe, protocol_settings(args))
+    return metrics
+
+
+def pixel_knn(data: str, info: DatasetInfo, args: EvaluationSettings, cache: str) -> dict[str, float]:
+    """kNN on the raw pixels of `data`'s evaluation rows, from `cache` when these rows were scored before."""
+    import hashlib
+    import json
+
+    from pipelines.storage.files import file_exists, read_bytes, write_text
+
+    rows = {"data": data, "splits": info.splits, "train_limit": args.train_limit, "test_limit": args.test_limit,
+            "seed": args.seed}
+    name = f"pixels_knn_{hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]}.json"
+    if file_exists(f"{cache.rstrip('/')}/{name}"):
+        return json.loads(read_bytes(f"{cache.rstrip('/')}/{name}"))["metrics"]
+    metrics, _ = embed_and_evaluate(PIXELS, data, info, ["knn"], args)
+    write_text(cache, name, json.dumps({"rows": rows, "metrics": metrics}, indent=2))
     return metrics
 
 

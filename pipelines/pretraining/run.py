@@ -135,17 +135,20 @@ def evaluate_at_end(config: Config, info, run_name: str, baseline: Optional[str]
     print(f"evaluating the trained backbone: {', '.join(protocols)} on {config.data.path} "
           "(as `python -m pipelines.evaluate`)", flush=True)
     record = read_run_file(config.train.storage_path, run_name)
-    return final_evaluation(run_weights(config.train.storage_path, run_name), info, config.data.path, list(protocols), record, run_name,
-                            (config.eval.final_bank_size, config.eval.final_query_size), config.train.seed, baseline)
+    pixels_cache = f"{config.train.storage_path.rstrip('/')}/baselines" if config.eval.pixel_baseline else None
+    return final_evaluation(run_weights(config.train.storage_path, run_name), info, config.data.path, list(protocols),
+                            record, run_name, (config.eval.final_bank_size, config.eval.final_query_size),
+                            config.train.seed, baseline, pixels_cache)
 
 
 def summary(outcome: RunResult) -> str:
     metrics, lines, evaluated = outcome.metrics, [], outcome.evaluation
     for key in sorted(k for k in evaluated if k.startswith("knn_top1_k")):
         k = key.removeprefix("knn_top1_k")
-        before = evaluated.get(f"init_knn_top1_k{k}")
+        before, pixels = evaluated.get(f"init_knn_top1_k{k}"), evaluated.get(f"pixels_knn_top1_k{k}")
         start = f"random init {before:.2%} -> " if before is not None else ""
-        lines.append(f"kNN top-1 (k={k}): {start}pretrained {evaluated[key]:.2%}")
+        beside = f" (raw pixels {pixels:.2%})" if pixels is not None else ""
+        lines.append(f"kNN top-1 (k={k}): {start}pretrained {evaluated[key]:.2%}{beside}")
     if "linear_top1" in evaluated:
         lines.append(f"linear probe top-1: {evaluated['linear_top1']:.2%}")
     if not lines:

@@ -57,7 +57,9 @@ def test_the_readmes_notebook_session_ingests_pretrains_evaluates_and_embeds(not
     folder, run = notebook["folder"], notebook["run"]
     assert notebook["data"].info.splits == {"train": 640, "test": 640} and len(notebook["data"].info.classes) == 10
     assert run.tracking_uri == f"sqlite:///{folder / 'mlflow.db'}" and (folder / "runs" / "tiny" / "run.json").exists()
-    assert set(run.evaluation) >= {"knn_top1_k20", "init_knn_top1_k20"}
+    assert set(run.evaluation) >= {"knn_top1_k20", "init_knn_top1_k20", "pixels_knn_top1_k20"}
+    cached, = (folder / "runs" / "baselines").glob("pixels_knn_*.json")  # the raw pixels' kNN, kept for the next run
+    assert json.loads(cached.read_text())["metrics"]["knn_top1_k20"] == run.evaluation["pixels_knn_top1_k20"]
     evaluated = notebook["evaluated"]
     assert evaluated.mlflow_run_id == run.run_id and 0.1 < evaluated.metrics["linear_top1"] <= 1
     assert evaluated.probe.lr in (0.01, 0.1, 1.0) and set(evaluated.probe.validation) == {0.01, 0.1, 1.0}
