@@ -127,8 +127,8 @@ class EvalConfig(Section):
     final_bank_size: Optional[int] = Field(None, ge=1, description="labelled train images the final evaluation "
                                            "uses (stratified, seeded); null: all")
     final_query_size: Optional[int] = Field(None, ge=1, description="test images it scores; null: all")
-    baseline: bool = Field(True, description="the final evaluation also scores the randomly initialised backbone "
-                           "(eval/init_knn_top1_k*), on a new run")
+    baseline: bool = Field(True, description="the final evaluation also scores the backbone as it started (randomly "
+                           "initialised, or model.init's weights: eval/init_knn_top1_k*), on a new run")
     pixel_baseline: bool = Field(False, description="the final evaluation also scores the raw pixels with kNN "
                                  "(eval/pixels_knn_top1_k*: the figure any backbone must beat), computed once per "
                                  "dataset and evaluation rows and kept under train.storage_path/baselines/")

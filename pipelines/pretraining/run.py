@@ -28,13 +28,15 @@ from pipelines.training.trainer import fit, random_init_backbone
 @dataclass
 class RunResult:
     """A finished pretraining: its names, the last epoch's training metrics, the evaluation at its end (eval/...
-    without the prefix; empty without labels or eval.final_protocols), and where MLflow keeps its artifacts."""
+    without the prefix; empty without labels or eval.final_protocols; init_*: the backbone as it started), and
+    where MLflow keeps its artifacts."""
     run_name: str
     run_id: str
     tracking_uri: str
     metrics: dict[str, float]
     evaluation: dict[str, float]
     artifact_uri: str
+    init: Optional[str] = None  # model.init: the weights the backbone started from (None: random)
 
 
 def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] = None, callbacks=(),
@@ -122,7 +124,8 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
         if baseline:
             shutil.rmtree(baseline, ignore_errors=True)
     client.set_terminated(run_id, "FINISHED")
-    return RunResult(run_name, run_id, uri, dict(result.metrics), evaluated, client.get_run(run_id).info.artifact_uri)
+    return RunResult(run_name, run_id, uri, dict(result.metrics), evaluated, client.get_run(run_id).info.artifact_uri,
+                     config.model.init)
 
 
 def evaluate_at_end(config: Config, info, run_name: str, baseline: Optional[str]) -> dict[str, float]:
@@ -146,7 +149,7 @@ def summary(outcome: RunResult) -> str:
     for key in sorted(k for k in evaluated if k.startswith("knn_top1_k")):
         k = key.removeprefix("knn_top1_k")
         before, pixels = evaluated.get(f"init_knn_top1_k{k}"), evaluated.get(f"pixels_knn_top1_k{k}")
-        start = f"random init {before:.2%} -> " if before is not None else ""
+        start = f"{'at its start' if outcome.init else 'random init'} {before:.2%} -> " if before is not None else ""
         beside = f" (raw pixels {pixels:.2%})" if pixels is not None else ""
         lines.append(f"kNN top-1 (k={k}): {start}pretrained {evaluated[key]:.2%}{beside}")
     if "linear_top1" in evaluated:
