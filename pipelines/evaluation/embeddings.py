@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from pyarrow.fs import FileType
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
@@ -175,8 +176,8 @@ class BackboneSource(BaseModel):
 class EmbedSettings(BackboneSource):
     """What `python -m pipelines.embed` takes, each field its flag: the backbone and data (or `source`, a folder of
     images embedded without a separate ingest), the split, and where the embeddings go (`out`/<split>/)."""
-    source: Optional[LocalOrURI] = Field(None, description="a folder or bucket of images: ingested into a temporary "
-                                         "dataset for this embedding, then removed")
+    source: Optional[LocalOrURI] = Field(None, description="a folder or bucket of images: ingested into "
+                                         "<out>/.ingested for this embedding, then removed")
     split: str = "train"
     out: LocalOrURI
     actors: int = Field(1, ge=1, description="embedding actors (one GPU each where there are GPUs)")
@@ -198,15 +199,13 @@ class EmbedResult:
 
 def embed(settings: EmbedSettings) -> EmbedResult:
     """Embeds one split with a Ray Data job (joining RAY_ADDRESS's cluster, else starting Ray here); a `source`
-    folder is ingested first into a temporary dataset (its files' paths kept in the `source` column)."""
-    import shutil
-    import tempfile
-
+    folder is ingested first into <out>/.ingested, removed after (its files' paths kept in the `source` column)."""
     from pipelines.cluster.start import start_ray
     from pipelines.storage.runs import resolve_source
 
     start_ray(settings.verbose)
-    ingested = tempfile.mkdtemp(prefix="embed_source_") if settings.source else None
+    # beside the output, not in a local temporary folder: on a cluster the embedding actors read it from other nodes
+    ingested = f"{settings.out.rstrip('/')}/.ingested" if settings.source else None
     try:
         if ingested:
             from pipelines.ingestion.folder import ingest_folder
@@ -216,6 +215,8 @@ def embed(settings: EmbedSettings) -> EmbedResult:
         folder = embed_split(weights, data, settings.split, settings.out, settings.actors)
     finally:
         if ingested:
-            shutil.rmtree(ingested, ignore_errors=True)
+            fs, path = filesystem(ingested)
+            if fs.get_file_info(path).type != FileType.NotFound:
+                fs.delete_dir(path)
     rows, _, embeddings = read_embeddings(folder)
     return EmbedResult(folder, len(rows), embeddings.shape[1])

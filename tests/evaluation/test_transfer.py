@@ -219,6 +219,7 @@ def test_embeddings_from_two_actors_equal_the_in_process_ones_and_knn_matches_th
         Image.fromarray(image).save(pictures / f"shirt{index}.png")
     embedded_folder = embed(EmbedSettings(weights=folder, source=str(pictures), out=str(tmp_path / "by_file")))
     assert (embedded_folder.images, embedded_folder.features) == (5, 512)
+    assert not (tmp_path / "by_file" / ".ingested").exists()  # the intermediate dataset, beside the output, removed
     by_file = read_sources(embedded_folder.folder)
     assert sorted(by_file.values()) == [f"shirt{index}.png" for index in range(5)]
     _, _, vectors = read_embeddings(embedded_folder.folder)
