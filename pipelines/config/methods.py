@@ -164,6 +164,12 @@ class MAEConfig(Section):
         "crop (the paper's choice), random-size crop with colour jitter")
 
 
+def local_crop_size(image_size: int, method: dict) -> int:
+    """Multi-crop's local crop side: `local_crop_size`, else 96/224 of the image side (DINO's ratio), a multiple of 4
+    so that ViT patches of 4 tile it."""
+    return method.get("local_crop_size") or max(4, round(image_size * 96 / 224 / 4) * 4)
+
+
 GLOBAL_BATCHNORM_METHODS = ("byol", "simsiam", "simclr", "barlow_twins", "vicreg", "dino", "dinov2", "distill")
 METHOD_CONFIGS = {c.model_fields["name"].default: c for c in (
     BYOLConfig, SimSiamConfig, SimCLRConfig, BarlowTwinsConfig, VICRegConfig, MoCoConfig, DINOConfig, DINOv2Config,

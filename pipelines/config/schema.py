@@ -1,11 +1,12 @@
 """The one typed configuration: its sections and their fields, each with its default and its bounds."""
 import math
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import Field, model_validator
 
 from pipelines.config.methods import GLOBAL_BATCHNORM_METHODS, BYOLConfig, MethodConfig
 from pipelines.config.project import PROJECT_ROOT, LocalOrURI
+from pipelines.config.recipe import Recipe
 from pipelines.config.section import Section
 
 
@@ -16,8 +17,9 @@ class DataConfig(Section):
     limit: Optional[int] = Field(None, ge=1, description="train on N training images drawn at random (seeded by "
                                  "train.seed, stratified by class where labels exist)")
     augment_actors: int = Field(1, ge=1, description="size of the augmentation actor pool (reserved up front)")
-    augment_actors_max: Optional[int] = Field(None, ge=1, description="the pool grows onto idle CPUs up to this "
-                                              "many actors; null: fixed at augment_actors")
+    augment_actors_max: Optional[Union[Annotated[int, Field(ge=1)], Literal["auto"]]] = Field(
+        None, description="the pool grows onto idle CPUs up to this many actors; auto: up to every CPU of the cluster "
+        "the run does not reserve otherwise (the photo presets' rule, docs/photos.md); null: fixed at augment_actors")
     prefetch_batches: int = Field(2, ge=0, description="batches the training iterator prepares ahead of the step")
     ahead_mb: Optional[float] = Field(None, gt=0, description="object-store memory the augmented views waiting for "
                                       "training may fill; null: 8 global batches, at least 64 MiB. One stream holds "
@@ -159,6 +161,8 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
+    recipe: Optional[Recipe] = Field(None, description="the paper's recipe the preset follows (the photo presets); "
+                                     "a run names each setting that departs from it")
 
     @model_validator(mode="after")
     def _vit_for_dinov2(self) -> "Config":

@@ -4,6 +4,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from pipelines.config.methods import local_crop_size
+
 
 def import_albumentations():
     """albumentations, without the PyTorch transforms it imports when torch is installed (none of which the
@@ -82,11 +84,6 @@ def distillation_views(image_size: int, channels: int, crop_scale_min: float, me
     """Distillation: one view both networks see (BYOL's first), or BYOL's pair with `views: different`."""
     views = asymmetric_views(image_size, channels, crop_scale_min, method)
     return views if method.get("views") == "different" else views[:1]
-
-
-def local_crop_size(image_size: int, method: dict) -> int:
-    """96/224 of the image side (DINO's ratio), a multiple of 4 so that ViT patches of 4 tile it."""
-    return method.get("local_crop_size") or max(4, round(image_size * 96 / 224 / 4) * 4)
 
 
 def multi_crop_views(image_size: int, channels: int, crop_scale_min: float, method: dict) -> list[A.Compose]:

@@ -56,8 +56,7 @@ def train_rows(config: Config, info: DatasetInfo, columns=("image",), epochs: in
 def training_dataset(config: Config, info: DatasetInfo) -> ray.data.Dataset:
     """Every epoch of the run in one stream of augmented views (the loop cuts it into epochs)."""
     data = config.data
-    pool = ray.data.ActorPoolStrategy(min_size=data.augment_actors,
-                                      max_size=max(data.augment_actors, data.augment_actors_max or 0))
+    pool = ray.data.ActorPoolStrategy(min_size=data.augment_actors, max_size=augment_pool_max(config))
     columns = ("image", "label") if info.labelled else ("image",)
     return poll_gently(train_rows(config, info, columns, config.train.epochs)).map_batches(
         AugmentBatch,
@@ -67,6 +66,17 @@ def training_dataset(config: Config, info: DatasetInfo) -> ray.data.Dataset:
         compute=pool,
         num_cpus=data.augment_cpus,
     )
+
+
+def augment_pool_max(config: Config, cluster_cpus: Optional[float] = None) -> int:
+    """The most augmentation actors the pool grows to. `auto`: every CPU of the cluster (`cluster_cpus`, else Ray's
+    count) that the Train workers and the file listing do not reserve, one actor per data.augment_cpus."""
+    data = config.data
+    if data.augment_actors_max != "auto":
+        return max(data.augment_actors, data.augment_actors_max or 0)
+    cpus = ray.cluster_resources().get("CPU", 0) if cluster_cpus is None else cluster_cpus
+    spare = cpus - config.train.num_workers * config.train.cpus_per_worker - max(1.0, data.read_cpus)
+    return max(data.augment_actors, int(spare // data.augment_cpus))
 
 
 def augment_arguments(config: Config, info: DatasetInfo) -> dict:

@@ -15,6 +15,7 @@ from typing import Optional
 
 from pipelines.config.load import config_yaml
 from pipelines.config.methods import DistillConfig
+from pipelines.config.recipe import recipe_notes
 from pipelines.config.schema import Config
 from pipelines.config.section import ConfigError
 from pipelines.data.store import read_info
@@ -59,6 +60,8 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
     if info.min_side and info.min_side < config.data.image_size:
         print(f"note: the smallest images are {info.min_side} px on their shorter side; their crops are "
               f"upsampled to data.image_size={config.data.image_size}", flush=True)
+    for note in recipe_notes(config):
+        print(f"note: {note}", flush=True)
     build_spec(config, info.channels)
     head_arguments(config)
     spe = steps_per_epoch(config, train_size(config, info))
