@@ -156,7 +156,7 @@ def test_private_ray_apis_are_used_only_in_the_compatibility_module():
                 assert not private_ray_uses(path.read_text()), f"{path.relative_to(PROJECT_ROOT)}: private Ray API"
 
 
-COMMANDS = ("pretrain", "evaluate", "embed", "ingest", "sweep", "study", "neighbours")
+COMMANDS = ("pretrain", "evaluate", "embed", "ingest", "sweep", "study", "neighbours", "export")
 
 
 def argparse_uses(source: str) -> set[str]:

@@ -151,6 +151,8 @@ class TrackingConfig(Section):
     run_name: Optional[str] = None
     log_model: bool = Field(True, description="log the final backbone as an MLflow model (Models tab, registry, "
                             "mlflow.pyfunc.load_model returns embeddings)")
+    registered_model: Optional[str] = Field(None, description="also register that model under this name in MLflow's "
+                                            "Model Registry, a new version each run; null: not registered")
 
 
 class Config(Section):

@@ -49,7 +49,7 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
     from mlflow.tracking import MlflowClient
 
     from pipelines.data.stream import train_size, training_dataset
-    from pipelines.tracking.mlflow_runs import check_reachable, fail_run, start_run, tracking_uri
+    from pipelines.tracking.mlflow_runs import check_reachable, fail_run, log_dataset, start_run, tracking_uri
     from pipelines.tracking.pictures import augmented_views_grid
     from pipelines.training.methods import build_spec, head_arguments
 
@@ -103,6 +103,8 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
     try:
         client.log_text(run_id, config_yaml(config), "config.yaml")
         client.log_dict(run_id, asdict(info), "dataset.json")
+        if not resume:
+            log_dataset(client, run_id, config.data.path, info)
         client.log_image(run_id, augmented_views_grid(config, info), "augmented_views.png")
         baseline = random_init_backbone(config, info, spe, teacher) if info.labelled and config.eval.baseline \
             and not resume and config.eval.final_protocols else None
@@ -114,7 +116,7 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
             if config.tracking.log_model:
                 from pipelines.tracking.logged_model import log_backbone_model
 
-                log_backbone_model(uri, run_id, folder)
+                log_backbone_model(uri, run_id, folder, config.tracking.registered_model)
         evaluated = evaluate_at_end(config, info, run_name, baseline)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C: Ray Train's SIGINT handler aborts the run, then sys.exit()s
         fail_run(client, run_id, "interrupted by the user", status="KILLED")

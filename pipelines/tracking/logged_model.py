@@ -79,16 +79,17 @@ def pinned_requirements() -> list[str]:
     return pins
 
 
-def log_backbone_model(uri: str, run_id: str, folder: str) -> str:
-    """Logs the backbone in `folder` as the run's model `backbone_model`; returns the model id. Evaluation results
-    are attached to it as metrics later (pipelines/evaluation/transfer.py)."""
+def log_backbone_model(uri: str, run_id: str, folder: str, registered_name: Optional[str] = None) -> str:
+    """Logs the backbone in `folder` as the run's model `backbone_model`, and as a new version of the registered
+    model `registered_name` when given; returns the model id. Evaluation results are attached to it as metrics
+    later (pipelines/evaluation/transfer.py)."""
     mlflow.set_tracking_uri(uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME, python_model=str(CODE_FILE),
             artifacts={"weights": f"{folder}/{WEIGHTS_FILE}", "meta": f"{folder}/{META_FILE}"},
             code_paths=[str(PROJECT_ROOT / "pipelines"), str(PROJECT_ROOT / "ssl_models")],
-            pip_requirements=pinned_requirements())
+            pip_requirements=pinned_requirements(), registered_model_name=registered_name)
     return info.model_id
 
 

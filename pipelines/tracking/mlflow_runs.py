@@ -1,6 +1,9 @@
 """MLflow: where runs go, how they start, what the training loop logs, how they end."""
+import hashlib
+import json
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -81,6 +84,20 @@ def start_run(config: Config, uri: str, run_name: str, tags: Optional[dict] = No
     for start in range(0, len(params), 100):
         client.log_batch(run.info.run_id, params=params[start : start + 100])
     return client, run.info.run_id
+
+
+def log_dataset(client: MlflowClient, run_id: str, path: str, info) -> None:
+    """The ingested dataset (`info`: its DatasetInfo) as the run's training input: the run page's Datasets panel, and
+    runs found by dataset. Its digest is its description's (name, splits, classes, statistics) SHA-256."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    described = json.dumps(asdict(info), sort_keys=True)
+    profile = {"images": info.splits, "classes": len(info.classes or []), "channels": info.channels,
+               "skipped": info.skipped, "min_side": info.min_side}
+    dataset = Dataset(name=info.name, digest=hashlib.sha256(described.encode()).hexdigest()[:16],
+                      source_type=path.split("://")[0] if "://" in path else "local",
+                      source=json.dumps({"uri": path}), profile=json.dumps(profile))
+    client.log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])])
 
 
 def fail_run(client: MlflowClient, run_id: str, reason: str, status: str = "FAILED") -> None:

@@ -80,6 +80,10 @@ def test_one_epoch_run_logs_metrics_config_and_loadable_weights(first_run, ray_s
     run = client.get_run(outcome.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["optim.lr"] == "0.002" and run.data.params["method.name"] == "byol"
+    (dataset,) = run.inputs.dataset_inputs  # the ingested slice as the run's input, its counts as its profile
+    assert dataset.dataset.name == "fashion-mnist" and json.loads(dataset.dataset.source)["uri"] == str(folder / "data")
+    assert json.loads(dataset.dataset.profile)["images"] == {"train": 640, "test": 640}
+    assert [(tag.key, tag.value) for tag in dataset.tags] == [("mlflow.data.context", "training")]
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout
     assert run.data.tags["mlflow.source.git.commit"] == commit.strip() and run.data.tags["mlflow.source.type"] == "LOCAL"
     losses = client.get_metric_history(run.info.run_id, "train/loss")
@@ -124,6 +128,8 @@ def test_the_backbone_is_an_mlflow_model_that_loads_outside_the_project_and_embe
     mlflow.set_tracking_uri(uri)
     logged = mlflow.get_logged_model(model_id)
     assert logged.name == "backbone_model" and logged.source_run_id == outcome.run_id
+    (version,) = mlflow.MlflowClient(uri).search_model_versions("name = 'tiny-backbone'")  # tracking.registered_model
+    assert version.version == "1" and version.run_id == outcome.run_id and version.model_id == model_id
     assert {m.key for m in logged.metrics} >= {"eval/knn_top1_k20", "eval/init_knn_top1_k20"}
     images = load_images(fmnist_slice, "test", 1, 28, 5)
     np.save(tmp_path / "images.npy", images[:, 0].numpy())

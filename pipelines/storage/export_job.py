@@ -1,0 +1,56 @@
+"""`python -m pipelines.export`'s job: a run's (or a checkpoint's) backbone copied to a folder of its own, as
+safetensors + json and, with `onnx`, as ONNX checked against PyTorch."""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipelines.config.project import LocalOrURI
+from pipelines.config.schema import Config
+from pipelines.storage.export import META_FILE, WEIGHTS_FILE, read_export
+from pipelines.storage.runs import run_weights
+
+
+class ExportSettings(BaseModel):
+    """What `python -m pipelines.export` takes, each field its flag."""
+    model_config = ConfigDict(extra="forbid")
+
+    run: Optional[str] = Field(None, description="a pretraining run's name: its last checkpoint")
+    weights: Optional[LocalOrURI] = Field(None, description="a folder or URI with backbone.safetensors + backbone.json")
+    storage: Optional[LocalOrURI] = Field(None, description="where the run's checkpoints are (default: train.storage_path)")
+    out: LocalOrURI = Field(description="a local folder for the export")
+    onnx: bool = Field(False, description="also backbone.onnx, its embeddings checked against PyTorch's")
+
+    @model_validator(mode="after")
+    def _one_backbone(self) -> "ExportSettings":
+        if (self.run is None) == (self.weights is None):
+            raise ValueError("give the backbone as run or as weights (one of them)")
+        return self
+
+
+@dataclass
+class ExportResult:
+    folder: str
+    files: list[str]
+    onnx_difference: Optional[float]  # the largest |onnxruntime - PyTorch| on a check batch
+
+
+def export(settings: ExportSettings) -> ExportResult:
+    """Writes `out`/backbone.safetensors and backbone.json (and backbone.onnx): what docs/weights.md loads."""
+    folder = settings.weights or run_weights(settings.storage or Config().train.storage_path, settings.run)
+    meta, weights = read_export(folder, "--weights" if settings.weights else "--run",
+                                "a run's checkpoint folder, or an export")
+    out = Path(settings.out)
+    difference = None
+    if settings.onnx:
+        from pipelines.storage.onnx_export import ONNX_FILE, export_onnx
+
+        difference = export_onnx(meta, weights, str(out)).max_difference
+        meta = {**meta, "onnx": {"file": ONNX_FILE, "input": "images: float32 N x C x H x W, pixels / 255",
+                                 "output": "embeddings: N x feature_dim", "normalised_inside": True}}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / WEIGHTS_FILE).write_bytes(weights)
+    (out / META_FILE).write_text(json.dumps(meta, indent=2))
+    return ExportResult(str(out), sorted(path.name for path in out.iterdir()), difference)
