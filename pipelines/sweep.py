@@ -1,8 +1,8 @@
 """Ray Tune sweeps: `python -m pipelines.sweep --space tune_spaces/dino.yaml --num-samples 8 [...]`.
 
 Each trial is a function that builds and fits a `TorchTrainer` (the Ray 2.60 pattern), so a trial
-may itself be multi-worker and multi-GPU. The objective is the online kNN accuracy the training
-loop reports every epoch. MLflow gets one parent run per sweep and one child run per trial; the
+may itself be multi-worker and multi-GPU. The objective is what the training loop reports every epoch: the
+online kNN accuracy, or without labels RankMe (`--objective rankme`, the embeddings' effective rank). MLflow gets one parent run per sweep and one child run per trial; the
 parent ends with a table of trials, a plot of the objective against each axis and the best
 configuration, which is also written out as a preset for `pipelines.pretrain`.
 """
@@ -35,6 +35,8 @@ def parse_args(argv) -> SweepSettings:
                                                            "(default: as many as the cluster's CPUs and GPUs fit)")
     parser.add_argument("--name", help="sweep name (default: <method>-sweep-<time>)")
     parser.add_argument("--out", help="where to write the best preset (default: <storage>/<name>/best.yaml)")
+    parser.add_argument("--objective", help="maximise this instead of the space's objective: knn_top1_k20 (labels) "
+                        "or rankme (the embeddings' effective rank, without labels)")
     parser.add_argument("--resume", metavar="NAME", help="continue an interrupted sweep ('last': the newest); "
                                                           "finished trials are kept, not rerun")
     return settings_from_flags(SweepSettings, vars(parser.parse_args(argv)), {"overrides": "--set"})

@@ -87,6 +87,24 @@ def tiny_overrides(data_path: str, storage: str, uri: str, method: str = "byol",
     return [f"{key}={value}" for key, value in values.items()]
 
 
+def write_photo_folder(root: Path, labelled: bool) -> Path:
+    """Colour photos of mixed sizes as JPEGs (scikit-image's cat, coffee and astronaut; 96 px crops, the
+    astronaut's 10-17 px): three class folders of 48, or the same 144 files in one folder without labels."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data as photos
+
+    rng = np.random.default_rng(0)
+    for name, picture in (("cat", photos.chelsea()), ("coffee", photos.coffee()), ("astronaut", photos.astronaut())):
+        folder = root / (name if labelled else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(48):
+            top, left = rng.integers(0, 200, 2)
+            size = 96 if name != "astronaut" else 10 + index % 8
+            Image.fromarray(picture[top:top + size, left:left + size]).save(folder / f"{name}{index}.jpg")
+    return root
+
+
 SORTED_CLASSES = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel", "moon", "rocket")
 
 

@@ -14,7 +14,7 @@ from pipelines.data.decode import decode_image
 from pipelines.data.sampling import stratified_holdout, stratified_sample
 from pipelines.data.store import DatasetInfo, read_rows, split_labels
 from pipelines.features.knn import knn_accuracy
-from ssl_models.metrics import embedding_std
+from ssl_models.metrics import effective_rank, embedding_std, uniformity
 
 HOLDOUT_FRACTION = 0.1
 
@@ -139,5 +139,22 @@ def evaluate_backbone(
         for k in ks
     }
     metrics["feature_std"] = embedding_std(query_features).item()
-    return metrics
+    return {**metrics, **label_free_metrics(query_features)}
+
+
+UNIFORMITY_SAMPLE = 1000  # its pairs cost N^2 x D: 1,000 features of 2,048 take a second on a CPU core
+
+
+def label_free_metrics(features: torch.Tensor) -> dict[str, float]:
+    """Measures of the embeddings that need no labels: `rankme` (their effective rank) and `uniformity`."""
+    return {"rankme": effective_rank(features).item(), "uniformity": uniformity(features[:UNIFORMITY_SAMPLE]).item()}
+
+
+def load_sample(info: DatasetInfo, root: str, split: str, image_size: int, count: int, seed: int = 0) -> torch.Tensor:
+    """`count` images of a split drawn at random (seeded), (N, C, H, W) uint8: the label-free measures' images."""
+    total, channels = info.splits[split], info.channels
+    rows = np.sort(np.random.default_rng(seed).choice(total, min(count, total), replace=False))
+    images, _ = decode_for_eval(read_rows(root, split, rows, ("image",)).column("image").to_pylist(), channels,
+                                image_size)
+    return torch.from_numpy(np.stack(images))
 

@@ -15,7 +15,8 @@ import torch
 from pipelines.config.schema import Config
 from pipelines.data.augment_batch import view_column
 from pipelines.data.store import DatasetInfo
-from pipelines.features.extract import Normalizer, evaluate_backbone, load_eval_sets, load_images
+from pipelines.features.extract import (Normalizer, evaluate_backbone, extract_features, label_free_metrics,
+                                        load_eval_sets, load_images, load_sample)
 from pipelines.storage.checkpoint import rng_state, save_training_state, worker_checkpoint_folder
 from pipelines.storage.export import save_backbone
 from pipelines.tracking.mlflow_runs import MetricLogger
@@ -25,6 +26,7 @@ from pipelines.training.driver import torch_threads
 from pipelines.training.methods import build_spec
 from pipelines.training.step import TrainStep, configure_device, prepare
 from ssl_models.distributed import gather_objects
+from ssl_models.metrics import alignment
 from ssl_models.online_probe import FirstOutput, OnlineProbe
 
 
@@ -35,21 +37,34 @@ def seed_everything(seed: int) -> None:
 
 
 class Evaluator:
-    """kNN on a labelled subset every few epochs (rank 0 only); the whole splits are evaluated after training,
-    by the transfer stage (pipelines/evaluation/transfer.py)."""
+    """Every few epochs (rank 0 only): kNN on a labelled subset, and the label-free measures (RankMe, uniformity)
+    on its queries, or without labels on as many training images; alignment on the last batch's first two
+    views. The whole splits are evaluated after training, by the transfer stage (pipelines/evaluation/transfer.py)."""
 
     def __init__(self, config: Config, info: DatasetInfo, device, autocast):
         self.config, self.info, self.autocast = config, info, autocast
         self.normalize = Normalizer(info.mean, info.std, device)
-        self.subset = load_eval_sets(info, config.data.path, config.data.image_size,
-                                     config.eval.online_bank_size, config.eval.online_query_size, config.train.seed)
+        e = config.eval
+        self.subset = load_eval_sets(info, config.data.path, config.data.image_size, e.online_bank_size,
+                                     e.online_query_size, config.train.seed)
+        self.sample = None if self.subset else load_sample(info, config.data.path, "train", config.data.image_size,
+                                                           e.online_query_size, config.train.seed)
 
-    def online(self, backbone) -> dict[str, float]:
-        if self.subset is None:
-            return {}
+    def online(self, backbone, views: list[torch.Tensor]) -> dict[str, float]:
         e = self.config.eval
-        return evaluate_backbone(backbone, *self.subset, len(self.info.classes), self.normalize, e.knn_k,
-                                 e.knn_temperature, e.batch_size, self.autocast)
+        if self.subset:
+            metrics = evaluate_backbone(backbone, *self.subset, len(self.info.classes), self.normalize, e.knn_k,
+                                        e.knn_temperature, e.batch_size, self.autocast)
+        else:
+            metrics = label_free_metrics(extract_features(backbone, self.sample, self.normalize, e.batch_size,
+                                                          self.autocast))
+        if len(views) >= 2:  # in fp32: a measurement, and CPUs emulate half precision slowly
+            was_training = backbone.training
+            with torch.no_grad():
+                backbone.eval()
+                metrics["alignment"] = alignment(backbone(views[0]), backbone(views[1])).item()
+            backbone.train(was_training)
+        return metrics
 
 
 class MetricWindow:
@@ -119,7 +134,7 @@ def train_loop_per_worker(loop_config: dict, batches: Iterable[dict]) -> None:
     nodes = worker_nodes()
     if logger:
         logger.client.set_tag(logger.run_id, "worker_nodes", ",".join(nodes))
-    evaluator = Evaluator(config, info, device, train_step.autocast) if is_chief and info.labelled else None
+    evaluator = Evaluator(config, info, device, train_step.autocast) if is_chief and config.eval.every_epochs else None
     normalize = Normalizer(info.mean, info.std, device)
 
     probe = None
@@ -170,7 +185,7 @@ def train_loop_per_worker(loop_config: dict, batches: Iterable[dict]) -> None:
             if not metrics["replicas_identical"] and is_chief:
                 say("warning: the workers' copies of the method differ (targets, teachers or queues out of sync)", board)
         if evaluator and config.eval.every_epochs and ((epoch + 1) % config.eval.every_epochs == 0 or last):
-            metrics.update(evaluator.online(method.backbone))
+            metrics.update(evaluator.online(method.backbone, views[:2] if method.num_views >= 2 else []))
         if picture_images is not None and ((epoch + 1) % config.eval.picture_every == 0 or last):
             for name, picture in method_pictures(method, picture_images.to(device), normalize).items():
                 logger.log_picture(name, picture, step)

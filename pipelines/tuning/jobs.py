@@ -27,6 +27,8 @@ class SweepSettings(BaseModel):
     name: Optional[str] = None
     out: Optional[str] = Field(None, description="the best preset's file (default: <storage>/<name>/best.yaml)")
     resume: Optional[str] = None
+    objective: Optional[str] = Field(None, description="what trials maximise instead of the space's objective, e.g. "
+                                     "rankme on a dataset without labels")
 
 
 @dataclass
@@ -44,7 +46,8 @@ def sweep(settings: SweepSettings) -> SweepResult:
     """Runs (or resumes) a sweep; raises sweep.SweepInterrupted when Ctrl-C or a crash stops it (resumable)."""
     state = resumed_state(settings.resume, settings.overrides) if settings.resume else new_state(
         settings.space, settings.overrides, settings.config, settings.search, settings.scheduler,
-        settings.num_samples, settings.grace_epochs, settings.max_concurrent, settings.name, settings.out)
+        settings.num_samples, settings.grace_epochs, settings.max_concurrent, settings.name, settings.out,
+        settings.objective)
     return SweepResult(**run_sweep(state, resume=bool(settings.resume)))
 
 

@@ -130,7 +130,8 @@ def _rows(where: str, rows) -> dict[str, dict]:
 
 
 def objective_names(config: Config) -> list[str]:
-    return [f"knn_top1_k{k}" for k in config.eval.knn_k]
+    """What a trial reports each epoch that a sweep may maximise: the online kNN (labels), RankMe (none)."""
+    return [f"knn_top1_k{k}" for k in config.eval.knn_k] + ["rankme"]
 
 
 def load_space(path: str | Path, base_tree: Optional[dict] = None, overrides: list[str] = ()) -> tuple[Space, dict]:
@@ -164,7 +165,7 @@ def load_space(path: str | Path, base_tree: Optional[dict] = None, overrides: li
                           f"{', '.join(objective_names(config))} (eval.knn_k), never the SSL loss")
     if config.eval.every_epochs != 1:  # Ray Tune refuses a trial's report without the objective
         raise ConfigError(f"{where}: eval.every_epochs={config.eval.every_epochs}, but a trial reports its objective "
-                          f"{tree['objective']} to Ray Tune every epoch: the online kNN must run every epoch (1)")
+                          f"{tree['objective']} to Ray Tune every epoch: the online evaluation must run every epoch (1)")
     axes = [Axis(ROW_AXIS, "grid", values=list(rows))] if rows else []
     axes += [_axis(where, name, spec) for name, spec in (tree.get("axes") or {}).items()]
     for axis in axes:

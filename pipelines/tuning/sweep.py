@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+import yaml
+
 from pipelines.config.load import apply_override, build_config, load_config, read_yaml
 from pipelines.config.schema import Config
 from pipelines.config.section import ConfigError
@@ -108,6 +110,15 @@ def scheduler(kind: str, config: Config, grace_epochs: int):
                          grace_period=min(grace_epochs, config.train.epochs), reduction_factor=2)
 
 
+def check_objective_measurable(objective: str, data: str) -> None:
+    """A kNN objective on a dataset without labels is never reported: every trial would fail."""
+    from pipelines.data.store import read_info
+
+    if objective.startswith("knn") and not read_info(data).labelled:
+        raise ConfigError(f"objective {objective} needs labels, and {data} has none: use objective: rankme (the "
+                          "embeddings' effective rank, measured without labels)")
+
+
 def run_sweep(state: dict, resume: bool = False) -> dict:
     """Runs (or resumes) the sweep `state` describes; returns its summary."""
     from mlflow.tracking import MlflowClient
@@ -119,6 +130,7 @@ def run_sweep(state: dict, resume: bool = False) -> dict:
     space = space_from_state(state)  # the text saved when the sweep began, also on resume
     base = build_config(copy.deepcopy(base_tree))
     check_job_locations(base, state["tracking_uri"] if resume else tracking_uri(base))
+    check_objective_measurable(space.objective, base.data.path)
     check_reachable(state["tracking_uri"] if resume else tracking_uri(base))
     init_ray(base)
     import ray
@@ -218,13 +230,18 @@ def load_space_text(text: str, where: str, base_tree: dict) -> Space:
 
 def new_state(space_file: Optional[str], overrides: Sequence[str] = (), config: Optional[str] = None,
               search: str = "random", scheduler: str = "fifo", num_samples: int = 1, grace_epochs: int = 1,
-              max_concurrent: Optional[int] = None, name: Optional[str] = None, out: Optional[str] = None) -> dict:
-    """A new sweep's state (what `sweep` runs and a resume reads back): the space file, the base configuration
-    with `overrides`, the search, scheduler and their settings."""
+              max_concurrent: Optional[int] = None, name: Optional[str] = None, out: Optional[str] = None,
+              objective: Optional[str] = None) -> dict:
+    """A new sweep's state (what `sweep` runs and a resume reads back): the space file (its objective replaced by
+    `objective` when given), the base configuration with `overrides`, the search, scheduler and their settings."""
     if not space_file:
         raise ConfigError("--space is required (one of tune_spaces/*.yaml), unless you --resume a sweep")
     base_tree = read_yaml(config) if config else None
     space, base_tree = load_space(space_file, base_tree, SWEEP_DEFAULTS + list(overrides))
+    text = Path(space_file).read_text()
+    if objective:
+        text = yaml.safe_dump({**read_yaml(space_file), "objective": objective}, sort_keys=False)
+        space = load_space_text(text, str(space_file), base_tree)  # the objective checked as the file's would be
     base = build_config(copy.deepcopy(base_tree))
     if search == "optuna" and space.has_grid:
         searcher("optuna", space, 0)  # raises the message
@@ -232,7 +249,7 @@ def new_state(space_file: Optional[str], overrides: Sequence[str] = (), config: 
     if file_exists(f"{base.train.storage_path.rstrip('/')}/{name}/{SWEEP_FILE}"):
         raise ConfigError(f"a sweep named '{name}' exists under {base.train.storage_path}: --resume {name} or pick "
                           "another --name")
-    return {"name": name, "space_file": str(space_file), "space_text": Path(space_file).read_text(),
+    return {"name": name, "space_file": str(space_file), "space_text": text,
             "base": json.loads(json.dumps(base_tree)), "num_samples": num_samples, "search": search,
             "scheduler": scheduler, "grace_epochs": grace_epochs, "max_concurrent": max_concurrent, "out": out}
 

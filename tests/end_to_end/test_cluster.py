@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from pyarrow.fs import FileType, S3FileSystem
 
 from pipelines.config.project import PROJECT_ROOT
-from tests.helpers import tiny_overrides
+from tests.helpers import tiny_overrides, write_photo_folder
 
 pytestmark = pytest.mark.slow
 RAY_CLI = str(Path(sys.executable).parent / "ray")
@@ -146,20 +146,26 @@ def test_a_job_without_storage_settings_is_refused_before_its_results_could_vani
     assert "data.path=<job copy>/data/fashion_mnist, train.storage_path=<job copy>/runs point into it" in output
 
 
-def test_a_sweep_runs_under_ray_job_submit_with_optuna(cluster, fmnist_slice):
-    """The one end-to-end sweep with Optuna's TPE as its search (test_sweep's runs the default search)."""
-    overrides = tiny_overrides(fmnist_slice, str(cluster["folder"] / "runs"), cluster["mlflow"], "simclr",
-                               **{"train.cpus_per_worker": 0.25})
-    result = subprocess.run(
-        [RAY_CLI, "job", "submit", "--working-dir", str(PROJECT_ROOT), "--",
-         "python", "-m", "pipelines.sweep", "--space", "tune_spaces/simclr.yaml", "--num-samples", "1",
-         "--search", "optuna", "--name", "submitted-sweep", *sets(overrides)],
-        env=cluster["env"], capture_output=True, text=True, timeout=600)
+def test_a_sweep_of_unlabelled_photos_runs_under_ray_job_submit_with_optuna_on_rankme(cluster, tmp_path):
+    """The one end-to-end sweep with Optuna's TPE as its search (test_sweep's runs the default search), on photos
+    without labels in object storage, maximising the label-free objective."""
+    uri = "s3://ssl/data/unlabelled_photos"
+    subprocess.run([sys.executable, "-m", "pipelines.ingest", "folder", "--source",
+                    str(write_photo_folder(tmp_path / "photos", labelled=False)), "--out", uri],
+                   env=cluster["env"], check=True, timeout=300, cwd=PROJECT_ROOT, capture_output=True)
+    overrides = tiny_overrides(uri, str(cluster["folder"] / "runs"), cluster["mlflow"], "simclr",
+                               **{"train.cpus_per_worker": 0.25, "data.image_size": 32})
+    submit = [RAY_CLI, "job", "submit", "--working-dir", str(PROJECT_ROOT), "--", "python", "-m", "pipelines.sweep",
+              "--space", "tune_spaces/simclr.yaml", "--num-samples", "1", "--search", "optuna", *sets(overrides)]
+    result = subprocess.run(submit + ["--name", "submitted-sweep", "--objective", "rankme"], env=cluster["env"],
+                            capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and "succeeded" in result.stdout + result.stderr, result.stdout[-3000:] + result.stderr[-3000:]
     client, parent = finished_run(cluster["mlflow"], "submitted-sweep")
     assert parent.info.status == "FINISHED" and parent.data.params["sweep.search"] == "optuna"
+    assert parent.data.params["sweep.objective"] == "rankme"
     best = client.get_run(parent.data.tags["best_run_id"])
     assert best.info.status == "FINISHED" and 0.05 <= float(best.data.params["method.temperature"]) <= 0.5
+    assert 1 < best.data.metrics["rankme"] and not [key for key in best.data.metrics if "knn" in key]
 
 
 def cluster_processes(cluster) -> dict:

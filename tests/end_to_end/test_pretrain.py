@@ -23,7 +23,7 @@ from pipelines.evaluation.embeddings import read_embeddings, read_sources
 from pipelines.pretrain import parse_args, resolve_config
 from pipelines.pretraining.run import pretrain
 from pipelines.storage.runs import RunFailed
-from tests.helpers import mlflow_store, run_smoke, tiny_overrides
+from tests.helpers import mlflow_store, run_smoke, tiny_overrides, write_photo_folder
 
 pytestmark = pytest.mark.slow
 
@@ -215,20 +215,9 @@ def test_failing_run_is_marked_failed_with_the_reason(ray_session, fmnist_slice,
 def photo_shards(root: Path, labelled: bool) -> str:
     """Colour photos of mixed sizes, some below the 32 px crop, no test split (kNN queries held out of the train
     split): three class folders of 48 JPEGs, or the same 144 files in one folder without labels."""
-    from PIL import Image
-    from skimage import data as photos
-
     from pipelines.ingestion.folder import ingest_folder
 
-    rng = np.random.default_rng(0)
-    for name, picture in (("cat", photos.chelsea()), ("coffee", photos.coffee()), ("astronaut", photos.astronaut())):
-        folder = root / "photos" / (name if labelled else "")
-        folder.mkdir(parents=True, exist_ok=True)
-        for index in range(48):
-            top, left = rng.integers(0, 200, 2)
-            size = 96 if name != "astronaut" else 10 + index % 8
-            Image.fromarray(picture[top:top + size, left:left + size]).save(folder / f"{name}{index}.jpg")
-    info, _ = ingest_folder(root / "photos", str(root / "shards"))
+    info, _ = ingest_folder(write_photo_folder(root / "photos", labelled), str(root / "shards"))
     assert info.min_side == 10 and info.labelled == labelled and info.splits == {"train": 144}
     return str(root / "shards")
 
@@ -268,6 +257,11 @@ def test_each_method_not_run_elsewhere_trains_end_to_end_on_photos_without_test_
     pictures = {a.path.split("/")[1].split("+timestamp")[0] for a in client.list_artifacts(run.info.run_id, "images")
                 if a.path.endswith(".png")}
     assert pictures == ({f"dino_attention+step+{steps}"} if method == "dinov2" else set())
+    # the label-free measures, with labels or without: RankMe on the kNN queries (or as many training images),
+    # uniformity, and the alignment of the last batch's two views (a view of its own per method: not MAE's)
+    metrics = run.data.metrics
+    assert 1 < metrics["rankme"] <= 160 and metrics["uniformity"] < 0, metrics
+    assert 0 <= metrics["alignment"] < 4 and outcome.metrics["rankme"] == metrics["rankme"]
     if labelled:  # evaluated in the run's own precision; 3 classes: chance is 1/3, where a ViT-Tiny after 4 steps
         # may still be (0.29 seen), while the ResNets read 0.86-0.93
         assert (1 / 3 if method != "dinov2" else 0) < run.data.metrics["knn_top1_k20"] <= 1, run.data.metrics

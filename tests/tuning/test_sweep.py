@@ -131,3 +131,15 @@ def test_trial_concurrency_follows_the_cluster_cpus_and_gpus():
     assert trial_concurrency(gpus, {"CPU": 64, "GPU": 4}, None) == 2
     with pytest.raises(ConfigError, match="train.cpus_per_worker"):
         trial_concurrency(config, {"CPU": 1.5}, None)
+
+
+def test_a_knn_objective_on_data_without_labels_is_refused_and_the_objective_can_be_replaced(tmp_path, capsys):
+    from pipelines.data.store import DatasetInfo, write_info
+
+    data = tmp_path / "unlabelled"
+    write_info(str(data), DatasetInfo("photos", 3, {"train": 144}))  # what read_info sees of an unlabelled ingest
+    common = ["--space", SIMCLR_SPACE, "--set", f"train.storage_path={tmp_path}", "--set", f"data.path={data}"]
+    assert sweep.main(common) == 2
+    assert "objective knn_top1_k20 needs labels, and " in capsys.readouterr().err
+    assert sweep.main(common + ["--objective", "loss"]) == 2  # the replacement is checked as a file's objective
+    assert "objective 'loss' is not reported" in capsys.readouterr().err
