@@ -1,63 +1,19 @@
-"""The masks of DINOv2's global crops: which crops are masked, at which ratio, and the masked patches as blocks
-(BEiT's blockwise masking, which iBOT and DINOv2 use) or at random."""
-import math
+"""The masks of DINOv2's global crops as the step uses them: drawn here when the batch brought none
+(ssl_models/mask_sampling.py draws them), with the positions of the masked patches."""
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-
-def block_mask(height: int, width: int, count: int, rng: np.random.Generator, min_block: int = 4,
-               max_block: int | None = None, aspect_min: float = 0.3, attempts: int = 10) -> np.ndarray:
-    """(height, width) bool with `count` patches masked: rectangles of `min_block` to `max_block` patches with a
-    log-uniform aspect ratio in [aspect_min, 1 / aspect_min], placed at random while one fits (`attempts` tries
-    each); the patches no block could reach are masked at random, so the count is exact."""
-    mask = np.zeros((height, width), dtype=bool)
-    max_block = max_block or count
-    log_aspect = (math.log(aspect_min), -math.log(aspect_min))
-    masked = 0
-    while masked < count:
-        remaining = count - masked
-        added = 0
-        for _ in range(attempts):
-            area = rng.uniform(min(min_block, remaining), min(max_block, remaining))
-            aspect = math.exp(rng.uniform(*log_aspect))
-            rows, columns = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
-            if not (0 < rows <= height and 0 < columns <= width):
-                continue
-            top, left = rng.integers(0, height - rows + 1), rng.integers(0, width - columns + 1)
-            block = mask[top:top + rows, left:left + columns]
-            new = block.size - int(block.sum())
-            if 0 < new <= remaining:
-                block[...] = True
-                added = new
-                break
-        if not added:
-            break
-        masked += added
-    if masked < count:
-        free = np.flatnonzero(~mask)
-        mask.flat[rng.choice(free, count - masked, replace=False)] = True
-    return mask
+from ssl_models.mask_sampling import draw_crop_masks
 
 
 def crop_masks(images: int, height: int, width: int, probability: float, ratio_min: float, ratio_max: float,
                shape: str = "blocks") -> torch.Tensor:
-    """(images, height x width) bool on the host, as DINOv2 masks a batch of global crops: int(images x probability)
-    of them masked, their ratios stratified over [ratio_min, ratio_max] (one drawn in each of as many equal slices),
-    in a random order; `shape` "blocks" or "random" patches. Draws from torch's generator (torch.manual_seed holds)."""
+    """`draw_crop_masks` as a host tensor, drawn from torch's generator (torch.manual_seed holds): the masks of a
+    step whose batch came without them."""
     rng = np.random.default_rng(int(torch.randint(2**62, ())))
-    patches = height * width
-    masked = int(images * probability)
-    edges = np.linspace(ratio_min, ratio_max, masked + 1)
-    masks = np.zeros((images, patches), dtype=bool)
-    for image in range(masked):
-        count = int(patches * rng.uniform(edges[image], edges[image + 1]))
-        if shape == "blocks":
-            masks[image] = block_mask(height, width, count, rng, max_block=patches // 2).ravel()
-        else:
-            masks[image, rng.choice(patches, count, replace=False)] = True
-    return torch.from_numpy(masks[rng.permutation(images)])
+    return torch.from_numpy(draw_crop_masks(images, height, width, probability, ratio_min, ratio_max, shape, rng))
 
 
 class CropMasks(NamedTuple):
@@ -67,5 +23,9 @@ class CropMasks(NamedTuple):
 
 def with_positions(masks: torch.Tensor, device: torch.device | str) -> CropMasks:
     """Host masks and their masked positions, both moved to `device`: the positions are found on the host, so
-    selecting the masked tokens on a GPU is a gather of known size, not a boolean index that waits for the device."""
-    return CropMasks(masks.to(device), masks.flatten().nonzero().squeeze(1).to(device))
+    selecting the masked tokens on a GPU is a gather of known size, not a boolean index that waits for the device;
+    both are copied from pinned memory without waiting for the device's queue."""
+    positions = masks.flatten().nonzero().squeeze(1)
+    if torch.device(device).type == "cuda":
+        masks, positions = masks.pin_memory(), positions.pin_memory()
+    return CropMasks(masks.to(device, non_blocking=True), positions.to(device, non_blocking=True))

@@ -140,9 +140,16 @@ class DINOv2(TeacherStudent):
     def frozen_last_layers(self) -> list[nn.Module]:
         return list({id(head): head.last_layer for head in (self.student.head, self.student.patch_head)}.values())
 
-    def sample_masks(self, global_crops: torch.Tensor) -> CropMasks:
-        return with_positions(crop_masks(len(global_crops), *patch_grid(self.student.backbone, global_crops),
-                                         *self.masking), global_crops.device)
+    def crop_masks(self, global_crops: torch.Tensor, masks: Optional[torch.Tensor] = None) -> CropMasks:
+        """The global crops' masks: `masks` as the batch brought them ((N, 2, patches) bool on the host, each
+        image's two crops', drawn by the data path), else drawn here."""
+        grid = patch_grid(self.student.backbone, global_crops)
+        if masks is None:
+            return with_positions(crop_masks(len(global_crops), *grid, *self.masking), global_crops.device)
+        if masks.shape[1:] != (2, grid[0] * grid[1]):
+            raise ValueError(f"the batch's masks are {tuple(masks.shape)}, the crops have {grid[0]} x {grid[1]} "
+                             "patches")
+        return with_positions(masks.transpose(0, 1).reshape(len(global_crops), -1), global_crops.device)
 
     @torch.no_grad()
     def teacher_probabilities(self, output: torch.Tensor, center: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -153,10 +160,11 @@ class DINOv2(TeacherStudent):
         update_center(center, output, self.center_momentum)
         return probabilities
 
-    def training_step(self, views: list[torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+    def training_step(self, views: list[torch.Tensor], step: int, masks: Optional[torch.Tensor] = None
+                      ) -> dict[str, torch.Tensor]:
         global_crops = torch.cat(views[:2])
         local_crops = torch.cat(views[2:]) if len(views) > 2 else None
-        masks = self.sample_masks(global_crops)
+        masks = self.crop_masks(global_crops, masks)
         temperature = value_at(self.teacher_temperatures, step)
         with torch.no_grad():
             cls, patches = self.teacher.tokens(global_crops)

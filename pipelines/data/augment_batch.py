@@ -1,11 +1,14 @@
 """The Ray Data stage that turns image bytes into views. It imports albumentations (and with it torch) only
 where it builds its views, so Ray Data's coordinator, which unpickles this class with the dataset's plan, does
 not pay for them."""
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from pipelines.data.decode import decode_image
+from ssl_models.mask_sampling import draw_crop_masks
+
+MASKS = "masks"  # the column of DINOv2's masks
 
 
 def to_chw(image: np.ndarray) -> np.ndarray:
@@ -23,13 +26,19 @@ class AugmentBatch:
     Rows that do not decode are left out instead of failing the epoch (ingest already filters them).
     """
 
-    def __init__(self, method: dict, image_size: int, channels: int, crop_scale_min: float, removed: Sequence[str] = ()):
+    def __init__(self, method: dict, image_size: int, channels: int, crop_scale_min: float, removed: Sequence[str] = (),
+                 mask_grid: Optional[tuple[int, int]] = None):
         from pipelines.data.augment import method_views
 
         self.views = method_views(method, image_size, channels, crop_scale_min, removed)
         self.channels = channels
         probe = np.zeros((image_size, image_size, channels), np.uint8)
         self.shapes = [to_chw(view(image=probe)["image"]).shape for view in self.views]
+        self.masking = None
+        if mask_grid:  # DINOv2: its global crops' masks drawn here, not in the training step
+            self.masking = (*mask_grid, *(method[key] for key in ("mask_probability", "mask_ratio_min",
+                                                                  "mask_ratio_max", "mask_shape")))
+            self.rng = np.random.default_rng()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs: list[list[np.ndarray]] = [[] for _ in self.views]
@@ -44,8 +53,17 @@ class AugmentBatch:
                 out.append(to_chw(view(image=image)["image"]))
         columns = {view_column(i): np.stack(out) if out else np.zeros((0, *shape), np.uint8)
                    for i, (out, shape) in enumerate(zip(outputs, self.shapes))}
+        if self.masking:
+            columns[MASKS] = self.masks(len(decoded))
         if "label" in batch:
             labels = batch["label"]
             columns["label"] = np.array([-1 if labels[i] is None or labels[i] != labels[i] else int(labels[i])
                                          for i in decoded], dtype=np.int64)
         return columns
+
+    def masks(self, rows: int) -> np.ndarray:
+        """(rows, 2, patches) bool: each row's two global crops' masks, drawn over the batch's 2 x rows crops as
+        DINOv2 draws them over a training batch (int(2 rows x mask_probability) masked, ratios stratified)."""
+        height, width, *masking = self.masking
+        masks = draw_crop_masks(2 * rows, height, width, *masking, self.rng)
+        return masks.reshape(2, rows, height * width).transpose(1, 0, 2).copy()

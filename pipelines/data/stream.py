@@ -1,6 +1,7 @@
 """The Ray Data pipeline: Parquet row groups in a new random order each epoch -> decode + augment in an
 actor pool -> one column per view."""
 import math
+import re
 import time
 from typing import Optional
 
@@ -82,7 +83,18 @@ def augment_pool_max(config: Config, cluster_cpus: Optional[float] = None) -> in
 def augment_arguments(config: Config, info: DatasetInfo) -> dict:
     data = config.data
     return {"method": config.method.model_dump(mode="json"), "image_size": data.image_size, "channels": info.channels,
-            "crop_scale_min": config.crop_scale_min(), "removed": list(data.remove_augmentations)}
+            "crop_scale_min": config.crop_scale_min(), "removed": list(data.remove_augmentations),
+            "mask_grid": mask_grid(config)}
+
+
+def mask_grid(config: Config) -> Optional[tuple[int, int]]:
+    """DINOv2's patch grid of a global crop (its masks are drawn in the augmentation actors); None for the other
+    methods, and for a ViT whose timm name does not say its patch size (the step draws its masks)."""
+    named = re.search(r"patch(\d+)", config.model.backbone)
+    if config.method.name != "dinov2" or not (config.model.patch_size or named):
+        return None
+    side = config.data.image_size // (config.model.patch_size or int(named.group(1)))
+    return side, side
 
 
 def ahead_bytes(config: Config, info: DatasetInfo) -> int:

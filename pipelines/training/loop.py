@@ -13,7 +13,7 @@ import ray.train.torch
 import torch
 
 from pipelines.config.schema import Config
-from pipelines.data.augment_batch import view_column
+from pipelines.data.augment_batch import MASKS, view_column
 from pipelines.data.store import DatasetInfo
 from pipelines.features.extract import (Normalizer, evaluate_backbone, extract_features, label_free_metrics,
                                         load_eval_sets, load_images, load_sample)
@@ -148,14 +148,15 @@ def train_loop_per_worker(loop_config: dict, batches: Iterable[dict]) -> None:
     for epoch in range(start_epoch, epochs):
         started, seen, window, probe_top1 = time.time(), 0, MetricWindow(), []
         for index, batch in zip(range(steps_per_epoch), batches):
-            views = [normalize(batch[view_column(v)]) for v in range(method.num_views)]
+            views = [normalize(batch[view_column(v)]) for v in range(method.num_views)]  # onto the device
             if tap:
                 tap.take()  # drop what evaluation or pictures embedded since the last step
-            values = train_step(views, step)
+            values = train_step(views, step, {"masks": batch[MASKS]} if MASKS in batch else None)  # on the host
             if "label" in batch:
-                values["classes_per_batch"] = classes_present(batch["label"], len(info.classes))
+                labels = batch["label"].to(device, non_blocking=True)
+                values["classes_per_batch"] = classes_present(labels, len(info.classes))
             if probe:
-                values.update(probe_step(probe, tap, method, views[0], batch["label"], train_step.autocast))
+                values.update(probe_step(probe, tap, method, views[0], labels, train_step.autocast))
                 probe_top1.append(values["online_probe_top1"])
             window.add(step, values)
             clock.tick()

@@ -140,7 +140,8 @@ class TrainStep:
         self.momentum_buffers = method.momentum_batchnorm_buffers() if world()[1] > 1 else []
         self.skipped_steps = 0
 
-    def __call__(self, views: list[torch.Tensor], step: int) -> dict:
+    def __call__(self, views: list[torch.Tensor], step: int, inputs: Optional[dict] = None) -> dict:
+        """`inputs`: what the batch brings for the method besides its views (DINOv2's masks)."""
         method, optimizer, scaler = self.method, self.optimizer, self.scaler
         lr, weight_decay = value_at(self.lrs, step), value_at(self.wds, step)
         for group in optimizer.param_groups:
@@ -149,7 +150,7 @@ class TrainStep:
             if group["weight_decay"] > 0:  # biases and norms stay at 0
                 group["weight_decay"] = weight_decay
         with self.autocast():
-            outputs = method.training_step(views, step)
+            outputs = method.training_step(views, step, **(inputs or {}))
         clip = (lambda: self.clip_norm(method.trained, self.clip)) if self.clip else None
         if scaled_step(outputs["loss"], optimizer, scaler, lambda: method.after_backward(step), clip):
             logged = method.after_optimizer_step(step)

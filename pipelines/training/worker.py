@@ -8,8 +8,10 @@ from typing import Iterator
 
 
 def stream_options(batch_size: int, shuffle_buffer: int, prefetch_batches: int, use_gpu: bool) -> dict:
+    """Batches in pinned host memory: the loop copies the views and labels to the device without waiting, and keeps
+    on the host what the step reads there (DINOv2's masks, whose masked positions it finds on the host)."""
     return {"batch_size": batch_size, "drop_last": True, "local_shuffle_buffer_size": shuffle_buffer or None,
-            "prefetch_batches": prefetch_batches, "pin_memory": use_gpu}
+            "prefetch_batches": prefetch_batches, "pin_memory": use_gpu, "device": "cpu"}
 
 
 def train_worker(loop_config: dict) -> None:

@@ -3,6 +3,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -84,7 +85,35 @@ def test_an_augmentation_actor_builds_its_views_without_importing_torch_timm_or_
 
     from pipelines.config.project import PROJECT_ROOT
 
-    code = ("import sys; from pipelines.data.augment_batch import AugmentBatch; AugmentBatch({'name': 'byol'}, 28, 3, 0.2); "
-            "print(sorted(m for m in ('torch', 'timm', 'mlflow') if m in sys.modules))")
+    dinov2 = load_config(None, ["method.name=dinov2", "model.backbone=vit_tiny_patch16_224", "model.patch_size=4"])
+    code = ("import sys, cv2, numpy as np; from pipelines.data.augment_batch import AugmentBatch; "
+            "AugmentBatch({'name': 'byol'}, 28, 3, 0.2); "
+            f"stage = AugmentBatch({dinov2.method.model_dump(mode='json')!r}, 28, 3, 0.2, (), (7, 7)); "
+            "image = cv2.imencode('.png', np.full((28, 28, 3), 128, np.uint8))[1].tobytes(); "
+            "masks = stage({'image': [image] * 8})['masks']; "  # DINOv2's masks drawn there too
+            "print(masks.shape, sorted(m for m in ('torch', 'timm', 'mlflow') if m in sys.modules))")
     found = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
-    assert found.stdout.strip() == "[]", found.stdout + found.stderr
+    assert found.stdout.strip() == "(8, 2, 49) []", found.stdout + found.stderr
+
+
+def test_the_augmentation_stage_draws_dinov2s_masks_as_dinov2_draws_them_for_a_batch():
+    import cv2
+
+    from pipelines.data.augment_batch import AugmentBatch
+    from pipelines.data.store import DatasetInfo
+    from pipelines.data.stream import augment_arguments
+
+    config = load_config(None, ["method.name=dinov2", "model.backbone=vit_tiny_patch16_224", "model.patch_size=4",
+                                "method.num_local_crops=2", "method.local_crop_size=12"])
+    arguments = augment_arguments(config, DatasetInfo("grey", 1, {"train": 100}))
+    assert arguments["mask_grid"] == (7, 7)  # 28 px in patches of 4
+    assert augment_arguments(load_config(None, []), DatasetInfo("grey", 1, {"train": 100}))["mask_grid"] is None
+    image = cv2.imencode(".png", np.random.default_rng(0).integers(0, 255, (28, 28), dtype=np.uint8))[1].tobytes()
+    masks = AugmentBatch(**arguments)({"image": np.array([image] * 100, dtype=object)})["masks"]
+    assert masks.shape == (100, 2, 49) and masks.dtype == bool
+    crops = masks.reshape(200, 49)
+    masked = crops.sum(1)
+    assert (masked > 0).sum() == 100  # int(200 crops x mask_probability 0.5) masked
+    ratios = np.sort(masked[masked > 0]) / 49
+    assert ratios.min() >= 0.1 - 1 / 49 and ratios.max() <= 0.5  # between mask_ratio_min and max (whole patches)
+    assert abs(ratios.mean() - 0.3) < 0.03  # stratified over [0.1, 0.5]

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from pipelines.config.load import load_config
 from pipelines.training.methods import build_method
 from ssl_models import DINOv2, backbone_spec, create_backbone
-from ssl_models.block_masks import block_mask, crop_masks, with_positions
+from ssl_models.block_masks import crop_masks, with_positions
+from ssl_models.mask_sampling import block_mask
 from ssl_models.dino import DINOHead
 from ssl_models.dinov2 import koleo_loss, masked_patch_loss, masked_tokens, sinkhorn_knopp
 from ssl_models.schedules import value_at
@@ -113,9 +114,25 @@ def test_masked_patches_reach_the_student_as_the_mask_token_and_only_they_enter_
     assert not torch.allclose(unmasked[1], before[1], atol=1e-3)
     seen = []
     method.student.patch_head.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
-    method.sample_masks = lambda crops: with_positions(crop_masks(len(crops), 7, 7, 1.0, 0.3, 0.3), crops.device)
-    method.training_step(views(), 0)
+    given = crop_masks(8, 7, 7, 1.0, 0.3, 0.3).view(2, 4, 49).transpose(0, 1)  # as the batch brings them: (N, 2, P)
+    method.training_step(views(), 0, masks=given)
     assert seen == [8 * int(0.3 * 49)]
+
+
+def test_masks_the_batch_brings_are_the_steps_and_none_are_drawn_then(monkeypatch):
+    import ssl_models.dinov2
+
+    torch.manual_seed(0)
+    method = tiny_dinov2()
+    given = crop_masks(8, 7, 7, 0.5, 0.1, 0.5).view(2, 4, 49).transpose(0, 1)
+    monkeypatch.setattr(ssl_models.dinov2, "crop_masks", lambda *args: pytest.fail("masks drawn in the step"))
+    out = method.training_step(views(), 0, masks=given)
+    assert out["masked_share"].item() == pytest.approx(given.float().mean().item())
+    crops = torch.cat(views()[:2])
+    used = method.crop_masks(crops, given)  # image i's first crop is row i, its second row 4 + i, as torch.cat(views[:2])
+    assert torch.equal(used.grid[:4], given[:, 0]) and torch.equal(used.grid[4:], given[:, 1])
+    with pytest.raises(ValueError, match=r"the batch's masks are \(4, 2, 16\), the crops have 7 x 7 patches"):
+        method.training_step(views(), 0, masks=torch.zeros(4, 2, 16, dtype=torch.bool))
 
 
 def test_a_step_trains_every_term_and_freezes_both_last_layers_at_first():
