@@ -141,15 +141,15 @@ class DINOv2(TeacherStudent):
         return list({id(head): head.last_layer for head in (self.student.head, self.student.patch_head)}.values())
 
     def crop_masks(self, global_crops: torch.Tensor, masks: Optional[torch.Tensor] = None) -> CropMasks:
-        """The global crops' masks: `masks` as the batch brought them ((N, 2, patches) bool on the host, each
-        image's two crops', drawn by the data path), else drawn here."""
+        """The global crops' masks: `masks` as the batch brought them ((N, 2, patches) on the host, true or 1 where
+        masked, each image's two crops', drawn by the data path), else drawn here."""
         grid = patch_grid(self.student.backbone, global_crops)
         if masks is None:
             return with_positions(crop_masks(len(global_crops), *grid, *self.masking), global_crops.device)
         if masks.shape[1:] != (2, grid[0] * grid[1]):
             raise ValueError(f"the batch's masks are {tuple(masks.shape)}, the crops have {grid[0]} x {grid[1]} "
                              "patches")
-        return with_positions(masks.transpose(0, 1).reshape(len(global_crops), -1), global_crops.device)
+        return with_positions(masks.bool().transpose(0, 1).reshape(len(global_crops), -1), global_crops.device)
 
     @torch.no_grad()
     def teacher_probabilities(self, output: torch.Tensor, center: torch.Tensor, temperature: float) -> torch.Tensor:

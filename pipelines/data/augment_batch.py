@@ -62,8 +62,8 @@ class AugmentBatch:
         return columns
 
     def masks(self, rows: int) -> np.ndarray:
-        """(rows, 2, patches) bool: each row's two global crops' masks, drawn over the batch's 2 x rows crops as
+        """(rows, 2, patches) 0 or 1: each row's two global crops' masks, drawn over the batch's 2 x rows crops as
         DINOv2 draws them over a training batch (int(2 rows x mask_probability) masked, ratios stratified)."""
         height, width, *masking = self.masking
         masks = draw_crop_masks(2 * rows, height, width, *masking, self.rng)
-        return masks.reshape(2, rows, height * width).transpose(1, 0, 2).copy()
+        return masks.reshape(2, rows, height * width).transpose(1, 0, 2).astype(np.uint8)  # Arrow holds bytes
