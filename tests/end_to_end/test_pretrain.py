@@ -129,7 +129,7 @@ def test_the_backbone_is_an_mlflow_model_that_loads_outside_the_project_and_embe
     logged = mlflow.get_logged_model(model_id)
     assert logged.name == "backbone_model" and logged.source_run_id == outcome.run_id
     (version,) = mlflow.MlflowClient(uri).search_model_versions("name = 'tiny-backbone'")  # tracking.registered_model
-    assert version.version == "1" and version.run_id == outcome.run_id and version.model_id == model_id
+    assert int(version.version) == 1 and version.run_id == outcome.run_id and version.source == f"models:/{model_id}"
     assert {m.key for m in logged.metrics} >= {"eval/knn_top1_k20", "eval/init_knn_top1_k20"}
     images = load_images(fmnist_slice, "test", 1, 28, 5)
     np.save(tmp_path / "images.npy", images[:, 0].numpy())
