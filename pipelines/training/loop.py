@@ -15,8 +15,8 @@ import torch
 from pipelines.config.schema import Config
 from pipelines.data.augment_batch import MASKS, view_column
 from pipelines.data.store import DatasetInfo
-from pipelines.features.extract import (Normalizer, evaluate_backbone, extract_features, label_free_metrics,
-                                        load_eval_sets, load_images, load_sample)
+from pipelines.features.extract import Normalizer, evaluate_backbone, extract_features, label_free_metrics
+from pipelines.features.extract import load_eval_sets, load_images, load_sample
 from pipelines.storage.checkpoint import rng_state, save_training_state, worker_checkpoint_folder
 from pipelines.storage.export import save_backbone
 from pipelines.tracking.mlflow_runs import MetricLogger

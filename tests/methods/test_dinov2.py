@@ -11,9 +11,9 @@ from pipelines.config.load import load_config
 from pipelines.training.methods import build_method
 from ssl_models import DINOv2, backbone_spec, create_backbone
 from ssl_models.block_masks import crop_masks, with_positions
-from ssl_models.mask_sampling import block_mask
 from ssl_models.dino import DINOHead
 from ssl_models.dinov2 import koleo_loss, masked_patch_loss, masked_tokens, sinkhorn_knopp
+from ssl_models.mask_sampling import block_mask
 from ssl_models.schedules import value_at
 from tests.helpers import results_of, tiny_method, two_worker_check
 

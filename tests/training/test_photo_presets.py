@@ -9,11 +9,11 @@ import torch
 from timm.optim import Lars
 
 from pipelines.config.load import load_config
-from pipelines.config.recipe import batch_note, recipe_differences
 from pipelines.config.project import PROJECT_ROOT
+from pipelines.config.recipe import batch_note, recipe_differences
 from pipelines.data.augment_batch import AugmentBatch
-from pipelines.data.stream import augment_arguments, augment_pool_max
 from pipelines.data.store import DatasetInfo
+from pipelines.data.stream import augment_arguments, augment_pool_max
 from pipelines.training.optimizer import lr_schedule, weight_decay_schedule
 from pipelines.training.step import TrainStep, prepare
 
