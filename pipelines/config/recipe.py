@@ -69,9 +69,6 @@ def batch_note(config) -> Optional[str]:
 
 def recipe_notes(config) -> list[str]:
     """What a run prints before it starts: its departures from the preset's paper, and the batch rule at work."""
-    notes = []
-    if recipe_differences(config):
-        notes.append(f"departs from the recipe of {config.recipe.paper}: {'; '.join(recipe_differences(config))}")
-    if batch_note(config):
-        notes.append(batch_note(config))
-    return notes
+    differences, batch = recipe_differences(config), batch_note(config)
+    departs = [f"departs from the recipe of {config.recipe.paper}: {'; '.join(differences)}"] if differences else []
+    return departs + ([batch] if batch else [])
