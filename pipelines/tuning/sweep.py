@@ -21,7 +21,7 @@ from pipelines.config.load import apply_override, build_config, load_config, rea
 from pipelines.config.schema import Config
 from pipelines.config.section import ConfigError
 from pipelines.storage.files import file_exists, filesystem, newest_folder_with, write_text
-from pipelines.storage.runs import RUN_FILE
+from pipelines.storage.runs import RUN_FILE, read_run_file
 from pipelines.training.checks import check_job_locations, init_ray, required_cpus
 from pipelines.training.driver import torch_threads
 from pipelines.tuning.space import ROW_AXIS, Space, apply_values, load_space
@@ -61,7 +61,8 @@ def trial_concurrency(config: Config, cluster: dict, wanted: Optional[int]) -> i
 
 def run_trial(sampled: dict, base_tree: dict, rows: dict, sweep_name: str, parent_run_id: str, uri: str) -> None:
     """One trial: a whole pretraining (its own MLflow child run), reporting every epoch to Tune.
-    A trial restarted by `--resume` continues its Train run and its MLflow run."""
+    A trial restarted by `--resume` continues its Train run and its MLflow run; one whose run had finished
+    (Ctrl-C after its end, before Tune recorded it) reports what its run logged and trains nothing."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -82,10 +83,24 @@ def run_trial(sampled: dict, base_tree: dict, rows: dict, sweep_name: str, paren
     apply_override(tree, ["tracking", "tracking_uri"], uri)
     fs, path = filesystem(f"{storage}/{run_name}/{RUN_FILE}")
     resume = run_name if fs.get_file_info(path).is_file else None
+    if resume and report_finished_run(read_run_file(storage, run_name)):
+        return
     tags = {"mlflow.parentRunId": parent_run_id, "sweep": sweep_name, "trial_id": trial_id}
     if ROW_AXIS in sampled:
         tags[ROW_AXIS] = sampled[ROW_AXIS]
     pretrain(build_config(tree), resume, tags=tags, callbacks=[TuneReportCallback()], progress=False)
+
+
+def report_finished_run(run_file: dict) -> bool:
+    """Reports the run's last logged metrics to Tune if its MLflow run has FINISHED."""
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+
+    run = MlflowClient(run_file["tracking_uri"]).get_run(run_file["mlflow_run_id"])
+    if run.info.status != "FINISHED":
+        return False
+    tune.report({key: value for key, value in run.data.metrics.items() if math.isfinite(value)})
+    return True
 
 
 def searcher(kind: str, space: Space, seed: int):

@@ -179,7 +179,7 @@ def test_a_study_plot_draws_the_papers_curves_as_lines_and_every_row_as_a_bar():
 def test_the_simsiam_collapse_study_interrupted_resumes_each_row_once_and_puts_its_table_beside_the_papers(
         ray_session, fmnist_slice, tmp_path, capsys):
     """Rows one at a time in a process of its own, Ctrl+C once the first row's run is finished, `--resume`: the
-    finished row is not rerun, the others run, and the table, plot and checks are as an uninterrupted study's."""
+    finished row is neither trained nor evaluated again (its trial reports what its run logged), the others run, and the table, plot and checks are as an uninterrupted study's."""
     path = str(PROJECT_ROOT / "tune_spaces" / "studies" / "simsiam_collapse.yaml")
     code, output = interrupt_after_first_trial(
         "pipelines.study", [path, "--budget", "smoke", "--name", "collapse", "--max-concurrent", "1",
@@ -203,6 +203,11 @@ def test_the_simsiam_collapse_study_interrupted_resumes_each_row_once_and_puts_i
     client, parent, rows, table = study_results("simsiam_collapse", "collapse", tmp_path)
     assert rows[first.data.tags[ROW_AXIS]].info.run_id == first.info.run_id  # the finished row was not rerun
     assert [(m.step, m.timestamp) for m in client.get_metric_history(first.info.run_id, "train/loss")] == first_curve
+    # nor evaluated again: one final kNN, the run's end time as it was, its two protocol runs only
+    assert len(client.get_metric_history(first.info.run_id, "eval/knn_top1_k20")) == 1
+    assert client.get_run(first.info.run_id).info.end_time == first.info.end_time
+    nested = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{first.info.run_id}'")
+    assert sorted(run.info.run_name.rsplit("-", 1)[1] for run in nested) == ["knn", "linear"]
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["study"] == "simsiam_collapse" and parent.data.tags["study.checks"] == "passed"
     assert parent.data.tags["study.budget"] == "smoke" and "Chen & He" in parent.data.tags["study.source"]
