@@ -105,32 +105,6 @@ def finished_run(uri: str, name: str):
     return client, runs[0]
 
 
-def test_a_submitted_job_on_one_node_trains_from_object_storage(cluster, s3_slice):
-    overrides = s3_overrides(cluster, s3_slice, "submitted", **{"eval.final_protocols": "[knn]"})
-    result = subprocess.run(
-        [RAY_CLI, "job", "submit", "--working-dir", str(PROJECT_ROOT), "--",
-         "python", "-m", "pipelines.pretrain", *sets(overrides)],
-        env=cluster["env"], capture_output=True, text=True, timeout=600)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0 and "succeeded" in output, result.stdout[-3000:] + result.stderr[-3000:]
-    # a readable job log: the run's own lines, not every worker's and Ray's (those stay in Ray's log folder)
-    assert "epoch 1/1 done in" in output and "(RayTrainWorker" not in output and "(SplitCoordinator" not in output
-    client, run = finished_run(cluster["mlflow"], "submitted")
-    # the final evaluation ran inside the job too: embeddings of the S3 data, kNN, into MLflow
-    assert run.info.status == "FINISHED" and 0 < run.data.metrics["eval/knn_top1_k20"] <= 1
-    assert run.info.artifact_uri.startswith("s3://ssl/mlflow/") and s3_artifact(cluster, run, "backbone/backbone.json")
-    assert cluster["s3"].get_file_info("ssl/runs/submitted/run.json").type == FileType.File
-    # the evaluation command as a job of its own: the run found in S3 by name, its results into the server
-    result = subprocess.run(
-        [RAY_CLI, "job", "submit", "--working-dir", str(PROJECT_ROOT), "--",
-         "python", "-m", "pipelines.evaluate", "--run", "submitted", "--storage", "s3://ssl/runs", "--protocol",
-         "linear", "--linear-epochs", "2", "--linear-lrs", "0.1", "--train-limit", "200", "--test-limit", "100"],
-        env=cluster["env"], capture_output=True, text=True, timeout=600)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0 and f"logged into MLflow run {run.info.run_id}" in output, output[-3000:]
-    assert 0 < client.get_run(run.info.run_id).data.metrics["eval/linear_top1"] <= 1
-
-
 def test_a_job_without_storage_settings_is_refused_before_its_results_could_vanish(cluster):
     """Defaults built from the project folder would point into Ray's temporary copy of it."""
     result = subprocess.run(
@@ -239,13 +213,22 @@ def node_processes(node_id: str) -> list[int]:
         tree |= children
 
 
-def test_two_nodes_train_from_object_storage_and_a_node_lost_mid_run_resumes_on_the_nodes_left_in_one_mlflow_run(
+def submit(cluster, module: str, arguments: list[str], **popen) -> subprocess.Popen:
+    """`ray job submit --working-dir <project> -- python -m <module> <arguments>`, as the README sends a job."""
+    return subprocess.Popen([RAY_CLI, "job", "submit", "--working-dir", str(PROJECT_ROOT), "--", "python", "-m",
+                             module, *arguments], env=cluster["env"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def test_a_submitted_job_trains_on_two_nodes_from_object_storage_and_a_node_lost_mid_run_resumes_in_one_mlflow_run(
         cluster, fmnist_slice, s3_slice, monkeypatch):
-    """A second node joins; a run whose data sit in a node-local folder is refused; a 2-worker run with data,
-    checkpoints and artifacts in object storage (no shared folder) trains on both nodes; after its epoch-1
-    checkpoint the second node's raylet and every process under it (a Train worker among them) are killed: Ray
-    Train restarts the worker group on the head, from the checkpoint in S3, in the same MLflow run. (A lone Train
-    worker killed is the same recovery: a worker group restarted from the last checkpoint.)"""
+    """A second node joins; a run whose data sit in a node-local folder is refused; a 2-worker pretraining sent
+    with `ray job submit`, its data, checkpoints and artifacts in object storage (no shared folder), trains on both
+    nodes; after its epoch-1 checkpoint the second node's raylet and every process under it (a Train worker among
+    them) are killed: Ray Train restarts the worker group on the head, from the checkpoint in S3, in the same
+    MLflow run; the job ends SUCCEEDED with its final evaluation logged, and the evaluation command, a job of its
+    own, finds the run in S3 by name. (A lone Train worker killed is the same recovery: a worker group restarted
+    from the last checkpoint.)"""
     subprocess.run([cluster["script"], "add-node", "2"], env=cluster["env"], check=True, timeout=120)
     local = tiny_overrides(fmnist_slice, str(cluster["folder"] / "runs"), cluster["mlflow"],
                            **{"tracking.run_name": "two-nodes", "train.num_workers": 2})
@@ -257,23 +240,36 @@ def test_two_nodes_train_from_object_storage_and_a_node_lost_mid_run_resumes_on_
                             env=cluster["env"], capture_output=True, text=True, timeout=60)
     second = [node["node_id"] for node in json.loads(listed.stdout) if not node["is_head_node"] and node["state"] == "ALIVE"]
     assert len(second) == 1, listed.stdout[-2000:]
-    driver = run_driver(cluster, s3_overrides(cluster, s3_slice, "node-lost", **{
+    # SPREAD, not STRICT_SPREAD: the restart must fit on the head alone
+    job = submit(cluster, "pipelines.pretrain", sets(s3_overrides(cluster, s3_slice, "node-lost", **{
         "train.epochs": 2, "train.max_failures": 1, "train.num_workers": 2, "data.batch_size": 32,
-        "train.placement_strategy": "SPREAD"}))  # not STRICT_SPREAD: the restart must fit on the head alone
+        "train.placement_strategy": "SPREAD", "eval.final_protocols": "[knn]"})))
     try:
-        wait_for_checkpoint(cluster, driver, "node-lost")
+        wait_for_checkpoint(cluster, job, "node-lost")
         _, run = finished_run(cluster["mlflow"], "node-lost")
         nodes = run.data.tags["worker_nodes"].split(",")
         assert len(nodes) == 2 and nodes[0] != nodes[1] and second[0] in nodes  # one worker on each node
         assert run.info.artifact_uri.startswith("s3://ssl/mlflow/")
         for pid in node_processes(second[0]):
             os.kill(pid, signal.SIGKILL)
-        output, _ = driver.communicate(timeout=600)
+        output, _ = job.communicate(timeout=600)
     finally:
-        driver.kill()
-    assert driver.returncode == 0, output[-3000:]
+        job.kill()
+    assert job.returncode == 0 and "succeeded" in output, output[-3000:]
+    # a readable job log: the run's own lines, not every worker's and Ray's (those stay in Ray's log folder)
+    assert "epoch 2/2 done in" in output and "(RayTrainWorker" not in output and "(SplitCoordinator" not in output
     run = assert_resumed_once(cluster, output, "node-lost", epochs=2, steps_per_epoch=8)
     assert second[0] not in run.data.tags["worker_nodes"]  # the restarted workers ran on the head
+    # the final evaluation ran inside the job too: embeddings of the S3 data, kNN, into MLflow
+    assert 0 < run.data.metrics["eval/knn_top1_k20"] <= 1 and s3_artifact(cluster, run, "backbone/backbone.json")
+    assert cluster["s3"].get_file_info("ssl/runs/node-lost/run.json").type == FileType.File
+    evaluation = submit(cluster, "pipelines.evaluate", [
+        "--run", "node-lost", "--storage", "s3://ssl/runs", "--protocol", "linear", "--linear-epochs", "2",
+        "--linear-lrs", "0.1", "--train-limit", "200", "--test-limit", "100"])
+    output, _ = evaluation.communicate(timeout=600)
+    assert evaluation.returncode == 0 and f"logged into MLflow run {run.info.run_id}" in output, output[-3000:]
+    client, _ = finished_run(cluster["mlflow"], "node-lost")
+    assert 0 < client.get_run(run.info.run_id).data.metrics["eval/linear_top1"] <= 1
     # `--resume last` and `pipelines.sweep --resume last` look for the newest run in object storage too
     for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
         monkeypatch.setenv(key, cluster["env"][key])
