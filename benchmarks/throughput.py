@@ -37,25 +37,30 @@ def views_of(batch: dict, num_views: int, normalize: Normalizer) -> list[torch.T
     return [normalize(torch.as_tensor(batch[view_column(v)])) for v in range(num_views)]
 
 
-def timed_steps(config: Config, channels: int, batches, steps_per_epoch: int, normalize: Normalizer) -> float:
+def timed_steps(config: Config, channels: int, batches, steps_per_epoch: int, normalize: Normalizer,
+                device: torch.device = CPU) -> float:
     """Images per second of the training step over `batches` (an iterable of augmented numpy batches),
     the first two steps (warm-up) not counted."""
     torch.manual_seed(0)
-    prepared = prepare(config, channels, steps_per_epoch, CPU)
-    step = TrainStep(config, prepared.method, prepared.optimizer, steps_per_epoch, CPU)
+    prepared = prepare(config, channels, steps_per_epoch, device)
+    step = TrainStep(config, prepared.method, prepared.optimizer, steps_per_epoch, device)
     images, started = 0, None
     for index, batch in enumerate(batches):
         if index == 2:
             started = time.perf_counter()
-        step(views_of(batch, prepared.method.num_views, normalize), index)
+        loss = step(views_of(batch, prepared.method.num_views, normalize), index)["loss"]
         if index >= 2:
             images += config.data.batch_size
+    loss.item()  # the GPU's queue drained
     return images / (time.perf_counter() - started)
 
 
-def compute_limit(config: Config, encoded: list[bytes], channels: int, normalize: Normalizer, steps: int) -> float:
+def compute_limit(config: Config, encoded: list[bytes], channels: int, normalize: Normalizer, steps: int,
+                  device: torch.device = CPU) -> float:
+    """The step alone: one augmented batch (copied onto the device once) stepped `steps` times."""
     batch = augmenter(config, channels)({"image": np.array(encoded[:config.data.batch_size], dtype=object)})
-    return timed_steps(config, channels, [batch] * (steps + 2), steps + 2, normalize)
+    held = {key: torch.as_tensor(value).to(device) for key, value in batch.items() if key.startswith("view_")}
+    return timed_steps(config, channels, [held] * (steps + 2), steps + 2, normalize, device)
 
 
 class EncodedImages(torch.utils.data.Dataset):

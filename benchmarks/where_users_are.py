@@ -18,7 +18,7 @@ from pipelines.config.load import load_config, parse_override
 from pipelines.config.section import ConfigError
 from pipelines.ingestion.folder import ingest_folder
 from pipelines.pretraining.run import pretrain
-from tests.conftest import tiny_overrides, write_sorted_folder
+from tests.helpers import tiny_overrides, write_sorted_folder
 
 
 def sorted_shards(root: Path) -> Path:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from timm.optim import Lars
 
+from benchmarks.gpu_check import cpu_sized, teacher_weights
 from pipelines.config.load import load_config
 from pipelines.config.project import PROJECT_ROOT
 from pipelines.config.recipe import batch_note, recipe_differences
@@ -72,13 +73,6 @@ def test_the_auto_augmentation_pool_takes_every_cpu_the_run_does_not_reserve():
     assert augment_pool_max(fixed, cluster_cpus=32) == 5
 
 
-# Reduced for two CPU steps; everything else (backbone, heads, optimizer, schedules) stays the preset's.
-SMALL = {"default": ["data.image_size=64", "data.batch_size=4"],
-         "dino": ["data.image_size=64", "data.batch_size=4", "method.num_local_crops=2", "method.local_crop_size=32"],
-         "dinov2": ["data.image_size=56", "data.batch_size=4", "method.num_local_crops=2", "method.local_crop_size=28"],
-         "distill": ["data.image_size=64", "data.batch_size=4", "method.teacher_image_size=56"]}
-
-
 def photos(count: int, seed: int = 0) -> np.ndarray:
     """JPEG bytes of textured colour pictures of a few sizes, as the ingest stores them."""
     rng = np.random.default_rng(seed)
@@ -94,20 +88,14 @@ def photos(count: int, seed: int = 0) -> np.ndarray:
 def teacher_file(tmp_path_factory):
     """A vit_small_patch14_dinov2 weights file made here (randomly initialised), where the distillation preset
     expects DINOv2's released one."""
-    import timm
-    from safetensors.torch import save_file
-
-    path = tmp_path_factory.mktemp("weights") / "vit_small_patch14_dinov2.safetensors"
-    model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=56)
-    save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(path))
-    return path
+    return teacher_weights(tmp_path_factory.mktemp("weights"), 56)
 
 
 @pytest.mark.slow  # ResNet-50s and ViT-Bs with the papers' heads (Barlow Twins' projector: 151 M parameters)
 @pytest.mark.parametrize("preset", PHOTO_PRESETS, ids=lambda path: Path(path).stem)
 def test_photo_preset_builds_its_own_model_and_steps_twice_on_cpu(preset, request):
     name = load_config(preset).method.name
-    overrides = SMALL.get(name, SMALL["default"])
+    overrides = cpu_sized(name)
     if name == "distill":
         overrides = overrides + [f"method.teacher_weights={request.getfixturevalue('teacher_file')}"]
     config = load_config(preset, overrides)
