@@ -1,4 +1,4 @@
-"""Nearest neighbours by faiss against brute force, the inverted-file index's recall, near-duplicate pairs, and the
+"""Nearest neighbours (torch's exact search, faiss's inverted file) against brute force, the inverted-file index's recall, near-duplicate pairs, and the
 command on a folder of embeddings as `embed` writes it."""
 import numpy as np
 import pyarrow as pa
@@ -19,12 +19,19 @@ def brute_force(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-(unit_rows(queries) @ unit_rows(vectors).T), axis=1)[:, :k]
 
 
-def test_the_exact_index_finds_the_brute_force_neighbours_and_the_inverted_file_nearly_all():
+def test_the_exact_index_finds_the_brute_force_neighbours_and_the_inverted_file_nearly_all(monkeypatch):
+    import pipelines.features.neighbours as neighbours
+
     vectors, queries = clustered(3000), clustered(50, seed=1)
     found = nearest(build_index(vectors), queries, 5)
     assert (found.indices == brute_force(vectors, queries, 5)).all()
     cosine = unit_rows(queries) @ unit_rows(vectors).T
     assert np.allclose(found.similarities, np.take_along_axis(cosine, found.indices, 1), atol=1e-5)
+    monkeypatch.setattr(neighbours, "SIMILARITIES_AT_ONCE", 7 * 3000)  # 7 queries a chunk: the same answer
+    chunked = nearest(build_index(vectors), queries, 5)
+    assert (chunked.indices == found.indices).all() and np.allclose(chunked.similarities, found.similarities)
+    few = nearest(build_index(vectors[:3]), queries[:2], 5)  # fewer vectors than k: the rest -1, as faiss pads
+    assert (few.indices[:, :3] == brute_force(vectors[:3], queries[:2], 3)).all() and (few.indices[:, 3:] == -1).all()
     approximate = nearest(build_index(vectors, ivf_from=1000), queries, 5)  # 219 lists, 37 probed
     exact = brute_force(vectors, queries, 5)
     recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(approximate.indices, exact)])
