@@ -18,6 +18,15 @@ def knn_predict(
 
 
 @torch.no_grad()
+def top_similar(queries: torch.Tensor, bank: torch.Tensor, k: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest inner products of each query with the bank's rows (values, bank positions), most similar
+    first, `chunk` queries at a time (the similarity matrix never spans every query)."""
+    found = [(queries[start : start + chunk] @ bank.T).topk(min(k, bank.shape[0]), dim=1)
+             for start in range(0, queries.shape[0], chunk)]
+    return torch.cat([f.values for f in found]), torch.cat([f.indices for f in found])
+
+
+@torch.no_grad()
 def knn_predict_streamed(bank_chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], queries: torch.Tensor,
                          num_classes: int, k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> torch.Tensor:
     """As `knn_predict`, with the bank given as (features, labels) chunks, read once: the k best so far are
@@ -27,14 +36,9 @@ def knn_predict_streamed(bank_chunks: Iterable[tuple[torch.Tensor, torch.Tensor]
     best_labels = torch.zeros((queries.shape[0], 0), dtype=torch.int64, device=queries.device)
     for features, labels in bank_chunks:
         features, labels = F.normalize(features.float().to(queries.device), dim=1), labels.to(queries.device)
-        sims, picked = [], []
-        for start in range(0, queries.shape[0], chunk):
-            similarity = queries[start : start + chunk] @ features.T
-            top_sim, top_index = similarity.topk(min(k, features.shape[0]), dim=1)
-            sims.append(top_sim)
-            picked.append(labels[top_index])
-        merged_sim = torch.cat([best_sim, torch.cat(sims)], dim=1)
-        merged_labels = torch.cat([best_labels, torch.cat(picked)], dim=1)
+        top_sim, top_index = top_similar(queries, features, k, chunk)
+        merged_sim = torch.cat([best_sim, top_sim], dim=1)
+        merged_labels = torch.cat([best_labels, labels[top_index]], dim=1)
         best_sim, order = merged_sim.topk(min(k, merged_sim.shape[1]), dim=1)
         best_labels = merged_labels.gather(1, order)
     votes = torch.zeros(queries.shape[0], num_classes, device=queries.device)

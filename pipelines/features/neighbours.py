@@ -24,7 +24,8 @@ def unit_rows(vectors: np.ndarray) -> np.ndarray:
 
 
 class ExactIndex:
-    """Every vector compared with each query, a chunk of queries at a time; searched as faiss's indexes are."""
+    """Every vector compared with each query, a chunk of queries at a time (the kNN evaluation's search); searched
+    as faiss's indexes are."""
 
     def __init__(self, vectors: np.ndarray):
         import torch
@@ -34,15 +35,14 @@ class ExactIndex:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
+        from pipelines.features.knn import top_similar
+
         count = len(self.vectors)
+        chunk = max(1, SIMILARITIES_AT_ONCE // max(count, 1))
+        values, positions = top_similar(torch.from_numpy(queries), self.vectors, k, chunk)
         similarities = np.full((len(queries), k), -np.inf, dtype=np.float32)
         indices = np.full((len(queries), k), -1, dtype=np.int64)
-        chunk = max(1, SIMILARITIES_AT_ONCE // max(count, 1))
-        with torch.no_grad():
-            for start in range(0, len(queries), chunk):
-                found = (torch.from_numpy(queries[start:start + chunk]) @ self.vectors.T).topk(min(k, count), dim=1)
-                similarities[start:start + chunk, :found.values.shape[1]] = found.values.numpy()
-                indices[start:start + chunk, :found.indices.shape[1]] = found.indices.numpy()
+        similarities[:, :values.shape[1]], indices[:, :positions.shape[1]] = values.numpy(), positions.numpy()
         return similarities, indices
 
 
