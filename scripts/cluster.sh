@@ -75,8 +75,10 @@ EOF
 
 add_node() {
   # `ray start` refuses a second node under the one-machine switch, and without it would look for the head on this
-  # machine's network address: the same command, with 127.0.0.1 left as it is
-  python - --address "127.0.0.1:$RAY_PORT" --node-ip-address 127.0.0.1 --temp-dir "$RAY_TMP" --num-cpus "${1:-1}" \
+  # machine's network address: the same command, with 127.0.0.1 left as it is. The node keeps its own Ray folder, as
+  # a node on another machine does: sharing the head's, it shared the jobs' unpacked working directories, and losing
+  # the node deleted the one a job's driver on the head ran in (its next os.getcwd() failed)
+  python - --address "127.0.0.1:$RAY_PORT" --node-ip-address 127.0.0.1 --temp-dir "$RAY_TMP/node2" --num-cpus "${1:-1}" \
     --dashboard-agent-listen-port "${NODE_AGENT_PORT:-$((AGENT_PORT + 1))}" --disable-usage-stats \
     >"$STATE/ray_add_node.log" 2>&1 <<'PYTHON' || { cat "$STATE/ray_add_node.log" >&2; exit 1; }
 import sys
