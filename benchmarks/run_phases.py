@@ -6,11 +6,14 @@ Fashion-MNIST, 2 steps), with the seconds of each phase of `pipelines.pretrain` 
 Ray is started first, as the test session does, so the figures are what one Ray Train run costs inside the
 suite or inside a study (each row of a study is such a run). The training itself is 2 steps: the rest is the
 fixed cost of processes starting (Train controller, worker, Ray Data's coordinator and actors), each importing
-torch and timm.
+torch and timm: after each run, the CPU seconds of every Ray process it used, by the name Ray gives it
+(`ray::<actor class>`; `IDLE`: a pooled worker that ran tasks), the floor a run pays.
 """
 import argparse
+import collections
 import statistics
 import tempfile
+import threading
 import time
 
 import ray
@@ -61,6 +64,50 @@ def controller_phases() -> list[str]:
     return lines
 
 
+class RayProcesses:
+    """The CPU seconds of Ray's worker processes while a run goes, sampled every 0.1 s (a process that lives
+    less than that may be missed): what each used from `start` to `stop`, by its name (a pooled worker's
+    name changes to its actor's when it becomes one)."""
+
+    def __init__(self):
+        self.samples, self.running = {}, False
+
+    @staticmethod
+    def sample() -> dict[int, tuple[str, float]]:
+        import psutil
+
+        found = {}
+        for process in psutil.process_iter(["pid", "cmdline", "cpu_times"]):
+            title = " ".join(process.info["cmdline"] or [])
+            if title.startswith("ray::") and process.info["cpu_times"]:
+                times = process.info["cpu_times"]
+                found[process.info["pid"]] = (title.split()[0][5:].split(".")[0], times.user + times.system)
+        return found
+
+    def start(self) -> None:
+        self.before = {pid: cpu for pid, (_, cpu) in self.sample().items()}
+        self.samples, self.running = {}, True
+        self.thread = threading.Thread(target=self.watch, daemon=True)
+        self.thread.start()
+
+    def watch(self) -> None:
+        while self.running:
+            self.samples.update(self.sample())
+            time.sleep(0.1)
+
+    def stop(self) -> dict[str, tuple[int, float]]:
+        """{name: (processes, CPU seconds)}, the most CPU first."""
+        self.running = False
+        self.thread.join()
+        used = collections.defaultdict(lambda: [0, 0.0])
+        for pid, (name, cpu) in self.samples.items():
+            spent = cpu - self.before.get(pid, 0.0)
+            if spent > 0.05:
+                used[name][0] += 1
+                used[name][1] += spent
+        return dict(sorted(((name, (n, cpu)) for name, (n, cpu) in used.items()), key=lambda item: -item[1][1]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run_phases", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,15 +124,23 @@ def main() -> None:
     ray.init(num_cpus=2, log_to_driver=args.verbose)
     sets = [f"data.path={folder}/slice", f"train.storage_path={folder}/runs",
             f"tracking.tracking_uri=sqlite:///{folder}/mlflow.db", *SMOKE, *args.overrides]
-    seconds = []
+    seconds, watch, cpu = [], RayProcesses(), collections.defaultdict(list)
     for run in range(args.runs):
         print(f"run {run + 1}:", flush=True)
+        watch.start()
         started = time.time()
         pretraining_run.pretrain(load_config(None, sets), verbose=False, progress=False)
         seconds.append(time.time() - started)
+        used = watch.stop()
         print(f"  in all: {seconds[-1]:.1f} s", flush=True)
         for line in controller_phases():
             print(f"    Train controller: {line}", flush=True)
+        print(f"    Ray processes, CPU seconds: {sum(spent for _, spent in used.values()):.1f} in all: " + ", ".join(
+            f"{name}{f' x{n}' if n > 1 else ''} {spent:.1f}" for name, (n, spent) in used.items()), flush=True)
+        for name, (_, spent) in used.items():
+            cpu[name].append(spent)
+    print("Ray processes, median CPU seconds a run: " + ", ".join(
+        f"{name} {statistics.median(values + [0.0] * (args.runs - len(values))):.1f}" for name, values in cpu.items()))
     print(f"fixed cost: {statistics.median(seconds):.1f} s (median of {args.runs} runs, 2 steps each)")
 
 
