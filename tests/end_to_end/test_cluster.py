@@ -46,7 +46,8 @@ def cluster(tmp_path_factory):
     # the GCS declares a node dead after 3 failed health checks 0.5 s apart (Ray's default: 5, 3 s apart, 28 s here):
     # Train restarts the lost node's workers only then
     env.update(ports, CLUSTER_DIR=str(folder), RAY_TMP=f"/tmp/ray_t{ports['RAY_PORT']}", RAY_AUTH_MODE="token",
-               RAY_health_check_period_ms="500", RAY_health_check_timeout_ms="1000", RAY_health_check_failure_threshold="3")
+               RAY_health_check_period_ms="500", RAY_health_check_timeout_ms="1000",
+               RAY_health_check_failure_threshold="3")
     script = str(PROJECT_ROOT / "scripts" / "cluster.sh")
     # 4 logical CPUs: after the second node is lost, both workers of a 2-worker run fit on the head
     started = subprocess.run([script, "start", "4"], env=env, check=True, timeout=300, capture_output=True, text=True)
