@@ -35,6 +35,9 @@ def parse_args(argv) -> IngestSettings:
     folder.add_argument("--source", required=True, help="a folder, or an object-storage prefix (s3://bucket/pictures)")
     folder.add_argument("--split", default="train", help="split name when the folder has no train/test sub-folders")
     folder.add_argument("--min-size", type=int, default=8, help="skip images whose shorter side is below this (px)")
+    folder.add_argument("--shorter-side", type=int, default=None,
+                        help="store each image whose shorter side is longer as a copy shrunk to this (px), e.g. 320 "
+                             "for 224-px training on phone photos: decoding a 12-megapixel JPEG costs more than its views")
     for each in (fmnist, digits, folder):
         each.add_argument("--out", required=True, help="output folder or URI")
         each.add_argument("--rows-per-shard", type=int, default=10_000)

@@ -23,14 +23,17 @@ class AugmentBatch:
     """Ray Data stage: decode each image and produce one fixed-shape uint8 column (N, C, H, W) per view, and
     the `label` column passed through where the rows have one (the loop logs how mixed its batches are).
 
-    Rows that do not decode are left out instead of failing the epoch (ingest already filters them).
+    Rows that do not decode are left out instead of failing the epoch (ingest already filters them). JPEGs are
+    decoded no larger than their views' crops need (`CropFirst`).
     """
 
     def __init__(self, method: dict, image_size: int, channels: int, crop_scale_min: float, removed: Sequence[str] = (),
                  mask_grid: Optional[tuple[int, int]] = None):
         from pipelines.data.augment import method_views
+        from pipelines.data.crop_first import CropFirst
 
         self.views = method_views(method, image_size, channels, crop_scale_min, removed)
+        self.crop_first = CropFirst(self.views, channels)
         self.channels = channels
         probe = np.zeros((image_size, image_size, channels), np.uint8)
         self.shapes = [to_chw(view(image=probe)["image"]).shape for view in self.views]
@@ -45,12 +48,12 @@ class AugmentBatch:
         decoded = []
         for index, data in enumerate(batch["image"]):
             try:
-                image = decode_image(data, self.channels)
+                views = self.views_of(data)
             except ValueError:
                 continue
             decoded.append(index)
-            for out, view in zip(outputs, self.views):
-                out.append(to_chw(view(image=image)["image"]))
+            for out, view in zip(outputs, views):
+                out.append(to_chw(view))
         columns = {view_column(i): np.stack(out) if out else np.zeros((0, *shape), np.uint8)
                    for i, (out, shape) in enumerate(zip(outputs, self.shapes))}
         if self.masking:
@@ -60,6 +63,14 @@ class AugmentBatch:
             columns["label"] = np.array([-1 if labels[i] is None or labels[i] != labels[i] else int(labels[i])
                                          for i in decoded], dtype=np.int64)
         return columns
+
+    def views_of(self, data: bytes) -> list[np.ndarray]:
+        """HxWxC views of one image: JPEGs decoded at the scale their crops need, other formats in full."""
+        views = self.crop_first(data)
+        if views is None:
+            image = decode_image(data, self.channels)
+            views = [view(image=image)["image"] for view in self.views]
+        return views
 
     def masks(self, rows: int) -> np.ndarray:
         """(rows, 2, patches) 0 or 1: each row's two global crops' masks, drawn over the batch's 2 x rows crops as

@@ -25,6 +25,8 @@ def decode_image(data: bytes, channels: int, factor: int = 1) -> np.ndarray:
     """HxWxC uint8 (RGB order when C is 3), at 1/`factor` scale (1, 2, 4 or 8: OpenCV's reduced decode, which
     never makes a JPEG's full-size array; formats OpenCV does not read are decoded by Pillow, then resized).
     Raises ValueError when the bytes are no image."""
+    if not data:
+        raise ValueError("empty file (0 bytes)")
     kind = "GRAYSCALE" if channels == 1 else "COLOR"
     flag = getattr(cv2, f"IMREAD_{kind}" if factor == 1 else f"IMREAD_REDUCED_{kind}_{factor}")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
@@ -97,6 +99,24 @@ def decode_reduced(data: bytes, channels: int, side: int) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as header:
             shorter = min(header.size)
     return decode_image(data, channels, next((factor for factor in (8, 4, 2) if shorter // factor >= side), 1))
+
+
+def shrunk_copy(data: bytes, side: int) -> bytes:
+    """The image with its shorter side brought down to `side` px (area-averaged, from a JPEG's reduced decode at
+    twice that or more), upright, as JPEG at quality 95 when it was a JPEG and as PNG otherwise."""
+    channels = 1 if is_grayscale(data) else 3
+    image = decode_reduced(data, channels, 2 * side)
+    height, width = image.shape[:2]
+    scale = side / min(height, width)
+    if scale < 1:
+        image = cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
+                           interpolation=cv2.INTER_AREA)
+    stored = image if channels == 1 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    jpeg = data[:2] == b"\xff\xd8"
+    ok, buffer = cv2.imencode(".jpg" if jpeg else ".png", stored, [cv2.IMWRITE_JPEG_QUALITY, 95] if jpeg else [])
+    if not ok:
+        raise ValueError("re-encoding the shrunk copy failed")
+    return buffer.tobytes()
 
 
 def is_grayscale(data: bytes) -> bool:

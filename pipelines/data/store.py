@@ -33,6 +33,7 @@ class DatasetInfo:
     std: list[float] = field(default_factory=list)
     skipped: int = 0
     min_side: Optional[int] = None  # shorter side of the smallest image (px)
+    shorter_side: Optional[int] = None  # images with a longer shorter side were stored shrunk to it (px)
 
     @property
     def labelled(self) -> bool:

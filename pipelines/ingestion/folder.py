@@ -25,6 +25,7 @@ from pipelines.data.decode import (
     ChannelStats,
     decode_reduced,
     is_grayscale,
+    shrunk_copy,
     suffix_reason,
     verified_size,
 )
@@ -137,8 +138,9 @@ def list_object_storage(source: str, default_split: str) -> Listing:
     return listing
 
 
-def check_files(batch: dict[str, np.ndarray], min_size: int) -> dict[str, np.ndarray]:
-    """Ray Data task: reads, verifies and measures each file; `reason` is empty for images kept."""
+def check_files(batch: dict[str, np.ndarray], min_size: int, shorter_side: Optional[int] = None) -> dict[str, np.ndarray]:
+    """Ray Data task: reads, verifies and measures each file; `reason` is empty for images kept. With
+    `shorter_side`, an image whose shorter side is longer is kept as a copy shrunk to it."""
     images, reasons, gray, sides = [], [], [], []
     for raw in batch["path"]:
         path, data, reason, side, grey = os.fsdecode(bytes(raw)), b"", "", 0, False
@@ -157,6 +159,8 @@ def check_files(batch: dict[str, np.ndarray], min_size: int) -> dict[str, np.nda
                 side, grey = min(height, width), is_grayscale(data)
                 if side < min_size:
                     reason = f"too small ({width}x{height} px, below --min-size {min_size})"
+                elif shorter_side and side > shorter_side:
+                    data, side = shrunk_copy(data, shorter_side), shorter_side
             except ValueError as error:
                 reason = str(error)
         images.append(b"" if reason else data)
@@ -181,10 +185,11 @@ def classes_without_images(listing: Listing, labels: list[str], counts: np.ndarr
 
 def ingest_folder(
     source, out: str, split: str = "train", rows_per_shard: int = 10_000, progress_every: float = 5.0,
-    min_size: int = 8, seed: int = 0, verbose: bool = False,
+    min_size: int = 8, seed: int = 0, verbose: bool = False, shorter_side: Optional[int] = None,
 ) -> tuple[DatasetInfo, list[dict]]:
     """`source`: a local folder or an object-storage prefix (s3://bucket/pictures). Returns the dataset's
-    description and the skipped files with their reasons."""
+    description and the skipped files with their reasons. `shorter_side`: store each image whose shorter side
+    is longer as a copy shrunk to it (decoding a 12-megapixel photo each epoch costs more than its views)."""
     import ray
 
     started = time.time()
@@ -207,7 +212,7 @@ def ingest_folder(
                           "label": pa.array([row[3] for row in rows], pa.int32())})
         blocks = [table.slice(start, BLOCK_ROWS) for start in range(0, len(table), BLOCK_ROWS)]  # one task each
         checked = ray.data.from_arrow(blocks).map_batches(
-            check_files, fn_kwargs={"min_size": min_size}, batch_size=CHECK_BATCH, batch_format="numpy")
+            check_files, fn_kwargs={"min_size": min_size, "shorter_side": shorter_side}, batch_size=CHECK_BATCH, batch_format="numpy")
         seen, last_print = len(listing.skipped), time.time()
         for batch in checked.iter_batches(batch_size=CHECK_BATCH * 4, batch_format="pyarrow", prefetch_batches=4):
             bad = pc.not_equal(batch["reason"], "")
@@ -246,7 +251,7 @@ def ingest_folder(
         print(f"  {name}: {writer.count} images in {writer.shards} shards")
     mean, std = stats.result(channels)
     info = DatasetInfo(str(source).rstrip("/").rsplit("/", 1)[-1], channels, splits, labels or None, mean, std,
-                       skipped=len(skipped), min_side=smallest)
+                       skipped=len(skipped), min_side=smallest, shorter_side=shorter_side)
     write_info(out, info)
     empty = classes_without_images(listing, labels, counts)
     for item in empty:

@@ -25,6 +25,8 @@ class IngestSettings(BaseModel):
     test_fraction: float = Field(0.2, gt=0, lt=1, description="digits: the share held out as the test split")
     split: str = Field("train", description="folder: the split's name when it has no train/test sub-folders")
     min_size: int = Field(8, ge=1, description="folder: skip images whose shorter side is below this (px)")
+    shorter_side: Optional[int] = Field(None, ge=8, description="folder: store each image whose shorter side is "
+                                        "longer as a copy shrunk to this many px (photos decode faster each epoch)")
     rows_per_shard: int = Field(10_000, ge=1)
     seed: int = Field(0, description="seed of the random order rows are written in")
     verbose: bool = Field(False, description="folder: show Ray's and its workers' output here")
@@ -49,5 +51,6 @@ def ingest(settings: IngestSettings) -> IngestResult:
         if not settings.source:
             raise ValueError("a folder ingest needs its source (a folder, or an object-storage prefix)")
         info, skipped = ingest_folder(settings.source, settings.out, settings.split, settings.rows_per_shard,
-                                      min_size=settings.min_size, seed=settings.seed, verbose=settings.verbose)
+                                      min_size=settings.min_size, seed=settings.seed, verbose=settings.verbose,
+                                      shorter_side=settings.shorter_side)
     return IngestResult(info, time.time() - started, skipped)

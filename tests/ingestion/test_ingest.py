@@ -324,7 +324,9 @@ def test_an_avif_photo_decodes_as_training_decodes_it_and_trains_a_step():
 
 @pytest.mark.slow
 def test_images_of_every_common_format_and_mode_are_ingested(tmp_path):
-    """Palette, alpha, CMYK, 1-bit, 16-bit, grey with alpha; PNG, JPEG, GIF, BMP, TIFF, WebP, PPM."""
+    """Palette, alpha, CMYK, 1-bit, 16-bit, grey with alpha; PNG, JPEG, GIF, BMP, TIFF, WebP, PPM; stored as they
+    are, and as copies shrunk to a shorter side."""
+    import cv2
     import numpy as np
 
     root = tmp_path / "modes"
@@ -341,5 +343,16 @@ def test_images_of_every_common_format_and_mode_are_ingested(tmp_path):
     picture.save(root / "photo.ppm")
     info, skipped = ingest_folder(root, str(tmp_path / "out"))
     assert skipped == [] and info.splits == {"train": 9} and info.channels == 3 and info.min_side == 48
-    for encoded in read_split(str(tmp_path / "out"), "train", ("image",)).column("image").to_pylist():
-        assert decode_image(encoded, 3).shape == (48, 48, 3)
+    originals = {}
+    for row in read_split(str(tmp_path / "out"), "train", ("image", "source")).to_pylist():
+        assert decode_image(row["image"], 3).shape == (48, 48, 3)
+        originals[row["source"]] = decode_image(row["image"], 3)
+    # the option for photos: copies shrunk to a shorter side of 32 px, JPEGs kept JPEGs, the rest lossless PNG
+    info, skipped = ingest_folder(root, str(tmp_path / "small"), shorter_side=32)
+    assert skipped == [] and info.min_side == 32 and read_info(str(tmp_path / "small")).shorter_side == 32
+    for row in read_split(str(tmp_path / "small"), "train", ("image", "source")).to_pylist():
+        small = decode_image(row["image"], 3)
+        assert small.shape == (32, 32, 3)
+        assert row["image"][:2] == (b"\xff\xd8" if row["source"].endswith(".jpg") else b"\x89P")
+        expected = cv2.resize(originals[row["source"]], (32, 32), interpolation=cv2.INTER_AREA)
+        assert np.abs(small.astype(int) - expected.astype(int)).mean() < 3, row["source"]
