@@ -165,4 +165,5 @@ def method_views(method: dict, image_size: int, channels: int, crop_scale_min: f
 
 def eval_transform(image_size: int) -> A.Compose:
     """Evaluation: shorter side to the training size, then the centre square."""
-    return A.Compose([A.SmallestMaxSize(max_size=image_size, **ANTIALIASED), A.CenterCrop(height=image_size, width=image_size)])
+    return A.Compose([A.SmallestMaxSize(max_size=image_size, **ANTIALIASED),
+                      A.CenterCrop(height=image_size, width=image_size)])

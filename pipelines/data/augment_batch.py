@@ -1,6 +1,7 @@
 """The Ray Data stage that turns image bytes into views. It imports albumentations (and with it torch) only
 where it builds its views, so Ray Data's coordinator, which unpickles this class with the dataset's plan, does
 not pay for them."""
+import os
 from typing import Optional, Sequence
 
 import numpy as np
@@ -19,6 +20,16 @@ def view_column(index: int) -> str:
     return f"view_{index}"
 
 
+def use_reserved_cpus() -> None:
+    """OpenCV's threads as many as the CPUs Ray reserved for this actor (Ray says so in OMP_NUM_THREADS, which
+    OpenCV's own thread pool does not read): a pool of one-CPU actors sized to the cores then does not contend."""
+    threads = os.environ.get("OMP_NUM_THREADS")
+    if threads and threads.isdigit():
+        import cv2
+
+        cv2.setNumThreads(int(threads))
+
+
 class AugmentBatch:
     """Ray Data stage: decode each image and produce one fixed-shape uint8 column (N, C, H, W) per view, and
     the `label` column passed through where the rows have one (the loop logs how mixed its batches are).
@@ -31,6 +42,8 @@ class AugmentBatch:
                  mask_grid: Optional[tuple[int, int]] = None):
         from pipelines.data.augment import method_views
         from pipelines.data.crop_first import CropFirst
+
+        use_reserved_cpus()
 
         self.views = method_views(method, image_size, channels, crop_scale_min, removed)
         self.crop_first = CropFirst(self.views, channels)

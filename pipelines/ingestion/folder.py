@@ -138,7 +138,8 @@ def list_object_storage(source: str, default_split: str) -> Listing:
     return listing
 
 
-def check_files(batch: dict[str, np.ndarray], min_size: int, shorter_side: Optional[int] = None) -> dict[str, np.ndarray]:
+def check_files(batch: dict[str, np.ndarray], min_size: int,
+                shorter_side: Optional[int] = None) -> dict[str, np.ndarray]:
     """Ray Data task: reads, verifies and measures each file; `reason` is empty for images kept. With
     `shorter_side`, an image whose shorter side is longer is kept as a copy shrunk to it."""
     images, reasons, gray, sides = [], [], [], []
@@ -212,7 +213,8 @@ def ingest_folder(
                           "label": pa.array([row[3] for row in rows], pa.int32())})
         blocks = [table.slice(start, BLOCK_ROWS) for start in range(0, len(table), BLOCK_ROWS)]  # one task each
         checked = ray.data.from_arrow(blocks).map_batches(
-            check_files, fn_kwargs={"min_size": min_size, "shorter_side": shorter_side}, batch_size=CHECK_BATCH, batch_format="numpy")
+            check_files, fn_kwargs={"min_size": min_size, "shorter_side": shorter_side}, batch_size=CHECK_BATCH,
+            batch_format="numpy")
         seen, last_print = len(listing.skipped), time.time()
         for batch in checked.iter_batches(batch_size=CHECK_BATCH * 4, batch_format="pyarrow", prefetch_batches=4):
             bad = pc.not_equal(batch["reason"], "")

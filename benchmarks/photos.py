@@ -1,0 +1,253 @@
+"""The data path at photo sizes: images per second per CPU core from stored rows to training views, in one run.
+
+    .venv/bin/python -m benchmarks.photos      # about 10 minutes on 2 cores the first time (it makes the photos)
+
+Two folders made offline (benchmarks/photo_files.py): 300 web-sized JPEGs of 500x375 to 800x600 and 48 phone
+photos of 4032x3024 (12 megapixels, about 2.3 MB each) six times over (288 files, so that the stored row groups
+hold 256 rows as a real folder's do), the phone folder also ingested with `--shorter-side 320`.
+For BYOL's two 224-px views and DINO's 2 x 224 + 8 x 96 crops (configs/byol_resnet50_224.yaml,
+configs/dino_vit_small16_224.yaml):
+
+- transform: the augmentation function alone (`AugmentBatch` on the stored bytes, in this process, one thread),
+  images per CPU-second; on phone photos also with every image decoded in full (the crop-first decode off);
+- stage: the whole Ray Data stage as training runs it (Parquet row groups -> read tasks -> two augmentation actors
+  -> a consumer here that only counts the rows), images per CPU-second of every process involved (Ray's workers
+  and actors, the raylet, and this process, which runs Ray Data's executor and the consumer), from the first
+  batch to the last of a second execution (the actors' start-up and the pooled workers' imports not counted),
+  its share of the transform-only rate, and where its CPU goes;
+- dataloader: a torch DataLoader with one worker process and the same function, images per CPU-second of both;
+- bytes per image: the views the actors ship to a Train worker against the stored JPEG, and from these how many
+  CPU cores and how much network one GPU needs at published training speeds (`--gpu-rate` overrides them).
+"""
+import argparse
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from benchmarks.photo_files import PHONE, write_photos
+from pipelines.config.load import load_config
+from pipelines.config.project import PROJECT_ROOT
+from pipelines.data.augment_batch import AugmentBatch
+from pipelines.data.store import read_info, read_split
+from pipelines.data.stream import augment_arguments
+
+RECIPES = {"byol": PROJECT_ROOT / "configs" / "byol_resnet50_224.yaml",
+           "dino": PROJECT_ROOT / "configs" / "dino_vit_small16_224.yaml"}
+# Images per second one GPU trains, as published: DINO ViT-S/16 with 2 x 224 + 8 x 96 crops, 100 epochs of
+# ImageNet in 1.75 days on 8 GPUs (facebookresearch/dino README: 106 images/s per GPU, V100-era); BYOL
+# ResNet-50: NVIDIA's ResNet-50 v1.5 trains 2,470 images/s on one A100 80GB with AMP (DeepLearningExamples), one
+# forward and backward of one view (3 passes); BYOL's step is 8 such passes for its two views (online forward and
+# backward of each, the target's forward of each): about 926 images/s.
+GPU_RATES = {"byol": 2470 * 3 / 8, "dino": 1_281_167 * 100 / (1.75 * 86400 * 8)}
+BATCH = 32
+
+
+def config_for(recipe: str, store: str):
+    return load_config(RECIPES[recipe], [f"data.path={store}", f"data.batch_size={BATCH}", "data.augment_actors=1",
+                                         "data.augment_actors_max=1", "train.num_workers=1", "train.epochs=1"])
+
+
+def augmenter(recipe: str, store: str, crop_first: bool = True) -> AugmentBatch:
+    augment = AugmentBatch(**augment_arguments(config_for(recipe, store), read_info(store)))
+    augment.crop_first.applies = crop_first
+    return augment
+
+
+def stored_images(store: str) -> list[bytes]:
+    return read_split(store, "train", ("image",)).column("image").to_pylist()
+
+
+def transform_rate(recipe: str, store: str, crop_first: bool = True, rounds: int = 2) -> tuple[float, int]:
+    """(images per CPU-second of the augmentation function alone, bytes of views per image)."""
+    augment, images = augmenter(recipe, store, crop_first), stored_images(store)
+    augment({"image": np.array(images[:2], dtype=object)})  # warm
+    started, count = time.process_time(), 0
+    for _ in range(rounds):
+        for start in range(0, len(images), BATCH):
+            out = augment({"image": np.array(images[start:start + BATCH], dtype=object)})
+            count += len(out["view_0"])
+    view_bytes = sum(value[0].nbytes for key, value in out.items() if key.startswith("view_"))
+    return count / (time.process_time() - started), view_bytes
+
+
+class RayCpu:
+    """CPU seconds of Ray's processes on this machine (workers, actors, raylet, GCS) from `start` to `stop`, by
+    kind, sampled every 0.2 s so that a process ending between is counted to its last sample; the sampling's own
+    CPU time (a thread of this process) is kept in `own`."""
+
+    def __init__(self):
+        import threading
+
+        self.before, self.last, self.own, self.running = self.sample(), {}, 0.0, True
+        self.thread = threading.Thread(target=self.watch, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def sample() -> dict[int, tuple[str, float]]:
+        import os
+
+        import psutil
+
+        found = {}
+        for process in psutil.process_iter(["pid", "cmdline", "cpu_times"]):
+            words = process.info["cmdline"] or [""]
+            kind = ("actor" if "MapWorker" in words[0] else "tasks and idle workers") if words[0].startswith("ray::") \
+                else "raylet, GCS" if any("raylet" in word or "gcs_server" in word for word in words[:1]) else None
+            if kind and process.info["pid"] != os.getpid() and process.info["cpu_times"]:
+                found[process.info["pid"]] = (kind, process.info["cpu_times"].user + process.info["cpu_times"].system)
+        return found
+
+    def watch(self) -> None:
+        while self.running:
+            started = time.thread_time()
+            self.last.update(self.sample())
+            self.own += time.thread_time() - started
+            time.sleep(0.2)
+
+    def stop(self) -> dict[str, float]:
+        self.running = False
+        self.thread.join()
+        self.last.update(self.sample())
+        used = {}
+        for pid, (kind, cpu) in self.last.items():
+            used[kind] = used.get(kind, 0.0) + cpu - self.before.get(pid, (kind, 0.0))[1]
+        return used
+
+
+def stage_rate(recipe: str, store: str, epochs: int, actors: int = 2) -> tuple[float, dict[str, float]]:
+    """(images per CPU-second of the whole Ray Data stage from its first batch to its last, its CPU seconds by
+    kind of process), measured on a second execution (the first warms the pooled workers' imports). The pool:
+    `actors` augmentation actors of 1/`actors` CPU each (the presets start with 2)."""
+    from pipelines.data.stream import training_dataset
+
+    config = config_for(recipe, store)
+    config.data.augment_actors = config.data.augment_actors_max = actors
+    config.data.augment_cpus = 1 / actors
+    info = read_info(store)
+    for config.train.epochs in (1, epochs):
+        expected, count, watch = config.train.epochs * info.splits["train"], 0, None
+        for batch in training_dataset(config, info).iter_batches(batch_size=BATCH, batch_format="pyarrow"):
+            count += len(batch)
+            if watch is None:
+                watch, first, started = RayCpu(), count, time.process_time()
+            elif count >= expected:
+                break
+        here = time.process_time() - started
+        used = watch.stop()
+    used["this process (executor, consumer)"] = here - watch.own
+    return (count - first) / sum(used.values()), used
+
+
+def dataloader_rate(recipe: str, store: str, rounds: int = 2) -> float:
+    """Images per CPU-second of a DataLoader with one worker process running the same function."""
+    import torch
+
+    from benchmarks.throughput import EncodedImages
+
+    images = stored_images(store) * rounds
+    loader = torch.utils.data.DataLoader(EncodedImages(images), batch_size=BATCH, num_workers=1,
+                                         collate_fn=Collate(recipe, store), prefetch_factor=4)
+    children, started, count = resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time(), 0
+    for batch in loader:
+        count += len(batch["view_0"])
+    del loader  # its worker ends, and its CPU time reaches RUSAGE_CHILDREN
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    child = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+    return count / (time.process_time() - started + child)
+
+
+class Collate:
+    def __init__(self, recipe: str, store: str):
+        self.recipe, self.store, self.augment = recipe, store, None
+
+    def __call__(self, images: list[bytes]) -> dict:
+        if self.augment is None:  # built in the worker process
+            cv2.setNumThreads(1)
+            self.augment = augmenter(self.recipe, self.store)
+        return self.augment({"image": np.array(images, dtype=object)})
+
+
+def ingested(folder: Path, out: Path, shorter_side=None) -> str:
+    from pipelines.ingestion.folder import ingest_folder
+
+    if not (out / "dataset.json").exists():
+        ingest_folder(folder, str(out), shorter_side=shorter_side)
+    return str(out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.photos", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "ssl-photos-benchmark"),
+                        help="where the folders and stores are made (kept: a second run reuses them)")
+    parser.add_argument("--web", type=int, default=300, help="web-sized photos")
+    parser.add_argument("--phone", type=int, default=48, help="12-megapixel photos")
+    parser.add_argument("--phone-copies", type=int, default=6,
+                        help="each phone photo this many times in its folder (hard links): 288 rows, a full row group")
+    parser.add_argument("--shorter-side", type=int, default=320, help="the phone photos' stored copy (px)")
+    parser.add_argument("--gpu-rate", nargs=2, action="append", metavar=("RECIPE", "IMAGES_PER_S"), default=[],
+                        help="images/s one GPU trains for a recipe, instead of the published figure")
+    args = parser.parse_args()
+    import ray
+
+    from pipelines.cluster.start import start_ray
+
+    cv2.setNumThreads(1)
+    work = Path(args.work)
+    folders = {"web": (work / "web", args.web, (375, 500), (600, 800)),
+               "phone": (work / "phone", args.phone, PHONE, PHONE)}
+    for folder, count, smallest, largest in folders.values():
+        if not folder.exists():
+            print(f"making {count} photos in {folder}", flush=True)
+            write_photos(folder, count, smallest, largest)
+    for path in sorted((work / "phone").glob("photo?????.jpg")):  # full row groups of 256, as a real folder's
+        for copy in range(1, args.phone_copies):
+            linked = path.with_name(f"{path.stem}_{copy}.jpg")
+            if not linked.exists():
+                linked.hardlink_to(path)
+    start_ray(num_cpus=2)
+    stores = {"web 500x375-800x600": ingested(work / "web", work / "web_store"),
+              "phone 4032x3024": ingested(work / "phone", work / "phone_store"),
+              f"phone, stored at {args.shorter_side} px": ingested(work / "phone", work / f"phone_{args.shorter_side}",
+                                                                   args.shorter_side)}
+    gpu_rates = {**GPU_RATES, **{name: float(rate) for name, rate in args.gpu_rate}}
+    print("\n| recipe | photos | stored bytes | transform img/s/core | stage img/s/core | stage/transform | "
+          "DataLoader img/s/core | view bytes |")
+    print("|---|---|---|---|---|---|---|---|")
+    results, shares = {}, []
+    for recipe in RECIPES:
+        for label, store in stores.items():
+            jpeg_bytes = float(np.mean([len(data) for data in stored_images(store)]))
+            transform, view_bytes = transform_rate(recipe, store)
+            epochs = max(2, round(600 / read_info(store).splits["train"]))
+            stage, used = stage_rate(recipe, store, epochs)
+            loader = dataloader_rate(recipe, store)
+            results[recipe, label] = (stage, jpeg_bytes, view_bytes)
+            print(f"| {recipe} | {label} | {jpeg_bytes / 1e3:.0f} KB | {transform:.0f} | {stage:.0f} | "
+                  f"{stage / transform:.0%} | {loader:.0f} | {view_bytes / 1e3:.0f} KB |", flush=True)
+            shares.append((recipe, label, used))
+            if label.startswith("phone 4032"):
+                full, _ = transform_rate(recipe, store, crop_first=False, rounds=1)
+                print(f"| {recipe} | {label}, decoded in full | | {full:.0f} | | | | |", flush=True)
+    print("\nWhere the stage's CPU goes:")
+    for recipe, label, used in shares:
+        total = sum(used.values())
+        print(f"  {recipe}, {label}: " + ", ".join(f"{kind} {cpu / total:.0%}" for kind, cpu in
+                                                   sorted(used.items(), key=lambda item: -item[1])))
+    print("\nOne GPU's needs at its published training speed (augmentation on CPU nodes ships the views; on the GPU "
+          "node's own cores, the JPEGs):")
+    print("| recipe | photos | GPU img/s | CPU cores | network, views | network, JPEGs |")
+    print("|---|---|---|---|---|---|")
+    for (recipe, label), (stage, jpeg_bytes, view_bytes) in results.items():
+        rate = gpu_rates[recipe]
+        print(f"| {recipe} | {label} | {rate:.0f} | {rate / stage:.1f} | {rate * view_bytes * 8 / 1e9:.2f} Gbit/s | "
+              f"{rate * jpeg_bytes * 8 / 1e9:.2f} Gbit/s |")
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
