@@ -65,14 +65,14 @@ class CropFirst:
         return tuple(crop.size) if isinstance(crop, A.RandomResizedCrop) else (crop.height, crop.width)
 
     def __call__(self, data: bytes) -> Optional[list[np.ndarray]]:
-        """The views of one image, or None when the bytes are not a JPEG (the caller decodes those in full). Raises
-        ValueError when the bytes are no image."""
+        """The views of one image, or None when the bytes are not a JPEG whose header Pillow reads (the caller
+        decodes those in full). Raises ValueError when the bytes are no image."""
         if not self.applies or not data[:2] == JPEG_MAGIC:
             return None
         try:
             shape = upright_size(data)
-        except Exception as error:  # Pillow raises many types for bad headers
-            raise ValueError(f"not a readable image ({type(error).__name__})") from None
+        except Exception:  # a header Pillow does not read (bad EXIF, say): the full decode decides
+            return None
         regions = [full_region(crop, shape) for crop in self.crops]
         factor = coarsest_factor(regions, self.sizes)
         self.factors[factor] = self.factors.get(factor, 0) + 1
