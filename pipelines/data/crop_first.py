@@ -13,14 +13,13 @@ import numpy as np
 from PIL import Image
 
 from pipelines.data.augment import import_albumentations
-from pipelines.data.decode import decode_image
+from pipelines.data.decode import JPEG_MAGIC, decode_image
 
 A = import_albumentations()
 
 FACTORS = (8, 4, 2)
 MARGIN = 2  # each crop decoded at twice its output size or more: its detail then within 5 % of a full decode's
 TURNED = {5, 6, 7, 8}  # EXIF orientations that swap width and height (OpenCV decodes the photo upright)
-JPEG_MAGIC = b"\xff\xd8"
 
 
 def upright_size(data: bytes) -> tuple[int, int]:

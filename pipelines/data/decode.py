@@ -14,6 +14,9 @@ IMAGE_SUFFIXES = frozenset({suffix for suffix, name in Image.registered_extensio
                            | {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
 
 
+JPEG_MAGIC = b"\xff\xd8"  # the first bytes of every JPEG file
+
+
 def suffix_reason(name: str) -> str:
     """Why a file is not read, by its name: the format its suffix names, or none."""
     suffix = name.rsplit(".", 1)[-1].lower() if "." in name.lstrip(".") else ""
@@ -112,7 +115,7 @@ def shrunk_copy(data: bytes, side: int) -> bytes:
         image = cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
                            interpolation=cv2.INTER_AREA)
     stored = image if channels == 1 else cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    jpeg = data[:2] == b"\xff\xd8"
+    jpeg = data[:2] == JPEG_MAGIC
     ok, buffer = cv2.imencode(".jpg" if jpeg else ".png", stored, [cv2.IMWRITE_JPEG_QUALITY, 95] if jpeg else [])
     if not ok:
         raise ValueError("re-encoding the shrunk copy failed")
