@@ -7,13 +7,25 @@ from pipelines.ingestion.datasets import FASHION_MNIST_DIR, ingest_fashion_mnist
 from tests.helpers import write_sorted_folder
 
 RAY_FIXTURES = {"ray_session", "two_worker_results", "sorted_shards", "s3_server"}
+# The session's Ray has 3 logical CPUs on any machine: one sweep trial (0.25 CPU per Train worker, 0.25 per
+# augmentation actor, 1 for Ray Data's file listing) fits twice, so ASHA runs two trials at once
+# (tests/tuning/test_sweep.py); the tests' usual trial (0.5 of augmentation: 1.75) still runs one at a time.
+SESSION_CPUS = 3
+SESSION_RAY = {"started": False}
 
 
 @pytest.fixture(autouse=True)
 def fast_tests_start_no_ray_work(request, monkeypatch):
     """`pytest -m "not slow"` is the fast lane: a test without the mark may not start Ray (a Train run, a Ray Data
-    job, a folder ingest) nor use a fixture that does; it fails saying so."""
+    job, a folder ingest) nor use a fixture that does; it fails saying so. A slow test that starts Ray in this
+    process starts the session's, through `ray_session`."""
     if request.node.get_closest_marker("slow"):
+        yield
+        import ray
+
+        assert SESSION_RAY["started"] or not ray.is_initialized(), (
+            f"{request.node.nodeid} started Ray itself (an in-process ingest?): let it use the ray_session fixture, "
+            f"whose Ray has {SESSION_CPUS} CPUs on every machine")
         return
     used = RAY_FIXTURES & set(request.fixturenames)
     assert not used, f"{request.node.nodeid} uses {', '.join(sorted(used))}: mark it slow"
@@ -23,6 +35,7 @@ def fast_tests_start_no_ray_work(request, monkeypatch):
         raise AssertionError(f"{request.node.nodeid} starts Ray: mark it slow")
 
     monkeypatch.setattr(ray, "init", refuse)
+    yield
 
 
 @pytest.fixture(scope="session")
@@ -37,14 +50,14 @@ def fmnist_slice(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def ray_session():
-    """One local Ray instance for the whole test session (a folder ingest may have started it already)."""
+    """One local Ray instance for the whole test session, started before any test's own code can start one."""
     import ray
 
     from pipelines.cluster.start import use_one_machine_train_settings
 
-    if not ray.is_initialized():
-        use_one_machine_train_settings()
-        ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1")
+    use_one_machine_train_settings()
+    ray.init(num_cpus=SESSION_CPUS, include_dashboard=True, dashboard_host="127.0.0.1")
+    SESSION_RAY["started"] = True
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()
@@ -64,7 +77,7 @@ def sorted_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def sorted_shards(sorted_folder, tmp_path_factory) -> str:
+def sorted_shards(ray_session, sorted_folder, tmp_path_factory) -> str:
     from pipelines.ingestion.folder import ingest_folder
 
     out = tmp_path_factory.mktemp("sorted_shards") / "shards"

@@ -33,7 +33,7 @@ def photo_folder(tmp_path):
 
 
 @pytest.mark.slow
-def test_folder_ingest_skips_and_reports_bad_files(photo_folder, tmp_path, capsys):
+def test_folder_ingest_skips_and_reports_bad_files(ray_session, photo_folder, tmp_path, capsys):
     out = tmp_path / "shards"
     info, skipped = ingest_folder(photo_folder, str(out))
     assert info.splits == {"train": 4}
@@ -58,7 +58,7 @@ def test_folder_ingest_skips_and_reports_bad_files(photo_folder, tmp_path, capsy
 
 
 @pytest.mark.slow
-def test_folder_with_train_and_test_splits_and_no_labels(tmp_path):
+def test_folder_with_train_and_test_splits_and_no_labels(ray_session, tmp_path):
     root = tmp_path / "split"
     (root / "train").mkdir(parents=True)
     (root / "val").mkdir()
@@ -105,7 +105,7 @@ def test_a_job_servers_url_in_ray_address_is_refused_by_name_by_the_commands_tha
 
 
 @pytest.mark.slow
-def test_images_below_the_minimum_size_are_skipped_with_their_size(tmp_path, capsys):
+def test_images_below_the_minimum_size_are_skipped_with_their_size(ray_session, tmp_path, capsys):
     root = tmp_path / "tiny"
     root.mkdir()
     Image.fromarray(photos.camera()[:6, :5]).save(root / "speck.png")
@@ -118,7 +118,7 @@ def test_images_below_the_minimum_size_are_skipped_with_their_size(tmp_path, cap
 
 
 @pytest.mark.slow
-def test_an_empty_folder_or_one_without_a_readable_image_is_a_message(tmp_path, capsys):
+def test_an_empty_folder_or_one_without_a_readable_image_is_a_message(ray_session, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["folder", "--source", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
     assert "no readable image in" in capsys.readouterr().err
@@ -130,7 +130,7 @@ def test_an_empty_folder_or_one_without_a_readable_image_is_a_message(tmp_path, 
 
 
 @pytest.mark.slow
-def test_a_folder_of_odd_files_never_stops_the_ingest_and_each_skip_is_named(tmp_path):
+def test_a_folder_of_odd_files_never_stops_the_ingest_and_each_skip_is_named(ray_session, tmp_path):
     import os
 
 
@@ -167,7 +167,7 @@ def test_a_folder_of_odd_files_never_stops_the_ingest_and_each_skip_is_named(tmp
 
 
 @pytest.mark.slow
-def test_sixteen_bit_images_get_statistics_as_training_decodes_them(tmp_path):
+def test_sixteen_bit_images_get_statistics_as_training_decodes_them(ray_session, tmp_path):
     import numpy as np
 
     root = tmp_path / "deep"
@@ -323,7 +323,7 @@ def test_an_avif_photo_decodes_as_training_decodes_it_and_trains_a_step():
 
 
 @pytest.mark.slow
-def test_images_of_every_common_format_and_mode_are_ingested(tmp_path):
+def test_images_of_every_common_format_and_mode_are_ingested(ray_session, tmp_path):
     """Palette, alpha, CMYK, 1-bit, 16-bit, grey with alpha; PNG, JPEG, GIF, BMP, TIFF, WebP, PPM; stored as they
     are, and as copies shrunk to a shorter side."""
     import cv2

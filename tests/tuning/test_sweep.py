@@ -17,7 +17,7 @@ SIMCLR_SPACE = str(PROJECT_ROOT / "tune_spaces" / "simclr.yaml")
 
 
 def sweep_arguments(data: str, folder: Path, name: str, samples: int = 2, space: str = SIMCLR_SPACE) -> list[str]:
-    # 0.25 CPU per Train worker: one trial (0.25 + 0.5 augmentation + 1 file listing) fits the 2-CPU session
+    # 0.25 CPU per Train worker: one trial (0.25 + 0.5 augmentation + 1 file listing) at a time in the 3-CPU session
     overrides = tiny_overrides(data, str(folder / "runs"), mlflow_store(folder), "simclr",
                                **{"train.epochs": 2, "train.cpus_per_worker": 0.25, "data.limit": 256})
     return ["--space", space, "--num-samples", str(samples), "--name", name,
@@ -37,40 +37,52 @@ def parent_of(client: MlflowClient, name: str):
 @pytest.mark.slow
 def test_a_sweep_runs_its_trials_as_child_runs_asha_stops_the_one_sure_to_lose_and_the_best_becomes_a_preset(
         ray_session, fmnist_slice, tmp_path, capsys):
-    """Two trials in order under ASHA (a rung after epoch 1 of 4), each with its own sampled temperature: the
-    second's kNN bank holds one image, so it predicts that image's class for every query (about 10 %) and loses
-    the rung to a 320-image bank for certain. Tune stops it; its MLflow run is FINISHED (not FAILED, though Tune
-    tore its Train run down), tagged `stopped_early`, with the weights of its last epoch; the best trial is the one
-    that ran longest, and becomes the sweep's preset. 4 epochs, not 2: an epoch here takes 2 s, and with 2 the
-    Train run once finished its last epoch before Tune's stop reached it (then it did run to the end, and its run
-    rightly says so). (Optuna's search: the sweep under `ray job submit` in tests/end_to_end/test_cluster.py; an interrupted
-    sweep resumed without rerunning a finished trial: the SimSiam study in tests/tuning/test_studies.py, a study being a
-    sweep of rows.)"""
+    """Three trials under ASHA (rungs after epochs 1, 2 and 4 of 4), two at a time, each with its own sampled
+    temperature. The first two (kNN banks of 320 and 256 images) run together; the third's bank holds one image, so
+    it predicts that image's class for every query (about 10 %). It starts only when one of the first two has left,
+    which had recorded the first rung: it loses that rung for certain, and Tune stops it. Its MLflow run is FINISHED
+    (not FAILED, though Tune tore its Train run down), tagged `stopped_early`, with the weights of its last epoch. Of
+    the first two, whichever comes second to a rung below the other may be stopped too; one of them always runs to
+    the end, and the best trial (the longest run, then the highest objective) becomes the sweep's preset. 4 epochs,
+    not 2: an epoch here takes 2 s, and with 2 the Train run once finished its last epoch before Tune's stop reached
+    it (then it did run to the end, and its run rightly says so). (Optuna's search: the sweep under `ray job submit`
+    in tests/end_to_end/test_cluster.py; an interrupted sweep resumed without rerunning a finished trial: the SimSiam
+    study in tests/tuning/test_studies.py, a study being a sweep of rows.)"""
     space = tmp_path / "asha.yaml"
     space.write_text(yaml.safe_dump({"method": "simclr", "objective": "knn_top1_k20", "axes": {
-        "eval.online_bank_size": {"distribution": "grid", "values": [320, 1]},
+        "eval.online_bank_size": {"distribution": "grid", "values": [320, 256, 1]},
         "method.temperature": {"distribution": "loguniform", "low": 0.05, "high": 0.5}}}))
     arguments = sweep_arguments(fmnist_slice, tmp_path, "asha", samples=1, space=str(space))
-    assert sweep.main(arguments + ["--max-concurrent", "1", "--scheduler", "asha", "--grace-epochs", "1",
-                                   "--set", "train.epochs=4"]) == 0
+    assert sweep.main(arguments + ["--max-concurrent", "2", "--scheduler", "asha", "--grace-epochs", "1",
+                                   "--set", "train.epochs=4", "--set", "data.augment_cpus=0.25"]) == 0
     client = MlflowClient(mlflow_store(tmp_path))
     parent = parent_of(client, "asha")
     assert parent.info.status == "FINISHED" and parent.data.params["sweep.scheduler"] == "asha"
+    assert parent.data.params["sweep.concurrency"] == "2"
     runs = {run.data.params["eval.online_bank_size"]: run for run in children(client, parent.info.run_id)}
-    kept, stopped = runs["320"], runs["1"]
-    assert kept.info.status == stopped.info.status == "FINISHED"
+    first, second, stopped = runs["320"], runs["256"], runs["1"]
+    assert first.info.status == second.info.status == stopped.info.status == "FINISHED"
     temperatures = {float(run.data.params["method.temperature"]) for run in runs.values()}
-    assert len(temperatures) == 2 and all(0.05 <= t <= 0.5 for t in temperatures)
-    epochs = int(stopped.data.metrics["epoch"])  # the rung's epoch, or the one in flight when the stop landed
-    assert kept.data.metrics["epoch"] == 4 and 1 <= epochs < 4
-    for run, ran in ((kept, 4), (stopped, epochs)):  # every epoch's objective is a point of the trial's curve
+    assert len(temperatures) == 3 and all(0.05 <= t <= 0.5 for t in temperatures)
+    ran = {size: int(run.data.metrics["epoch"]) for size, run in runs.items()}  # a stopped one: its rung, or later
+    assert max(ran["320"], ran["256"]) == 4 and 1 <= ran["1"] < 4
+    last_report = {}
+    for size, run in runs.items():  # every epoch's objective is a point of the trial's curve
         curve = client.get_metric_history(run.info.run_id, "knn_top1_k20")
-        assert [m.step for m in curve] == [4 * (epoch + 1) for epoch in range(ran)] and all(0 < m.value <= 1 for m in curve)
-    assert stopped.data.tags["stopped_early"] == f"by asha after epoch {epochs} of 4"
-    assert "failure_reason" not in stopped.data.tags
-    assert "stopped_early" not in kept.data.tags and kept.data.tags["sweep.best"] == "true"
-    assert "sweep.best" not in stopped.data.tags and parent.data.tags["best_run_id"] == kept.info.run_id
-    assert stopped.data.metrics["knn_top1_k20"] < 0.2 < kept.data.metrics["knn_top1_k20"]
+        assert [m.step for m in curve] == [4 * (epoch + 1) for epoch in range(ran[size])]
+        assert all(0 < m.value <= 1 for m in curve)
+        assert ("stopped_early" in run.data.tags) == (ran[size] < 4) and "failure_reason" not in run.data.tags
+        last_report[size] = curve[-1].timestamp
+    # the first two ran at once; the third started once one of them had reported for the last time
+    assert max(first.info.start_time, second.info.start_time) < min(last_report["320"], last_report["256"])
+    assert stopped.info.start_time > min(last_report["320"], last_report["256"])
+    assert stopped.data.tags["stopped_early"] == f"by asha after epoch {ran['1']} of 4"
+    kept = max((first, second), key=lambda run: (run.data.metrics["epoch"], run.data.metrics["knn_top1_k20"]))
+    other = second if kept is first else first
+    assert kept.data.tags["sweep.best"] == "true" and parent.data.tags["best_run_id"] == kept.info.run_id
+    assert "sweep.best" not in stopped.data.tags and "sweep.best" not in other.data.tags
+    assert stopped.data.metrics["knn_top1_k20"] < 0.2 < min(first.data.metrics["knn_top1_k20"],
+                                                            second.data.metrics["knn_top1_k20"])
     assert parent.data.metrics["best_knn_top1_k20"] == kept.data.metrics["knn_top1_k20"]
     weights = {artifact.path for artifact in client.list_artifacts(stopped.info.run_id, "backbone")}
     assert {"backbone/backbone.safetensors", "backbone/backbone.json"} <= weights
@@ -78,7 +90,7 @@ def test_a_sweep_runs_its_trials_as_child_runs_asha_stops_the_one_sure_to_lose_a
     assert {"trials.json", "trials.md", "objective_vs_axes.png", "best_preset.yaml"} <= artifacts
     config = load_config(tmp_path / "runs" / "asha" / "best.yaml")  # accepted by pipelines.pretrain as it is
     assert config.method.temperature == float(kept.data.params["method.temperature"])
-    assert config.eval.online_bank_size == 320 and config.train.epochs == 4
+    assert config.eval.online_bank_size == int(kept.data.params["eval.online_bank_size"]) and config.train.epochs == 4
     assert config.train.storage_path == str(tmp_path / "runs") and config.tracking.run_name is None
     assert "python -m pipelines.pretrain --config" in capsys.readouterr().out
 
