@@ -195,7 +195,7 @@ def smoke_overrides(data: str, tmp_path) -> list[str]:
     """A study at its smoke budget on the real Fashion-MNIST slice, its runs under `tmp_path`, as CI affords it."""
     return [f"data.path={data}", f"train.storage_path={tmp_path / 'runs'}",
             f"tracking.tracking_uri={mlflow_store(tmp_path)}",
-            "train.cpus_per_worker=0.25"]  # one row (0.25 + 0.5 augmentation + 1 file listing) at a time in the 3-CPU session
+            "train.cpus_per_worker=0.25"]  # one row (0.25 + 0.5 augmentation + 1 file listing) at a time in 3 CPUs
 
 
 def smoke_sets(data: str, tmp_path) -> list[str]:
