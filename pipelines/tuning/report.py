@@ -7,7 +7,8 @@ def trial_table(rows: list[dict], space: Space) -> list[dict]:
     ordered = sorted(rows, key=lambda row: -row["objective"] if row["objective"] is not None else float("inf"))
     return [{"trial": row["trial_id"], "run": row["run_name"], "status": row["status"],
              **{axis.field: row["values"].get(axis.field) for axis in space.axes},
-             space.objective: row["objective"], "epochs": row["epochs"], "best": row.get("best", False)}
+             space.objective: row["objective"], "epochs": row["epochs"], "best": row.get("best", False),
+             **({"error": row["error"]} if "error" in row else {})}
             for row in ordered]
 
 

@@ -24,7 +24,7 @@ def study_table(client, space: Space, rows: list[dict]) -> list[dict]:
     table = []
     for name, spec in space.study["rows"].items():
         spec, run = spec or {}, by_row.get(str(name))
-        measured = client.get_run(run["run_id"]).data.metrics if run else {}
+        measured = client.get_run(run["run_id"]).data.metrics if run and run["run_id"] else {}
         line = {"row": str(name)}
         line.update({f"paper {key}": value for key, value in (spec.get("paper") or {}).items()})
         line.update({f"ours {label}": shown(metric, measured.get(metric))

@@ -50,7 +50,31 @@ def trial_rows(client, state: dict, space: Space, base: Config, results) -> list
                      "status": status, "values": values, "epochs": epochs,
                      "objective": run.data.metrics.get(space.objective), "tree": tree,
                      "tagged_best": run.data.tags.get("sweep.best") == "true"})
-    return sorted(rows, key=lambda row: row["trial_id"])
+    errored = errored_trials(f"{base.train.storage_path.rstrip('/')}/{state['name']}")
+    return sorted(rows + errored_before_their_runs(errored, {row["trial_id"] for row in rows}, space),
+                  key=lambda row: row["trial_id"])
+
+
+def errored_before_their_runs(errored: list[tuple[str, dict, str]], with_runs: set[str], space: Space) -> list[dict]:
+    """Trials that failed before their MLflow run existed (Tune could not start them), each (trial id, the values
+    Tune gave it, its error): rows with the error, so the table shows every trial the sweep asked for."""
+    return [{"trial_id": trial_id, "run_name": None, "run_id": None, "status": "ERROR",
+             "values": {axis.field: sampled.get(axis.field) for axis in space.axes}, "epochs": 0, "objective": None,
+             "tree": {}, "tagged_best": False, "error": error}
+            for trial_id, sampled, error in errored if trial_id not in with_runs]
+
+
+def errored_trials(folder: str) -> list[tuple[str, dict, str]]:
+    """(trial id, sampled values, the error's last line) of each trial the saved experiment state holds as ERROR
+    (a result's own metrics can be another trial's when Tune failed to hand it an actor)."""
+    from ray.tune import ExperimentAnalysis
+
+    found = []
+    for trial in ExperimentAnalysis(folder).trials:
+        if trial.status == "ERROR":
+            error = str(trial.get_pickled_error() or "error not saved").strip().splitlines() or ["?"]
+            found.append((trial.trial_id, dict(trial.config), error[-1][:300]))
+    return found
 
 
 def settled(client, run_id: str, seconds: float = 10.0):

@@ -35,22 +35,24 @@ def parent_of(client: MlflowClient, name: str):
 
 
 @pytest.mark.slow
-def test_a_sweep_runs_its_trials_as_child_runs_asha_stops_the_one_sure_to_lose_and_the_best_becomes_a_preset(
+def test_a_sweep_runs_its_trials_as_child_runs_asha_stops_the_ones_sure_to_lose_and_the_best_becomes_a_preset(
         ray_session, fmnist_slice, tmp_path, capsys):
-    """Three trials under ASHA (rungs after epochs 1, 2 and 4 of 4), two at a time, each with its own sampled
-    temperature. The first two (kNN banks of 320 and 256 images) run together; the third's bank holds one image, so
-    it predicts that image's class for every query (about 10 %). It starts only when one of the first two has left,
-    which had recorded the first rung: it loses that rung for certain, and Tune stops it. Its MLflow run is FINISHED
-    (not FAILED, though Tune tore its Train run down), tagged `stopped_early`, with the weights of its last epoch. Of
-    the first two, whichever comes second to a rung below the other may be stopped too; one of them always runs to
-    the end, and the best trial (the longest run, then the highest objective) becomes the sweep's preset. 4 epochs,
-    not 2: an epoch here takes 2 s, and with 2 the Train run once finished its last epoch before Tune's stop reached
-    it (then it did run to the end, and its run rightly says so). (Optuna's search: the sweep under `ray job submit`
-    in tests/end_to_end/test_cluster.py; an interrupted sweep resumed without rerunning a finished trial: the SimSiam
-    study in tests/tuning/test_studies.py, a study being a sweep of rows.)"""
+    """Five trials under ASHA (rungs after epochs 1, 2 and 4 of 4), two at a time, each with its own sampled
+    temperature. The first two (kNN banks of 320 and 256 images) run together. The other three have a bank of one
+    image, so they predict that image's class for every query (about 10 %): each starts only when an earlier
+    trial has left, which had recorded the first rung, so each loses that rung for certain and Tune stops it. The
+    fifth starts in the place of a stopped one (Tune reusing such a trial's actor failed the next trial: CI saw
+    it). A stopped trial's MLflow run is FINISHED (not FAILED, though Tune tore its Train run down), tagged
+    `stopped_early`, with the weights of its last epoch. Of the first two, whichever comes second to a rung below
+    the other may be stopped too; one of them always runs to the end, and the best trial (the longest run, then
+    the highest objective) becomes the sweep's preset. 4 epochs, not 2: an epoch here takes 2 s, and with 2 the
+    Train run once finished its last epoch before Tune's stop reached it (then it did run to the end, and its run
+    rightly says so). (Optuna's search: the sweep under `ray job submit` in tests/end_to_end/test_cluster.py; an
+    interrupted sweep resumed without rerunning a finished trial: the SimSiam study in tests/tuning/test_studies.py,
+    a study being a sweep of rows.)"""
     space = tmp_path / "asha.yaml"
     space.write_text(yaml.safe_dump({"method": "simclr", "objective": "knn_top1_k20", "axes": {
-        "eval.online_bank_size": {"distribution": "grid", "values": [320, 256, 1]},
+        "eval.online_bank_size": {"distribution": "grid", "values": [320, 256, 1, 1, 1]},
         "method.temperature": {"distribution": "loguniform", "low": 0.05, "high": 0.5}}}))
     arguments = sweep_arguments(fmnist_slice, tmp_path, "asha", samples=1, space=str(space))
     assert sweep.main(arguments + ["--max-concurrent", "2", "--scheduler", "asha", "--grace-epochs", "1",
@@ -59,33 +61,37 @@ def test_a_sweep_runs_its_trials_as_child_runs_asha_stops_the_one_sure_to_lose_a
     parent = parent_of(client, "asha")
     assert parent.info.status == "FINISHED" and parent.data.params["sweep.scheduler"] == "asha"
     assert parent.data.params["sweep.concurrency"] == "2"
-    runs = {run.data.params["eval.online_bank_size"]: run for run in children(client, parent.info.run_id)}
-    first, second, stopped = runs["320"], runs["256"], runs["1"]
-    assert first.info.status == second.info.status == stopped.info.status == "FINISHED"
-    temperatures = {float(run.data.params["method.temperature"]) for run in runs.values()}
-    assert len(temperatures) == 3 and all(0.05 <= t <= 0.5 for t in temperatures)
-    ran = {size: int(run.data.metrics["epoch"]) for size, run in runs.items()}  # a stopped one: its rung, or later
-    assert max(ran["320"], ran["256"]) == 4 and 1 <= ran["1"] < 4
-    last_report = {}
-    for size, run in runs.items():  # every epoch's objective is a point of the trial's curve
+    runs = sorted(children(client, parent.info.run_id), key=lambda run: run.info.run_name)  # in the grid's order
+    assert [run.data.params["eval.online_bank_size"] for run in runs] == ["320", "256", "1", "1", "1"]
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    temperatures = {float(run.data.params["method.temperature"]) for run in runs}
+    assert len(temperatures) == 5 and all(0.05 <= t <= 0.5 for t in temperatures)
+    ran = [int(run.data.metrics["epoch"]) for run in runs]  # a stopped one: its rung, or the epoch after
+    assert max(ran[:2]) == 4 and all(1 <= epochs < 4 for epochs in ran[2:])
+    last_report = []
+    for run, epochs in zip(runs, ran):  # every epoch's objective is a point of the trial's curve
         curve = client.get_metric_history(run.info.run_id, "knn_top1_k20")
-        assert [m.step for m in curve] == [4 * (epoch + 1) for epoch in range(ran[size])]
+        assert [m.step for m in curve] == [4 * (epoch + 1) for epoch in range(epochs)]
         assert all(0 < m.value <= 1 for m in curve)
-        assert ("stopped_early" in run.data.tags) == (ran[size] < 4) and "failure_reason" not in run.data.tags
-        last_report[size] = curve[-1].timestamp
-    # the first two ran at once; the third started once one of them had reported for the last time
-    assert max(first.info.start_time, second.info.start_time) < min(last_report["320"], last_report["256"])
-    assert stopped.info.start_time > min(last_report["320"], last_report["256"])
-    assert stopped.data.tags["stopped_early"] == f"by asha after epoch {ran['1']} of 4"
+        assert ("stopped_early" in run.data.tags) == (epochs < 4) and "failure_reason" not in run.data.tags
+        if epochs < 4:
+            assert run.data.tags["stopped_early"] == f"by asha after epoch {epochs} of 4"
+        last_report.append(curve[-1].timestamp)
+    first, second, *stopped = runs
+    # the first two ran at once; each later one started once an earlier one had reported for the last time, the
+    # fifth once one of the stopped third and fourth had
+    assert max(first.info.start_time, second.info.start_time) < min(last_report[:2])
+    assert all(started > left for started, left in zip(sorted(r.info.start_time for r in stopped[:2]), sorted(last_report[:2])))
+    assert stopped[2].info.start_time > min(last_report[2:4])
     kept = max((first, second), key=lambda run: (run.data.metrics["epoch"], run.data.metrics["knn_top1_k20"]))
-    other = second if kept is first else first
     assert kept.data.tags["sweep.best"] == "true" and parent.data.tags["best_run_id"] == kept.info.run_id
-    assert "sweep.best" not in stopped.data.tags and "sweep.best" not in other.data.tags
-    assert stopped.data.metrics["knn_top1_k20"] < 0.2 < min(first.data.metrics["knn_top1_k20"],
-                                                            second.data.metrics["knn_top1_k20"])
+    assert [run for run in runs if "sweep.best" in run.data.tags] == [kept]
+    assert max(run.data.metrics["knn_top1_k20"] for run in stopped) < 0.2 < min(
+        first.data.metrics["knn_top1_k20"], second.data.metrics["knn_top1_k20"])
     assert parent.data.metrics["best_knn_top1_k20"] == kept.data.metrics["knn_top1_k20"]
-    weights = {artifact.path for artifact in client.list_artifacts(stopped.info.run_id, "backbone")}
-    assert {"backbone/backbone.safetensors", "backbone/backbone.json"} <= weights
+    for run in stopped:
+        weights = {artifact.path for artifact in client.list_artifacts(run.info.run_id, "backbone")}
+        assert {"backbone/backbone.safetensors", "backbone/backbone.json"} <= weights
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"trials.json", "trials.md", "objective_vs_axes.png", "best_preset.yaml"} <= artifacts
     config = load_config(tmp_path / "runs" / "asha" / "best.yaml")  # accepted by pipelines.pretrain as it is
@@ -155,3 +161,37 @@ def test_a_knn_objective_on_data_without_labels_is_refused_and_the_objective_can
     assert "objective knn_top1_k20 needs labels, and " in capsys.readouterr().err
     assert sweep.main(common + ["--objective", "loss"]) == 2  # the replacement is checked as a file's objective
     assert "objective 'loss' is not reported" in capsys.readouterr().err
+
+
+def test_a_trial_tune_could_not_start_is_a_row_of_the_table_with_tunes_error():
+    """A trial that fails before its MLflow run exists (Tune could not hand it an actor) has no child run: the
+    table still lists it, with its values and Tune's error, and never as the best."""
+    from pipelines.tuning.report import trial_table
+    from pipelines.tuning.space import load_space
+    from pipelines.tuning.sweep_summary import errored_before_their_runs
+
+    space, _ = load_space(SIMCLR_SPACE)
+    error = "Trainable runner reuse requires reset_config() to be implemented and return True."
+    errored = [("46f39_00002", {"method.temperature": 0.2003, "optim.lr": 0.01}, error)]
+    rows = errored_before_their_runs(errored, {"46f39_00001"}, space)
+    assert [(row["trial_id"], row["status"], row["run_id"]) for row in rows] == [("46f39_00002", "ERROR", None)]
+    assert rows[0]["values"]["method.temperature"] == 0.2003 and rows[0]["error"] == error
+    assert errored_before_their_runs(errored, {"46f39_00002"}, space) == []  # it has a run: its row says the rest
+    line = trial_table(rows, space)[0]
+    assert line["status"] == "ERROR" and line["best"] is False and line["error"] == error
+
+
+@pytest.mark.slow
+def test_tunes_saved_state_gives_each_errored_trials_values_and_error(ray_session, tmp_path):
+    from ray import tune
+
+    from pipelines.tuning.sweep_summary import errored_trials
+
+    def fails(config):
+        raise RuntimeError(f"no trial at temperature {config['method.temperature']}")
+
+    tune.Tuner(fails, param_space={"method.temperature": tune.grid_search([0.1])},
+               run_config=tune.RunConfig(name="errors", storage_path=str(tmp_path), verbose=0)).fit()
+    [(trial_id, values, error)] = errored_trials(str(tmp_path / "errors"))
+    assert values == {"method.temperature": 0.1} and error.endswith("RuntimeError: no trial at temperature 0.1")
+    assert trial_id.endswith("_00000")
