@@ -184,9 +184,10 @@ def run_sweep(state: dict, resume: bool = False) -> dict:
                 trainable, param_space=space.param_space(),
                 tune_config=tune.TuneConfig(
                     metric=space.objective, mode="max", num_samples=state["num_samples"],
-                    # a fresh trial actor each: one Tune stopped (ASHA) still tears its Train run down, and
-                    # reusing its actor fails the next trial (the reset waits 2 s for that thread)
-                    max_concurrent_trials=concurrency, reuse_actors=False,
+                    # a trial's actor serves the next (4.5 s a trial, benchmarks/sweep_overhead.py), except under
+                    # ASHA: a trial it stopped still tears its Train run down, and reusing that actor failed the
+                    # next trial (the reset waits 2 s for the thread)
+                    max_concurrent_trials=concurrency, reuse_actors=state["scheduler"] == "fifo",
                     search_alg=searcher(state["search"], space, base.train.seed),
                     scheduler=scheduler(state["scheduler"], base, state["grace_epochs"])),
                 run_config=tune.RunConfig(name=name, storage_path=base.train.storage_path, verbose=1))
