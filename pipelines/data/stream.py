@@ -106,12 +106,16 @@ def ahead_bytes(config: Config, info: DatasetInfo) -> int:
 
 
 def ingest_options(config: Config, info: DatasetInfo):
-    """Train's Ray Data options for the training stream, with its object-store memory bounded."""
-    from ray.train import DataConfig
+    """Train's Ray Data options for the training stream (its default ones, built here without the deprecated
+    `exclude_resources` that `DataConfig.default_ingest_options` passes, which warned on every run's console),
+    with its object-store memory bounded."""
+    from ray.data import ExecutionOptions
+    from ray.data.context import DataContext
 
-    options = DataConfig.default_ingest_options()
-    options.resource_limits = options.resource_limits.copy(object_store_memory=ahead_bytes(config, info))
-    return options
+    current = DataContext.get_current().execution_options
+    return ExecutionOptions(
+        resource_limits=current.resource_limits.copy(object_store_memory=ahead_bytes(config, info)),
+        preserve_order=current.preserve_order, verbose_progress=current.verbose_progress)
 
 
 def ingest_config(config: Config, info: DatasetInfo):
