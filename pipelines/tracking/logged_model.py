@@ -45,6 +45,10 @@ def as_images(model_input, channels: int) -> list[np.ndarray]:
 
 
 class BackboneEmbeddings(mlflow.pyfunc.PythonModel):
+    # predict takes arrays, lists or a DataFrame column of images on purpose: no type hint for MLflow to validate
+    # inputs by, and none of its warning about that on every run's console (MLflow's own switch, as its ChatModel)
+    _skip_type_hint_validation = True
+
     def load_context(self, context) -> None:
         import torch
 
