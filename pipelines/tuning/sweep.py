@@ -25,7 +25,7 @@ from pipelines.storage.runs import RUN_FILE, read_run_file
 from pipelines.training.checks import check_job_locations, init_ray, required_cpus
 from pipelines.training.driver import torch_threads
 from pipelines.tuning.space import ROW_AXIS, Space, apply_values, load_space
-from pipelines.tuning.sweep_summary import summarise
+from pipelines.tuning.sweep_summary import errored_trials, summarise
 from pipelines.tuning.trials import child_runs, tree_value, trial_storage
 
 SWEEP_FILE = "sweep.json"
@@ -195,21 +195,26 @@ def run_sweep(state: dict, resume: bool = False) -> dict:
     except KeyboardInterrupt:
         close_interrupted(client, state)
         raise
-    if len(results) < expected_trials(state, space) or unfinished_trials(folder):
+    saved = saved_trials(folder)
+    if len(results) < expected_trials(state, space) or unfinished_trials(saved):
         close_interrupted(client, state)
         raise SweepInterrupted(f"sweep {name} was interrupted; continue it with: {resume_command(state)}")
-    outcome = summarise(client, state, space, base, results)
+    outcome = summarise(client, state, space, base, results, errored_trials(saved))
     client.set_terminated(parent, "FINISHED" if outcome["best"] else "FAILED")
     return outcome
 
 
-def unfinished_trials(folder: str) -> list[str]:
-    """Trials the saved experiment state holds as not ended: what `--resume` would run. After Ctrl-C
-    `Tuner.fit()` returns normally, and its in-memory results can show a trial that never started as
-    terminated; the state on storage does not."""
+def saved_trials(folder: str) -> list:
+    """Tune's trials as its experiment state on storage holds them. After Ctrl-C `Tuner.fit()` returns normally, and
+    its in-memory results can show a trial that never started as terminated; the state on storage does not."""
     from ray.tune import ExperimentAnalysis
 
-    return [t.trial_id for t in ExperimentAnalysis(folder).trials if t.status not in ("TERMINATED", "ERROR")]
+    return ExperimentAnalysis(folder).trials
+
+
+def unfinished_trials(saved: list) -> list[str]:
+    """Trials not ended: what `--resume` would run."""
+    return [t.trial_id for t in saved if t.status not in ("TERMINATED", "ERROR")]
 
 
 def resume_command(state: dict) -> str:

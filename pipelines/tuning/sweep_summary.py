@@ -15,9 +15,11 @@ from pipelines.tuning.space import ROW_AXIS, Space
 from pipelines.tuning.trials import child_runs, tree_value, trial_storage
 
 
-def trial_rows(client, state: dict, space: Space, base: Config, results) -> list[dict]:
-    """Every trial with its child run: values, status, objective (last epoch), epochs. Child runs
-    that Tune stopped early (ASHA) are closed here with a tag saying so."""
+def trial_rows(client, state: dict, space: Space, base: Config, results, errored: list[tuple[str, dict, str]]
+               ) -> list[dict]:
+    """Every trial with its child run: values, status, objective (last epoch), epochs; and each of `errored`
+    (`errored_trials`) that has none. Child runs that Tune stopped early (ASHA) are closed here with a tag saying
+    so."""
     statuses = {}
     for result in results:
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
@@ -50,7 +52,6 @@ def trial_rows(client, state: dict, space: Space, base: Config, results) -> list
                      "status": status, "values": values, "epochs": epochs,
                      "objective": run.data.metrics.get(space.objective), "tree": tree,
                      "tagged_best": run.data.tags.get("sweep.best") == "true"})
-    errored = errored_trials(f"{base.train.storage_path.rstrip('/')}/{state['name']}")
     return sorted(rows + errored_before_their_runs(errored, {row["trial_id"] for row in rows}, space),
                   key=lambda row: row["trial_id"])
 
@@ -64,13 +65,11 @@ def errored_before_their_runs(errored: list[tuple[str, dict, str]], with_runs: s
             for trial_id, sampled, error in errored if trial_id not in with_runs]
 
 
-def errored_trials(folder: str) -> list[tuple[str, dict, str]]:
-    """(trial id, sampled values, the error's last line) of each trial the saved experiment state holds as ERROR
-    (a result's own metrics can be another trial's when Tune failed to hand it an actor)."""
-    from ray.tune import ExperimentAnalysis
-
+def errored_trials(saved: list) -> list[tuple[str, dict, str]]:
+    """(trial id, sampled values, the error's last line) of each of Tune's saved trials (`sweep.saved_trials`) that
+    ended in ERROR (a result's own metrics can be another trial's when Tune failed to hand it an actor)."""
     found = []
-    for trial in ExperimentAnalysis(folder).trials:
+    for trial in saved:
         if trial.status == "ERROR":
             error = str(trial.get_pickled_error() or "error not saved").strip().splitlines() or ["?"]
             found.append((trial.trial_id, dict(trial.config), error[-1][:300]))
@@ -107,13 +106,13 @@ def best_preset(row: dict, base: Config) -> dict:
     return build_config(tree).model_dump(mode="json")
 
 
-def summarise(client, state: dict, space: Space, base: Config, results) -> dict:
+def summarise(client, state: dict, space: Space, base: Config, results, errored: list[tuple[str, dict, str]]) -> dict:
     from pipelines.tracking.mlflow_runs import log_figure
     from pipelines.tuning.plots import objective_plot
     from pipelines.tuning.report import markdown_table, trial_table
 
     parent = state["parent_run_id"]
-    rows = trial_rows(client, state, space, base, results)
+    rows = trial_rows(client, state, space, base, results, errored)
     finished = [row for row in rows if row["objective"] is not None and row["status"] in ("FINISHED", "STOPPED")]
     # Among the trials that ran longest (ASHA stops some early), the highest objective.
     best = max(finished, key=lambda row: (row["epochs"], row["objective"])) if finished else None

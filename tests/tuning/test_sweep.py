@@ -185,6 +185,7 @@ def test_a_trial_tune_could_not_start_is_a_row_of_the_table_with_tunes_error():
 def test_tunes_saved_state_gives_each_errored_trials_values_and_error(ray_session, tmp_path):
     from ray import tune
 
+    from pipelines.tuning.sweep import saved_trials
     from pipelines.tuning.sweep_summary import errored_trials
 
     def fails(config):
@@ -192,6 +193,6 @@ def test_tunes_saved_state_gives_each_errored_trials_values_and_error(ray_sessio
 
     tune.Tuner(fails, param_space={"method.temperature": tune.grid_search([0.1])},
                run_config=tune.RunConfig(name="errors", storage_path=str(tmp_path), verbose=0)).fit()
-    [(trial_id, values, error)] = errored_trials(str(tmp_path / "errors"))
+    [(trial_id, values, error)] = errored_trials(saved_trials(str(tmp_path / "errors")))
     assert values == {"method.temperature": 0.1} and error.endswith("RuntimeError: no trial at temperature 0.1")
     assert trial_id.endswith("_00000")
