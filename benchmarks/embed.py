@@ -1,10 +1,11 @@
-"""Embedding throughput: Ray Data batch inference (1 and 2 actors) against a plain in-process loop over the
-same images, and the peak memory of each, in one run; then kNN and the linear probe of the weights.
+"""Embedding throughput: Ray Data batch inference (1 and 2 actors) against the calling process over the same
+images, and the peak memory of each, in one run.
 
     .venv/bin/python -m benchmarks.embed --weights runs/NAME/checkpoint_.../ [--data data/fashion_mnist]
 
-The in-process loop is what the training loop's evaluation does: decode the whole split into one tensor,
-then embed it in batches. Each variant runs in a fresh process.
+In process: `embed_split(..., in_process=True)`, what a split under `IN_PROCESS_BYTES` on one CPU-only machine
+gets (the split's stored rows read whole, decoded and embedded a batch at a time, one Parquet file). Each variant
+runs in a fresh process.
 """
 import argparse
 import json
@@ -18,30 +19,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 CHILD = r"""
 import json, sys, time
-import torch
 from benchmarks.memory import own_peak_mb, ray_worker_peak_mb
-from pipelines.data.store import read_info
 kind, weights, data, split, out = sys.argv[1:6]
-info = read_info(data)
-started = time.time()
-if kind == "in_process":
-    from pipelines.evaluation.embeddings import weights_meta
-    from pipelines.storage.export import load_backbone
-    from pipelines.features.extract import Normalizer, extract_features, load_labelled
-    from pipelines.storage.files import read_bytes
-    meta = weights_meta(weights, info)
-    backbone = load_backbone(read_bytes(weights + "/backbone.safetensors"), meta)
-    images = load_labelled(data, split, info.channels, meta["image_size"], range(info.splits[split])).images
-    count = len(extract_features(backbone, images, Normalizer(info.mean, info.std, torch.device("cpu")), 256))
-else:
-    import pyarrow.parquet as pq
-    from pathlib import Path
-    from pipelines.evaluation.embeddings import embed_split
+import pyarrow.parquet as pq
+from pathlib import Path
+from pipelines.evaluation.embeddings import embed_split
+if kind != "in_process":
     from pipelines.cluster.start import start_ray
     start_ray()
-    started = time.time()  # Ray's start-up not counted: a cluster is already up
-    folder = embed_split(weights, data, split, out, actors=int(kind.split("_")[-1]))
-    count = sum(pq.ParquetFile(path).metadata.num_rows for path in Path(folder).glob("*.parquet"))  # not read back
+started = time.time()  # Ray's start-up not counted: a cluster is already up
+folder = embed_split(weights, data, split, out, actors=int(kind.split("_")[-1]) if kind != "in_process" else 1,
+                     in_process=kind == "in_process")
+count = sum(pq.ParquetFile(path).metadata.num_rows for path in Path(folder).glob("*.parquet"))  # not read back
 print(json.dumps({"images": count, "seconds": time.time() - started, "driver_mb": own_peak_mb(),
                   "worker_mb": ray_worker_peak_mb()}))
 """

@@ -3,7 +3,8 @@
 A frozen backbone (backbone.safetensors + backbone.json, as pretraining exports it) is loaded once per
 actor of a pool (GPU actors where the cluster has GPUs); the split streams through it and each row's
 embedding is written with its label, its position in the split (`row`) and the file the ingest read it from
-(`source`), so no process ever holds the whole split. Useful on its own for near-duplicate search and data curation.
+(`source`), so no process ever holds the whole split (a small one, on one machine, is embedded by the calling
+process: `IN_PROCESS_BYTES`). Useful on its own for near-duplicate search and data curation.
 """
 import json
 from dataclasses import dataclass
@@ -32,6 +33,11 @@ READ_CPUS = 0.25
 # a Ray Data job takes to start its reader and a fresh actor (about 6 s a split on 2 CPUs, mostly importing torch
 # and timm): the end of a small run, a study row, a sweep trial, a test.
 IN_PROCESS_PIXELS = 1 << 22
+# On one CPU-only machine with one actor asked for, a split whose stored images take less than this is also read
+# whole by the calling process (its bytes, not its pixels: a batch is decoded at a time): Fashion-MNIST's 70,000
+# images (40 MB) embed there in 26-29 s against 42-43 s through Ray Data on 2 cores (BENCHMARKS,
+# "Embeddings"). Larger splits, more actors, GPUs or nodes: Ray Data, whose driver never holds the split.
+IN_PROCESS_BYTES = 256 << 20
 PIXELS = "pixels"  # as --weights: the raw pixels (normalised, flattened), the baseline any backbone must beat
 # what an embedding keeps of its image's row: its label and its file (the path the ingest read it from; for
 # Fashion-MNIST and digits, the source file and the image's index in it)
@@ -93,7 +99,8 @@ def embed_split(weights: str, data: str, split: str, out: str, actors: int = 1, 
                 in_process: Optional[bool] = None) -> str:
     """Writes `<out>/<split>/*.parquet` (row, label, source, embedding) and returns that folder; with `rows` (sorted
     positions in the split) only those rows are read and embedded. `in_process`: by the calling process instead
-    of a Ray Data job (default: when the images hold under IN_PROCESS_PIXELS pixels)."""
+    of a Ray Data job (default: when the images hold under IN_PROCESS_PIXELS pixels, or on one CPU-only machine
+    with one actor asked for, when the split's files hold under IN_PROCESS_BYTES)."""
     import ray
 
     info = read_info(data)
@@ -106,7 +113,8 @@ def embed_split(weights: str, data: str, split: str, out: str, actors: int = 1, 
     fs.create_dir(path, recursive=True)
     count = info.splits[split] if rows is None else len(rows)
     if in_process is None:
-        in_process = count * meta["image_size"] ** 2 < IN_PROCESS_PIXELS
+        in_process = (count * meta["image_size"] ** 2 < IN_PROCESS_PIXELS
+                      or actors == 1 and one_cpu_machine() and stored_bytes(data, split) < IN_PROCESS_BYTES)
     if in_process:
         embed_here(Embedder(weights, info.channels, meta, threads=torch.get_num_threads()), data, split,
                    np.arange(info.splits[split]) if rows is None else rows, batch_size, folder)
@@ -128,9 +136,26 @@ def embed_split(weights: str, data: str, split: str, out: str, actors: int = 1, 
     return folder
 
 
+def one_cpu_machine() -> bool:
+    """The Ray cluster is one node with no GPU (the calling process's cores are all there is); without a Ray yet,
+    this machine without a GPU (Ray Data would start a local Ray here)."""
+    import ray
+
+    if not ray.is_initialized():
+        return not torch.cuda.is_available()
+    return len([node for node in ray.nodes() if node["Alive"]]) == 1 and not ray.cluster_resources().get("GPU", 0)
+
+
+def stored_bytes(data: str, split: str) -> int:
+    """The size of the split's Parquet files."""
+    files = split_files(data, split)
+    fs, _ = filesystem(files[0])
+    return sum(info.size for info in fs.get_file_info([filesystem(uri)[1] for uri in files]))
+
+
 def embed_here(embedder: Embedder, data: str, split: str, rows: np.ndarray, batch_size: int, folder: str) -> None:
     """What the Ray Data job does, in this process: the rows read, embedded a batch at a time, one Parquet file."""
-    table = read_rows(data, split, rows, EMBEDDED_COLUMNS)  # small by IN_PROCESS_PIXELS: read once
+    table = read_rows(data, split, rows, EMBEDDED_COLUMNS)  # small by IN_PROCESS_*: read once
     table = table.append_column("row", pa.array(rows[:len(table)], pa.int64()))
     parts = [embedder(table.slice(start, batch_size)) for start in range(0, len(table), batch_size)]
     fs, path = filesystem(folder)

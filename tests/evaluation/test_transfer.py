@@ -11,6 +11,7 @@ from torch import nn
 from pipelines.data.store import read_info, read_rows
 from pipelines.evaluate import main
 from pipelines.evaluation.classifier import Classifier, build_classifier, classifier_meta, dino_tokens, param_groups
+from pipelines.evaluation import embeddings
 from pipelines.evaluation.embeddings import embed_split, read_embeddings, read_sources
 from pipelines.evaluation.finetune import run_supervised
 from pipelines.evaluation.finetune_settings import FinetuneSettings
@@ -179,25 +180,33 @@ def weights(fmnist_slice, tmp_path_factory):
 
 @pytest.mark.slow
 def test_embeddings_from_two_actors_equal_the_in_process_ones_and_knn_matches_the_training_loop(
-        ray_session, fmnist_slice, weights, tmp_path):
+        ray_session, fmnist_slice, weights, tmp_path, monkeypatch):
     folder, backbone = weights
     info = read_info(fmnist_slice)
     out = str(tmp_path / "embeddings")
-    folders = {split: embed_split(folder, fmnist_slice, split, out, actors=2, in_process=False)
-               for split in ("train", "test")}
+    # the size rules, the pixels' off: two actors asked for go to Ray Data; one, on this one-node CPU-only Ray, with
+    # the split's files under IN_PROCESS_BYTES, to the calling process (one file of its own)
+    monkeypatch.setattr(embeddings, "IN_PROCESS_PIXELS", 0)
+    assert embeddings.one_cpu_machine()
+    shards = sorted(path.name for path in (Path(fmnist_slice) / "train").glob("*.parquet"))
+    assert embeddings.stored_bytes(fmnist_slice, "train") == sum(
+        (Path(fmnist_slice) / "train" / name).stat().st_size for name in shards) > 0
+    folders = {split: embed_split(folder, fmnist_slice, split, out, actors=2) for split in ("train", "test")}
+    assert all("embeddings.parquet" not in [p.name for p in Path(f).glob("*.parquet")] for f in folders.values())
     rows, labels, embedded = read_embeddings(folders["train"])
     assert list(rows) == list(range(info.splits["train"])) and embedded.shape == (info.splits["train"], 512)
     direct = load_labelled(fmnist_slice, "train", 1, 28, rows)
     normalize = Normalizer(info.mean, info.std, torch.device("cpu"))
     expected = extract_features(backbone, direct.images, normalize, 128)
     assert torch.allclose(embedded, expected, atol=1e-4) and list(labels) == direct.labels.tolist()
-    # below IN_PROCESS_PIXELS the calling process embeds (no Ray Data job): the same rows, labels, embeddings
+    # below IN_PROCESS_BYTES the calling process embeds (no Ray Data job): the same rows, labels, embeddings
     subset = embed_split(folder, fmnist_slice, "train", str(tmp_path / "subset"), rows=np.array([3, 50, 399]))
     some_rows, some_labels, some = read_embeddings(subset)  # only the rows asked for are read and embedded
     assert list(some_rows) == [3, 50, 399] and torch.allclose(some, embedded[[3, 50, 399]], atol=1e-5)
     assert list(some_labels) == list(labels[[3, 50, 399]])
-    here_rows, here_labels, here = read_embeddings(embed_split(folder, fmnist_slice, "test", str(tmp_path / "here"),
-                                                               in_process=True))
+    here_folder = embed_split(folder, fmnist_slice, "test", str(tmp_path / "here"))
+    assert [path.name for path in Path(here_folder).glob("*.parquet")] == ["embeddings.parquet"]
+    here_rows, here_labels, here = read_embeddings(here_folder)
     by_ray_rows, by_ray_labels, by_ray = read_embeddings(folders["test"])
     assert list(here_rows) == list(by_ray_rows) and list(here_labels) == list(by_ray_labels)
     assert torch.allclose(here, by_ray, atol=1e-5)
