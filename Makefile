@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DATA := data/fashion_mnist
-PRESET ?= configs/byol_fmnist_quick.yaml
+PRESET ?= configs/simclr_fmnist_quick.yaml
 PYTEST_ARGS ?=
 
 .PHONY: run test venv data clean

@@ -22,7 +22,7 @@ QUICK = ["train.epochs=1", "data.limit=2560", "train.log_every=1", "eval.final_p
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.first_step", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(PROJECT_ROOT / "configs" / "byol_fmnist_quick.yaml"))
+    parser.add_argument("--config", default=str(PROJECT_ROOT / "configs" / "simclr_fmnist_quick.yaml"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     folder = tempfile.mkdtemp(prefix="first_step_")
