@@ -7,10 +7,12 @@ project's random-init and raw-pixel evaluations off, as the peers do neither.
     .venv/bin/python -m benchmarks.peers [--pairs byol,simclr] [--epochs 2] [--limit N]
 
 Each peer runs in a virtual environment of its own (scripts/peer_venvs.sh makes them under .peers/; called here
-when missing). Per run: the steady rate (the last epoch's images/s), training (the project: its epochs, from the
-first's start to the last's end, online evaluation between them included; lightly: its epochs; LightlyTrain: its
-`train` call, Lightning's set-up and the export included), the whole command (Ray, imports, final evaluation), and
-kNN top-1. Ends with the ratios, the project over the peer: training, command, and the kNN difference in points.
+when missing). Per run: the steady rate (the last epoch's images/s; LightlyTrain: its images over its `train`
+call), training (the project: its epochs, from the first's start to the last's end, online evaluation between them
+included; lightly: its epochs; LightlyTrain: its `train` call, Lightning's set-up and the export included), the
+whole command (Ray, imports, final evaluation; not LightlyTrain's writing of its PNG folder, as the project's ingest
+is not counted either), and kNN top-1. Ends with the ratios, the project over the peer: training, command, and
+the kNN difference in points.
 """
 import argparse
 import json
@@ -80,8 +82,8 @@ def peer_run(name: str, venv: str, recipe: str, epochs: int, limit: int | None, 
                str(epochs), "--out", str(folder / recipe)] + (["--limit", str(limit)] if limit else [])
     started = time.time()
     lines = run_lines(command, name)
-    wall = time.time() - started
     result = json.loads(next(line for line in reversed(lines) if line.startswith(RESULT))[len(RESULT):])
+    wall = time.time() - started - result.get("prepare_seconds", 0)
     last_epoch = result["epoch_seconds"][-1] if result["epoch_seconds"] else result["training_seconds"] / epochs
     return Outcome(name, result["images_per_epoch"] / last_epoch, result["training_seconds"], wall,
                    result["knn_top1_k20"])

@@ -10,8 +10,8 @@ from torch import nn
 
 from pipelines.data.store import read_info, read_rows
 from pipelines.evaluate import main
-from pipelines.evaluation.classifier import Classifier, build_classifier, classifier_meta, dino_tokens, param_groups
 from pipelines.evaluation import embeddings
+from pipelines.evaluation.classifier import Classifier, build_classifier, classifier_meta, dino_tokens, param_groups
 from pipelines.evaluation.embeddings import embed_split, read_embeddings, read_sources
 from pipelines.evaluation.finetune import run_supervised
 from pipelines.evaluation.finetune_settings import FinetuneSettings
