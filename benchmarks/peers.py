@@ -6,16 +6,18 @@ project's random-init and raw-pixel evaluations off, as the peers do neither.
 
     .venv/bin/python -m benchmarks.peers [--pairs byol,simclr] [--epochs 2] [--limit N]
 
-Each peer runs in a virtual environment of its own (scripts/peer_venvs.sh makes them under .peers/; called here
-when missing). Per run: the steady rate (the last epoch's images/s; LightlyTrain: its images over its `train`
-call), training (the project: its epochs, from the first's start to the last's end, online evaluation between them
-included; lightly: its epochs; LightlyTrain: its `train` call, Lightning's set-up and the export included), the
-whole command (Ray, imports, final evaluation; not LightlyTrain's writing of its PNG folder, as the project's ingest
-is not counted either), and kNN top-1. Ends with the ratios, the project over the peer: training, command, and
-the kNN difference in points.
+Each peer runs in a virtual environment of its own (scripts/peer_venvs.sh makes them under $PEERS_HOME, else
+~/.cache/ssl-pretrain-peers, outside the project's folder; called here when missing). Per run: the steady rate
+(the last epoch's images/s; LightlyTrain: its images over its `train` call), training (the project: its epochs,
+from the first's start to the last's end, online evaluation between them included; lightly: its epochs;
+LightlyTrain: its `train` call, Lightning's set-up and the export included), the whole command (Ray, imports,
+final evaluation; not LightlyTrain's writing of its PNG folder, as the project's ingest is not counted either),
+and kNN top-1. Ends with the ratios, the project over the peer: training, command, and the kNN difference in
+points.
 """
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -26,7 +28,7 @@ from pathlib import Path
 
 from pipelines.config.project import PROJECT_ROOT
 
-PEERS = PROJECT_ROOT / ".peers"
+PEERS = Path(os.environ.get("PEERS_HOME", Path.home() / ".cache" / "ssl-pretrain-peers"))
 RESULT = "PEER_RESULT "  # the line benchmarks/peer_recipes/common.py prints
 PAIRS = {"byol": ("configs/byol_fmnist_quick.yaml", "lightly", "lightly_byol", "lightly 1.6 BYOL (documented)"),
          "simclr": ("configs/simclr_fmnist_quick.yaml", "lightly-train", "lightly_train_simclr",

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The peers benchmarks/peers.py runs beside the project, each in a virtual environment of its own
 # (never in the project's requirements): lightly's documented recipes and LightlyTrain.
-# Usage: scripts/peer_venvs.sh [FOLDER]   (default .peers; idempotent)
+# They live outside the project's folder (third-party code that the project's own checks must not scan).
+# Usage: scripts/peer_venvs.sh [FOLDER]   (default $PEERS_HOME, else ~/.cache/ssl-pretrain-peers; idempotent)
 set -euo pipefail
-root="${1:-.peers}"
+root="${1:-${PEERS_HOME:-$HOME/.cache/ssl-pretrain-peers}}"
 python="${PYTHON:-python3}"
 
 make_venv() {  # name, then the packages

@@ -40,7 +40,8 @@ def main() -> None:
                         transform_args={"image_size": (28, 28)}, overwrite=True)
     training = clock()
     resnet = torchvision.models.resnet18()
-    resnet.load_state_dict(torch.load(run / "exported_models" / "exported_last.pt", map_location="cpu"))
+    resnet.load_state_dict(torch.load(run / "exported_models" / "exported_last.pt", map_location="cpu",
+                                     weights_only=True))
     resnet.fc = torch.nn.Identity()
     knn = knn_top1(resnet, args.source)
     report(epoch_seconds=[], images_per_epoch=len(images), training_seconds=training, knn_top1_k20=knn,
