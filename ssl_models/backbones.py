@@ -2,7 +2,8 @@
 
 Everything needed to rebuild a backbone outside this project is in `BackboneSpec`:
 `timm.create_model(spec.timm_name, num_classes=0, **spec.timm_kwargs)`, then, when
-`spec.small_stem` is true, `apply_small_stem(model)`, then `replace_batchnorm(model, spec.norm)`.
+`spec.small_stem` is true, `apply_small_stem(model)` (or, with ssl_models/small_stem.py imported, timm's own
+`<name>_small_stem`), then `replace_batchnorm(model, spec.norm)`.
 """
 import difflib
 from dataclasses import asdict, dataclass, field
@@ -12,6 +13,7 @@ import timm
 from torch import nn
 
 from ssl_models.norms import replace_batchnorm
+from ssl_models.small_stem import PLAIN_STEM_RESNETS, apply_small_stem, small_stem_name
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,11 @@ class BackboneSpec:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def timm_model(self) -> str:
+        """The name plain timm builds it by (a small-stem ResNet's once ssl_models/small_stem.py is imported)."""
+        return small_stem_name(self.timm_name) if self.small_stem else self.timm_name
+
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> "BackboneSpec":
         """From an exported backbone.json (older files have no `norm`: BatchNorm)."""
@@ -33,10 +40,6 @@ class BackboneSpec:
 
 def is_vit(name: str) -> bool:
     return name.startswith(("vit_", "deit_", "deit3_"))
-
-
-def is_resnet(name: str) -> bool:
-    return name.startswith(("resnet", "resnext", "seresnet", "wide_resnet"))
 
 
 def backbone_spec(
@@ -58,10 +61,10 @@ def backbone_spec(
             "e.g. resnet18, resnet50, vit_tiny_patch16_224, vit_small_patch16_224, convnext_atto."
         )
     kwargs: dict[str, Any] = {"in_chans": in_chans}
-    if small_stem and not is_resnet(name):
-        raise ValueError(
-            f"model.small_stem applies to ResNets, not '{name}'; for ViTs and ConvNeXts set model.patch_size"
-        )
+    if small_stem and name not in PLAIN_STEM_RESNETS:
+        raise ValueError(f"model.small_stem applies to ResNets whose stem is one 7x7 convolution and a max-pool, not "
+                         f"'{name}' (for ViTs and ConvNeXts set model.patch_size); the ResNets it applies to: "
+                         f"{', '.join(PLAIN_STEM_RESNETS)}")
     if is_vit(name):
         kwargs["img_size"] = image_size
         kwargs["dynamic_img_size"] = True  # multi-crop: local crops are smaller than image_size
@@ -107,14 +110,6 @@ def layer_lr_scales(backbone: nn.Module, decay: float) -> dict[str, float]:
     layers = group_parameters(backbone, backbone.group_matcher(coarse=False), reverse=True)
     top = max(layers.values()) + 1
     return {name: decay ** (top - layers.get(name, top - 1)) for name in names}
-
-
-def apply_small_stem(model: nn.Module) -> nn.Module:
-    """CIFAR-style ResNet stem: a 3x3 stride-1 first convolution and no max-pool, for 28-96 px images."""
-    old = model.conv1
-    model.conv1 = nn.Conv2d(old.in_channels, old.out_channels, kernel_size=3, stride=1, padding=1, bias=False)
-    model.maxpool = nn.Identity()
-    return model
 
 
 def create_backbone(spec: BackboneSpec, **create_kwargs: Any) -> tuple[nn.Module, int]:

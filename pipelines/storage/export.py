@@ -1,11 +1,10 @@
 """Backbone weights in safetensors with the timm name and build arguments beside them.
 
-Outside this project:
+Outside this project (docs/weights.md; a small-stem ResNet's name is registered by ssl_models/small_stem.py, which
+pipelines.export copies beside the weights):
     import json, timm, safetensors.torch
     meta = json.load(open("backbone.json"))
-    model = timm.create_model(meta["timm_name"], num_classes=0, **meta["timm_kwargs"])
-    if meta["small_stem"]:  # 3x3 stride-1 conv1, no max-pool
-        model.conv1 = torch.nn.Conv2d(model.conv1.in_channels, 64, 3, 1, 1, bias=False); model.maxpool = torch.nn.Identity()
+    model = timm.create_model(meta["timm_model"], num_classes=0, **meta["timm_kwargs"])
     # meta["norm"] other than "batch": ssl_models.norms.replace_batchnorm(model, meta["norm"]) (GroupNorm + WS, or none)
     model.load_state_dict(safetensors.torch.load_file("backbone.safetensors"))
 """
@@ -26,7 +25,7 @@ def save_backbone(folder: Path, backbone: nn.Module, spec: BackboneSpec, extra: 
     folder = Path(folder)
     state = {key: value.detach().cpu().contiguous() for key, value in backbone.state_dict().items()}
     safetensors.torch.save_file(state, folder / WEIGHTS_FILE)
-    (folder / META_FILE).write_text(json.dumps({**spec.to_dict(), **extra}, indent=2))
+    (folder / META_FILE).write_text(json.dumps({**spec.to_dict(), "timm_model": spec.timm_model, **extra}, indent=2))
 
 
 
