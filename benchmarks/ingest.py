@@ -1,11 +1,13 @@
-"""Folder ingest: the streaming Ray Data job against the single-process ingest it replaced, in one run.
+"""Folder ingest: the streaming Ray Data job against an earlier ingest, in one run.
 
-    .venv/bin/python -m benchmarks.ingest [--sizes 20000 100000] [--baseline-rev 4f094b5]
+    .venv/bin/python -m benchmarks.ingest [--sizes 20000 100000] [--baseline-rev 7e99279]
+    .venv/bin/python -m benchmarks.ingest --sizes 1000000 --tiny --no-fashion-mnist
 
-Writes generated folders of small PNG images (64x64 noise, about 12 KB each, 10 class folders) of each size and Fashion-MNIST written
-out as PNG files, ingests each with both implementations (each in a fresh process) and prints files/s
-and peak resident memory: of the ingesting process, and of the largest Ray worker. The baseline is the
-`pipelines/ingest.py` of `--baseline-rev`, read from git.
+Writes generated folders of small PNG images (64x64 noise, about 12 KB each; with --tiny 8x8, about 200 bytes; 10
+class folders) of each size and Fashion-MNIST written out as PNG files, ingests each with both implementations (each
+in a fresh process) and prints files/s and peak resident memory: of the ingesting process (the driver), and of the
+largest Ray worker. The baseline is `--baseline-file` of `--baseline-rev`, read from git: by default the streaming
+job whose driver listed and shuffled every name itself (7e99279); it must import from today's tree.
 """
 import argparse
 import json
@@ -29,9 +31,12 @@ from benchmarks.memory import own_peak_mb, ray_worker_peak_mb
 kind, source, out, baseline = sys.argv[1:5]
 started = time.time()
 if kind == "baseline":
+    from ray import cloudpickle
     spec = importlib.util.spec_from_file_location("baseline_ingest", baseline)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["baseline_ingest"] = module
     spec.loader.exec_module(module)
+    cloudpickle.register_pickle_by_value(module)  # its Ray tasks' functions travel with them
     info, _ = module.ingest_folder(Path(source), out, progress_every=10**9)
 else:
     from pipelines.ingestion.folder import ingest_folder
@@ -41,13 +46,14 @@ print(json.dumps({"images": sum(info.splits.values()), "seconds": time.time() - 
 """
 
 
-def generated_folder(root: Path, count: int) -> Path:
+def generated_folder(root: Path, count: int, side: int = 64) -> Path:
     folder = root / f"generated_{count}"
     rng = np.random.default_rng(0)
+    for label in range(10):
+        (folder / f"class_{label}").mkdir(parents=True, exist_ok=True)
     for index in range(count):
         label = index % 10
-        (folder / f"class_{label}").mkdir(parents=True, exist_ok=True)
-        picture = (rng.integers(0, 40, (64, 64, 3)) + label * 20).astype(np.uint8)  # noise: ~12 KB as PNG
+        picture = (rng.integers(0, 40, (side, side, 3)) + label * 20).astype(np.uint8)  # noise: ~12 KB as PNG at 64
         cv2.imwrite(str(folder / f"class_{label}" / f"{index:07d}.png"), picture)
     return folder
 
@@ -81,18 +87,21 @@ def measure(kind: str, source: Path, work: Path, baseline: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
-    parser.add_argument("--baseline-rev", default="4f094b5", help="git revision of the single-process ingest")
+    parser.add_argument("--baseline-rev", default="7e99279", help="git revision of the baseline")
+    parser.add_argument("--baseline-file", default="pipelines/ingestion/folder.py", help="the baseline's file at that revision")
+    parser.add_argument("--tiny", action="store_true", help="8x8 images (about 200 bytes) instead of 64x64")
     parser.add_argument("--no-fashion-mnist", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="ingest_bench_") as folder:
         work = Path(folder)
         baseline = work / "baseline_ingest.py"
-        baseline.write_text(subprocess.run(["git", "show", f"{args.baseline_rev}:pipelines/ingest.py"], cwd=ROOT,
+        baseline.write_text(subprocess.run(["git", "show", f"{args.baseline_rev}:{args.baseline_file}"], cwd=ROOT,
                                            check=True, capture_output=True, text=True).stdout)
         sources = []
         for size in args.sizes:
             started = time.time()
-            sources.append((f"generated {size:,} PNG 64x64", generated_folder(work, size)))
+            side = 8 if args.tiny else 64
+            sources.append((f"generated {size:,} PNG {side}x{side}", generated_folder(work, size, side)))
             print(f"wrote {size:,} images in {time.time() - started:.0f}s", flush=True)
         if not args.no_fashion_mnist:
             sources.append(("Fashion-MNIST 70,000 PNG 28x28", fashion_mnist_folder(work)))
@@ -101,7 +110,7 @@ def main() -> None:
         for name, source in sources:
             for kind in ("baseline", "ray_data"):
                 row = measure(kind, source, work, baseline)
-                label = "single process" if kind == "baseline" else "Ray Data"
+                label = args.baseline_rev if kind == "baseline" else "this tree"
                 print(f"{name:34} {label:14} {row['images']:>8} {row['seconds']:>7.1f} "
                       f"{row['images'] / row['seconds']:>8.0f} {row['driver_mb']:>10.0f} {row['worker_mb']:>10.0f}",
                       flush=True)

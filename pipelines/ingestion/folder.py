@@ -1,141 +1,44 @@
 """Ingest of an image folder (local or an object-storage prefix) as a streaming Ray Data job.
 
-The driver lists the files (names only) and shuffles them with the seed; Ray Data tasks read, verify and
-measure each file; the driver streams the checked rows, in that shuffled order, into Parquet files one
-row group at a time. Memory stays flat however large the folder: no process holds more than a few
-batches of images. Every file that is not ingested is named with its reason in the report.
+Ray tasks list the files (`pipelines.ingestion.listing`); Ray Data sorts them into a seeded random order (a hash
+of the seed and each name: classes mixed in every shard), and its tasks read, verify and measure each file; the
+driver streams the checked rows, in that order, into Parquet files one row group at a time. Memory stays flat
+however large the folder: the driver holds no list of names and no process more than a few batches of images.
+Every file that is not ingested is named with its reason in the report.
 """
-import errno
+import hashlib
 import json
 import os
-import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 
 from pipelines.cluster.start import start_ray
-from pipelines.data.decode import (
-    IMAGE_SUFFIXES,
-    ChannelStats,
-    decode_reduced,
-    is_grayscale,
-    shrunk_copy,
-    suffix_reason,
-    verified_size,
-)
+from pipelines.data.decode import ChannelStats, decode_reduced, is_grayscale, shrunk_copy, verified_size
 from pipelines.data.store import DatasetInfo, ShardWriter, write_info
+from pipelines.ingestion.listing import Listed, is_uri, list_source, printable
 from pipelines.storage.files import filesystem, write_text
 
-SPLIT_NAMES = {"train": "train", "test": "test", "val": "test", "valid": "test", "validation": "test"}
 STATS_SAMPLE = 500
 STATS_SIDE = 224  # the statistics' images decoded at a reduced scale down to this shorter side
 CHECK_BATCH = 128
 BLOCK_ROWS = 1024
 
 
-def printable(path) -> str:
-    """A path as text, also when its name is not valid UTF-8 (those bytes shown as \\xNN)."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def is_uri(source) -> bool:
-    return "://" in str(source)
-
-
-@dataclass
-class Listing:
-    """Files to check per split (as bytes paths, with their relative name and class), and entries skipped
-    without reading them."""
-    files: dict[str, list[tuple[bytes, str, Optional[str]]]] = field(default_factory=dict)
-    skipped: list[dict] = field(default_factory=list)
-    class_entries: dict[str, int] = field(default_factory=dict)  # entries below each class folder, skipped ones too
-
-    def add(self, split: str, path, relative: tuple, reason: Optional[str], shown: str, source: str) -> None:
-        """`relative`: the path's parts below the split's folder (the first is the class when there are two
-        or more); `shown`: the path as the report names it; `source`: as the `source` column keeps it."""
-        if len(relative) > 1:
-            self.class_entries[printable(relative[0])] = self.class_entries.get(printable(relative[0]), 0) + 1
-        if reason is None and Path(relative[-1]).suffix.lower() not in IMAGE_SUFFIXES:
-            reason = suffix_reason(relative[-1])
-        if reason is not None:
-            self.skipped.append({"file": shown, "reason": reason})
-            return
-        label = printable(relative[0]) if len(relative) > 1 else None
-        self.files.setdefault(split, []).append((os.fsencode(path), source, label))
-
-
-def link_problem(path: Path) -> Optional[str]:
-    try:
-        path.stat()
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            return "symbolic link loop"
-        return "dangling symbolic link" if path.is_symlink() else f"cannot be read ({error.strerror})"
-    return None
-
-
-def walk_files(folder: Path) -> Iterator[tuple[Path, Optional[str]]]:
-    """Every entry below `folder`, in name order, with the reason it is skipped (None: a file to read).
-    Folder links are not followed (no loops); hidden files and folders are named, not read."""
-    for root, folders, files in os.walk(folder):
-        folders.sort()
-        for name in [name for name in folders if name.startswith(".") or (Path(root) / name).is_symlink()]:
-            folders.remove(name)
-            hidden = name.startswith(".")
-            yield Path(root) / name, "hidden folder (not read)" if hidden else "link to a folder (not followed)"
-        for name in sorted(files):
-            path = Path(root) / name
-            reason = "hidden file" if name.startswith(".") else link_problem(path)
-            if reason is None and not path.is_file():
-                reason = "not a regular file"
-            yield path, reason
-
-
-def split_folders(names: list[str], default_split: str) -> dict[str, Optional[str]]:
-    """{split: sub-folder name}: `train/` and `test/`|`val/` when present, else the whole folder (None)."""
-    found = {SPLIT_NAMES[name.lower()]: name for name in names if name.lower() in SPLIT_NAMES}
-    return found if "train" in found else {default_split: None}
-
-
-def list_local(source: Path, default_split: str) -> Listing:
-    if not source.is_dir():
-        raise FileNotFoundError(f"image folder not found: {source}")
-    listing = Listing()
-    layout = split_folders([path.name for path in source.iterdir() if path.is_dir()], default_split)
-    for split, sub in layout.items():
-        folder = source / sub if sub else source
-        for path, reason in walk_files(folder):
-            listing.add(split, path, path.relative_to(folder).parts, reason, printable(path),
-                        printable(path.relative_to(source)))
-    return listing
-
-
-def list_object_storage(source: str, default_split: str) -> Listing:
-    fs, base = filesystem(source)
-    try:
-        entries = fs.get_file_info(pafs.FileSelector(base, recursive=True))
-    except (FileNotFoundError, OSError) as error:
-        raise FileNotFoundError(f"image prefix not found or not readable: {source} ({error})") from None
-    files = [info.path.removeprefix(base.rstrip("/") + "/") for info in entries if info.type == pafs.FileType.File]
-    listing = Listing()
-    layout = split_folders(sorted({name.split("/")[0] for name in files if "/" in name}), default_split)
-    prefix = source.split("://", 1)[0] + "://"
-    for split, sub in layout.items():
-        for name in sorted(files):
-            parts = tuple(name.split("/"))
-            if sub and parts[0] != sub:
-                continue
-            relative = parts[1:] if sub else parts
-            hidden = any(part.startswith(".") for part in relative)
-            listing.add(split, f"{prefix}{base.rstrip('/')}/{name}", relative, "hidden file" if hidden else None,
-                        f"{source.rstrip('/')}/{name}", name)
-    return listing
+def with_order(table: pa.Table, seed: int, labels: list[str]) -> pa.Table:
+    """Ray Data task: each listed file's class as its label (-1: none) and its place in the seeded order, a hash of
+    the seed and its name relative to the source (the same order wherever the folder is and however it is listed)."""
+    key = str(seed).encode()
+    order = [int.from_bytes(hashlib.blake2b(name.encode("utf-8", "surrogateescape"), digest_size=8, key=key).digest(),
+                            "little", signed=True) for name in table["relative"].to_pylist()]
+    index = {name: position for position, name in enumerate(labels)}
+    label = [index.get(name, -1) for name in table["class"].to_pylist()]
+    return table.drop_columns(["class"]).append_column("label", pa.array(label, pa.int32())).append_column(
+        "order", pa.array(order, pa.int64()))
 
 
 def check_files(batch: dict[str, np.ndarray], min_size: int,
@@ -172,10 +75,10 @@ def check_files(batch: dict[str, np.ndarray], min_size: int,
             "gray": np.array(gray), "side": np.array(sides, dtype=np.int64)}
 
 
-def classes_without_images(listing: Listing, labels: list[str], counts: np.ndarray) -> list[dict]:
+def classes_without_images(listed: Listed, labels: list[str], counts: np.ndarray) -> list[dict]:
     """Class folders that end with no image, and what becomes of each."""
     empty = []
-    for name, entries in sorted(listing.class_entries.items()):
+    for name, entries in sorted(listed.class_entries.items()):
         if name not in labels:
             empty.append({"class": name, "entries": entries, "outcome": "not a class: it holds no image file"})
         elif counts[labels.index(name)] == 0:
@@ -194,28 +97,23 @@ def ingest_folder(
     import ray
 
     started = time.time()
-    listing = list_object_storage(str(source), split) if is_uri(source) else list_local(Path(source), split)
-    labels = sorted({label for files in listing.files.values() for _, _, label in files if label is not None})
-    class_index = {name: index for index, name in enumerate(labels)}
-    rows = []
-    for name, files in listing.files.items():
-        random.Random(seed).shuffle(files)  # folders are listed class by class
-        rows += [(path, name, relative, class_index.get(label, -1)) for path, relative, label in files]
-    skipped, total = list(listing.skipped), len(rows) + len(listing.skipped)
-    print(f"  {total} entries listed in {time.time() - started:.1f}s; checking {len(rows)} files", flush=True)
+    if not is_uri(source) and not Path(source).is_dir():
+        raise FileNotFoundError(f"image folder not found: {source}")
+    start_ray(verbose)
+    tables, listed = list_source(str(source), split)
+    labels = sorted(name for name, count in listed.class_files.items() if name and count)
+    skipped, total = list(listed.skipped), listed.files + len(listed.skipped)
+    print(f"  {total} entries listed in {time.time() - started:.1f}s; checking {listed.files} files", flush=True)
     writers, sampled, stats, all_gray, smallest = {}, 0, ChannelStats(), True, None
     counts = np.zeros(len(labels), np.int64)
-    if rows:
-        start_ray(verbose)
+    if listed.files:
         ray.data.DataContext.get_current().execution_options.preserve_order = True  # the seeded order
-        table = pa.table({"path": pa.array([row[0] for row in rows], pa.binary()),
-                          "split": [row[1] for row in rows], "relative": [row[2] for row in rows],
-                          "label": pa.array([row[3] for row in rows], pa.int32())})
-        blocks = [table.slice(start, BLOCK_ROWS) for start in range(0, len(table), BLOCK_ROWS)]  # one task each
-        checked = ray.data.from_arrow(blocks).map_batches(
+        checked = ray.data.from_arrow_refs(tables).map_batches(
+            with_order, fn_kwargs={"seed": seed, "labels": labels}, batch_format="pyarrow", batch_size=None,
+        ).sort("order").repartition(target_num_rows_per_block=BLOCK_ROWS).map_batches(
             check_files, fn_kwargs={"min_size": min_size, "shorter_side": shorter_side}, batch_size=CHECK_BATCH,
             batch_format="numpy")
-        seen, last_print = len(listing.skipped), time.time()
+        seen, last_print = len(listed.skipped), time.time()
         for batch in checked.iter_batches(batch_size=CHECK_BATCH * 4, batch_format="pyarrow", prefetch_batches=4):
             bad = pc.not_equal(batch["reason"], "")
             skipped += [{"file": printable(os.fsdecode(row["path"])), "reason": row["reason"]}
@@ -255,7 +153,7 @@ def ingest_folder(
     info = DatasetInfo(str(source).rstrip("/").rsplit("/", 1)[-1], channels, splits, labels or None, mean, std,
                        skipped=len(skipped), min_side=smallest, shorter_side=shorter_side)
     write_info(out, info)
-    empty = classes_without_images(listing, labels, counts)
+    empty = classes_without_images(listed, labels, counts)
     for item in empty:
         print(f"  warning: class folder '{item['class']}' ({item['entries']} entries) has no image: {item['outcome']}")
     write_text(out, "ingest_report.json", json.dumps({"skipped": skipped, "classes_without_images": empty}, indent=2))

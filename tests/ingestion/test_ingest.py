@@ -356,3 +356,26 @@ def test_images_of_every_common_format_and_mode_are_ingested(ray_session, tmp_pa
         assert row["image"][:2] == (b"\xff\xd8" if row["source"].endswith(".jpg") else b"\x89P")
         expected = cv2.resize(originals[row["source"]], (32, 32), interpolation=cv2.INTER_AREA)
         assert np.abs(small.astype(int) - expected.astype(int)).mean() < 3, row["source"]
+
+
+@pytest.mark.slow
+def test_a_class_sorted_folder_is_stored_in_a_seeded_order_that_mixes_the_classes_in_every_shard(
+        sorted_shards, sorted_folder, tmp_path):
+    """Ray tasks list the folder (no list of names in the driver); the order is a hash of the seed and each name, so
+    it is the same however the listing was split into tasks, and every shard mixes the classes."""
+    import hashlib
+
+    def order(seed):
+        return sorted((path.relative_to(sorted_folder).as_posix() for path in sorted_folder.rglob("*.png")),
+                      key=lambda name: int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8,
+                                                                      key=str(seed).encode()).digest(), "little",
+                                                      signed=True))
+
+    assert read_split(sorted_shards, "train", ("source",)).column("source").to_pylist() == order(0)
+    info, skipped = ingest_folder(sorted_folder, str(tmp_path / "seed1"), rows_per_shard=100, seed=1)
+    assert info.splits == {"train": 480} and not skipped
+    assert read_split(str(tmp_path / "seed1"), "train", ("source",)).column("source").to_pylist() == order(1)
+    shards = sorted((tmp_path / "seed1" / "train").glob("*.parquet"))
+    assert len(shards) == 5
+    for shard in shards:
+        assert len(set(pq.read_table(shard, columns=["label"]).column("label").to_pylist())) >= 8
