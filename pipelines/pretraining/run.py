@@ -19,9 +19,9 @@ from pipelines.config.recipe import recipe_notes
 from pipelines.config.schema import Config
 from pipelines.config.section import ConfigError
 from pipelines.data.store import read_info
-from pipelines.features.extract import eval_plan
 from pipelines.storage.files import DatasetError, write_text
 from pipelines.storage.runs import RUN_FILE, RunFailed, failure_reason, read_run_file, run_exists, run_weights
+from pipelines.tracking.uri import tracking_uri
 from pipelines.training.checks import check_job_locations, init_ray, steps_per_epoch
 from pipelines.training.trainer import fit, random_init_backbone
 
@@ -45,13 +45,7 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
     """Runs (or resumes, `resume`: the run's name) one pretraining.
     `tags` go on a new MLflow run (a sweep's parent id), `callbacks` to Ray Train (a sweep's Tune reporter);
     `verbose`: Ray's and the workers' output on this console; `progress`: the progress line."""
-    # Imported here, not at the top: the command line answers configuration mistakes in a second.
-    from mlflow.tracking import MlflowClient
-
-    from pipelines.data.stream import train_size, training_dataset
-    from pipelines.tracking.mlflow_runs import check_reachable, fail_run, log_dataset, start_run, tracking_uri
-    from pipelines.tracking.pictures import augmented_views_grid
-    from pipelines.training.methods import build_spec, head_arguments
+    from concurrent.futures import ThreadPoolExecutor
 
     check_job_locations(config, tracking_uri(config))
     info = read_info(config.data.path)
@@ -62,31 +56,25 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
               f"upsampled to data.image_size={config.data.image_size}", flush=True)
     for note in recipe_notes(config):
         print(f"note: {note}", flush=True)
-    build_spec(config, info.channels)
-    head_arguments(config)
-    spe = steps_per_epoch(config, train_size(config, info))
-    previous = read_run_file(config.train.storage_path, resume) if resume else None
-    if not resume and config.tracking.run_name and run_exists(config.train.storage_path, config.tracking.run_name):
-        # Ray Train would silently restore that run's checkpoint under the same name
-        raise ConfigError(f"a run named '{config.tracking.run_name}' already exists under "
-                          f"{config.train.storage_path}: continue it with --resume {config.tracking.run_name}, or "
-                          "choose another tracking.run_name")
-    uri = previous["tracking_uri"] if resume else tracking_uri(config)
-    check_reachable(uri)
-    if config.model.init:  # a missing or unfit file is told now, not by every worker
-        from pipelines.training.init_weights import initial_backbone, resolve_init
+    with ThreadPoolExecutor(1, thread_name_prefix="run-checks") as pool:
+        # the checks import torch, timm and MLflow (seconds of CPU) while Ray's processes start, which leaves a core
+        # mostly idle; any mistake they find is still told before training starts
+        checks = pool.submit(check_run, config, info, resume)
+        try:
+            init_ray(config, verbose)
+        except BaseException:
+            checks.result()  # a mistake in the configuration explains more than what Ray made of it
+            raise
+        spe, previous, uri, teacher = checks.result()
+    from mlflow.tracking import MlflowClient
 
-        resolve_init(config, uri)
-        initial_backbone(build_spec(config, info.channels), config.model.init, config.train.storage_path)
-    teacher = None
-    if isinstance(config.method, DistillConfig):  # a missing or unfit teacher is told now, not by every worker
-        from pipelines.training.teacher import load_teacher, resolve_teacher
+    from pipelines.data.stream import training_dataset
+    from pipelines.features.extract import eval_plan
+    from pipelines.tracking.mlflow_runs import fail_run, log_dataset, start_run
+    from pipelines.tracking.pictures import augmented_views_grid
 
-        resolve_teacher(config, uri)
-        teacher = load_teacher(config.method, config.train.storage_path, info.channels, info.mean, info.std)
     if not verbose:
         logging.getLogger("mlflow").setLevel(logging.WARNING)
-    init_ray(config, verbose)
 
     if resume:
         run_name, run_id = resume, previous["mlflow_run_id"]
@@ -131,6 +119,39 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
     client.set_terminated(run_id, "FINISHED")
     return RunResult(run_name, run_id, uri, dict(result.metrics), evaluated, client.get_run(run_id).info.artifact_uri,
                      config.model.init)
+
+
+def check_run(config: Config, info, resume: Optional[str]) -> tuple[int, Optional[dict], str, object]:
+    """What `pretrain` checks before it starts a run, and what they find: steps per epoch, the resumed run's file,
+    the MLflow URI (its store opened: a new SQLite store's tables are made here) and a distillation teacher."""
+    from pipelines.data.stream import train_size
+    from pipelines.tracking.mlflow_runs import check_reachable, open_store
+    from pipelines.training.methods import build_spec, head_arguments
+
+    build_spec(config, info.channels)
+    head_arguments(config)
+    spe = steps_per_epoch(config, train_size(config, info))
+    previous = read_run_file(config.train.storage_path, resume) if resume else None
+    if not resume and config.tracking.run_name and run_exists(config.train.storage_path, config.tracking.run_name):
+        # Ray Train would silently restore that run's checkpoint under the same name
+        raise ConfigError(f"a run named '{config.tracking.run_name}' already exists under "
+                          f"{config.train.storage_path}: continue it with --resume {config.tracking.run_name}, or "
+                          "choose another tracking.run_name")
+    uri = previous["tracking_uri"] if resume else tracking_uri(config)
+    check_reachable(uri)
+    open_store(uri)
+    if config.model.init:  # a missing or unfit file is told now, not by every worker
+        from pipelines.training.init_weights import initial_backbone, resolve_init
+
+        resolve_init(config, uri)
+        initial_backbone(build_spec(config, info.channels), config.model.init, config.train.storage_path)
+    teacher = None
+    if isinstance(config.method, DistillConfig):  # a missing or unfit teacher is told now, not by every worker
+        from pipelines.training.teacher import load_teacher, resolve_teacher
+
+        resolve_teacher(config, uri)
+        teacher = load_teacher(config.method, config.train.storage_path, info.channels, info.mean, info.std)
+    return spe, previous, uri, teacher
 
 
 def evaluate_at_end(config: Config, info, run_name: str, baseline: Optional[str]) -> dict[str, float]:

@@ -17,14 +17,6 @@ from pipelines.config.section import ConfigError
 MAX_PARAM_LENGTH = 6000
 
 
-def tracking_uri(config: Config) -> str:
-    return (
-        config.tracking.tracking_uri
-        or os.environ.get("MLFLOW_TRACKING_URI")
-        or f"sqlite:///{PROJECT_ROOT / 'mlflow.db'}"
-    )
-
-
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Fails in seconds, before anything starts, when an MLflow server does not answer (MLflow's own
     client retries for minutes)."""
@@ -38,6 +30,12 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
         raise ConfigError(f"the MLflow tracking server {uri} does not answer ({type(error).__name__}): start it "
                           "(scripts/cluster.sh start) or point tracking.tracking_uri / MLFLOW_TRACKING_URI "
                           "elsewhere") from None
+
+
+def open_store(uri: str) -> None:
+    """MLflow's store for `uri`, made once per process (a new SQLite store's tables are created here): the run's
+    clients then find it ready."""
+    MlflowClient(uri).search_experiments(max_results=1)
 
 
 def ui_command(uri: str) -> str:

@@ -23,7 +23,7 @@ def init_ray(config: Config, verbose: bool = True) -> None:
     import ray
 
     from pipelines.cluster.start import start_ray
-    from pipelines.tracking.mlflow_runs import tracking_uri
+    from pipelines.tracking.uri import tracking_uri
 
     start_ray(verbose, num_cpus=max(os.cpu_count() or 1, math.ceil(required_cpus(config))))
     check_shared_storage(config, tracking_uri(config), len([n for n in ray.nodes() if n["Alive"]]))

@@ -139,7 +139,8 @@ def run_sweep(state: dict, resume: bool = False) -> dict:
     from mlflow.tracking import MlflowClient
     from ray import tune
 
-    from pipelines.tracking.mlflow_runs import check_reachable, start_run, tracking_uri
+    from pipelines.tracking.mlflow_runs import check_reachable, start_run
+    from pipelines.tracking.uri import tracking_uri
 
     base_tree = state["base"]
     space = space_from_state(state)  # the text saved when the sweep began, also on resume
