@@ -21,15 +21,20 @@ AHEAD_FLOOR = 64 * 2**20
 
 class PollGently(ExecutionCallback):
     """Ray Data's scheduling loop blocks on its running tasks; with none running (augmentation ahead of training,
-    held back) it spins, a whole core at 100 % for as long as training lasts (Ray 2.60). A pause of 20 ms in
-    such back-to-back steps gives that core to training (BYOL here: 49 -> 200+ images/s)."""
+    held back) it spins, a whole core at 100 % for as long as training lasts (Ray 2.60). A pause in such
+    back-to-back steps gives that core to training (BYOL here: 49 -> 200+ images/s with 20 ms). 50 ms halves what
+    the loop still costs while augmentation waits ahead (0.08 -> 0.05 of a core), which training's two threads feel
+    more than its share: the first epoch of `benchmarks/first_epoch.py` 74 -> 68 s; training waits on no batch
+    (BENCHMARKS.md, "The first epoch")."""
+
+    PAUSE = 0.05
 
     def __init__(self):
         self.last = 0.0
 
     def on_execution_step(self, executor) -> None:
         if time.perf_counter() - self.last < 0.005:
-            time.sleep(0.02)
+            time.sleep(self.PAUSE)
         self.last = time.perf_counter()
 
 

@@ -56,13 +56,15 @@ class Listed:
     class_entries: dict[str, int] = field(default_factory=dict)  # entries below each class folder, skipped included
     class_files: dict[str, int] = field(default_factory=dict)  # files to check per class ("" for no class)
     error: Optional[str] = None  # the place itself could not be listed
+    location: str = ""  # the place listed
 
     @property
     def files(self) -> int:
         return sum(self.class_files.values())
 
     def merge(self, other: "Listed") -> None:
-        self.skipped += other.skipped
+        """Adds what another task found; a sub-folder it could not list is a skipped entry."""
+        self.skipped += other.skipped + ([{"file": other.location, "reason": other.error}] if other.error else [])
         for name, count in other.class_entries.items():
             self.class_entries[name] = self.class_entries.get(name, 0) + count
         for name, count in other.class_files.items():
@@ -73,7 +75,7 @@ class Found:
     """The rows of a table of files to check, gathered while a place is listed."""
 
     def __init__(self, place: Place):
-        self.place, self.listed = place, Listed()
+        self.place, self.listed = place, Listed(location=printable(place.location))
         self.paths: list[bytes] = []
         self.relatives: list[str] = []
         self.classes: list[Optional[str]] = []

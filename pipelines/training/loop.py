@@ -147,7 +147,9 @@ def train_loop_per_worker(loop_config: dict, batches: Iterable[dict]) -> None:
     clock = StepClock()
     for epoch in range(start_epoch, epochs):
         started, seen, window, probe_top1 = time.time(), 0, MetricWindow(), []
+        ready = started  # when the loop last asked for a batch
         for index, batch in zip(range(steps_per_epoch), batches):
+            arrived = time.time()
             views = [normalize(batch[view_column(v)]) for v in range(method.num_views)]  # onto the device
             if tap:
                 tap.take()  # drop what evaluation or pictures embedded since the last step
@@ -158,6 +160,8 @@ def train_loop_per_worker(loop_config: dict, batches: Iterable[dict]) -> None:
             if probe:
                 values.update(probe_step(probe, tap, method, views[0], labels, train_step.autocast))
                 probe_top1.append(values["online_probe_top1"])
+            # the host's seconds: waiting for the batch, then the step (on a GPU, until its kernels are queued)
+            values["data_seconds"], values["step_seconds"] = arrived - ready, time.time() - arrived
             window.add(step, values)
             clock.tick()
             step += 1
@@ -176,6 +180,7 @@ def train_loop_per_worker(loop_config: dict, batches: Iterable[dict]) -> None:
                         board.update.remote({"epoch": epoch + 1, "epochs": epochs, "step": index + 1,
                                              "steps": steps_per_epoch, "images_per_second": seen / elapsed,
                                              "loss": averaged["train/loss"], "seconds_left": clock.seconds_left(left)})
+            ready = time.time()
         seconds = time.time() - started
         metrics = {"epoch": epoch + 1, "step": step, "images_per_second": seen / seconds, "epoch_seconds": seconds}
         if probe_top1:  # the online probe's accuracy over the epoch's batches (as solo-learn logs it)

@@ -91,6 +91,9 @@ def test_one_epoch_run_logs_metrics_config_and_loadable_weights(first_run, ray_s
     assert all(m.value > 0 for m in losses)
     momentum = client.get_metric_history(run.info.run_id, "train/ema_momentum")
     assert 0.99 <= momentum[0].value < momentum[-1].value <= 1.0
+    waits, steps = (client.get_metric_history(run.info.run_id, f"train/{key}") for key in ("data_seconds", "step_seconds"))
+    assert [m.step for m in waits] == [m.step for m in steps] == [2, 4, 6, 8]  # where each window's time went
+    assert all(m.value >= 0 for m in waits) and all(m.value > 0 for m in steps)
     for key in ("knn_top1_k20", "knn_top1_k200", "feature_std", "eval/knn_top1_k20", "eval/init_knn_top1_k20"):
         assert 0 <= run.data.metrics[key] <= 1, key
     # the final evaluation ran as the transfer stage on the whole slice: its kNN is the command's
