@@ -57,8 +57,8 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
     for note in recipe_notes(config):
         print(f"note: {note}", flush=True)
     with ThreadPoolExecutor(1, thread_name_prefix="run-checks") as pool:
-        # the checks import torch, timm and MLflow (seconds of CPU) while Ray's processes start, which leaves a core
-        # mostly idle; any mistake they find is still told before training starts
+        # the checks import torch, timm and MLflow (seconds of CPU) while Ray's processes start, on cores those leave
+        # free (none on 2 busy cores: BENCHMARKS.md); any mistake they find is still told before training starts
         checks = pool.submit(check_run, config, info, resume)
         try:
             init_ray(config, verbose)
