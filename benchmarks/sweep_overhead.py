@@ -33,6 +33,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--limit", type=int, default=5000, help="training images per epoch")
     parser.add_argument("--data", default=str(PROJECT_ROOT / "data" / "fashion_mnist"))
+    parser.add_argument("--scheduler", default="fifo", choices=["fifo", "asha"],
+                        help="asha: no trial actor is reused (what ASHA sweeps do)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
 
@@ -47,9 +49,10 @@ def main() -> None:
     start_ray()
     print(f"Ray started in {time.time() - started:.1f} s", flush=True)
     started = time.time()
-    result = sweep(SweepSettings(space=args.space, num_samples=args.trials, name="overhead", overrides=[
-        f"data.path={args.data}", f"data.limit={args.limit}", "train.epochs=1", f"train.storage_path={folder}",
-        f"tracking.tracking_uri=sqlite:///{folder}/mlflow.db", *args.overrides]))
+    result = sweep(SweepSettings(
+        space=args.space, num_samples=args.trials, name="overhead", scheduler=args.scheduler, overrides=[
+            f"data.path={args.data}", f"data.limit={args.limit}", "train.epochs=1", f"train.storage_path={folder}",
+            f"tracking.tracking_uri=sqlite:///{folder}/mlflow.db", *args.overrides]))
     wall = time.time() - started
     client = MlflowClient(result.tracking_uri)
     trials = sorted((phases(client, run) for run in child_runs(client, {"parent_run_id": result.parent_run_id})),

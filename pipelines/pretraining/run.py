@@ -40,10 +40,10 @@ class RunResult:
     init: Optional[str] = None  # model.init: the weights the backbone started from (None: random)
 
 
-def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] = None, callbacks=(),
+def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] = None, trial: bool = False,
              verbose: bool = True, progress: bool = True) -> RunResult:
     """Runs (or resumes, `resume`: the run's name) one pretraining.
-    `tags` go on a new MLflow run (a sweep's parent id), `callbacks` to Ray Train (a sweep's Tune reporter);
+    `tags` go on a new MLflow run (a sweep's parent id); `trial`: run as a Tune trial (reports each epoch to Tune);
     `verbose`: Ray's and the workers' output on this console; `progress`: the progress line."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -97,7 +97,7 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
         baseline = random_init_backbone(config, info, spe, teacher) if info.labelled and config.eval.baseline \
             and not resume and config.eval.final_protocols else None
         teacher = None  # the workers load their own
-        result = fit(config, info, spe, run_name, run_id, uri, training_dataset(config, info), callbacks, progress)
+        result = fit(config, info, spe, run_name, run_id, uri, training_dataset(config, info), trial, progress)
         with result.checkpoint.as_directory() as folder:
             for name in ("backbone.safetensors", "backbone.json"):
                 client.log_artifact(run_id, str(Path(folder) / name), "backbone")

@@ -16,6 +16,12 @@ def required_cpus(config: Config) -> float:
     return workers + data.augment_actors * data.augment_cpus + max(1.0, data.read_cpus)
 
 
+def trains_in_trial(config: Config) -> bool:
+    """Whether a sweep trial of this configuration trains in its own Tune actor (one worker:
+    pipelines/training/session.py) or drives a TorchTrainer (several workers, which Train starts and keeps in step)."""
+    return config.train.num_workers == 1
+
+
 def init_ray(config: Config, verbose: bool = True) -> None:
     """Joins RAY_ADDRESS's cluster, else starts a local instance with enough logical CPUs for the run
     (threads are set explicitly, so logical CPUs only decide what may be scheduled together). Not

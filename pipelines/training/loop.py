@@ -1,4 +1,5 @@
-"""What each Ray Train worker runs: the training loop, its evaluation, checkpoints and metrics."""
+"""The training loop (in each Ray Train worker, or in a one-worker sweep trial's process: pipelines/training/
+session.py), its evaluation, checkpoints and metrics."""
 import hashlib
 import math
 import random
@@ -8,8 +9,7 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-import ray.train
-import ray.train.torch
+import ray
 import torch
 
 from pipelines.config.schema import Config
@@ -98,25 +98,25 @@ class MetricWindow:
         return reduced
 
 
-def train_loop_per_worker(loop_config: dict, batches: Iterable[dict]) -> None:
+def train_loop(loop_config: dict, batches: Iterable[dict], session) -> None:
     """Trains on `batches` (`train_worker.started_stream` of this worker's shard, every epoch in one stream: see
-    pipelines/data/row_groups.py; a resumed run reads it from its start)."""
+    pipelines/data/row_groups.py; a resumed run reads it from its start) where `session` runs it (a
+    `WorkerSession` or `TrialSession`: its rank, device, checkpoint to resume from, and reports)."""
     config = Config.model_validate(loop_config["config"])
     info = DatasetInfo(**loop_config["dataset"])
     steps_per_epoch, epochs = loop_config["steps_per_epoch"], config.train.epochs
-    context = ray.train.get_context()
-    rank, world_size = context.get_world_rank(), context.get_world_size()
+    rank, world_size = session.rank, session.world_size
     board = loop_config.get("progress_board") if rank == 0 else None  # pipelines/tracking/progress.py
     # the cores of this node are shared by the workers on this node, not by every worker of the run
-    torch.set_num_threads(torch_threads(context.get_local_world_size(), config.train.torch_threads))
-    device = ray.train.torch.get_device()
+    torch.set_num_threads(torch_threads(session.local_world_size, config.train.torch_threads))
+    device = session.device
     configure_device(device)
     seed_everything(config.train.seed + rank)
     batch_size = config.data.batch_size
 
-    with worker_checkpoint_folder(ray.train.get_checkpoint()) as folder:
+    with worker_checkpoint_folder(session.checkpoint) as folder:
         prepared = prepare(config, info.channels, steps_per_epoch, device, Path(folder) if folder else None,
-                           ray.train.torch.prepare_model, (info.mean, info.std))
+                           session.prepare_model, (info.mean, info.std))
     method, optimizer, restored = prepared.method, prepared.optimizer, prepared.restored
     train_step = TrainStep(config, method, optimizer, steps_per_epoch, device)
     step, start_epoch = 0, 0
@@ -134,6 +134,7 @@ def train_loop_per_worker(loop_config: dict, batches: Iterable[dict]) -> None:
     nodes = worker_nodes()
     if logger:
         logger.client.set_tag(logger.run_id, "worker_nodes", ",".join(nodes))
+        logger.client.set_tag(logger.run_id, "trained_in", session.kind)
     evaluator = Evaluator(config, info, device, train_step.autocast) if is_chief and config.eval.every_epochs else None
     normalize = Normalizer(info.mean, info.std, device)
 
@@ -199,7 +200,7 @@ def train_loop_per_worker(loop_config: dict, batches: Iterable[dict]) -> None:
             logger.log(metrics, step)
             logger.flush()
             say(f"epoch {epoch + 1}/{epochs} done in {seconds:.0f}s: {fmt(metrics)}", board)
-        blocked = report(method, optimizer, step, epoch + 1, metrics, is_chief, config, info)
+        blocked = report(session, method, optimizer, step, epoch + 1, metrics, is_chief, config, info)
         if is_chief:
             logger.log({"checkpoint_seconds": blocked}, step)  # how long training waited for the checkpoint
             logger.flush()
@@ -244,19 +245,17 @@ def worker_nodes() -> list[str]:
     return gather_objects(ray.get_runtime_context().get_node_id())
 
 
-def report(method, optimizer, step, epoch, metrics, is_chief, config, info) -> float:
+def report(session, method, optimizer, step, epoch, metrics, is_chief, config, info) -> float:
     """Saves the checkpoint (chief) and reports the epoch; returns the seconds training waited for it."""
     started = time.time()
     rng_states = gather_objects(rng_state())  # each rank resumes its own random stream
-    checkpoint = None
+    folder = None
     if is_chief:
-        folder = Path(tempfile.mkdtemp(prefix="checkpoint_"))  # an async upload deletes it when done
+        folder = Path(tempfile.mkdtemp(prefix="checkpoint_"))  # removed once stored
         save_training_state(folder, method, optimizer, step, epoch, metrics, rng_states)
         export_backbone(folder, method.backbone, config, info, epoch, step)
-        checkpoint = ray.train.Checkpoint.from_directory(str(folder))
-    mode = ray.train.CheckpointUploadMode[config.train.checkpoint_upload.upper()]
-    ray.train.report({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)},
-                     checkpoint=checkpoint, checkpoint_upload_mode=mode, delete_local_checkpoint_after_upload=True)
+    session.report({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}, folder,
+                   config.train.checkpoint_upload)
     return time.time() - started
 
 

@@ -1,4 +1,4 @@
-"""The pretraining's TorchTrainer (workers, storage, the data stream) and the backbone as rank 0 initialises it (the random-init baseline)."""
+"""The pretraining's training: a TorchTrainer (workers, storage, the data stream) or, for a one-worker sweep trial, the loop in the trial's process; and the backbone as rank 0 initialises it (the random-init baseline)."""
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -19,31 +19,55 @@ def random_init_backbone(config: Config, info, spe: int, teacher=None) -> str:
     return folder
 
 
-def fit(config: Config, info, spe: int, run_name: str, run_id: str, uri: str, dataset, callbacks=(),
+def fit(config: Config, info, spe: int, run_name: str, run_id: str, uri: str, dataset, trial: bool = False,
         progress: bool = True):
+    """Trains the run in a TorchTrainer of `train.num_workers` workers; a Tune trial's (`trial`) reports each epoch to
+    Tune, and one of a single worker trains in this process instead (pipelines/training/session.py)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
     from pipelines.data.stream import ingest_config
     from pipelines.training import driver as train_driver
+    from pipelines.training.checks import trains_in_trial
     from pipelines.training.worker import stream_options, train_worker
 
     use_gpu = config.train.use_gpu
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     stream = stream_options(config.data.batch_size, config.data.shuffle_buffer, config.data.prefetch_batches, use_gpu)
+    loop_config = {"config": config.model_dump(mode="json"), "dataset": asdict(info), "steps_per_epoch": spe,
+                   "mlflow_run_id": run_id, "tracking_uri": uri, "stream": stream}
+    if trial and trains_in_trial(config):
+        return fit_in_trial(config, info, loop_config, dataset, f"{config.train.storage_path.rstrip('/')}/{run_name}",
+                            use_gpu)
+    callbacks = []
+    if trial:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        callbacks.append(TuneReportCallback())
     return train_driver.fit(
-        train_worker,
-        {"config": config.model_dump(mode="json"), "dataset": asdict(info), "steps_per_epoch": spe,
-         "mlflow_run_id": run_id, "tracking_uri": uri, "stream": stream},
-        progress,
+        train_worker, loop_config, progress,
         scaling_config=ScalingConfig(num_workers=config.train.num_workers, use_gpu=use_gpu,
                                      resources_per_worker={"CPU": config.train.cpus_per_worker},
                                      placement_strategy=config.train.placement_strategy),
         run_config=RunConfig(name=run_name, storage_path=config.train.storage_path,
                              checkpoint_config=CheckpointConfig(num_to_keep=1),
                              failure_config=FailureConfig(max_failures=config.train.max_failures),
-                             callbacks=list(callbacks)),
+                             callbacks=callbacks),
         datasets={"train": dataset},
         dataset_config=ingest_config(config, info),
     )
+
+
+def fit_in_trial(config: Config, info, loop_config: dict, dataset, run_folder: str, use_gpu: bool):
+    """The loop in this Tune trial's process, on the dataset's stream as Train would give its one worker."""
+    from pipelines.data.stream import ingest_options
+    from pipelines.training.loop import train_loop
+    from pipelines.training.session import TrialResult, TrialSession
+    from pipelines.training.worker import started_stream
+
+    dataset.set_name("train")
+    dataset.context.execution_options = ingest_options(config, info)
+    session = TrialSession(run_folder, use_gpu)
+    train_loop(loop_config, started_stream(dataset, **loop_config["stream"]), session)
+    return TrialResult(session.metrics, session.checkpoint)

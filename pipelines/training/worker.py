@@ -18,9 +18,10 @@ def train_worker(loop_config: dict) -> None:
     import ray.train
 
     batches = started_stream(ray.train.get_dataset_shard("train"), **loop_config["stream"])
-    from pipelines.training.loop import train_loop_per_worker
+    from pipelines.training.loop import train_loop
+    from pipelines.training.session import WorkerSession
 
-    train_loop_per_worker(loop_config, batches)
+    train_loop(loop_config, batches, WorkerSession())
 
 
 def started_stream(shard, **options) -> Iterator[dict]:

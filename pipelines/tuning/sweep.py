@@ -22,14 +22,14 @@ from pipelines.config.schema import Config
 from pipelines.config.section import ConfigError
 from pipelines.storage.files import file_exists, filesystem, newest_folder_with, write_text
 from pipelines.storage.runs import RUN_FILE, read_run_file
-from pipelines.training.checks import check_job_locations, init_ray, required_cpus
+from pipelines.training.checks import check_job_locations, init_ray
 from pipelines.training.driver import torch_threads
 from pipelines.tuning.space import ROW_AXIS, Space, apply_values, load_space
 from pipelines.tuning.sweep_summary import errored_trials, summarise
-from pipelines.tuning.trials import child_runs, tree_value, trial_storage
+from pipelines.tuning.trials import child_runs, tree_value, trial_concurrency, trial_failures, trial_resources
+from pipelines.tuning.trials import trial_storage
 
 SWEEP_FILE = "sweep.json"
-TRIAL_ACTOR_MEMORY = 2**27  # the trial function only drives its TorchTrainer: no CPU, 128 MiB
 
 
 # What every trial needs to be comparable and cheap; `--set` can still change them.
@@ -46,25 +46,11 @@ def expected_trials(state: dict, space: Space) -> int:
     return state["num_samples"] * grid
 
 
-def trial_concurrency(config: Config, cluster: dict, wanted: Optional[int]) -> int:
-    """Trials that fit at once: each reserves its Train workers, augmentation actors and file listing
-    (and GPUs), so trials, Train workers and Ray Data never wait on each other's CPUs."""
-    fits = int(cluster.get("CPU", 0) // required_cpus(config))
-    uses_gpu = config.train.use_gpu if config.train.use_gpu is not None else cluster.get("GPU", 0) > 0
-    if uses_gpu:
-        fits = min(fits, int(cluster.get("GPU", 0) // config.train.num_workers))
-    if fits < 1:
-        raise ConfigError(f"one trial reserves {required_cpus(config):g} CPUs but the cluster has "
-                          f"{cluster.get('CPU', 0):g}: lower train.cpus_per_worker or data.augment_cpus")
-    return min(fits, wanted) if wanted else fits
-
-
 def run_trial(sampled: dict, base_tree: dict, rows: dict, sweep_name: str, parent_run_id: str, uri: str) -> None:
     """One trial: a whole pretraining (its own MLflow child run), reporting every epoch to Tune.
     A trial restarted by `--resume` continues its Train run and its MLflow run; one whose run had finished
     (Ctrl-C after its end, before Tune recorded it) reports what its run logged and trains nothing."""
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     from pipelines.pretraining.run import pretrain
     from pipelines.training.init_weights import RUN_PREFIX, run_folder
@@ -88,7 +74,7 @@ def run_trial(sampled: dict, base_tree: dict, rows: dict, sweep_name: str, paren
     tags = {"mlflow.parentRunId": parent_run_id, "sweep": sweep_name, "trial_id": trial_id}
     if ROW_AXIS in sampled:
         tags[ROW_AXIS] = sampled[ROW_AXIS]
-    pretrain(build_config(tree), resume, tags=tags, callbacks=[TuneReportCallback()], progress=False)
+    pretrain(build_config(tree), resume, tags=tags, trial=True, progress=False)
 
 
 def report_finished_run(run_file: dict) -> bool:
@@ -176,7 +162,7 @@ def run_sweep(state: dict, resume: bool = False) -> dict:
 
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base_tree=base_tree, rows=space.rows, sweep_name=name, parent_run_id=parent, uri=uri),
-        {"CPU": 0, "memory": TRIAL_ACTOR_MEMORY})
+        trial_resources(base, ray.cluster_resources()))
     try:
         if resume:
             tuner = tune.Tuner.restore(folder, trainable, resume_unfinished=True, resume_errored=True)
@@ -191,7 +177,8 @@ def run_sweep(state: dict, resume: bool = False) -> dict:
                     max_concurrent_trials=concurrency, reuse_actors=state["scheduler"] == "fifo",
                     search_alg=searcher(state["search"], space, base.train.seed),
                     scheduler=scheduler(state["scheduler"], base, state["grace_epochs"])),
-                run_config=tune.RunConfig(name=name, storage_path=base.train.storage_path, verbose=1))
+                run_config=tune.RunConfig(name=name, storage_path=base.train.storage_path, verbose=1,
+                                          failure_config=trial_failures(base)))
         results = tuner.fit()
     except KeyboardInterrupt:
         close_interrupted(client, state)

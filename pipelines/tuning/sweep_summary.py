@@ -25,7 +25,7 @@ def trial_rows(client, state: dict, space: Space, base: Config, results, errored
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
         statuses[trial_id] = "ERROR" if result.error else "DONE"
     storage = trial_storage(base, state["name"])
-    rows = []
+    rows, deadline = [], time.time() + 10  # one wait for all the stopped trials' own handlers
     for run in child_runs(client, state):
         trial_id = run.data.tags.get("trial_id", "?")
         try:
@@ -36,10 +36,11 @@ def trial_rows(client, state: dict, space: Space, base: Config, results, errored
                   for axis in space.axes}
         epochs = int(run.data.metrics.get("epoch", 0))
         status = "STOPPED" if "stopped_early" in run.data.tags else run.info.status
-        if statuses.get(trial_id) == "DONE" and status in ("RUNNING", "FAILED"):
+        if statuses.get(trial_id) == "DONE" and status in ("RUNNING", "FAILED", "KILLED"):
             # Tune stopped the trial after a report (ASHA; also at a rung on the last epoch): it kills the
-            # trial's process, or tears its Train run down first and pretrain marks the run FAILED, maybe only now.
-            run = settled(client, run.info.run_id)
+            # trial's process, or ends its training thread (SystemExit: pretrain marks the run KILLED) or tears its
+            # Train run down (pretrain marks it FAILED), maybe only now.
+            run = settled(client, run.info.run_id, deadline)
             status = "STOPPED" if epochs < base.train.epochs else "FINISHED"
             if status == "STOPPED":
                 client.set_tag(run.info.run_id, "stopped_early", f"by {state['scheduler']} after epoch {epochs} "
@@ -76,10 +77,10 @@ def errored_trials(saved: list) -> list[tuple[str, dict, str]]:
     return found
 
 
-def settled(client, run_id: str, seconds: float = 10.0):
-    """The run once a stopped trial's own `pretrain` is done with it: its failure handler may still be marking
-    it FAILED (a relabel before that would be undone, as CI once saw); a trial killed outright leaves it RUNNING."""
-    deadline = time.time() + seconds
+def settled(client, run_id: str, deadline: float):
+    """The run once a stopped trial's own `pretrain` is done with it (or at `deadline`): its failure handler may still
+    be marking it FAILED (a relabel before that would be undone, as CI once saw); a trial killed outright (one that
+    trained in its Tune actor) leaves it RUNNING."""
     run = client.get_run(run_id)
     while run.info.status == "RUNNING" and time.time() < deadline:
         time.sleep(0.5)

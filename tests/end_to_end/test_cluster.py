@@ -254,6 +254,7 @@ def test_a_submitted_job_trains_on_two_nodes_from_object_storage_and_a_node_lost
         _, run = finished_run(cluster["mlflow"], "node-lost")
         nodes = run.data.tags["worker_nodes"].split(",")
         assert len(nodes) == 2 and nodes[0] != nodes[1] and second[0] in nodes  # one worker on each node
+        assert run.data.tags["trained_in"] == "ray train workers"
         assert run.info.artifact_uri.startswith("s3://ssl/mlflow/")
         for pid in node_processes(second[0]):
             os.kill(pid, signal.SIGKILL)

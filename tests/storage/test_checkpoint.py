@@ -98,3 +98,25 @@ def test_each_worker_reads_a_downloaded_checkpoint_from_a_folder_of_its_own(tmp_
         assert folder == str(stored)
     with worker_checkpoint_folder(None) as folder:
         assert folder is None
+
+
+def test_a_trial_stores_its_checkpoint_where_ray_train_would_keeps_the_last_and_resumes_from_it(tmp_path):
+    """A sweep trial of one worker (pipelines/training/session.py) writes its checkpoints into the run's folder named
+    as Ray Train names them, after any of Train's, keeps only the newest, and resumes from the newest."""
+    from pipelines.storage.files import latest_checkpoint, store_checkpoint
+    from pipelines.training.session import TrialSession
+
+    run = tmp_path / "runs" / "trial-1"
+    trains = run / "checkpoint_2000-01-01_00-00-00.000001"  # one Ray Train wrote
+    trains.mkdir(parents=True)
+    assert TrialSession(str(run), use_gpu=False).checkpoint.path == str(trains)
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "state.pt").write_bytes(b"state")
+    stored = store_checkpoint(str(run), str(local))
+    assert latest_checkpoint(str(run)) == stored and (Path(stored) / "state.pt").read_bytes() == b"state"
+    assert [path.name for path in run.iterdir()] == [Path(stored).name]
+    session = TrialSession(str(run), use_gpu=False)
+    assert session.checkpoint.path == stored and session.device == torch.device("cpu")
+    assert (session.rank, session.world_size, session.local_world_size) == (0, 1, 1)
+    assert TrialSession(str(tmp_path / "runs" / "new"), use_gpu=False).checkpoint is None

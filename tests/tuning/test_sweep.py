@@ -1,5 +1,6 @@
-"""Sweeps for real: Ray Tune trials that each fit a TorchTrainer on a Fashion-MNIST slice, their MLflow
+"""Sweeps for real: Ray Tune trials that each train on a Fashion-MNIST slice in their Tune actor, their MLflow
 parent and child runs, ASHA's early stop, bad spaces."""
+import json
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from pipelines import sweep
 from pipelines.config.load import load_config
 from pipelines.config.project import PROJECT_ROOT
 from pipelines.config.section import ConfigError
-from pipelines.tuning.sweep import trial_concurrency
+from pipelines.tuning.trials import trial_concurrency
 from tests.helpers import mlflow_store, tiny_overrides
 
 SIMCLR_SPACE = str(PROJECT_ROOT / "tune_spaces" / "simclr.yaml")
@@ -42,7 +43,7 @@ def test_a_sweep_runs_its_trials_as_child_runs_asha_stops_the_ones_sure_to_lose_
     image, so they predict that image's class for every query (about 10 %): each starts only when an earlier
     trial has left, which had recorded the first rung, so each loses that rung for certain and Tune stops it. The
     fifth starts in the place of a stopped one (Tune reusing such a trial's actor failed the next trial: CI saw
-    it). A stopped trial's MLflow run is FINISHED (not FAILED, though Tune tore its Train run down), tagged
+    it). A stopped trial's MLflow run is FINISHED (not FAILED, though Tune ended its process), tagged
     `stopped_early`, with the weights of its last epoch. Of the first two, whichever comes second to a rung below
     the other may be stopped too; one of them always runs to the end, and the best trial (the longest run, then
     the highest objective) becomes the sweep's preset. 4 epochs, not 2: an epoch here takes 2 s, and with 2 the
@@ -74,6 +75,11 @@ def test_a_sweep_runs_its_trials_as_child_runs_asha_stops_the_ones_sure_to_lose_
         assert [m.step for m in curve] == [4 * (epoch + 1) for epoch in range(epochs)]
         assert all(0 < m.value <= 1 for m in curve)
         assert ("stopped_early" in run.data.tags) == (epochs < 4) and "failure_reason" not in run.data.tags
+        # one worker: the trial trained in its Tune actor (no Train run), its last checkpoint where Train's would be
+        assert run.data.tags["trained_in"] == "tune trial"
+        checkpoints = list((tmp_path / "runs" / "asha" / "trials" / run.info.run_name).glob("checkpoint_*"))
+        assert len(checkpoints) == 1 and json.loads((checkpoints[0] / "backbone.json").read_text())["epochs"] in (
+            epochs - 1, epochs)  # a trial stopped between logging an epoch and storing its checkpoint has the one before
         if epochs < 4:
             assert run.data.tags["stopped_early"] == f"by asha after epoch {epochs} of 4"
         last_report.append(curve[-1].timestamp)
