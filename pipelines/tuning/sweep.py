@@ -171,9 +171,9 @@ def run_sweep(state: dict, resume: bool = False) -> dict:
                 trainable, param_space=space.param_space(),
                 tune_config=tune.TuneConfig(
                     metric=space.objective, mode="max", num_samples=state["num_samples"],
-                    # a trial's actor serves the next (4.5 s a trial, benchmarks/sweep_overhead.py), except under
-                    # ASHA: a trial it stopped still tears its Train run down, and reusing that actor failed the
-                    # next trial (the reset waits 2 s for the thread)
+                    # a trial's actor, imports done, serves the next (benchmarks/sweep_overhead.py), except under
+                    # ASHA: a trial it stopped trains on (or tears its Train run down) until its actor ends, and
+                    # reusing that actor failed the next trial (the reset waits 2 s for the thread)
                     max_concurrent_trials=concurrency, reuse_actors=state["scheduler"] == "fifo",
                     search_alg=searcher(state["search"], space, base.train.seed),
                     scheduler=scheduler(state["scheduler"], base, state["grace_epochs"])),
