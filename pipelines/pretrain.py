@@ -54,7 +54,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except RunFailed as error:
-        print(f"run failed: {error} (the MLflow run is marked FAILED with this reason)", file=sys.stderr)
+        print(f"run failed: {error} (the MLflow run is marked FAILED with this reason, and its artifact failure.txt "
+              "holds the traceback)", file=sys.stderr)
         return 1
     except (KeyboardInterrupt, SystemExit):  # Ray Train answers Ctrl+C with sys.exit(0): say so, exit as Ctrl+C does
         name = resume or (config and config.tracking.run_name) or "last"

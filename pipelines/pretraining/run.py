@@ -9,6 +9,7 @@ import json
 import logging
 import shutil
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -111,7 +112,7 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
         raise
     except Exception as error:
         reason = failure_reason(error)
-        fail_run(client, run_id, reason)
+        fail_run(client, run_id, reason, details=traceback.format_exc())
         raise RunFailed(reason) from error
     finally:
         if baseline:

@@ -98,8 +98,14 @@ def log_dataset(client: MlflowClient, run_id: str, path: str, info) -> None:
     client.log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])])
 
 
-def fail_run(client: MlflowClient, run_id: str, reason: str, status: str = "FAILED") -> None:
+FAILURE_FILE = "failure.txt"
+
+
+def fail_run(client: MlflowClient, run_id: str, reason: str, status: str = "FAILED", details: str = "") -> None:
+    """`reason` as the run's tag; `details` (a traceback) as its artifact failure.txt."""
     client.set_tag(run_id, "failure_reason", reason[:5000])
+    if details:
+        client.log_text(run_id, details, FAILURE_FILE)
     client.set_terminated(run_id, status)
 
 

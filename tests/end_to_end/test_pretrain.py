@@ -213,6 +213,8 @@ def test_failing_run_is_marked_failed_with_the_reason(ray_session, fmnist_slice,
     assert run.info.status == "FAILED"
     assert run.data.tags["failure_reason"] == str(error.value)
     assert "parquet" in str(error.value).lower()
+    details = client.download_artifacts(run.info.run_id, "failure.txt", str(tmp_path))  # the traceback, for a bug
+    assert "Traceback" in Path(details).read_text() and "parquet" in Path(details).read_text().lower()
 
 
 def photo_shards(root: Path, labelled: bool) -> str:
