@@ -146,11 +146,12 @@ def dataloader_rate(recipe: str, store: str, rounds: int = 2) -> float:
     """Images per CPU-second of a DataLoader with one worker process running the same function."""
     import torch
 
-    from benchmarks.throughput import EncodedImages
+    from benchmarks.throughput import AugmentCollate, EncodedImages
 
     images = stored_images(store) * rounds
     loader = torch.utils.data.DataLoader(EncodedImages(images), batch_size=BATCH, num_workers=1,
-                                         collate_fn=Collate(recipe, store), prefetch_factor=4)
+                                         collate_fn=AugmentCollate(one_thread_augmenter, recipe, store),
+                                         prefetch_factor=4)
     children, started, count = resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time(), 0
     for batch in loader:
         count += len(batch["view_0"])
@@ -160,15 +161,10 @@ def dataloader_rate(recipe: str, store: str, rounds: int = 2) -> float:
     return count / (time.process_time() - started + child)
 
 
-class Collate:
-    def __init__(self, recipe: str, store: str):
-        self.recipe, self.store, self.augment = recipe, store, None
-
-    def __call__(self, images: list[bytes]) -> dict:
-        if self.augment is None:  # built in the worker process
-            cv2.setNumThreads(1)
-            self.augment = augmenter(self.recipe, self.store)
-        return self.augment({"image": np.array(images, dtype=object)})
+def one_thread_augmenter(recipe: str, store: str) -> AugmentBatch:
+    """`augmenter` with OpenCV on one thread, as in the augmentation actors (built in a DataLoader's worker)."""
+    cv2.setNumThreads(1)
+    return augmenter(recipe, store)
 
 
 def ingested(folder: Path, out: Path, shorter_side=None) -> str:

@@ -75,18 +75,20 @@ class EncodedImages(torch.utils.data.Dataset):
 
 
 class AugmentCollate:
-    def __init__(self, config: Config, channels: int):
-        self.config, self.channels, self.augment = config, channels, None
+    """A DataLoader's collate_fn: the augmentation `make(*arguments)` builds, on a batch of encoded images."""
+
+    def __init__(self, make, *arguments):
+        self.make, self.arguments, self.augment = make, arguments, None
 
     def __call__(self, encoded: list[bytes]) -> dict:
         if self.augment is None:  # built in the worker process
-            self.augment = augmenter(self.config, self.channels)
+            self.augment = self.make(*self.arguments)
         return self.augment({"image": np.array(encoded, dtype=object)})
 
 
 def dataloader_loop(config: Config, encoded: list[bytes], channels: int, normalize: Normalizer) -> float:
     loader = torch.utils.data.DataLoader(EncodedImages(encoded), batch_size=config.data.batch_size, shuffle=True,
-                                         drop_last=True, num_workers=1, collate_fn=AugmentCollate(config, channels),
+                                         drop_last=True, num_workers=1, collate_fn=AugmentCollate(augmenter, config, channels),
                                          prefetch_factor=4, persistent_workers=False)
     return timed_steps(config, channels, loader, len(encoded) // config.data.batch_size, normalize)
 
