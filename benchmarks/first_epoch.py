@@ -11,7 +11,6 @@ Ray Data's coordinator, the Train worker). Ends with `first epoch / second: R`.
 import argparse
 import collections
 import tempfile
-import threading
 import time
 
 from benchmarks.run_phases import RayProcesses
@@ -24,16 +23,14 @@ SHOWN = {"AugmentBatch": "augment", "SplitCoordinator": "coordinator", "RayTrain
 
 class Timeline(RayProcesses):
     """Every Ray process's CPU seconds so far, every 0.5 s, with the time."""
+    every = 0.5
 
-    def start(self) -> None:
-        self.points, self.running = [], True
-        self.thread = threading.Thread(target=self.watch, daemon=True)
-        self.thread.start()
+    def __init__(self):
+        super().__init__()
+        self.points = []
 
-    def watch(self) -> None:
-        while self.running:
-            self.points.append((time.time(), self.sample()))
-            time.sleep(0.5)
+    def record(self, sample: dict[int, tuple[str, float]]) -> None:
+        self.points.append((time.time(), sample))
 
     def cores(self, start: float, end: float) -> dict[str, float]:
         """{process name: cores used} between two times (the nearest samples); `SHOWN`'s names match any process
@@ -68,8 +65,7 @@ def main() -> None:
     timeline.start()
     started = time.time()
     result = pretrain(load_config(args.config, sets), verbose=False, progress=False)
-    timeline.running = False
-    timeline.thread.join()
+    timeline.stop()
     client = MlflowClient(result.tracking_uri)
 
     def history(key):

@@ -69,6 +69,8 @@ class RayProcesses:
     less than that may be missed): what each used from `start` to `stop`, by its name (a pooled worker's
     name changes to its actor's when it becomes one)."""
 
+    every = 0.1  # seconds between samples
+
     def __init__(self):
         self.samples, self.running = {}, False
 
@@ -92,8 +94,11 @@ class RayProcesses:
 
     def watch(self) -> None:
         while self.running:
-            self.samples.update(self.sample())
-            time.sleep(0.1)
+            self.record(self.sample())
+            time.sleep(self.every)
+
+    def record(self, sample: dict[int, tuple[str, float]]) -> None:
+        self.samples.update(sample)
 
     def stop(self) -> dict[str, tuple[int, float]]:
         """{name: (processes, CPU seconds)}, the most CPU first."""
