@@ -120,3 +120,25 @@ def test_a_trial_stores_its_checkpoint_where_ray_train_would_keeps_the_last_and_
     assert session.checkpoint.path == stored and session.device == torch.device("cpu")
     assert (session.rank, session.world_size, session.local_world_size) == (0, 1, 1)
     assert TrialSession(str(tmp_path / "runs" / "new"), use_gpu=False).checkpoint is None
+
+
+@pytest.mark.slow
+def test_a_trials_checkpoint_goes_to_object_storage_too(s3_server, tmp_path, monkeypatch):
+    """The same on S3 (moto): stored under the run's prefix, the older one removed, found again by the next session."""
+    from pipelines.storage.files import latest_checkpoint, store_checkpoint
+    from pipelines.training.session import TrialSession
+
+    for key, value in s3_server["env"].items():
+        if key.startswith(("AWS_", "MLFLOW_S3")):
+            monkeypatch.setenv(key, value)
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "state.pt").write_bytes(b"first")
+    first = store_checkpoint("s3://test/runs/trial-1", str(local))
+    (local / "state.pt").write_bytes(b"second")
+    second = store_checkpoint("s3://test/runs/trial-1", str(local))
+    assert first != second and latest_checkpoint("s3://test/runs/trial-1") == second
+    with s3_server["fs"].open_input_stream(second.removeprefix("s3://") + "/state.pt") as stream:
+        assert stream.read() == b"second"
+    assert not s3_server["fs"].get_file_info(first.removeprefix("s3://") + "/state.pt").is_file
+    assert TrialSession("s3://test/runs/trial-1", use_gpu=False).checkpoint.path == second.removeprefix("s3://")
