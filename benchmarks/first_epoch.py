@@ -5,20 +5,24 @@
 `make run`'s preset (a fresh Ray started by the run, as the command does) for 2 epochs on the first `--limit` training
 images, every step logged (`train.log_every=1`). From MLflow: when each step ended (its metrics' time stamps), how long
 the loop waited for its batch (`train/data_seconds`) and how long the step took (`train/step_seconds`); from the
-process table, sampled every 0.5 s, the cores each of Ray's processes used in that window (the augmentation actor,
-Ray Data's coordinator, the Train worker). Ends with `first epoch / second: R`.
+process table, sampled every 0.5 s, the cores each process used in that window (the augmentation actor, Ray Data's
+coordinator, and the Train worker or this process, where a run of one worker trains). Ends with `first epoch / second: R`.
 """
 import argparse
 import collections
+import os
 import tempfile
 import time
+
+import psutil
 
 from benchmarks.run_phases import RayProcesses
 from pipelines.config.load import load_config
 from pipelines.config.project import PROJECT_ROOT
 from pipelines.pretraining.run import pretrain
 
-SHOWN = {"AugmentBatch": "augment", "SplitCoordinator": "coordinator", "RayTrainWorker": "train worker"}
+SHOWN = {"AugmentBatch": "augment", "SplitCoordinator": "coordinator", "RayTrainWorker": "train worker",
+         "driver": "driver (trains one worker)"}
 
 
 class Timeline(RayProcesses):
@@ -30,7 +34,8 @@ class Timeline(RayProcesses):
         self.points = []
 
     def record(self, sample: dict[int, tuple[str, float]]) -> None:
-        self.points.append((time.time(), sample))
+        own = psutil.Process().cpu_times()  # a run of one worker trains in this process (pipelines/training/session.py)
+        self.points.append((time.time(), {**sample, os.getpid(): ("driver", own.user + own.system)}))
 
     def cores(self, start: float, end: float) -> dict[str, float]:
         """{process name: cores used} between two times (the nearest samples); `SHOWN`'s names match any process

@@ -3,10 +3,11 @@ Fashion-MNIST, 2 steps), with the seconds of each phase of `pipelines.pretrain` 
 
     .venv/bin/python -m benchmarks.run_phases [--runs 3] [--set key=value ...]
 
-Ray is started first, as the test session does, so the figures are what one Ray Train run costs inside the
-suite or inside a study (each row of a study is such a run). The training itself is 2 steps: the rest is the
-fixed cost of processes starting (Train controller, worker, Ray Data's coordinator and actors), each importing
-torch and timm: after each run, the CPU seconds of every Ray process it used, by the name Ray gives it
+Ray is started first, as the test session does, so the figures are what one run costs inside the suite or a
+notebook (a run of one worker trains in this process: pipelines/training/session.py; `--set train.num_workers=2`
+measures a Ray Train run, whose controller and workers start for each run). The training itself is 2 steps: the
+rest is the fixed cost of what starts (Ray Data's reader and augmentation actor; Train's processes, each importing
+torch and timm): after each run, the CPU seconds of every Ray process it used, by the name Ray gives it
 (`ray::<actor class>`; `IDLE`: a pooled worker that ran tasks), the floor a run pays.
 """
 import argparse

@@ -51,15 +51,21 @@ def latest_checkpoint(run_folder: str) -> Optional[str]:
     return f"{run_folder.rstrip('/')}/{names[-1]}" if names else None
 
 
+STORED_MARK = ".stored"
+
+
 def store_checkpoint(run_folder: str, folder: str) -> str:
     """Copies a checkpoint folder into the run's folder under the name Ray Train gives one (`checkpoint_<time>`,
-    so `latest_checkpoint` finds it among Train's), then removes the run's older ones; where it now is."""
+    so `latest_checkpoint` finds it among Train's), marks it whole (`STORED_MARK`), then removes the run's older
+    ones; where it now is."""
     import datetime
 
     fs, base = filesystem(run_folder)
     name = f"checkpoint_{datetime.datetime.now().strftime('%Y-%m-%d_%H-%M-%S.%f')}"
     fs.create_dir(f"{base}/{name}", recursive=True)
     pafs.copy_files(folder, f"{base}/{name}", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    with fs.open_output_stream(f"{base}/{name}/{STORED_MARK}"):  # written last: the copy is whole
+        pass
     for info in fs.get_file_info(pafs.FileSelector(base)):
         if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_") and info.base_name < name:
             fs.delete_dir(info.path)

@@ -38,11 +38,13 @@ class ProgressBoard:
         return self.state, self.messages[since:]
 
 
-def say(line: str, board=None) -> None:
-    """A message for the worker's log and, through the board, for the person running the run."""
+def say(line: str, board=None, echo: bool = True) -> None:
+    """A message for the worker's log (`echo`: not where this process is the driver drawing the board) and, through
+    the board, for the person running the run."""
     # Ray Train patches print() to go through a logger that echoes it twice on the driver.
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+    if echo:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
     if board is not None:
         board.message.remote(line)
 

@@ -22,6 +22,20 @@ def trains_in_trial(config: Config) -> bool:
     return config.train.num_workers == 1
 
 
+def trains_here(config: Config, trial: bool) -> bool:
+    """Whether the run trains in this process (pipelines/training/session.py): one worker, and a sweep trial (whose
+    Tune actor reserves it) or a driver on a one-machine Ray it did not join through RAY_ADDRESS (as under `ray job
+    submit`) that asks Ray Train for no retries (`train.max_failures`)."""
+    if not trains_in_trial(config) or trial:
+        return trains_in_trial(config)
+    import ray
+
+    from pipelines.cluster.start import cluster_address
+
+    alive = [node for node in ray.nodes() if node["Alive"]]
+    return config.train.max_failures == 0 and cluster_address() is None and len(alive) == 1
+
+
 def init_ray(config: Config, verbose: bool = True) -> None:
     """Joins RAY_ADDRESS's cluster, else starts a local instance with enough logical CPUs for the run
     (threads are set explicitly, so logical CPUs only decide what may be scheduled together). Not

@@ -101,12 +101,16 @@ class MetricWindow:
 def train_loop(loop_config: dict, batches: Iterable[dict], session) -> None:
     """Trains on `batches` (`train_worker.started_stream` of this worker's shard, every epoch in one stream: see
     pipelines/data/row_groups.py; a resumed run reads it from its start) where `session` runs it (a
-    `WorkerSession` or `TrialSession`: its rank, device, checkpoint to resume from, and reports)."""
+    `WorkerSession` or `ProcessSession`: its rank, device, checkpoint to resume from, and reports)."""
     config = Config.model_validate(loop_config["config"])
     info = DatasetInfo(**loop_config["dataset"])
     steps_per_epoch, epochs = loop_config["steps_per_epoch"], config.train.epochs
     rank, world_size = session.rank, session.world_size
     board = loop_config.get("progress_board") if rank == 0 else None  # pipelines/tracking/progress.py
+    echo = session.echo or board is None  # the driver that trains draws its board; its console gets no step lines
+
+    def tell(line: str, to_board: bool = True) -> None:
+        say(line, board if to_board else None, echo)
     # the cores of this node are shared by the workers on this node, not by every worker of the run
     torch.set_num_threads(torch_threads(session.local_world_size, config.train.torch_threads))
     device = session.device
@@ -125,7 +129,7 @@ def train_loop(loop_config: dict, batches: Iterable[dict], session) -> None:
         if not restored["rng_restored"]:  # more workers than when the checkpoint was written
             seed_everything(config.train.seed + rank + 7919 * step)
         if rank == 0:
-            say(f"resumed from checkpoint: epoch {start_epoch}, step {step}", board)
+            tell(f"resumed from checkpoint: epoch {start_epoch}, step {step}")
 
     is_chief = rank == 0
     logger = MetricLogger(loop_config["tracking_uri"], loop_config["mlflow_run_id"]) if is_chief else None
@@ -174,8 +178,9 @@ def train_loop(loop_config: dict, batches: Iterable[dict], session) -> None:
                 if is_chief:
                     logger.log(averaged, step)
                     elapsed = time.time() - started
-                    say(f"epoch {epoch + 1}/{epochs} step {index + 1}/{steps_per_epoch} "
-                        f"loss {averaged['train/loss']:.4f} lr {averaged['train/lr']:.2e} {seen / elapsed:.0f} img/s")
+                    tell(f"epoch {epoch + 1}/{epochs} step {index + 1}/{steps_per_epoch} "
+                         f"loss {averaged['train/loss']:.4f} lr {averaged['train/lr']:.2e} {seen / elapsed:.0f} img/s",
+                         to_board=False)
                     if board is not None:
                         left = (epochs - epoch - 1) * steps_per_epoch + steps_per_epoch - index - 1
                         board.update.remote({"epoch": epoch + 1, "epochs": epochs, "step": index + 1,
@@ -190,7 +195,7 @@ def train_loop(loop_config: dict, batches: Iterable[dict], session) -> None:
         if world_size > 1:
             metrics["replicas_identical"] = float(len(set(gather_objects(replica_fingerprint(method, probe)))) == 1)
             if not metrics["replicas_identical"] and is_chief:
-                say("warning: the workers' copies of the method differ (targets, teachers or queues out of sync)", board)
+                tell("warning: the workers' copies of the method differ (targets, teachers or queues out of sync)")
         if evaluator and config.eval.every_epochs and ((epoch + 1) % config.eval.every_epochs == 0 or last):
             metrics.update(evaluator.online(method.backbone, views[:2] if method.num_views >= 2 else []))
         if picture_images is not None and ((epoch + 1) % config.eval.picture_every == 0 or last):
@@ -199,13 +204,13 @@ def train_loop(loop_config: dict, batches: Iterable[dict], session) -> None:
         if is_chief:
             logger.log(metrics, step)
             logger.flush()
-            say(f"epoch {epoch + 1}/{epochs} done in {seconds:.0f}s: {fmt(metrics)}", board)
+            tell(f"epoch {epoch + 1}/{epochs} done in {seconds:.0f}s: {fmt(metrics)}")
         blocked = report(session, method, optimizer, step, epoch + 1, metrics, is_chief, config, info)
         if is_chief:
             logger.log({"checkpoint_seconds": blocked}, step)  # how long training waited for the checkpoint
             logger.flush()
     if start_epoch >= epochs and is_chief:
-        say(f"nothing to train: the checkpoint already holds {start_epoch} of {epochs} epochs", board)
+        tell(f"nothing to train: the checkpoint already holds {start_epoch} of {epochs} epochs")
 
 
 def probe_step(probe: OnlineProbe, tap: FirstOutput, method, first_view: torch.Tensor, labels: torch.Tensor,

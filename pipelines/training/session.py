@@ -1,12 +1,15 @@
-"""Where the training loop runs: in a Ray Train worker, or in the Tune actor of a sweep trial of one worker.
+"""Where the training loop runs: in Ray Train's workers, or in this process when a run has one worker.
 
-A trial of one worker does not start a Train controller, worker group, placement-group cleaner or synchronisation
-actor of its own (about 10 s of a 2-core machine before every trial's first step: BENCHMARKS.md, "Sweep trials").
-It runs the same loop in its Tune actor, which Tune hands on to the next trial of a FIFO sweep, imports and all,
-reads the Dataset's stream itself (no split coordinator), reports each epoch to Tune (ASHA sees it), and writes
-its checkpoints where Ray Train writes them (`<storage>/<run>/checkpoint_<time>`, the last one kept), so a trial's
-run is resumed, evaluated or started from as any other. Train's retries are Tune's there: a failed trial
-restarts from its last checkpoint (`tune.FailureConfig(max_failures=train.max_failures)`)."""
+A run of one worker needs no Train controller, worker group, placement-group cleaner, synchronisation actor or
+split coordinator: started for every run, they cost about 10 s of a 2-core machine before its first step
+(BENCHMARKS.md, "Test suite" and "Sweep trials"). Such a run trains in the process that asked for it: a sweep
+trial's Tune actor (which reserves the worker's CPUs and GPU, and which Tune hands on to the next trial of a FIFO
+sweep, imports and all), or the driver of a run on a Ray it has to itself on one machine (`trains_here`). The loop
+is the same; it reads the Dataset's stream itself, reports each epoch to Tune in a trial, and writes its checkpoints
+where Ray Train writes them (`<storage>/<run>/checkpoint_<time>`, the last one kept), so the run is resumed,
+evaluated or started from as any other, by either. What Train's controller adds is handled: a trial is retried by
+Tune from its last checkpoint (`tune.FailureConfig(max_failures=train.max_failures)`), and a run that asks for
+retries (`train.max_failures`), joins a cluster or has more workers trains in Ray Train."""
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,20 +19,22 @@ import ray.train
 import ray.train.torch
 import torch
 
-from pipelines.storage.files import latest_checkpoint, store_checkpoint
+from pipelines.storage.files import STORED_MARK, file_exists, latest_checkpoint, store_checkpoint
+
+TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # written by Ray Train once it has registered a checkpoint
 
 
 class WorkerSession:
     """A Ray Train worker's: rank, device and the checkpoint to resume from as Train gives them; reports go to Train's
     controller, which uploads the checkpoint."""
-    kind = "ray train workers"
+    kind, echo = "ray train workers", True  # a worker's output is its log
 
-    def __init__(self):
+    def __init__(self, run_folder: str):
         context = ray.train.get_context()
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
         self.local_world_size = context.get_local_world_size()
         self.device = ray.train.torch.get_device()
-        self.checkpoint = ray.train.get_checkpoint()
+        self.checkpoint = ray.train.get_checkpoint() or unrecorded_checkpoint(run_folder)
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return ray.train.torch.prepare_model(model)
@@ -41,13 +46,24 @@ class WorkerSession:
             upload.upper()], delete_local_checkpoint_after_upload=True)
 
 
-class TrialSession:
-    """A one-worker sweep trial's own process (its Tune actor reserves the worker's CPUs and GPU)."""
-    kind = "tune trial"
+def unrecorded_checkpoint(run_folder: str) -> Optional[ray.train.Checkpoint]:
+    """The newest checkpoint of a run that Ray Train has no record of (no snapshot of its checkpoint manager): one
+    written in a process session, which a Train run resuming it (more workers, a cluster) then starts from."""
+    latest = latest_checkpoint(run_folder)
+    if latest is None or file_exists(f"{run_folder.rstrip('/')}/{TRAIN_SNAPSHOT}") or not file_exists(
+            f"{latest}/{STORED_MARK}"):  # Train's own, or one Train's upload may have left half-written
+        return None
+    return ray.train.Checkpoint(latest)
+
+
+class ProcessSession:
+    """A run of one worker in this process: a sweep trial's Tune actor (`trial`) or the driver."""
     rank, world_size, local_world_size = 0, 1, 1
 
-    def __init__(self, run_folder: str, use_gpu: bool):
-        self.run_folder = run_folder
+    def __init__(self, run_folder: str, use_gpu: bool, trial: bool = False):
+        self.run_folder, self.trial = run_folder, trial
+        self.kind = "tune trial" if trial else "driver"
+        self.echo = trial  # a trial's output is its log; the driver's console shows the progress line
         self.device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")  # Ray shows the trial its GPU only
         latest = latest_checkpoint(run_folder)
         self.checkpoint = ray.train.Checkpoint(latest) if latest else None
@@ -58,17 +74,18 @@ class TrialSession:
 
     def report(self, metrics: dict, folder: Optional[Path], upload: str) -> None:
         """Stores the checkpoint before Tune hears of the epoch (a trial Tune stops then has it)."""
-        from ray import tune
-
         if folder:
             self.checkpoint = ray.train.Checkpoint(store_checkpoint(self.run_folder, str(folder)))
             shutil.rmtree(folder, ignore_errors=True)
         self.metrics = metrics
-        tune.report(metrics)
+        if self.trial:
+            from ray import tune
+
+            tune.report(metrics)
 
 
 @dataclass
-class TrialResult:
-    """What `TrialSession` ends with, as Ray Train's Result holds it for a Train run."""
+class ProcessResult:
+    """What `ProcessSession` ends with, as Ray Train's Result holds it for a Train run."""
     metrics: dict
     checkpoint: Optional[ray.train.Checkpoint]

@@ -21,25 +21,26 @@ def random_init_backbone(config: Config, info, spe: int, teacher=None) -> str:
 
 def fit(config: Config, info, spe: int, run_name: str, run_id: str, uri: str, dataset, trial: bool = False,
         progress: bool = True):
-    """Trains the run in a TorchTrainer of `train.num_workers` workers; a Tune trial's (`trial`) reports each epoch to
-    Tune, and one of a single worker trains in this process instead (pipelines/training/session.py)."""
+    """Trains the run: in this process where it can (`checks.trains_here`: one worker, a sweep trial or a one-machine
+    Ray; pipelines/training/session.py), else in a TorchTrainer of `train.num_workers` workers; a Tune trial's
+    (`trial`) reports each epoch to Tune."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
     from pipelines.data.stream import ingest_config
     from pipelines.training import driver as train_driver
-    from pipelines.training.checks import trains_in_trial
+    from pipelines.training.checks import trains_here
     from pipelines.training.worker import stream_options, train_worker
 
     use_gpu = config.train.use_gpu
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     stream = stream_options(config.data.batch_size, config.data.shuffle_buffer, config.data.prefetch_batches, use_gpu)
+    run_folder = f"{config.train.storage_path.rstrip('/')}/{run_name}"
     loop_config = {"config": config.model_dump(mode="json"), "dataset": asdict(info), "steps_per_epoch": spe,
-                   "mlflow_run_id": run_id, "tracking_uri": uri, "stream": stream}
-    if trial and trains_in_trial(config):
-        return fit_in_trial(config, info, loop_config, dataset, f"{config.train.storage_path.rstrip('/')}/{run_name}",
-                            use_gpu)
+                   "mlflow_run_id": run_id, "tracking_uri": uri, "stream": stream, "run_folder": run_folder}
+    if trains_here(config, trial):
+        return fit_here(config, info, loop_config, dataset, use_gpu, trial, progress)
     callbacks = []
     if trial:
         from ray.tune.integration.ray_train import TuneReportCallback
@@ -59,15 +60,22 @@ def fit(config: Config, info, spe: int, run_name: str, run_id: str, uri: str, da
     )
 
 
-def fit_in_trial(config: Config, info, loop_config: dict, dataset, run_folder: str, use_gpu: bool):
-    """The loop in this Tune trial's process, on the dataset's stream as Train would give its one worker."""
+def fit_here(config: Config, info, loop_config: dict, dataset, use_gpu: bool, trial: bool, progress: bool):
+    """The loop in this process, on the dataset's stream as Train would give its one worker, under the progress
+    line (a driver's)."""
+    from contextlib import nullcontext
+
     from pipelines.data.stream import ingest_options
+    from pipelines.tracking.progress import ProgressLine, start_board
     from pipelines.training.loop import train_loop
-    from pipelines.training.session import TrialResult, TrialSession
+    from pipelines.training.session import ProcessResult, ProcessSession
     from pipelines.training.worker import started_stream
 
     dataset.set_name("train")
     dataset.context.execution_options = ingest_options(config, info)
-    session = TrialSession(run_folder, use_gpu)
-    train_loop(loop_config, started_stream(dataset, **loop_config["stream"]), session)
-    return TrialResult(session.metrics, session.checkpoint)
+    dataset.context.enable_progress_bars = False  # the run's own progress line, or a trial's log
+    session = ProcessSession(loop_config["run_folder"], use_gpu, trial)
+    board = start_board() if progress and not trial else None
+    with ProgressLine(board) if board else nullcontext():
+        train_loop({**loop_config, "progress_board": board}, started_stream(dataset, **loop_config["stream"]), session)
+    return ProcessResult(session.metrics, session.checkpoint)

@@ -21,7 +21,7 @@ def train_worker(loop_config: dict) -> None:
     from pipelines.training.loop import train_loop
     from pipelines.training.session import WorkerSession
 
-    train_loop(loop_config, batches, WorkerSession())
+    train_loop(loop_config, batches, WorkerSession(loop_config["run_folder"]))
 
 
 def started_stream(shard, **options) -> Iterator[dict]:

@@ -86,6 +86,8 @@ def test_one_epoch_run_logs_metrics_config_and_loadable_weights(first_run, ray_s
     assert [(tag.key, tag.value) for tag in dataset.tags] == [("mlflow.data.context", "training")]
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True).stdout
     assert run.data.tags["mlflow.source.git.commit"] == commit.strip() and run.data.tags["mlflow.source.type"] == "LOCAL"
+    assert run.data.tags["trained_in"] == "driver"  # one worker on a Ray of one machine: no Train run to start
+    assert len(list((folder / "runs" / outcome.run_name).glob("checkpoint_*"))) == 1  # where Ray Train keeps its last
     losses = client.get_metric_history(run.info.run_id, "train/loss")
     assert [m.step for m in losses] == [2, 4, 6, 8]
     assert all(m.value > 0 for m in losses)
@@ -109,11 +111,6 @@ def test_one_epoch_run_logs_metrics_config_and_loadable_weights(first_run, ray_s
     model.load_state_dict(safetensors.torch.load_file(local / "backbone.safetensors"))
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, meta["feature_dim"])
     assert outcome.metrics["step"] == 8
-    # Ray started on one machine: Train's one-machine settings (pipelines/cluster/start.py), no preemption watcher
-    assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
-    address = ray_session.get_runtime_context().gcs_address  # this session's Ray, not the newest on the machine
-    assert not list_actors(address=address, filters=[("class_name", "=", "PreemptionWatcher")])
-    assert list_actors(address=address, filters=[("class_name", "=", "TrainController")])  # the query sees the run
 
 
 def test_the_backbone_is_an_mlflow_model_that_loads_outside_the_project_and_embeds(first_run, fmnist_slice, tmp_path):
@@ -160,10 +157,11 @@ def test_the_backbone_is_an_mlflow_model_that_loads_outside_the_project_and_embe
 
 def test_ctrl_c_marks_the_run_killed_and_resume_continues_the_step_count_in_the_same_mlflow_run(
         first_run, ray_session):
-    """`--resume tiny` for a second epoch in a process of its own, Ctrl+C (SIGINT) once it has resumed: Ray Train
+    """`--resume tiny` for a second epoch in a process of its own that joins the session's Ray (a Ray Train run, from
+    the checkpoint the first run stored from its driver), Ctrl+C (SIGINT) once it has resumed: Ray Train
     2.60's driver answers it by aborting the run and calling sys.exit(0) (DataParallelTrainer's SIGINT handler), the
     run is marked KILLED and the command exits 130 saying how to continue; then `--resume` again finishes it in
-    the same MLflow run, every step logged once."""
+    the same MLflow run (in this process: from the same checkpoint), every step logged once."""
     outcome, folder, uri = first_run
     storage = ["--set", "train.epochs=2", "--set", f"train.storage_path={folder / 'runs'}"]
     process = subprocess.Popen([sys.executable, "-m", "pipelines.pretrain", "--resume", "tiny", *storage],
@@ -186,6 +184,12 @@ def test_ctrl_c_marks_the_run_killed_and_resume_continues_the_step_count_in_the_
     client = MlflowClient(uri)
     run = client.get_run(outcome.run_id)
     assert run.info.status == "KILLED" and run.data.tags["failure_reason"] == "interrupted by the user"
+    # that command joined the session's Ray (RAY_ADDRESS): a Ray Train run, resumed from the checkpoint the first run
+    # wrote in its driver, with Train's one-machine settings (pipelines/cluster/start.py): no preemption watcher
+    assert os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
+    address = ray_session.get_runtime_context().gcs_address  # this session's Ray, not the newest on the machine
+    assert not list_actors(address=address, filters=[("class_name", "=", "PreemptionWatcher")])
+    assert list_actors(address=address, filters=[("class_name", "=", "TrainController")])  # the query sees the run
 
     config, name = resolve_config(parse_args(["--resume", "tiny", *storage]))
     assert name == "tiny" and config.data.limit == 512

@@ -104,29 +104,36 @@ def test_a_trial_stores_its_checkpoint_where_ray_train_would_keeps_the_last_and_
     """A sweep trial of one worker (pipelines/training/session.py) writes its checkpoints into the run's folder named
     as Ray Train names them, after any of Train's, keeps only the newest, and resumes from the newest."""
     from pipelines.storage.files import latest_checkpoint, store_checkpoint
-    from pipelines.training.session import TrialSession
+    from pipelines.training.session import ProcessSession, unrecorded_checkpoint
 
     run = tmp_path / "runs" / "trial-1"
     trains = run / "checkpoint_2000-01-01_00-00-00.000001"  # one Ray Train wrote
     trains.mkdir(parents=True)
-    assert TrialSession(str(run), use_gpu=False).checkpoint.path == str(trains)
+    assert ProcessSession(str(run), use_gpu=False).checkpoint.path == str(trains)
     local = tmp_path / "local"
     local.mkdir()
     (local / "state.pt").write_bytes(b"state")
     stored = store_checkpoint(str(run), str(local))
     assert latest_checkpoint(str(run)) == stored and (Path(stored) / "state.pt").read_bytes() == b"state"
-    assert [path.name for path in run.iterdir()] == [Path(stored).name]
-    session = TrialSession(str(run), use_gpu=False)
+    assert [path.name for path in run.iterdir()] == [Path(stored).name] and (Path(stored) / ".stored").is_file()
+    session = ProcessSession(str(run), use_gpu=False)
     assert session.checkpoint.path == stored and session.device == torch.device("cpu")
     assert (session.rank, session.world_size, session.local_world_size) == (0, 1, 1)
-    assert TrialSession(str(tmp_path / "runs" / "new"), use_gpu=False).checkpoint is None
+    assert ProcessSession(str(tmp_path / "runs" / "new"), use_gpu=False).checkpoint is None
+    # a Ray Train run resuming it starts from it, unless Train has a record of its own checkpoints
+    assert unrecorded_checkpoint(str(run)).path == stored
+    (run / "checkpoint_manager_snapshot.json").write_text("{}")
+    assert unrecorded_checkpoint(str(run)) is None
+    (run / "checkpoint_manager_snapshot.json").unlink()
+    (Path(stored) / ".stored").unlink()  # not known to be whole: an upload of Train's may have stopped halfway
+    assert unrecorded_checkpoint(str(run)) is None
 
 
 @pytest.mark.slow
 def test_a_trials_checkpoint_goes_to_object_storage_too(s3_server, tmp_path, monkeypatch):
     """The same on S3 (moto): stored under the run's prefix, the older one removed, found again by the next session."""
     from pipelines.storage.files import latest_checkpoint, store_checkpoint
-    from pipelines.training.session import TrialSession
+    from pipelines.training.session import ProcessSession
 
     for key, value in s3_server["env"].items():
         if key.startswith(("AWS_", "MLFLOW_S3")):
@@ -141,4 +148,4 @@ def test_a_trials_checkpoint_goes_to_object_storage_too(s3_server, tmp_path, mon
     with s3_server["fs"].open_input_stream(second.removeprefix("s3://") + "/state.pt") as stream:
         assert stream.read() == b"second"
     assert not s3_server["fs"].get_file_info(first.removeprefix("s3://") + "/state.pt").is_file
-    assert TrialSession("s3://test/runs/trial-1", use_gpu=False).checkpoint.path == second.removeprefix("s3://")
+    assert ProcessSession("s3://test/runs/trial-1", use_gpu=False).checkpoint.path == second.removeprefix("s3://")
