@@ -64,7 +64,7 @@ class ProcessSession:
         self.run_folder, self.trial = run_folder, trial
         self.kind = "tune trial" if trial else "driver"
         self.echo = trial  # a trial's output is its log; the driver's console shows the progress line
-        self.device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")  # Ray shows the trial its GPU only
+        self.device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")  # a trial sees its GPU only
         latest = latest_checkpoint(run_folder)
         self.checkpoint = ray.train.Checkpoint(latest) if latest else None
         self.metrics: dict = {}

@@ -1,4 +1,5 @@
-"""The pretraining's training: a TorchTrainer (workers, storage, the data stream) or, for a one-worker sweep trial, the loop in the trial's process; and the backbone as rank 0 initialises it (the random-init baseline)."""
+"""The pretraining's training: a TorchTrainer (workers, storage, the data stream) or, for a run of one worker, the loop
+in this process; and the backbone as rank 0 initialises it (the random-init baseline)."""
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
