@@ -1,7 +1,7 @@
 """Ray Tune sweeps (`python -m pipelines.sweep`): a sweep's state, its trials, resuming it.
 
-Each trial is a function that builds and fits a `TorchTrainer` (the Ray 2.60 pattern), so a trial
-may itself be multi-worker and multi-GPU. The objective is the online kNN accuracy the training
+Each trial is a whole pretraining: one of a single worker trains in its Tune actor (pipelines/training/session.py),
+one of several builds and fits a `TorchTrainer` (the Ray 2.60 pattern: multi-worker, multi-GPU). The objective is the online kNN accuracy the training
 loop reports every epoch. MLflow gets one parent run per sweep and one child run per trial; the
 parent ends with a table of trials, a plot of the objective against each axis and the best
 configuration, which is also written out as a preset for `pipelines.pretrain` (tuning.sweep_summary).
