@@ -1,4 +1,5 @@
 """Augmentation recipes (albumentations): each method's views of an HxWxC uint8 image."""
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -12,6 +13,8 @@ def import_albumentations():
     recipes use): in a process that has not imported torch (Ray Data's augmentation actors), importing torch
     for them cost 1.5 s of CPU and 450 MB. albumentations skips them on ImportError, which a None entry in
     sys.modules raises for the time of its import."""
+    # its import asks PyPI for a newer version, in every process (a 2 s timeout where PyPI does not answer)
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     if "albumentations" in sys.modules or "torch" in sys.modules:
         import albumentations
         return albumentations
