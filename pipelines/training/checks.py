@@ -1,6 +1,7 @@
 """What a pretraining checks before it starts (CPUs, locations every node sees, steps per epoch) and how it starts or joins Ray."""
 import math
 import os
+from typing import Optional
 
 from pipelines.config.project import IN_RAY_JOB_COPY, PROJECT_ROOT
 from pipelines.config.schema import Config
@@ -20,6 +21,17 @@ def trains_in_trial(config: Config) -> bool:
     """Whether a sweep trial of this configuration trains in its own Tune actor (one worker:
     pipelines/training/session.py) or drives a TorchTrainer (several workers, which Train starts and keeps in step)."""
     return config.train.num_workers == 1
+
+
+def uses_gpu(config: Config, cluster: Optional[dict] = None) -> bool:
+    """`train.use_gpu`, or where it is unset whether the cluster has a GPU (`cluster`: its resources, else Ray's)."""
+    if config.train.use_gpu is not None:
+        return config.train.use_gpu
+    if cluster is None:
+        import ray
+
+        cluster = ray.cluster_resources()
+    return cluster.get("GPU", 0) > 0
 
 
 def trains_here(config: Config, trial: bool) -> bool:

@@ -25,17 +25,14 @@ def fit(config: Config, info, spe: int, run_name: str, run_id: str, uri: str, da
     """Trains the run: in this process where it can (`checks.trains_here`: one worker, a sweep trial or a one-machine
     Ray; pipelines/training/session.py), else in a TorchTrainer of `train.num_workers` workers; a Tune trial's
     (`trial`) reports each epoch to Tune."""
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
     from pipelines.data.stream import ingest_config
     from pipelines.training import driver as train_driver
-    from pipelines.training.checks import trains_here
+    from pipelines.training.checks import trains_here, uses_gpu
     from pipelines.training.worker import stream_options, train_worker
 
-    use_gpu = config.train.use_gpu
-    if use_gpu is None:
-        use_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    use_gpu = uses_gpu(config)
     stream = stream_options(config.data.batch_size, config.data.shuffle_buffer, config.data.prefetch_batches, use_gpu)
     run_folder = f"{config.train.storage_path.rstrip('/')}/{run_name}"
     loop_config = {"config": config.model_dump(mode="json"), "dataset": asdict(info), "steps_per_epoch": spe,

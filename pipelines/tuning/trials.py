@@ -4,13 +4,9 @@ from typing import Optional
 
 from pipelines.config.schema import Config
 from pipelines.config.section import ConfigError
-from pipelines.training.checks import required_cpus, trains_in_trial
+from pipelines.training.checks import required_cpus, trains_in_trial, uses_gpu
 
 TRIAL_ACTOR_MEMORY = 2**27  # a trial that only drives its TorchTrainer: no CPU, 128 MiB
-
-
-def uses_gpu(config: Config, cluster: dict) -> bool:
-    return config.train.use_gpu if config.train.use_gpu is not None else cluster.get("GPU", 0) > 0
 
 
 def trial_resources(config: Config, cluster: dict) -> dict:

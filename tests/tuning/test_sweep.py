@@ -11,7 +11,7 @@ from pipelines import sweep
 from pipelines.config.load import load_config
 from pipelines.config.project import PROJECT_ROOT
 from pipelines.config.section import ConfigError
-from pipelines.tuning.trials import trial_concurrency
+from pipelines.tuning.trials import trial_concurrency, trial_resources
 from tests.helpers import mlflow_store, tiny_overrides
 
 SIMCLR_SPACE = str(PROJECT_ROOT / "tune_spaces" / "simclr.yaml")
@@ -155,6 +155,14 @@ def test_trial_concurrency_follows_the_cluster_cpus_and_gpus():
     assert trial_concurrency(gpus, {"CPU": 64, "GPU": 4}, None) == 2
     with pytest.raises(ConfigError, match="train.cpus_per_worker"):
         trial_concurrency(config, {"CPU": 1.5}, None)
+
+
+def test_a_trial_of_one_worker_reserves_its_worker_and_a_gpu_where_the_run_would_use_one():
+    one = load_config(None)
+    assert trial_resources(one, {"CPU": 8}) == {"CPU": 0.5, "GPU": 0}
+    assert trial_resources(one, {"CPU": 8, "GPU": 1}) == {"CPU": 0.5, "GPU": 1}  # train.use_gpu unset: the cluster's
+    assert trial_resources(load_config(None, ["train.use_gpu=false"]), {"CPU": 8, "GPU": 1})["GPU"] == 0
+    assert trial_resources(load_config(None, ["train.num_workers=2"]), {"CPU": 8, "GPU": 1})["CPU"] == 0
 
 
 def test_a_knn_objective_on_data_without_labels_is_refused_and_the_objective_can_be_replaced(tmp_path, capsys):
