@@ -1,6 +1,8 @@
 """Every use of a private Ray API (Ray 2.60) in the project, each with the public API it waits for: a Ray upgrade
 that moves one breaks it here and nowhere else (tests/test_imports.py holds the rest of the project to that)."""
-from typing import Optional
+import functools
+import warnings
+from typing import Callable, Optional
 
 import ray.data
 
@@ -20,6 +22,17 @@ def with_execution_callback(dataset: ray.data.Dataset, callback: type[ExecutionC
     context = dataset.context
     context.custom_execution_callback_classes = [*context.custom_execution_callback_classes, callback]
     return dataset
+
+
+def without_actor_restarts(map_batches: Callable[..., ray.data.Dataset]) -> Callable[..., ray.data.Dataset]:
+    """`Dataset.map_batches` whose actors Ray does not start again when they die. Waits for: a named max_restarts
+    parameter (Ray 2.60 takes it only among the `**ray_remote_args` it deprecates for 2.64, and warns)."""
+    @functools.wraps(map_batches)
+    def mapped(*arguments, **options) -> ray.data.Dataset:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            return map_batches(*arguments, **options, max_restarts=0)
+    return mapped
 
 
 def execution_index(data_context: Optional[ray.data.DataContext]) -> int:

@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 import ray.data
 
-from pipelines.cluster.ray_compat import ExecutionCallback, with_execution_callback
+from pipelines.cluster.ray_compat import ExecutionCallback, with_execution_callback, without_actor_restarts
 from pipelines.config.schema import Config
 from pipelines.data.augment_batch import AugmentBatch
 from pipelines.data.row_groups import ShuffledRowGroups
@@ -59,12 +59,14 @@ def train_rows(config: Config, info: DatasetInfo, columns=("image",), epochs: in
     return ray.data.read_datasource(source, num_cpus=config.data.read_cpus)
 
 
-def training_dataset(config: Config, info: DatasetInfo) -> ray.data.Dataset:
-    """Every epoch of the run in one stream of augmented views (the loop cuts it into epochs)."""
+def training_dataset(config: Config, info: DatasetInfo, restarts: bool = True) -> ray.data.Dataset:
+    """Every epoch of the run in one stream of augmented views (the loop cuts it into epochs). Without `restarts` an
+    augmentation actor that dies fails the stream (a run that retries nothing) instead of being started again."""
     data = config.data
     pool = ray.data.ActorPoolStrategy(min_size=data.augment_actors, max_size=augment_pool_max(config))
     columns = ("image", "label") if info.labelled else ("image",)
-    return poll_gently(train_rows(config, info, columns, config.train.epochs)).map_batches(
+    rows = poll_gently(train_rows(config, info, columns, config.train.epochs))
+    return (rows.map_batches if restarts else without_actor_restarts(rows.map_batches))(
         AugmentBatch,
         fn_constructor_kwargs=augment_arguments(config, info),
         batch_size=min(data.batch_size, 256),

@@ -69,7 +69,6 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
         spe, previous, uri, teacher = checks.result()
     from mlflow.tracking import MlflowClient
 
-    from pipelines.data.stream import training_dataset
     from pipelines.features.extract import eval_plan
     from pipelines.tracking.mlflow_runs import fail_run, log_dataset, start_run
     from pipelines.tracking.pictures import augmented_views_grid
@@ -98,7 +97,7 @@ def pretrain(config: Config, resume: Optional[str] = None, tags: Optional[dict] 
         baseline = random_init_backbone(config, info, spe, teacher) if info.labelled and config.eval.baseline \
             and not resume and config.eval.final_protocols else None
         teacher = None  # the workers load their own
-        result = fit(config, info, spe, run_name, run_id, uri, training_dataset(config, info), trial, progress)
+        result = fit(config, info, spe, run_name, run_id, uri, trial, progress)
         with result.checkpoint.as_directory() as folder:
             for name in ("backbone.safetensors", "backbone.json"):
                 client.log_artifact(run_id, str(Path(folder) / name), "backbone")

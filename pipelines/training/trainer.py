@@ -20,14 +20,14 @@ def random_init_backbone(config: Config, info, spe: int, teacher=None) -> str:
     return folder
 
 
-def fit(config: Config, info, spe: int, run_name: str, run_id: str, uri: str, dataset, trial: bool = False,
+def fit(config: Config, info, spe: int, run_name: str, run_id: str, uri: str, trial: bool = False,
         progress: bool = True):
     """Trains the run: in this process where it can (`checks.trains_here`: one worker, a sweep trial or a one-machine
     Ray; pipelines/training/session.py), else in a TorchTrainer of `train.num_workers` workers; a Tune trial's
     (`trial`) reports each epoch to Tune."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
-    from pipelines.data.stream import ingest_config
+    from pipelines.data.stream import ingest_config, training_dataset
     from pipelines.training import driver as train_driver
     from pipelines.training.checks import trains_here, uses_gpu
     from pipelines.training.worker import stream_options, train_worker
@@ -38,7 +38,10 @@ def fit(config: Config, info, spe: int, run_name: str, run_id: str, uri: str, da
     loop_config = {"config": config.model_dump(mode="json"), "dataset": asdict(info), "steps_per_epoch": spe,
                    "mlflow_run_id": run_id, "tracking_uri": uri, "stream": stream, "run_folder": run_folder}
     if trains_here(config, trial):
-        return fit_here(config, info, loop_config, dataset, use_gpu, trial, progress)
+        # actors made in this process that Ray may restart put an error line on its console (their constructor's
+        # arguments are in the object store); a run here retries nothing (train.max_failures=0), Tune retries a trial
+        return fit_here(config, info, loop_config, training_dataset(config, info, restarts=False), use_gpu, trial,
+                        progress)
     callbacks = []
     if trial:
         from ray.tune.integration.ray_train import TuneReportCallback
@@ -53,7 +56,7 @@ def fit(config: Config, info, spe: int, run_name: str, run_id: str, uri: str, da
                              checkpoint_config=CheckpointConfig(num_to_keep=1),
                              failure_config=FailureConfig(max_failures=config.train.max_failures),
                              callbacks=callbacks),
-        datasets={"train": dataset},
+        datasets={"train": training_dataset(config, info)},
         dataset_config=ingest_config(config, info),
     )
 

@@ -1,5 +1,7 @@
 import gc
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -8,6 +10,7 @@ import pytest
 import torch
 
 from pipelines.config.load import load_config
+from pipelines.config.project import PROJECT_ROOT
 from pipelines.data.augment_batch import view_column
 from pipelines.data.store import read_info
 from pipelines.data.stream import training_dataset
@@ -30,6 +33,30 @@ def test_ray_data_yields_two_differently_augmented_views(ray_session, fmnist_sli
     assert set(batch) == {view_column(0), view_column(1), "label"}  # labels ride along for the batch-mix signal
     assert batch["label"].shape == (32,) and 0 <= int(batch["label"].min()) and int(batch["label"].max()) < 10
 
+
+
+def test_a_stream_whose_actors_are_not_restarted_puts_no_error_on_the_console_of_the_process_that_made_them(
+        ray_session, fmnist_slice):
+    """A run that trains in its driver makes Ray Data's actors there. For actors it may restart, Ray's core worker
+    tells that process's console once, at error level, that their constructor's arguments are in the object store.
+    Each stream in a fresh process that joins the session's Ray."""
+    script = ("import sys, ray\n"
+              "from pipelines.config.load import load_config\n"
+              "from pipelines.data.store import read_info\n"
+              "from pipelines.data.stream import training_dataset\n"
+              "ray.init(address=sys.argv[1])\n"
+              f"config = load_config(None, ['data.path={fmnist_slice}', 'data.limit=128'])\n"
+              "stream = training_dataset(config, read_info(config.data.path), restarts=sys.argv[2] == 'yes')\n"
+              "assert len(next(iter(stream.iter_batches(batch_size=32)))['view_0']) == 32\n")
+
+    def console(restarts: str) -> str:
+        done = subprocess.run([sys.executable, "-c", script, ray_session.get_runtime_context().gcs_address, restarts],
+                              cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stderr
+
+    assert "constructor arguments in the object store" in console("yes")  # Ray's default: restarted
+    assert "core_worker" not in console("no")
 
 
 def cpu_seconds(pid: int) -> float:
