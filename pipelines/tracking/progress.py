@@ -1,7 +1,8 @@
 """What a person sees while a run trains: one line that updates in place (epoch, step, images/second,
 loss, time left) and the few messages worth keeping (resumed from a checkpoint, each epoch's results).
 
-The chief worker posts to a small actor on the driver's node; a thread of the driver reads it and draws.
+The chief worker posts to a small actor on the driver's node (to a board in the driver where the driver trains); a
+thread of the driver reads it and draws.
 On a terminal the line is redrawn in place; elsewhere (a `ray job submit` log, a file) it is printed
 as a plain line every `plain_every` seconds, so logs stay short and readable.
 """
@@ -36,6 +37,30 @@ class ProgressBoard:
 
     def read(self, since: int) -> tuple[dict, list[str]]:
         return self.state, self.messages[since:]
+
+
+class BoardHere:
+    """The board in this process, for a driver that trains its one worker and draws the line: called as the actor's
+    handle is (`board.update.remote(state)`), answered at once. Not an actor, whose process would start beside Ray
+    Data's at the run's start (1-2 s later to the first step on 2 cores)."""
+
+    def __init__(self):
+        board = ProgressBoard()
+        for name in ("update", "message", "read"):
+            setattr(self, name, Answered(getattr(board, name)))
+
+
+class Answered:
+    def __init__(self, method: Callable):
+        self.remote = method
+
+
+def read_board(board, since: int) -> tuple[dict, list[str]]:
+    """The board's state and its messages from the `since`-th on."""
+    import ray
+
+    reply = board.read.remote(since)
+    return reply if isinstance(board, BoardHere) else ray.get(reply, timeout=10)
 
 
 def say(line: str, board=None, echo: bool = True) -> None:
@@ -107,10 +132,8 @@ class ProgressLine:
             self.poll()
 
     def poll(self) -> None:
-        import ray
-
         try:
-            state, messages = ray.get(self.board.read.remote(self.seen), timeout=10)
+            state, messages = read_board(self.board, self.seen)
         except Exception:  # the driver is shutting down, or Ray is: nothing to draw
             return
         self.seen += len(messages)

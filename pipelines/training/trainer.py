@@ -67,7 +67,7 @@ def fit_here(config: Config, info, loop_config: dict, dataset, use_gpu: bool, tr
     from contextlib import nullcontext
 
     from pipelines.data.stream import ingest_options
-    from pipelines.tracking.progress import ProgressLine, start_board
+    from pipelines.tracking.progress import BoardHere, ProgressLine
     from pipelines.training.loop import train_loop
     from pipelines.training.session import ProcessResult, ProcessSession
     from pipelines.training.worker import started_stream
@@ -76,7 +76,7 @@ def fit_here(config: Config, info, loop_config: dict, dataset, use_gpu: bool, tr
     dataset.context.execution_options = ingest_options(config, info)
     dataset.context.enable_progress_bars = False  # the run's own progress line, or a trial's log
     session = ProcessSession(loop_config["run_folder"], use_gpu, trial)
-    board = start_board() if progress and not trial else None
+    board = BoardHere() if progress and not trial else None
     with ProgressLine(board) if board else nullcontext():
         train_loop({**loop_config, "progress_board": board}, started_stream(dataset, **loop_config["stream"]), session)
     return ProcessResult(session.metrics, session.checkpoint)

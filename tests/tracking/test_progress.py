@@ -1,10 +1,11 @@
-"""The progress line: a real board actor, drawn in place on a terminal and as plain lines elsewhere."""
+"""The progress line: a real board actor (or the board of a driver that trains), drawn in place on a terminal and as
+plain lines elsewhere."""
 import io
 import time
 
 import pytest
 
-from pipelines.tracking.progress import ProgressLine, StepClock, progress_text, start_board
+from pipelines.tracking.progress import BoardHere, ProgressLine, StepClock, progress_text, start_board
 
 
 class Terminal(io.StringIO):
@@ -41,7 +42,15 @@ def test_the_time_left_follows_the_recent_steps_not_the_slow_start():
 
 @pytest.mark.slow
 def test_on_a_terminal_the_line_updates_in_place_and_messages_stay(ray_session):
-    board, screen = start_board(), Terminal()
+    drawn_in_place(start_board())
+
+
+def test_the_board_of_a_driver_that_trains_is_drawn_the_same_without_an_actor():
+    drawn_in_place(BoardHere())
+
+
+def drawn_in_place(board) -> None:
+    screen = Terminal()
     with ProgressLine(board, screen, every=0.05):
         board.update.remote(STATE)
         time.sleep(0.5)
