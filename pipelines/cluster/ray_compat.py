@@ -1,5 +1,6 @@
-"""Every use of a private Ray API (Ray 2.60) in the project, each with the public API it waits for: a Ray upgrade
-that moves one breaks it here and nowhere else (tests/test_imports.py holds the rest of the project to that)."""
+"""Every use of a private (or deprecated) Ray API (Ray 2.60) in the project, each with the public API it waits for: a
+Ray upgrade that moves one breaks it here and nowhere else (tests/test_imports.py holds the rest of the project to
+that)."""
 import functools
 import warnings
 from typing import Callable, Optional
