@@ -43,12 +43,18 @@ def newest_folder_with(root: str, file_name: str) -> Optional[str]:
     return max(found)[1] if found else None
 
 
-def latest_checkpoint(run_folder: str) -> Optional[str]:
-    """The newest `checkpoint_*` folder Ray Train wrote under a run's folder (a path or URI), or None."""
+def checkpoint_folders(run_folder: str) -> list[str]:
+    """The `checkpoint_*` folders under a run's folder (a path or URI), oldest first."""
     fs, base = filesystem(run_folder)
     names = sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
                    if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"))
-    return f"{run_folder.rstrip('/')}/{names[-1]}" if names else None
+    return [f"{run_folder.rstrip('/')}/{name}" for name in names]
+
+
+def latest_checkpoint(run_folder: str) -> Optional[str]:
+    """The newest `checkpoint_*` folder Ray Train wrote under a run's folder (a path or URI), or None."""
+    folders = checkpoint_folders(run_folder)
+    return folders[-1] if folders else None
 
 
 STORED_MARK = ".stored"

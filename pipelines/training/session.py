@@ -19,7 +19,7 @@ import ray.train
 import ray.train.torch
 import torch
 
-from pipelines.storage.files import STORED_MARK, file_exists, latest_checkpoint, store_checkpoint
+from pipelines.storage.files import STORED_MARK, checkpoint_folders, file_exists, store_checkpoint
 
 TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # written by Ray Train once it has registered a checkpoint
 
@@ -49,11 +49,21 @@ class WorkerSession:
 def unrecorded_checkpoint(run_folder: str) -> Optional[ray.train.Checkpoint]:
     """The newest checkpoint of a run that Ray Train has no record of (no snapshot of its checkpoint manager): one
     written in a process session, which a Train run resuming it (more workers, a cluster) then starts from."""
-    latest = latest_checkpoint(run_folder)
-    if latest is None or file_exists(f"{run_folder.rstrip('/')}/{TRAIN_SNAPSHOT}") or not file_exists(
-            f"{latest}/{STORED_MARK}"):  # Train's own, or one Train's upload may have left half-written
+    if file_exists(f"{run_folder.rstrip('/')}/{TRAIN_SNAPSHOT}"):  # Train resumes from its own
         return None
-    return ray.train.Checkpoint(latest)
+    found = resumable_checkpoint(run_folder)
+    return ray.train.Checkpoint(found) if found else None
+
+
+def resumable_checkpoint(run_folder: str) -> Optional[str]:
+    """The newest checkpoint known to be whole: marked so by a process session (`STORED_MARK`), or in a run Ray Train
+    has a record of, the newest. A copy stopped halfway (a trial's actor ended by Ctrl+C while it stored one) has
+    no mark: the one before it is taken, where a run of Train's own might be a half-finished upload too."""
+    recorded = file_exists(f"{run_folder.rstrip('/')}/{TRAIN_SNAPSHOT}")
+    for folder in reversed(checkpoint_folders(run_folder)):
+        if recorded or file_exists(f"{folder}/{STORED_MARK}"):
+            return folder
+    return None
 
 
 class ProcessSession:
@@ -65,8 +75,8 @@ class ProcessSession:
         self.kind = "tune trial" if trial else "driver"
         self.echo = trial  # a trial's output is its log; the driver's console shows the progress line
         self.device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")  # a trial sees its GPU only
-        latest = latest_checkpoint(run_folder)
-        self.checkpoint = ray.train.Checkpoint(latest) if latest else None
+        found = resumable_checkpoint(run_folder)
+        self.checkpoint = ray.train.Checkpoint(found) if found else None
         self.metrics: dict = {}
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:

@@ -107,9 +107,12 @@ def test_a_trial_stores_its_checkpoint_where_ray_train_would_keeps_the_last_and_
     from pipelines.training.session import ProcessSession, unrecorded_checkpoint
 
     run = tmp_path / "runs" / "trial-1"
-    trains = run / "checkpoint_2000-01-01_00-00-00.000001"  # one Ray Train wrote
+    trains = run / "checkpoint_2000-01-01_00-00-00.000001"  # one Ray Train wrote, and recorded
     trains.mkdir(parents=True)
+    (run / "checkpoint_manager_snapshot.json").write_text("{}")
     assert ProcessSession(str(run), use_gpu=False).checkpoint.path == str(trains)
+    (run / "checkpoint_manager_snapshot.json").unlink()
+    assert ProcessSession(str(run), use_gpu=False).checkpoint is None  # no record, no mark: maybe half-uploaded
     local = tmp_path / "local"
     local.mkdir()
     (local / "state.pt").write_bytes(b"state")
@@ -120,6 +123,12 @@ def test_a_trial_stores_its_checkpoint_where_ray_train_would_keeps_the_last_and_
     assert session.checkpoint.path == stored and session.device == torch.device("cpu")
     assert (session.rank, session.world_size, session.local_world_size) == (0, 1, 1)
     assert ProcessSession(str(tmp_path / "runs" / "new"), use_gpu=False).checkpoint is None
+    # a trial's actor ended while it stored its next checkpoint: the copy has no mark, the one before it is resumed
+    halfway = run / "checkpoint_2999-01-01_00-00-00.000001"
+    halfway.mkdir()
+    assert ProcessSession(str(run), use_gpu=False).checkpoint.path == stored
+    assert unrecorded_checkpoint(str(run)).path == stored
+    halfway.rmdir()
     # a Ray Train run resuming it starts from it, unless Train has a record of its own checkpoints
     assert unrecorded_checkpoint(str(run)).path == stored
     (run / "checkpoint_manager_snapshot.json").write_text("{}")
