@@ -19,7 +19,7 @@ import ray.train
 import ray.train.torch
 import torch
 
-from pipelines.storage.files import STORED_MARK, checkpoint_folders, file_exists, store_checkpoint
+from pipelines.storage.files import STORED_MARK, checkpoint_folders, file_exists, latest_checkpoint, store_checkpoint
 
 TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"  # written by Ray Train once it has registered a checkpoint
 
@@ -49,21 +49,24 @@ class WorkerSession:
 def unrecorded_checkpoint(run_folder: str) -> Optional[ray.train.Checkpoint]:
     """The newest checkpoint of a run that Ray Train has no record of (no snapshot of its checkpoint manager): one
     written in a process session, which a Train run resuming it (more workers, a cluster) then starts from."""
-    if file_exists(f"{run_folder.rstrip('/')}/{TRAIN_SNAPSHOT}"):  # Train resumes from its own
-        return None
-    found = resumable_checkpoint(run_folder)
+    found = None if train_recorded(run_folder) else marked_checkpoint(run_folder)  # Train resumes from its own
     return ray.train.Checkpoint(found) if found else None
 
 
 def resumable_checkpoint(run_folder: str) -> Optional[str]:
-    """The newest checkpoint known to be whole: marked so by a process session (`STORED_MARK`), or in a run Ray Train
-    has a record of, the newest. A copy stopped halfway (a trial's actor ended by Ctrl+C while it stored one) has
-    no mark: the one before it is taken, where a run of Train's own might be a half-finished upload too."""
-    recorded = file_exists(f"{run_folder.rstrip('/')}/{TRAIN_SNAPSHOT}")
-    for folder in reversed(checkpoint_folders(run_folder)):
-        if recorded or file_exists(f"{folder}/{STORED_MARK}"):
-            return folder
-    return None
+    """The newest checkpoint known to be whole: in a run Ray Train has a record of, its newest; else the newest a
+    process session marked whole. A copy stopped halfway (a trial's actor ended by Ctrl+C while it stored one) has
+    no mark, and the one before it is taken."""
+    return latest_checkpoint(run_folder) if train_recorded(run_folder) else marked_checkpoint(run_folder)
+
+
+def train_recorded(run_folder: str) -> bool:
+    return file_exists(f"{run_folder.rstrip('/')}/{TRAIN_SNAPSHOT}")
+
+
+def marked_checkpoint(run_folder: str) -> Optional[str]:
+    return next((folder for folder in reversed(checkpoint_folders(run_folder))
+                 if file_exists(f"{folder}/{STORED_MARK}")), None)
 
 
 class ProcessSession:
