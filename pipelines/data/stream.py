@@ -56,7 +56,14 @@ def train_rows(config: Config, info: DatasetInfo, columns=("image",), epochs: in
     row-group order, in one stream."""
     source = ShuffledRowGroups(split_files(config.data.path, "train"), list(columns), config.train.seed,
                                limited_rows(config, info), epochs)
-    return ray.data.read_datasource(source, num_cpus=config.data.read_cpus)
+    return ray.data.read_datasource(source, num_cpus=config.data.read_cpus, concurrency=read_tasks(config))
+
+
+def read_tasks(config: Config, cluster_cpus: Optional[float] = None) -> int:
+    """Read tasks at once (`data.read_tasks`): one per augmentation actor the pool may grow to. A row group is read
+    in milliseconds; unbounded, Ray Data ran up to 8 at once, each in a worker process it started for it, on the
+    cores training and augmentation need (the first batch of `make run` 4.5 s against 7.4 s later: BENCHMARKS.md)."""
+    return config.data.read_tasks or augment_pool_max(config, cluster_cpus)
 
 
 def training_dataset(config: Config, info: DatasetInfo, restarts: bool = True) -> ray.data.Dataset:
