@@ -64,9 +64,11 @@ class ShardWriter:
     """Writes rows into Parquet files of `rows_per_shard` rows, one row group at a time: it never holds
     more than `rows_per_group` images (plus the last table given to `add_table`)."""
 
-    def __init__(self, root: str, split: str, rows_per_shard: int = 10_000, rows_per_group: int = ROWS_PER_GROUP):
+    def __init__(self, root: str, split: str, rows_per_shard: int = 10_000, rows_per_group: int = ROWS_PER_GROUP,
+                 prefix: str = "part-"):
         self.fs, base = filesystem(split_path(root, split))
         self.base, self.split, self.rows_per_shard, self.rows_per_group = base, split, rows_per_shard, rows_per_group
+        self.prefix = prefix  # files are named prefix + their number (5 digits) + .parquet
         self.fs.create_dir(base, recursive=True)
         self.rows: list[dict] = []
         self.pending: Optional[pa.Table] = None
@@ -101,7 +103,8 @@ class ShardWriter:
                 final or len(self.pending) >= min(self.rows_per_group, self.rows_per_shard - self.in_shard)):
             size = min(self.rows_per_group, self.rows_per_shard - self.in_shard, len(self.pending))
             if self.writer is None:
-                self.writer = pq.ParquetWriter(f"{self.base}/part-{self.shards:05d}.parquet", SCHEMA, filesystem=self.fs)
+                self.writer = pq.ParquetWriter(f"{self.base}/{self.prefix}{self.shards:05d}.parquet", SCHEMA,
+                                               filesystem=self.fs)
                 self.shards += 1
             self.writer.write_table(self.pending.slice(0, size), row_group_size=self.rows_per_group)
             self.pending, self.in_shard = self.pending.slice(size), self.in_shard + size

@@ -1,13 +1,14 @@
 """Ingest of an image folder (local or an object-storage prefix) as a streaming Ray Data job.
 
 Ray tasks list the files (`pipelines.ingestion.listing`); Ray Data sorts them into a seeded random order (a hash
-of the seed and each name: classes mixed in every shard), and its tasks read, verify and measure each file; the
-driver streams the checked rows, in that order, into Parquet files one row group at a time. Memory stays flat
-however large the folder: the driver holds no list of names and no process more than a few batches of images.
-Every file that is not ingested is named with its reason in the report.
+of the seed and each name: classes mixed in every shard) and cuts that order into shards; one task per shard
+reads, verifies and measures its files and writes the kept ones to Parquet, one row group at a time, in a file
+named by its place in the order. The driver holds no list of names and no image: it adds up each shard's counts
+and skipped files. Every file that is not ingested is named with its reason in the report.
 """
 import hashlib
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -19,14 +20,13 @@ import pyarrow.compute as pc
 
 from pipelines.cluster.start import start_ray
 from pipelines.data.decode import ChannelStats, decode_reduced, is_grayscale, shrunk_copy, verified_size
-from pipelines.data.store import DatasetInfo, ShardWriter, write_info
+from pipelines.data.store import ROWS_PER_GROUP, DatasetInfo, ShardWriter, write_info
 from pipelines.ingestion.listing import Listed, is_uri, list_source, printable
 from pipelines.storage.files import filesystem, write_text
 
 STATS_SAMPLE = 500
 STATS_SIDE = 224  # the statistics' images decoded at a reduced scale down to this shorter side
 CHECK_BATCH = 128
-BLOCK_ROWS = 1024
 
 
 def with_order(table: pa.Table, seed: int, labels: list[str]) -> pa.Table:
@@ -75,6 +75,55 @@ def check_files(batch: dict[str, np.ndarray], min_size: int,
             "gray": np.array(gray), "side": np.array(sides, dtype=np.int64)}
 
 
+def store_shard(block: pa.Table, out: str, classes: int, min_size: int, shorter_side: Optional[int],
+                sample_share: float) -> pa.Table:
+    """Ray Data task, one per shard: checks the block's files (`check_files`, `CHECK_BATCH` at a time) and writes the
+    kept images, in the block's order, to one Parquet file per split named by its first row's place in the seeded
+    order (file names sort as the rows do), one row group at a time. Decodes `sample_share` of its rows for the
+    channel statistics (the order is random: a random sample). Returns one row: what the driver adds up, as JSON."""
+    writers, skipped, stats = {}, [], ChannelStats()
+    counts, gray, smallest, to_sample = np.zeros(classes, np.int64), True, None, math.ceil(sample_share * len(block))
+    for start in range(0, len(block), CHECK_BATCH):
+        chunk = block.slice(start, CHECK_BATCH)
+        checked = check_files({name: chunk[name].to_numpy(zero_copy_only=False) for name in chunk.column_names},
+                              min_size, shorter_side)
+        for path, reason in zip(checked["path"], checked["reason"]):
+            if reason:
+                skipped.append({"file": printable(os.fsdecode(bytes(path))), "reason": reason})
+        keep = np.flatnonzero(checked["reason"] == "")
+        if not len(keep):
+            continue
+        labels = checked["label"][keep]
+        counts += np.bincount(labels[labels >= 0], minlength=classes)
+        gray &= bool(checked["gray"][keep].all())
+        smallest = int(min(filter(None, (smallest, checked["side"][keep].min()))))
+        kept = pa.table({"image": pa.array(checked["image"][keep], pa.binary()),
+                         "label": pa.array(np.where(labels >= 0, labels, 0), pa.int32(), mask=labels < 0),
+                         "source": pa.array(checked["relative"][keep], pa.string()),
+                         "split": pa.array(checked["split"][keep], pa.string()),
+                         "order": pa.array(checked["order"][keep], pa.int64())})
+        for split in pc.unique(kept["split"]).to_pylist():
+            rows = kept.filter(pc.equal(kept["split"], split))
+            if split not in writers:
+                writers[split] = ShardWriter(out, split, len(block) + 1, prefix=f"part-{rows['order'][0].as_py() + 2**63:016x}-")
+            writers[split].add_table(rows)
+        for data in kept["image"].slice(0, to_sample).to_pylist():
+            stats.add(decode_reduced(data, 3, STATS_SIDE))
+            to_sample -= 1
+    for writer in writers.values():
+        writer.flush()
+    summary = {"rows": len(block), "skipped": skipped, "counts": counts.tolist(), "gray": gray, "smallest": smallest,
+               "splits": {split: writer.count for split, writer in writers.items()},
+               "stats": [stats.count, np.asarray(stats.sum).tolist(), np.asarray(stats.squares).tolist()]}
+    return pa.table({"summary": [json.dumps(summary)]})
+
+
+def shard_rows(rows_per_shard: int, files: int, cpus: float) -> int:
+    """Rows of a shard (one task checks and writes each): `rows_per_shard`, fewer where the folder is small, so that
+    every CPU of the cluster has a shard to work on (at least a row group's worth)."""
+    return max(1, min(rows_per_shard, max(ROWS_PER_GROUP, math.ceil(files / max(1.0, cpus)))))
+
+
 def classes_without_images(listed: Listed, labels: list[str], counts: np.ndarray) -> list[dict]:
     """Class folders that end with no image, and what becomes of each."""
     empty = []
@@ -104,51 +153,41 @@ def ingest_folder(
     labels = sorted(name for name, count in listed.class_files.items() if name and count)
     skipped, total = list(listed.skipped), listed.files + len(listed.skipped)
     print(f"  {total} entries listed in {time.time() - started:.1f}s; checking {listed.files} files", flush=True)
-    writers, sampled, stats, all_gray, smallest = {}, 0, ChannelStats(), True, None
+    splits, shards, stats, all_gray, smallest = {}, {}, ChannelStats(), True, None  # shards: files per split
     counts = np.zeros(len(labels), np.int64)
     if listed.files:
-        ray.data.DataContext.get_current().execution_options.preserve_order = True  # the seeded order
-        checked = ray.data.from_arrow_refs(tables).map_batches(
+        shards_wanted = math.ceil(listed.files / shard_rows(rows_per_shard, listed.files,
+                                                             ray.cluster_resources().get("CPU", 1)))
+        stored = ray.data.from_arrow_refs(tables).map_batches(
             with_order, fn_kwargs={"seed": seed, "labels": labels}, batch_format="pyarrow", batch_size=None,
-        ).sort("order").repartition(target_num_rows_per_block=BLOCK_ROWS).map_batches(
-            check_files, fn_kwargs={"min_size": min_size, "shorter_side": shorter_side}, batch_size=CHECK_BATCH,
-            batch_format="numpy")
+        ).sort(["split", "order"]).repartition(shards_wanted, shuffle=False).map_batches(  # equal sizes, in order
+            store_shard, fn_kwargs={"out": out, "classes": len(labels), "min_size": min_size,
+                                    "shorter_side": shorter_side, "sample_share": STATS_SAMPLE / listed.files},
+            batch_size=None, batch_format="pyarrow")
         seen, last_print = len(listed.skipped), time.time()
-        for batch in checked.iter_batches(batch_size=CHECK_BATCH * 4, batch_format="pyarrow", prefetch_batches=4):
-            bad = pc.not_equal(batch["reason"], "")
-            skipped += [{"file": printable(os.fsdecode(row["path"])), "reason": row["reason"]}
-                        for row in batch.filter(bad).select(["path", "reason"]).to_pylist()]
-            kept = batch.filter(pc.invert(bad))
-            if len(kept):
-                found = kept["label"].to_numpy()
-                counts += np.bincount(found[found >= 0], minlength=len(labels))
-                kept = kept.set_column(kept.schema.get_field_index("label"), "label", pc.if_else(
-                    pc.less(kept["label"], 0), pa.scalar(None, pa.int32()), kept["label"]))
-                for name in pc.unique(kept["split"]).to_pylist():
-                    if name not in writers:
-                        writers[name] = ShardWriter(out, name, rows_per_shard)
-                    writers[name].add_table(kept.filter(pc.equal(kept["split"], name)).rename_columns(
-                        ["source" if column == "relative" else column for column in kept.column_names]))
-                all_gray &= pc.all(kept["gray"]).as_py()
-                smallest = min(filter(None, (smallest, pc.min(kept["side"]).as_py())))
-                # the order is random: the first images are a random sample, decoded as training decodes them
-                # (16-bit images scaled to 8 bits, not clipped), as colour, one at a time
-                for data in kept["image"].slice(0, STATS_SAMPLE - sampled).to_pylist():
-                    stats.add(decode_reduced(data, 3, STATS_SIDE))
-                    sampled += 1
-            seen += len(batch)
+        for row in stored.iter_rows():
+            shard = json.loads(row["summary"])
+            skipped += shard["skipped"]
+            counts += np.asarray(shard["counts"], np.int64)
+            for name, count in shard["splits"].items():
+                splits[name], shards[name] = splits.get(name, 0) + count, shards.get(name, 0) + 1
+            if shard["splits"]:
+                all_gray &= shard["gray"]
+                smallest = min(filter(None, (smallest, shard["smallest"])))
+            stats.count += shard["stats"][0]
+            stats.sum, stats.squares = stats.sum + np.asarray(shard["stats"][1]), stats.squares + np.asarray(
+                shard["stats"][2])
+            seen += shard["rows"]
             if time.time() - last_print >= progress_every:
                 last_print = time.time()
-                print(f"  checked {seen}/{total} files ({len(skipped)} skipped), "
+                print(f"  checked and stored {seen}/{total} files ({len(skipped)} skipped), "
                       f"{seen / (last_print - started):.0f} files/s", flush=True)
-    if not writers:
+    if not splits:
         raise ValueError(f"no readable image in {source} ({len(skipped)} files skipped)")
+    skipped.sort(key=lambda entry: entry["file"])
     channels = 1 if all_gray else 3
-    splits = {}
-    for name, writer in writers.items():
-        writer.flush()
-        splits[name] = writer.count
-        print(f"  {name}: {writer.count} images in {writer.shards} shards")
+    for name in sorted(splits):
+        print(f"  {name}: {splits[name]} images in {shards[name]} shards")
     mean, std = stats.result(channels)
     info = DatasetInfo(str(source).rstrip("/").rsplit("/", 1)[-1], channels, splits, labels or None, mean, std,
                        skipped=len(skipped), min_side=smallest, shorter_side=shorter_side)

@@ -372,10 +372,26 @@ def test_a_class_sorted_folder_is_stored_in_a_seeded_order_that_mixes_the_classe
                                                       signed=True))
 
     assert read_split(sorted_shards, "train", ("source",)).column("source").to_pylist() == order(0)
-    info, skipped = ingest_folder(sorted_folder, str(tmp_path / "seed1"), rows_per_shard=100, seed=1)
+
+    def driver_writes(*args, **kwargs):
+        raise AssertionError("the driver writes a shard")
+    # Ray tasks write the shards: a ParquetWriter opened in this process (the driver) fails the ingest
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("pipelines.data.store.pq.ParquetWriter", driver_writes)
+        info, skipped = ingest_folder(sorted_folder, str(tmp_path / "seed1"), rows_per_shard=100, seed=1)
     assert info.splits == {"train": 480} and not skipped
     assert read_split(str(tmp_path / "seed1"), "train", ("source",)).column("source").to_pylist() == order(1)
     shards = sorted((tmp_path / "seed1" / "train").glob("*.parquet"))
     assert len(shards) == 5
     for shard in shards:
         assert len(set(pq.read_table(shard, columns=["label"]).column("label").to_pylist())) >= 8
+    assert [pq.ParquetFile(shard).metadata.num_rows for shard in shards] == [96] * 5  # 480 in 5 equal shards
+
+
+def test_shards_are_cut_so_that_every_cpu_has_one_but_never_above_rows_per_shard():
+    from pipelines.ingestion.folder import shard_rows
+
+    assert shard_rows(10_000, 1_000_000, 16) == 10_000
+    assert shard_rows(10_000, 20_000, 16) == 1_250  # 16 tasks
+    assert shard_rows(10_000, 480, 3) == 256  # not below a row group
+    assert shard_rows(100, 480, 3) == 100
