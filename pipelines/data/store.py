@@ -2,7 +2,8 @@
 
 <root>/dataset.json            name, channels, classes, split sizes, normalisation
 <root>/ingest_report.json      skipped files and why
-<root>/<split>/part-00000.parquet  columns: image (encoded bytes), label (int32, null when unknown), split, source
+<root>/<split>/part-*.parquet  columns: image (encoded bytes), label (int32, null when unknown), split, source
+                               (read in name order: part-00000.parquet...; a folder ingest's part-<place>-00000.parquet)
 Rows are written in a seeded random order, in row groups of `ROWS_PER_GROUP` images: training reads whole
 row groups in a new random order every epoch. Roots may be local paths or URIs pyarrow understands (s3://, gs://, ...).
 """

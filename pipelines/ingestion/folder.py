@@ -11,8 +11,9 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -75,47 +76,89 @@ def check_files(batch: dict[str, np.ndarray], min_size: int,
             "gray": np.array(gray), "side": np.array(sides, dtype=np.int64)}
 
 
+@dataclass
+class Tally:
+    """What the driver adds up of the shards' tasks: files checked, those skipped (with their reasons), images per
+    label, images stored and shard files written per split, whether every image was grey, the smallest shorter
+    side, and the channel statistics' sums."""
+    classes: int
+    rows: int = 0
+    skipped: list = field(default_factory=list)
+    counts: np.ndarray = None
+    stored: dict = field(default_factory=dict)
+    files: dict = field(default_factory=dict)
+    gray: bool = True
+    smallest: Optional[int] = None
+    stats: ChannelStats = field(default_factory=ChannelStats)
+
+    def __post_init__(self):
+        self.counts = np.zeros(self.classes, np.int64) if self.counts is None else np.asarray(self.counts, np.int64)
+
+    def add(self, other: "Tally") -> None:
+        self.rows += other.rows
+        self.skipped += other.skipped
+        self.counts += other.counts
+        for mine, theirs in ((self.stored, other.stored), (self.files, other.files)):
+            for split, count in theirs.items():
+                mine[split] = mine.get(split, 0) + count
+        self.gray &= other.gray
+        self.smallest = min(filter(None, (self.smallest, other.smallest)), default=None)
+        self.stats.count += other.stats.count
+        self.stats.sum, self.stats.squares = self.stats.sum + other.stats.sum, self.stats.squares + other.stats.squares
+
+    def as_row(self) -> pa.Table:
+        stats = [self.stats.count, np.asarray(self.stats.sum).tolist(), np.asarray(self.stats.squares).tolist()]
+        return pa.table({"tally": [json.dumps({
+            "rows": self.rows, "skipped": self.skipped, "counts": self.counts.tolist(), "stored": self.stored,
+            "files": self.files, "gray": self.gray, "smallest": self.smallest, "stats": stats})]})
+
+    @classmethod
+    def from_row(cls, text: str, classes: int) -> "Tally":
+        fields = json.loads(text)
+        count, sums, squares = fields.pop("stats")
+        tally = cls(classes, **fields)
+        tally.stats.count, tally.stats.sum, tally.stats.squares = count, np.asarray(sums), np.asarray(squares)
+        return tally
+
+
 def store_shard(block: pa.Table, out: str, classes: int, min_size: int, shorter_side: Optional[int],
-                sample_share: float) -> pa.Table:
+                sample_share: float) -> Iterator[pa.Table]:
     """Ray Data task, one per shard: checks the block's files (`check_files`, `CHECK_BATCH` at a time) and writes the
     kept images, in the block's order, to one Parquet file per split named by its first row's place in the seeded
     order (file names sort as the rows do), one row group at a time. Decodes `sample_share` of its rows for the
-    channel statistics (the order is random: a random sample). Returns one row: what the driver adds up, as JSON."""
-    writers, skipped, stats = {}, [], ChannelStats()
-    counts, gray, smallest, to_sample = np.zeros(classes, np.int64), True, None, math.ceil(sample_share * len(block))
+    channel statistics (the order is random: a random sample). Yields a `Tally` row per `CHECK_BATCH` files (the
+    driver's progress), then one of the files written."""
+    writers, to_sample = {}, math.ceil(sample_share * len(block))
     for start in range(0, len(block), CHECK_BATCH):
         chunk = block.slice(start, CHECK_BATCH)
         checked = check_files({name: chunk[name].to_numpy(zero_copy_only=False) for name in chunk.column_names},
                               min_size, shorter_side)
-        for path, reason in zip(checked["path"], checked["reason"]):
-            if reason:
-                skipped.append({"file": printable(os.fsdecode(bytes(path))), "reason": reason})
+        tally = Tally(classes, len(chunk), [{"file": printable(os.fsdecode(bytes(path))), "reason": reason}
+                                            for path, reason in zip(checked["path"], checked["reason"]) if reason])
         keep = np.flatnonzero(checked["reason"] == "")
-        if not len(keep):
-            continue
-        labels = checked["label"][keep]
-        counts += np.bincount(labels[labels >= 0], minlength=classes)
-        gray &= bool(checked["gray"][keep].all())
-        smallest = int(min(filter(None, (smallest, checked["side"][keep].min()))))
-        kept = pa.table({"image": pa.array(checked["image"][keep], pa.binary()),
-                         "label": pa.array(np.where(labels >= 0, labels, 0), pa.int32(), mask=labels < 0),
-                         "source": pa.array(checked["relative"][keep], pa.string()),
-                         "split": pa.array(checked["split"][keep], pa.string()),
-                         "order": pa.array(checked["order"][keep], pa.int64())})
-        for split in pc.unique(kept["split"]).to_pylist():
-            rows = kept.filter(pc.equal(kept["split"], split))
-            if split not in writers:
-                writers[split] = ShardWriter(out, split, len(block) + 1, prefix=f"part-{rows['order'][0].as_py() + 2**63:016x}-")
-            writers[split].add_table(rows)
-        for data in kept["image"].slice(0, to_sample).to_pylist():
-            stats.add(decode_reduced(data, 3, STATS_SIDE))
-            to_sample -= 1
+        if len(keep):
+            labels = checked["label"][keep]
+            tally.counts += np.bincount(labels[labels >= 0], minlength=classes)
+            tally.gray, tally.smallest = bool(checked["gray"][keep].all()), int(checked["side"][keep].min())
+            kept = pa.table({"image": pa.array(checked["image"][keep], pa.binary()),
+                             "label": pa.array(np.where(labels >= 0, labels, 0), pa.int32(), mask=labels < 0),
+                             "source": pa.array(checked["relative"][keep], pa.string()),
+                             "split": pa.array(checked["split"][keep], pa.string()),
+                             "order": pa.array(checked["order"][keep], pa.int64())})
+            for split in pc.unique(kept["split"]).to_pylist():
+                rows = kept.filter(pc.equal(kept["split"], split))
+                if split not in writers:
+                    place = rows["order"][0].as_py() + 2**63  # the order's hash as an unsigned number: names sort
+                    writers[split] = ShardWriter(out, split, len(block) + 1, prefix=f"part-{place:016x}-")
+                writers[split].add_table(rows)
+                tally.stored[split] = len(rows)
+            for data in kept["image"].slice(0, to_sample).to_pylist():
+                tally.stats.add(decode_reduced(data, 3, STATS_SIDE))
+                to_sample -= 1
+        yield tally.as_row()
     for writer in writers.values():
         writer.flush()
-    summary = {"rows": len(block), "skipped": skipped, "counts": counts.tolist(), "gray": gray, "smallest": smallest,
-               "splits": {split: writer.count for split, writer in writers.items()},
-               "stats": [stats.count, np.asarray(stats.sum).tolist(), np.asarray(stats.squares).tolist()]}
-    return pa.table({"summary": [json.dumps(summary)]})
+    yield Tally(classes, files={split: writer.shards for split, writer in writers.items()}).as_row()
 
 
 def shard_rows(rows_per_shard: int, files: int, cpus: float) -> int:
@@ -151,48 +194,36 @@ def ingest_folder(
     start_ray(verbose)
     tables, listed = list_source(str(source), split)
     labels = sorted(name for name, count in listed.class_files.items() if name and count)
-    skipped, total = list(listed.skipped), listed.files + len(listed.skipped)
+    total = listed.files + len(listed.skipped)
     print(f"  {total} entries listed in {time.time() - started:.1f}s; checking {listed.files} files", flush=True)
-    splits, shards, stats, all_gray, smallest = {}, {}, ChannelStats(), True, None  # shards: files per split
-    counts = np.zeros(len(labels), np.int64)
+    tally = Tally(len(labels), len(listed.skipped), list(listed.skipped))
     if listed.files:
-        shards_wanted = math.ceil(listed.files / shard_rows(rows_per_shard, listed.files,
-                                                             ray.cluster_resources().get("CPU", 1)))
+        cpus = ray.cluster_resources().get("CPU", 1)
+        shards = math.ceil(listed.files / shard_rows(rows_per_shard, listed.files, cpus))
         stored = ray.data.from_arrow_refs(tables).map_batches(
             with_order, fn_kwargs={"seed": seed, "labels": labels}, batch_format="pyarrow", batch_size=None,
-        ).sort(["split", "order"]).repartition(shards_wanted, shuffle=False).map_batches(  # equal sizes, in order
+        ).sort(["split", "order"]).repartition(shards, shuffle=False).map_batches(  # equal parts, in order
             store_shard, fn_kwargs={"out": out, "classes": len(labels), "min_size": min_size,
                                     "shorter_side": shorter_side, "sample_share": STATS_SAMPLE / listed.files},
             batch_size=None, batch_format="pyarrow")
-        seen, last_print = len(listed.skipped), time.time()
+        last_print = time.time()
         for row in stored.iter_rows():
-            shard = json.loads(row["summary"])
-            skipped += shard["skipped"]
-            counts += np.asarray(shard["counts"], np.int64)
-            for name, count in shard["splits"].items():
-                splits[name], shards[name] = splits.get(name, 0) + count, shards.get(name, 0) + 1
-            if shard["splits"]:
-                all_gray &= shard["gray"]
-                smallest = min(filter(None, (smallest, shard["smallest"])))
-            stats.count += shard["stats"][0]
-            stats.sum, stats.squares = stats.sum + np.asarray(shard["stats"][1]), stats.squares + np.asarray(
-                shard["stats"][2])
-            seen += shard["rows"]
+            tally.add(Tally.from_row(row["tally"], len(labels)))
             if time.time() - last_print >= progress_every:
                 last_print = time.time()
-                print(f"  checked and stored {seen}/{total} files ({len(skipped)} skipped), "
-                      f"{seen / (last_print - started):.0f} files/s", flush=True)
-    if not splits:
-        raise ValueError(f"no readable image in {source} ({len(skipped)} files skipped)")
-    skipped.sort(key=lambda entry: entry["file"])
-    channels = 1 if all_gray else 3
-    for name in sorted(splits):
-        print(f"  {name}: {splits[name]} images in {shards[name]} shards")
+                print(f"  checked and stored {tally.rows}/{total} files ({len(tally.skipped)} skipped), "
+                      f"{tally.rows / (last_print - started):.0f} files/s", flush=True)
+    if not tally.stored:
+        raise ValueError(f"no readable image in {source} ({len(tally.skipped)} files skipped)")
+    skipped, stats = sorted(tally.skipped, key=lambda entry: entry["file"]), tally.stats
+    channels = 1 if tally.gray else 3
+    for name in sorted(tally.stored):
+        print(f"  {name}: {tally.stored[name]} images in {tally.files[name]} shards")
     mean, std = stats.result(channels)
-    info = DatasetInfo(str(source).rstrip("/").rsplit("/", 1)[-1], channels, splits, labels or None, mean, std,
-                       skipped=len(skipped), min_side=smallest, shorter_side=shorter_side)
+    info = DatasetInfo(str(source).rstrip("/").rsplit("/", 1)[-1], channels, tally.stored, labels or None, mean, std,
+                       skipped=len(skipped), min_side=tally.smallest, shorter_side=shorter_side)
     write_info(out, info)
-    empty = classes_without_images(listed, labels, counts)
+    empty = classes_without_images(listed, labels, tally.counts)
     for item in empty:
         print(f"  warning: class folder '{item['class']}' ({item['entries']} entries) has no image: {item['outcome']}")
     write_text(out, "ingest_report.json", json.dumps({"skipped": skipped, "classes_without_images": empty}, indent=2))
