@@ -1,13 +1,13 @@
 """Folder ingest: the streaming Ray Data job against an earlier ingest, in one run.
 
-    .venv/bin/python -m benchmarks.ingest [--sizes 20000 100000] [--baseline-rev 7e99279]
+    .venv/bin/python -m benchmarks.ingest [--sizes 20000 100000] [--baseline-rev a06eb66]
     .venv/bin/python -m benchmarks.ingest --sizes 1000000 --tiny --no-fashion-mnist
 
 Writes generated folders of small PNG images (64x64 noise, about 12 KB each; with --tiny 8x8, about 200 bytes; 10
 class folders) of each size and Fashion-MNIST written out as PNG files, ingests each with both implementations (each
 in a fresh process) and prints files/s and peak resident memory: of the ingesting process (the driver), and of the
 largest Ray worker. The baseline is `--baseline-file` of `--baseline-rev`, read from git: by default the streaming
-job whose driver listed and shuffled every name itself (7e99279); it must import from today's tree.
+job whose driver wrote every shard itself (a06eb66); it must import from today's tree.
 """
 import argparse
 import json
@@ -87,7 +87,7 @@ def measure(kind: str, source: Path, work: Path, baseline: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
-    parser.add_argument("--baseline-rev", default="7e99279", help="git revision of the baseline")
+    parser.add_argument("--baseline-rev", default="a06eb66", help="git revision of the baseline")
     parser.add_argument("--baseline-file", default="pipelines/ingestion/folder.py", help="the baseline's file at that revision")
     parser.add_argument("--tiny", action="store_true", help="8x8 images (about 200 bytes) instead of 64x64")
     parser.add_argument("--no-fashion-mnist", action="store_true")
