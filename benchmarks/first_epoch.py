@@ -65,7 +65,8 @@ def main() -> None:
     sets = [f"data.limit={args.limit}", "train.epochs=2", "train.log_every=1", "eval.baseline=false",
             "eval.final_protocols=[]", f"train.storage_path={folder}/runs",
             f"tracking.tracking_uri=sqlite:///{folder}/mlflow.db", *args.overrides]
-    batch = load_config(args.config, sets).data.batch_size
+    config = load_config(args.config, sets)
+    batch = config.data.batch_size
     timeline = Timeline()
     timeline.start()
     started = time.time()
@@ -79,6 +80,11 @@ def main() -> None:
     ended, waits, steps, epochs = (history(key) for key in ("train/loss", "train/data_seconds", "train/step_seconds",
                                                              "epoch_seconds"))
     bounds = sorted(epochs)  # the last step of each epoch
+    if config.train.log_every != 1:  # the table needs every step's metrics
+        first, second = (epochs[last].value for last in bounds[:2])
+        print(f"epochs: {first:.1f} s and {second:.1f} s; first epoch / second: {first / second:.3f} "
+              f"(train.log_every={config.train.log_every}: no table by step)")
+        return
     print(f"{'epoch':>5} {'steps':>9} {'s':>6} {'img/s':>6} {'wait s':>7} {'step s':>7} "
           + " ".join(f"{label + ' cores':>18}" for label in SHOWN.values()))
     for epoch, last in enumerate(bounds, 1):

@@ -44,7 +44,7 @@ def with_order(table: pa.Table, seed: int, labels: list[str]) -> pa.Table:
 
 def check_files(batch: dict[str, np.ndarray], min_size: int,
                 shorter_side: Optional[int] = None) -> dict[str, np.ndarray]:
-    """Ray Data task: reads, verifies and measures each file; `reason` is empty for images kept. With
+    """Reads, verifies and measures each file (in a shard's task); `reason` is empty for images kept. With
     `shorter_side`, an image whose shorter side is longer is kept as a copy shrunk to it."""
     images, reasons, gray, sides = [], [], [], []
     for raw in batch["path"]:
