@@ -56,7 +56,9 @@ def train_rows(config: Config, info: DatasetInfo, columns=("image",), epochs: in
     row-group order, in one stream."""
     source = ShuffledRowGroups(split_files(config.data.path, "train"), list(columns), config.train.seed,
                                limited_rows(config, info), epochs)
-    return ray.data.read_datasource(source, num_cpus=config.data.read_cpus, concurrency=read_tasks(config))
+    # never above the read tasks there can be (a row group each): Ray warns on the console where the limit is higher
+    tasks = min(read_tasks(config), len(source.units) * epochs)
+    return ray.data.read_datasource(source, num_cpus=config.data.read_cpus, concurrency=tasks)
 
 
 def read_tasks(config: Config, cluster_cpus: Optional[float] = None) -> int:
