@@ -386,6 +386,12 @@ def test_a_class_sorted_folder_is_stored_in_a_seeded_order_that_mixes_the_classe
     for shard in shards:
         assert len(set(pq.read_table(shard, columns=["label"]).column("label").to_pylist())) >= 8
     assert [pq.ParquetFile(shard).metadata.num_rows for shard in shards] == [96] * 5  # 480 in 5 equal shards
+    # a finished dataset is not ingested over; an unfinished ingest's shards are removed before a new one writes
+    with pytest.raises(ValueError, match="already holds a dataset"):
+        ingest_folder(sorted_folder, str(tmp_path / "seed1"))
+    (tmp_path / "seed1" / "dataset.json").unlink()
+    info, _ = ingest_folder(sorted_folder, str(tmp_path / "seed1"), rows_per_shard=240)
+    assert info.splits == {"train": 480} and len(list((tmp_path / "seed1" / "train").glob("*.parquet"))) == 2
 
 
 def test_shards_are_cut_so_that_every_cpu_has_one_but_never_above_rows_per_shard():
