@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipelines.storage.files import DatasetError, filesystem, write_text
+from pipelines.storage.files import DatasetError, file_exists, filesystem, write_text
 
 ROWS_PER_GROUP = 256
 SCHEMA = pa.schema(
@@ -59,6 +59,20 @@ def read_info(root: str) -> DatasetInfo:
 
 def split_path(root: str, split: str) -> str:
     return f"{root.rstrip('/')}/{split}"
+
+
+def prepare_dataset_folder(out: str) -> None:
+    """Before an ingest writes into `out`: refuses a finished dataset there (its dataset.json), and removes the shards
+    an unfinished ingest left in its split folders (new shards would not replace them all: a folder ingest names
+    them by their place in the order, and fewer shards leave the last ones)."""
+    if file_exists(f"{out.rstrip('/')}/dataset.json"):
+        raise DatasetError(f"{out} already holds a dataset (its dataset.json): remove it, or ingest into another --out")
+    fs, base = filesystem(out)
+    for folder in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
+        if folder.type == pafs.FileType.Directory:
+            for leftover in fs.get_file_info(pafs.FileSelector(folder.path)):
+                if leftover.base_name.startswith("part-") and leftover.base_name.endswith(".parquet"):
+                    fs.delete_file(leftover.path)
 
 
 class ShardWriter:

@@ -9,7 +9,7 @@ import numpy as np
 
 from pipelines.data.decode import channel_stats, encode_png
 from pipelines.data.sampling import stratified_holdout
-from pipelines.data.store import DatasetInfo, ShardWriter, write_info
+from pipelines.data.store import DatasetInfo, ShardWriter, prepare_dataset_folder, write_info
 from pipelines.storage.files import write_text
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -37,6 +37,7 @@ def ingest_arrays(name: str, splits: dict[str, tuple[np.ndarray, np.ndarray, str
     """Grey images held as arrays, (N, H, W) uint8 with labels per split, written as PNG rows in a seeded random order
     (the third item of each split names where the images came from)."""
     counts = {}
+    prepare_dataset_folder(out)
     for split, (images, labels, source) in splits.items():
         writer = ShardWriter(out, split, rows_per_shard)
         for index in np.random.default_rng(seed).permutation(len(images)):

@@ -18,13 +18,12 @@ from typing import Iterator, Optional
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 
 from pipelines.cluster.start import start_ray
 from pipelines.data.decode import ChannelStats, decode_reduced, is_grayscale, shrunk_copy, verified_size
-from pipelines.data.store import ROWS_PER_GROUP, DatasetInfo, ShardWriter, write_info
+from pipelines.data.store import ROWS_PER_GROUP, DatasetInfo, ShardWriter, prepare_dataset_folder, write_info
 from pipelines.ingestion.listing import Listed, is_uri, list_source, printable
-from pipelines.storage.files import DatasetError, file_exists, filesystem, write_text
+from pipelines.storage.files import filesystem, write_text
 
 STATS_SAMPLE = 500
 STATS_SIDE = 224  # the statistics' images decoded at a reduced scale down to this shorter side
@@ -169,19 +168,6 @@ def shard_rows(rows_per_shard: int, files: int, cpus: float) -> int:
     return max(1, min(rows_per_shard, max(ROWS_PER_GROUP, math.ceil(files / max(1.0, cpus)))))
 
 
-def prepare_out(out: str) -> None:
-    """Refuses an `out` that holds a finished dataset (its dataset.json), and removes the shards an unfinished ingest
-    left in its split folders: names follow the order, so new shards would not replace them."""
-    if file_exists(f"{out.rstrip('/')}/dataset.json"):
-        raise DatasetError(f"{out} already holds a dataset (its dataset.json): remove it, or ingest into another --out")
-    fs, base = filesystem(out)
-    for folder in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
-        if folder.type == pafs.FileType.Directory:
-            for leftover in fs.get_file_info(pafs.FileSelector(folder.path)):
-                if leftover.base_name.startswith("part-") and leftover.base_name.endswith(".parquet"):
-                    fs.delete_file(leftover.path)
-
-
 def classes_without_images(listed: Listed, labels: list[str], counts: np.ndarray) -> list[dict]:
     """Class folders that end with no image, and what becomes of each."""
     empty = []
@@ -206,7 +192,7 @@ def ingest_folder(
     started = time.time()
     if not is_uri(source) and not Path(source).is_dir():
         raise FileNotFoundError(f"image folder not found: {source}")
-    prepare_out(out)
+    prepare_dataset_folder(out)
     start_ray(verbose)
     tables, listed = list_source(str(source), split)
     labels = sorted(name for name, count in listed.class_files.items() if name and count)

@@ -70,13 +70,19 @@ def test_folder_with_train_and_test_splits_and_no_labels(ray_session, tmp_path):
     assert read_split(str(tmp_path / "out"), "train", ("label",)).column("label").null_count == 2
 
 
-def test_fashion_mnist_idx_ingest(tmp_path):
+def test_fashion_mnist_idx_ingest(tmp_path, capsys):
     info = ingest_fashion_mnist(FASHION_MNIST_DIR, str(tmp_path / "f"), limit=50, rows_per_shard=20)
     assert info.splits == {"train": 50, "test": 50} and len(info.classes) == 10 and info.channels == 1
     assert len(list((tmp_path / "f" / "train").glob("*.parquet"))) == 3
     first = pq.read_table(sorted((tmp_path / "f" / "train").glob("*.parquet"))[0])
     assert decode_image(first.column("image")[0].as_py(), 1).shape == (28, 28, 1)
     assert 0 <= first.column("label")[0].as_py() < 10
+    # a finished dataset is not ingested over (a message, no traceback); an interrupted one's shards are removed
+    assert main(["fashion-mnist", "--out", str(tmp_path / "f"), "--limit", "50"]) == 2
+    assert "already holds a dataset" in capsys.readouterr().err
+    (tmp_path / "f" / "dataset.json").unlink()
+    ingest_fashion_mnist(FASHION_MNIST_DIR, str(tmp_path / "f"), limit=50, rows_per_shard=50)
+    assert len(list((tmp_path / "f" / "train").glob("*.parquet"))) == 1
 
 
 def test_cli_missing_folder_is_a_message(tmp_path, capsys):
