@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections import deque
+from contextlib import nullcontext
 from typing import Callable, Optional, TextIO
 
 
@@ -102,6 +103,11 @@ def progress_text(state: dict) -> str:
     return (f"epoch {state['epoch']}/{state['epochs']} step {state['step']}/{state['steps']} | "
             f"{state['images_per_second']:.0f} img/s | loss {state['loss']:.4f} | "
             + (f"{duration(left)} left" if left is not None else "estimating time left"))
+
+
+def progress_line(board):
+    """The progress line of `board` as a context (none: nothing drawn, a run without a progress line)."""
+    return ProgressLine(board) if board is not None else nullcontext()
 
 
 class ProgressLine:

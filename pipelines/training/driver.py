@@ -1,7 +1,6 @@
 """What the two Ray Train drivers share (pretraining, fine-tuning): the run's CPUs checked against the cluster's,
 the torch threads of each process on a machine, and the TorchTrainer fitted under the progress line."""
 import os
-from contextlib import nullcontext
 from typing import Callable, Optional
 
 from pipelines.config.section import ConfigError
@@ -23,10 +22,10 @@ def fit(train_function: Callable[[dict], None], loop_config: dict, progress: boo
     (`loop_config["progress_board"]`, None without `progress`); its Result."""
     from ray.train.torch import TorchTrainer
 
-    from pipelines.tracking.progress import ProgressLine, start_board
+    from pipelines.tracking.progress import progress_line, start_board
 
     board = start_board() if progress else None
     trainer = TorchTrainer(train_function, train_loop_config={**loop_config, "progress_board": board},
                            **trainer_arguments)
-    with ProgressLine(board) if board else nullcontext():
+    with progress_line(board):
         return trainer.fit()

@@ -64,10 +64,8 @@ def fit(config: Config, info, spe: int, run_name: str, run_id: str, uri: str, tr
 def fit_here(config: Config, info, loop_config: dict, dataset, use_gpu: bool, trial: bool, progress: bool):
     """The loop in this process, on the dataset's stream as Train would give its one worker, under the progress
     line (a driver's)."""
-    from contextlib import nullcontext
-
     from pipelines.data.stream import ingest_options
-    from pipelines.tracking.progress import BoardHere, ProgressLine
+    from pipelines.tracking.progress import BoardHere, progress_line
     from pipelines.training.loop import train_loop
     from pipelines.training.session import ProcessResult, ProcessSession
     from pipelines.training.worker import started_stream
@@ -77,6 +75,6 @@ def fit_here(config: Config, info, loop_config: dict, dataset, use_gpu: bool, tr
     dataset.context.enable_progress_bars = False  # the run's own progress line, or a trial's log
     session = ProcessSession(loop_config["run_folder"], use_gpu, trial)
     board = BoardHere() if progress and not trial else None
-    with ProgressLine(board) if board else nullcontext():
+    with progress_line(board):
         train_loop({**loop_config, "progress_board": board}, started_stream(dataset, **loop_config["stream"]), session)
     return ProcessResult(session.metrics, session.checkpoint)
