@@ -14,7 +14,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from pyarrow.fs import FileType
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
@@ -22,7 +21,7 @@ from pipelines.config.project import LocalOrURI
 from pipelines.data.store import DatasetInfo, read_info, read_rows, split_files
 from pipelines.features.extract import Normalizer, decode_for_eval, extract_features
 from pipelines.storage.export import META_FILE, WEIGHTS_FILE, load_backbone
-from pipelines.storage.files import DatasetError, filesystem, read_bytes
+from pipelines.storage.files import DatasetError, filesystem, read_bytes, remove_folder
 from pipelines.training.driver import torch_threads
 
 EMBED_BATCH = 256
@@ -235,13 +234,12 @@ def embed(settings: EmbedSettings) -> EmbedResult:
         if ingested:
             from pipelines.ingestion.folder import ingest_folder
 
+            remove_folder(ingested)  # the command's own: a process killed before its end left it
             ingest_folder(settings.source, ingested, settings.split, verbose=settings.verbose)
         weights, data = resolve_source(settings.weights, settings.run, settings.storage, ingested or settings.data)
         folder = embed_split(weights, data, settings.split, settings.out, settings.actors)
     finally:
         if ingested:
-            fs, path = filesystem(ingested)
-            if fs.get_file_info(path).type != FileType.NotFound:
-                fs.delete_dir(path)
+            remove_folder(ingested)
     rows, _, embeddings = read_embeddings(folder)
     return EmbedResult(folder, len(rows), embeddings.shape[1])

@@ -82,3 +82,10 @@ def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
     with fs.open_input_stream(path) as stream:
         return stream.read()
+
+
+def remove_folder(uri: str) -> None:
+    """Removes a folder (or prefix) and all it holds; nothing where there is none."""
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)

@@ -226,6 +226,8 @@ def test_embeddings_from_two_actors_equal_the_in_process_ones_and_knn_matches_th
     pictures.mkdir()
     for index, image in enumerate(direct.images[:5, 0].numpy()):
         Image.fromarray(image).save(pictures / f"shirt{index}.png")
+    (tmp_path / "by_file" / ".ingested").mkdir(parents=True)  # left by an embed killed before its end
+    (tmp_path / "by_file" / ".ingested" / "dataset.json").write_text("{}")
     embedded_folder = embed(EmbedSettings(weights=folder, source=str(pictures), out=str(tmp_path / "by_file")))
     assert (embedded_folder.images, embedded_folder.features) == (5, 512)
     assert not (tmp_path / "by_file" / ".ingested").exists()  # the intermediate dataset, beside the output, removed
