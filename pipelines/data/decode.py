@@ -147,6 +147,11 @@ class ChannelStats:
         self.sum = self.sum + pixels.sum(0)
         self.squares = self.squares + np.square(pixels).sum(0)
 
+    def merge(self, other: "ChannelStats") -> None:
+        """Adds what `other` counted (another process's share of the images)."""
+        self.count += other.count
+        self.sum, self.squares = self.sum + other.sum, self.squares + other.squares
+
     def result(self, channels: Optional[int] = None) -> tuple[list[float], list[float]]:
         """(mean, std); `channels` 1 keeps the first channel (grey images decoded as colour repeat it)."""
         mean = self.sum / self.count

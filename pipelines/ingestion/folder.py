@@ -103,8 +103,7 @@ class Tally:
                 mine[split] = mine.get(split, 0) + count
         self.gray &= other.gray
         self.smallest = min(filter(None, (self.smallest, other.smallest)), default=None)
-        self.stats.count += other.stats.count
-        self.stats.sum, self.stats.squares = self.stats.sum + other.stats.sum, self.stats.squares + other.stats.squares
+        self.stats.merge(other.stats)
 
     def as_row(self) -> pa.Table:
         stats = [self.stats.count, np.asarray(self.stats.sum).tolist(), np.asarray(self.stats.squares).tolist()]
@@ -165,7 +164,7 @@ def store_shard(block: pa.Table, out: str, classes: int, min_size: int, shorter_
 def shard_rows(rows_per_shard: int, files: int, cpus: float) -> int:
     """Rows of a shard (one task checks and writes each): `rows_per_shard`, fewer where the folder is small, so that
     every CPU of the cluster has a shard to work on (at least a row group's worth)."""
-    return max(1, min(rows_per_shard, max(ROWS_PER_GROUP, math.ceil(files / max(1.0, cpus)))))
+    return min(rows_per_shard, max(ROWS_PER_GROUP, math.ceil(files / max(1.0, cpus))))
 
 
 def classes_without_images(listed: Listed, labels: list[str], counts: np.ndarray) -> list[dict]:

@@ -72,10 +72,11 @@ def store_checkpoint(run_folder: str, folder: str) -> str:
     pafs.copy_files(folder, f"{base}/{name}", source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
     with fs.open_output_stream(f"{base}/{name}/{STORED_MARK}"):  # written last: the copy is whole
         pass
-    for info in fs.get_file_info(pafs.FileSelector(base)):
-        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_") and info.base_name < name:
-            fs.delete_dir(info.path)
-    return f"{run_folder.rstrip('/')}/{name}"
+    stored = f"{run_folder.rstrip('/')}/{name}"
+    for older in checkpoint_folders(run_folder):
+        if older < stored:
+            remove_folder(older)
+    return stored
 
 
 def read_bytes(uri: str) -> bytes:
