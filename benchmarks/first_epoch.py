@@ -21,7 +21,7 @@ from pipelines.config.load import load_config
 from pipelines.config.project import PROJECT_ROOT
 from pipelines.pretraining.run import pretrain
 
-SHOWN = {"AugmentBatch": "augment", "SplitCoordinator": "coordinator", "RayTrainWorker": "train worker",
+SHOWN = {"AugmentedRowGroups": "augment", "SplitCoordinator": "coordinator", "RayTrainWorker": "train worker",
          "driver": "driver (trains one worker)"}
 
 
@@ -39,7 +39,7 @@ class Timeline(RayProcesses):
 
     def cores(self, start: float, end: float) -> dict[str, float]:
         """{process name: cores used} between two times (the nearest samples); `SHOWN`'s names match any process
-        whose name holds them (Ray Data names its actors after the function: MapWorker(MapBatches(AugmentBatch)))."""
+        whose name holds them (Ray Data names its actors after the operator: MapWorker(ReadAugmentedRowGroups))."""
         def at(moment):
             return min(self.points, key=lambda point: abs(point[0] - moment))
 

@@ -8,13 +8,14 @@ hold 256 rows as a real folder's do), the phone folder also ingested with `--sho
 For BYOL's two 224-px views and DINO's 2 x 224 + 8 x 96 crops (configs/byol_resnet50_224.yaml,
 configs/dino_vit_small16_224.yaml):
 
-- transform: the augmentation function alone (`AugmentBatch` on the stored bytes, in this process, one thread),
-  images per CPU-second; on phone photos also with every image decoded in full (the crop-first decode off);
-- stage: the whole Ray Data stage as training runs it (Parquet row groups -> read tasks -> two augmentation actors
-  -> a consumer here that only counts the rows), images per CPU-second of every process involved (Ray's workers
-  and actors, the raylet, and this process, which runs Ray Data's executor and the consumer), from the first
-  batch to the last of a second execution (the actors' start-up and the pooled workers' imports not counted),
-  its share of the transform-only rate, and where its CPU goes;
+- transform: the augmentation function alone (`AugmentBatch` on the stored bytes, in this process, one thread, a
+  row group's 256 images a call as in the stage), images per CPU-second; on phone photos also with every image
+  decoded in full (the crop-first decode off);
+- stage: the whole Ray Data stage as training runs it (Parquet row groups read, decoded and augmented in two
+  actors of 0.5 CPU -> a consumer here that counts the blocks), the CPU each image adds to every process involved
+  (Ray's workers and actors, the raylet and GCS, and this process, which runs Ray Data's executor and the
+  consumer): the difference between an execution of one epoch and one of more (the actors' start-up, the same in
+  both, cancels out; it is printed apart), its share of the transform-only rate, and where its CPU goes;
 - dataloader: a torch DataLoader with one worker process and the same function, images per CPU-second of both;
 - bytes per image: the views the actors ship to a Train worker against the stored JPEG, and from these how many
   CPU cores and how much network one GPU needs at published training speeds (`--gpu-rate` overrides them).
@@ -32,7 +33,7 @@ from benchmarks.photo_files import PHONE, write_photos
 from pipelines.config.load import load_config
 from pipelines.config.project import PROJECT_ROOT
 from pipelines.data.augment_batch import AugmentBatch
-from pipelines.data.store import read_info, read_split
+from pipelines.data.store import ROWS_PER_GROUP, read_info, read_split
 from pipelines.data.stream import augment_arguments
 
 RECIPES = {"byol": PROJECT_ROOT / "configs" / "byol_resnet50_224.yaml",
@@ -43,12 +44,14 @@ RECIPES = {"byol": PROJECT_ROOT / "configs" / "byol_resnet50_224.yaml",
 # forward and backward of one view (3 passes); BYOL's step is 8 such passes for its two views (online forward and
 # backward of each, the target's forward of each): about 926 images/s.
 GPU_RATES = {"byol": 2470 * 3 / 8, "dino": 1_281_167 * 100 / (1.75 * 86400 * 8)}
-BATCH = 32
+BATCH = ROWS_PER_GROUP  # the stage augments a row group at a time
+EXTRA_IMAGES = 2400  # the images the longer execution of the stage adds, at least two epochs of them
+THIS = "this process (executor, consumer)"
 
 
 def config_for(recipe: str, store: str):
-    return load_config(RECIPES[recipe], [f"data.path={store}", f"data.batch_size={BATCH}", "data.augment_actors=1",
-                                         "data.augment_actors_max=1", "train.num_workers=1", "train.epochs=1"])
+    return load_config(RECIPES[recipe], [f"data.path={store}", "data.augment_actors=1", "data.augment_actors_max=1",
+                                         "train.num_workers=1", "train.epochs=1"])
 
 
 def augmenter(recipe: str, store: str, crop_first: bool = True) -> AugmentBatch:
@@ -118,28 +121,35 @@ class RayCpu:
         return used
 
 
-def stage_rate(recipe: str, store: str, epochs: int, actors: int = 2) -> tuple[float, dict[str, float]]:
-    """(images per CPU-second of the whole Ray Data stage from its first batch to its last, its CPU seconds by
-    kind of process), measured on a second execution (the first warms the pooled workers' imports). The pool:
-    `actors` augmentation actors of 1/`actors` CPU each (the presets start with 2)."""
+def stage_cpu(config, info) -> tuple[int, dict[str, float]]:
+    """(images, CPU seconds by kind of process) of one execution of the stage, from asking for it to its last block."""
     from pipelines.data.stream import training_dataset
 
+    watch, started, count = RayCpu(), time.process_time(), 0
+    for block in training_dataset(config, info).iter_batches(batch_size=None, batch_format="pyarrow"):
+        count += len(block)
+    here = time.process_time() - started
+    used = watch.stop()
+    used[THIS] = here - watch.own
+    return count, used
+
+
+def stage_rate(recipe: str, store: str, actors: int = 2) -> tuple[float, dict[str, float], float]:
+    """(images per CPU-second of the whole Ray Data stage, the CPU seconds by kind of process of the images it adds,
+    the CPU seconds of its start-up): executions of one epoch and of 1 + n epochs (about EXTRA_IMAGES more images),
+    after a first that warms the disk cache and imports. The pool: `actors` augmentation actors of 1/`actors` CPU
+    each (the presets start with 2)."""
     config = config_for(recipe, store)
     config.data.augment_actors = config.data.augment_actors_max = actors
     config.data.augment_cpus = 1 / actors
     info = read_info(store)
-    for config.train.epochs in (1, epochs):
-        expected, count, watch = config.train.epochs * info.splits["train"], 0, None
-        for batch in training_dataset(config, info).iter_batches(batch_size=BATCH, batch_format="pyarrow"):
-            count += len(batch)
-            if watch is None:
-                watch, first, started = RayCpu(), count, time.process_time()
-            elif count >= expected:
-                break
-        here = time.process_time() - started
-        used = watch.stop()
-    used["this process (executor, consumer)"] = here - watch.own
-    return (count - first) / sum(used.values()), used
+    stage_cpu(config, info)
+    short_images, short = stage_cpu(config, info)
+    config.train.epochs = 1 + max(2, round(EXTRA_IMAGES / info.splits["train"]))
+    long_images, long = stage_cpu(config, info)
+    added = {kind: cpu - short.get(kind, 0.0) for kind, cpu in long.items()}
+    rate = (long_images - short_images) / sum(added.values())
+    return rate, added, sum(short.values()) - short_images / rate
 
 
 def dataloader_rate(recipe: str, store: str, rounds: int = 2) -> float:
@@ -219,21 +229,21 @@ def main() -> None:
         for label, store in stores.items():
             jpeg_bytes = float(np.mean([len(data) for data in stored_images(store)]))
             transform, view_bytes = transform_rate(recipe, store)
-            epochs = max(2, round(600 / read_info(store).splits["train"]))
-            stage, used = stage_rate(recipe, store, epochs)
+            stage, used, startup = stage_rate(recipe, store)
             loader = dataloader_rate(recipe, store)
             results[recipe, label] = (stage, jpeg_bytes, view_bytes)
             print(f"| {recipe} | {label} | {jpeg_bytes / 1e3:.0f} KB | {transform:.0f} | {stage:.0f} | "
                   f"{stage / transform:.0%} | {loader:.0f} | {view_bytes / 1e3:.0f} KB |", flush=True)
-            shares.append((recipe, label, used))
+            shares.append((recipe, label, used, startup))
             if label.startswith("phone 4032"):
                 full, _ = transform_rate(recipe, store, crop_first=False, rounds=1)
                 print(f"| {recipe} | {label}, decoded in full | | {full:.0f} | | | | |", flush=True)
-    print("\nWhere the stage's CPU goes:")
-    for recipe, label, used in shares:
+    print("\nWhere the stage's CPU goes (the images the longer execution adds), and its start-up:")
+    for recipe, label, used, startup in shares:
         total = sum(used.values())
         print(f"  {recipe}, {label}: " + ", ".join(f"{kind} {cpu / total:.0%}" for kind, cpu in
-                                                   sorted(used.items(), key=lambda item: -item[1])))
+                                                   sorted(used.items(), key=lambda item: -item[1]))
+              + f"; start-up {startup:.1f} CPU-s")
     print("\nOne GPU's needs at its published training speed (augmentation on CPU nodes ships the views; on the GPU "
           "node's own cores, the JPEGs):")
     print("| recipe | photos | GPU img/s | CPU cores | network, views | network, JPEGs |")

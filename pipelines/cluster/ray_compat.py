@@ -25,15 +25,16 @@ def with_execution_callback(dataset: ray.data.Dataset, callback: type[ExecutionC
     return dataset
 
 
-def without_actor_restarts(map_batches: Callable[..., ray.data.Dataset]) -> Callable[..., ray.data.Dataset]:
-    """`Dataset.map_batches` whose actors Ray does not start again when they die. Waits for: a named max_restarts
-    parameter (Ray 2.60 takes it only among the `**ray_remote_args` it deprecates for 2.64, and warns)."""
-    @functools.wraps(map_batches)
-    def mapped(*arguments, **options) -> ray.data.Dataset:
+def without_actor_restarts(read: Callable[..., ray.data.Dataset]) -> Callable[..., ray.data.Dataset]:
+    """`ray.data.read_datasource` whose actors (an actor pool's `compute`) Ray does not start again when they die.
+    Waits for: a named max_restarts parameter (Ray 2.60 takes it only in the `ray_remote_args` it deprecates for
+    2.64, and warns)."""
+    @functools.wraps(read)
+    def reading(*arguments, **options) -> ray.data.Dataset:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-            return map_batches(*arguments, **options, max_restarts=0)
-    return mapped
+            return read(*arguments, **options, ray_remote_args={"max_restarts": 0})
+    return reading
 
 
 def execution_index(data_context: Optional[ray.data.DataContext]) -> int:

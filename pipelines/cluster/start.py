@@ -46,8 +46,9 @@ def cluster_address() -> Optional[str]:
 # watcher (an actor more per run, watching for the drain of a node that nothing here drains) and the workers'
 # status polled every 0.5 s instead of 2 s (a run's end is seen that much sooner).
 # And the raylet's: a pooled worker idle beyond the pool's soft limit (one per CPU) lives 60 s, not 1 s, before it
-# is ended. A training stream's read tasks come in bursts; with Ray's 1 s, each burst started new worker processes
-# (about 1 CPU-second each): 8 against 4 over 2,400 web photos in benchmarks/photos.py, the tasks' CPU 1.4 -> 0.85 s.
+# is ended. Ray Data's tasks come in bursts (an evaluation's reads, an ingest's checks); with Ray's 1 s, each burst
+# started new worker processes (about 1 CPU-second each): 8 against 4 over 2,400 web photos, when training still
+# read in tasks of their own.
 ONE_MACHINE_TRAIN_SETTINGS = {TRAIN_PREEMPTION_WATCHER: "0", TRAIN_HEALTH_CHECK_INTERVAL_S: "0.5",
                               "RAY_idle_worker_killing_time_threshold_ms": "60000"}
 

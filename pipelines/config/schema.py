@@ -25,10 +25,6 @@ class DataConfig(Section):
                                       "training may fill; null: 8 global batches, at least 64 MiB. One stream holds "
                                       "every epoch: unbounded, augmentation runs epochs ahead on the cores training needs")
     augment_cpus: float = Field(0.5, gt=0, description="CPUs reserved per augmentation actor")
-    read_cpus: float = Field(0.25, gt=0, description="CPUs reserved per Parquet read task")
-    read_tasks: Optional[int] = Field(None, ge=1, description="Parquet read tasks running at once; null: one per "
-                                      "augmentation actor the pool may grow to (each runs in a worker process of its "
-                                      "own: one started for it costs about 1.5 s of a core)")
     shuffle_buffer: int = Field(2048, ge=0, description="local shuffle buffer of the training iterator (0: off)")
     remove_augmentations: list[Literal["crop", "flip", "colour", "grayscale", "blur", "solarize"]] = Field(
         [], description="transformations left out of the method's recipe (the BYOL/SimCLR removal study); "

@@ -1,6 +1,8 @@
 """The Ray Data stage that turns image bytes into views. It imports albumentations (and with it torch) only
 where it builds its views, so Ray Data's coordinator, which unpickles this class with the dataset's plan, does
 not pay for them."""
+import functools
+import json
 import os
 from typing import Optional, Sequence
 
@@ -91,3 +93,23 @@ class AugmentBatch:
         height, width, *masking = self.masking
         masks = draw_crop_masks(2 * rows, height, width, *masking, self.rng)
         return masks.reshape(2, rows, height * width).transpose(1, 0, 2).astype(np.uint8)  # Arrow holds bytes
+
+
+class AugmentTables:
+    """What the training stream's read tasks make of each table of rows they read: a block of views (the same
+    columns as `AugmentBatch`'s). The read tasks run in the stream's actor pool, and each actor builds the
+    augmentation once, for the first table it gets."""
+
+    def __init__(self, arguments: dict):
+        self.arguments = json.dumps(arguments)  # the key of the actor's AugmentBatch
+
+    def __call__(self, table):
+        from ray.data.block import BlockAccessor
+
+        batch = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+        return BlockAccessor.batch_to_block(augmenter(self.arguments)(batch))
+
+
+@functools.lru_cache(maxsize=4)
+def augmenter(arguments: str) -> AugmentBatch:
+    return AugmentBatch(**json.loads(arguments))

@@ -9,13 +9,14 @@ classes; shuffling the order of row groups across all files every epoch, then th
 local buffer, gives each epoch a new order without a full shuffle of the image bytes. Files alone would
 be too coarse (10,000 images each).
 """
+import functools
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from ray.data.block import BlockMetadata
+from ray.data.block import Block, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from pipelines.cluster.ray_compat import execution_index
@@ -62,13 +63,34 @@ def read_row_groups(units: list[RowGroup], columns: list[str], row_ids: bool = F
         yield table.append_column("row", pa.array(unit.offset + positions, pa.int64())) if row_ids else table
 
 
+def read_blocks(units: list[RowGroup], columns: list[str], row_ids: bool,
+                transform: Optional[Callable[[pa.Table], Block]]) -> Iterator[Block]:
+    tables = read_row_groups(units, columns, row_ids)
+    return map(transform, tables) if transform else tables
+
+
+def consecutive_parts(units: list[RowGroup], parts: int) -> list[list[RowGroup]]:
+    """`units` cut into `parts` consecutive runs, none empty, of about as many rows each (a run of small groups,
+    as `data.limit` leaves, shares a task)."""
+    ends = np.cumsum([unit.rows for unit in units])
+    cuts = np.searchsorted(ends, ends[-1] * np.arange(1, parts) / parts, side="right")
+    for index in range(parts - 1):  # each run at least one unit, leaving one for each run after it
+        low = cuts[index - 1] + 1 if index else 1
+        cuts[index] = min(max(cuts[index], low), len(units) - (parts - 1 - index))
+    return [units[start:end] for start, end in zip([0, *cuts], [*cuts, len(units)])]
+
+
 class ShuffledRowGroups(Datasource):
+    """With `transform`, each table read becomes what it returns (a block) in the read task: the training stream's
+    augmentation (pipelines/data/stream.py), whose read tasks run in its actor pool."""
+
     def __init__(self, files: list[str], columns: list[str], seed: int, rows: Optional[np.ndarray] = None,
-                 epochs: int = 1, row_ids: bool = False):
+                 epochs: int = 1, row_ids: bool = False, transform: Optional[Callable[[pa.Table], Block]] = None):
         super().__init__()
         self.units, self.columns, self.seed, self.epochs = list_row_groups(files, rows), list(columns), seed, epochs
-        self.row_ids = row_ids
-        self.schema = pa.schema([SCHEMA.field(name) for name in self.columns] + ([("row", pa.int64())] if row_ids else []))
+        self.row_ids, self.transform = row_ids, transform
+        self.schema = None if transform else pa.schema(
+            [SCHEMA.field(name) for name in self.columns] + ([("row", pa.int64())] if row_ids else []))
 
     def estimate_inmemory_data_size(self) -> int:
         return self.epochs * sum(unit.size_bytes for unit in self.units)
@@ -83,13 +105,12 @@ class ShuffledRowGroups(Datasource):
         execution = execution_index(data_context)
         order = [unit for epoch in range(self.epochs) for unit in self.epoch_order(execution * self.epochs + epoch)]
         tasks = []
-        for chunk in np.array_split(np.arange(len(order)), max(1, min(parallelism, len(order)))):
-            units = [order[index] for index in chunk]
+        for units in consecutive_parts(order, max(1, min(parallelism, len(order)))):
             metadata = BlockMetadata(num_rows=sum(u.rows for u in units), size_bytes=sum(u.size_bytes for u in units),
                                      input_files=sorted({u.uri for u in units}), exec_stats=None)
-            tasks.append(ReadTask(lambda units=units: read_row_groups(units, self.columns, self.row_ids), metadata,
-                                  schema=self.schema, per_task_row_limit=per_task_row_limit))
+            read = functools.partial(read_blocks, units, self.columns, self.row_ids, self.transform)  # not all units
+            tasks.append(ReadTask(read, metadata, schema=self.schema, per_task_row_limit=per_task_row_limit))
         return tasks
 
     def get_name(self) -> str:
-        return "ShuffledRowGroups"
+        return "AugmentedRowGroups" if self.transform else "ShuffledRowGroups"

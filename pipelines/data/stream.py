@@ -1,22 +1,24 @@
-"""The Ray Data pipeline: Parquet row groups in a new random order each epoch -> decode + augment in an
-actor pool -> one column per view."""
+"""The Ray Data pipeline: Parquet row groups in a new random order each epoch, read, decoded and augmented
+in an actor pool -> one column per view."""
 import math
 import re
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import ray.data
 
 from pipelines.cluster.ray_compat import ExecutionCallback, with_execution_callback, without_actor_restarts
 from pipelines.config.schema import Config
-from pipelines.data.augment_batch import AugmentBatch
+from pipelines.data.augment_batch import AugmentBatch, AugmentTables
 from pipelines.data.row_groups import ShuffledRowGroups
 from pipelines.data.sampling import stratified_sample
-from pipelines.data.store import DatasetInfo, split_files, split_labels
+from pipelines.data.store import ROWS_PER_GROUP, DatasetInfo, split_files, split_labels
 
 AHEAD_BATCHES = 8
 AHEAD_FLOOR = 64 * 2**20
+LISTING_CPUS = 1.0  # Ray Data's file listing (not configurable in Ray 2.60)
+MAX_READ_TASKS = 20_000  # a row group each up to here (ImageNet: 5,000 an epoch); the tasks are made on the driver
 
 
 class PollGently(ExecutionCallback):
@@ -51,38 +53,32 @@ def limited_rows(config: Config, info: DatasetInfo) -> Optional[np.ndarray]:
     return stratified_sample(split_labels(config.data.path, "train"), limit, config.train.seed)
 
 
-def train_rows(config: Config, info: DatasetInfo, columns=("image",), epochs: int = 1) -> ray.data.Dataset:
+def train_rows(config: Config, info: DatasetInfo, columns=("image",), epochs: int = 1, transform=None,
+               read: Callable[..., ray.data.Dataset] = ray.data.read_datasource, **read_options) -> ray.data.Dataset:
     """The training rows (after `data.limit`) `epochs` times over, each time in a new seeded random
-    row-group order, in one stream."""
+    row-group order, in one stream: a read task per row group of ROWS_PER_GROUP (consecutive smaller ones,
+    as `data.limit` leaves, share one; past MAX_READ_TASKS, so do full ones); `transform` as ShuffledRowGroups',
+    `read` with `read_options` reads them."""
     source = ShuffledRowGroups(split_files(config.data.path, "train"), list(columns), config.train.seed,
-                               limited_rows(config, info), epochs)
-    # never above the read tasks there can be (a row group each): Ray warns on the console where the limit is higher
-    tasks = min(read_tasks(config), len(source.units) * epochs)
-    return ray.data.read_datasource(source, num_cpus=config.data.read_cpus, concurrency=tasks)
-
-
-def read_tasks(config: Config, cluster_cpus: Optional[float] = None) -> int:
-    """Read tasks at once (`data.read_tasks`): one per augmentation actor the pool may grow to. A row group is read
-    in milliseconds; unbounded, Ray Data ran up to 8 at once, each in a worker process it started for it, on the
-    cores training and augmentation need (the first batch of `make run` 4.5 s against 7.4 s later: BENCHMARKS.md)."""
-    return config.data.read_tasks or augment_pool_max(config, cluster_cpus)
+                               limited_rows(config, info), epochs, transform=transform)
+    rows = epochs * sum(unit.rows for unit in source.units)
+    tasks = max(1, min(math.ceil(rows / ROWS_PER_GROUP), len(source.units) * epochs, MAX_READ_TASKS))
+    return read(source, override_num_blocks=tasks, **read_options)
 
 
 def training_dataset(config: Config, info: DatasetInfo, restarts: bool = True) -> ray.data.Dataset:
     """Every epoch of the run in one stream of augmented views (the loop cuts it into epochs). Without `restarts` an
-    augmentation actor that dies fails the stream (a run that retries nothing) instead of being started again."""
+    augmentation actor that dies fails the stream (a run that retries nothing) instead of being started again.
+
+    The read tasks run in the augmentation actors and augment what they read (AugmentTables): no read task in a
+    worker process of its own, and the image bytes never pass through the object store (BENCHMARKS.md, "Photos")."""
     data = config.data
     pool = ray.data.ActorPoolStrategy(min_size=data.augment_actors, max_size=augment_pool_max(config))
     columns = ("image", "label") if info.labelled else ("image",)
-    rows = poll_gently(train_rows(config, info, columns, config.train.epochs))
-    return (rows.map_batches if restarts else without_actor_restarts(rows.map_batches))(
-        AugmentBatch,
-        fn_constructor_kwargs=augment_arguments(config, info),
-        batch_size=min(data.batch_size, 256),
-        batch_format="numpy",
-        compute=pool,
-        num_cpus=data.augment_cpus,
-    )
+    read = ray.data.read_datasource if restarts else without_actor_restarts(ray.data.read_datasource)
+    augment = AugmentTables(augment_arguments(config, info))
+    return poll_gently(train_rows(config, info, columns, config.train.epochs, augment, read=read, compute=pool,
+                                  num_cpus=data.augment_cpus))
 
 
 def augment_pool_max(config: Config, cluster_cpus: Optional[float] = None) -> int:
@@ -92,7 +88,7 @@ def augment_pool_max(config: Config, cluster_cpus: Optional[float] = None) -> in
     if data.augment_actors_max != "auto":
         return max(data.augment_actors, data.augment_actors_max or 0)
     cpus = ray.cluster_resources().get("CPU", 0) if cluster_cpus is None else cluster_cpus
-    spare = cpus - config.train.num_workers * config.train.cpus_per_worker - max(1.0, data.read_cpus)
+    spare = cpus - config.train.num_workers * config.train.cpus_per_worker - LISTING_CPUS
     return max(data.augment_actors, int(spare // data.augment_cpus))
 
 

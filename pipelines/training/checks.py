@@ -6,15 +6,16 @@ from typing import Optional
 from pipelines.config.project import IN_RAY_JOB_COPY, PROJECT_ROOT
 from pipelines.config.schema import Config
 from pipelines.config.section import ConfigError
+from pipelines.data.stream import LISTING_CPUS
 from pipelines.training.driver import check_cpus
 
 
 def required_cpus(config: Config) -> float:
-    """Logical CPUs the run reserves at once: Train workers, augmentation actors, and Ray Data's
-    file listing (1 CPU, not configurable in Ray 2.60), which read tasks follow. Fewer means a deadlock."""
+    """Logical CPUs the run reserves at once: Train workers, augmentation actors (which read their row groups),
+    and Ray Data's file listing. Fewer means a deadlock."""
     data = config.data
     workers = config.train.num_workers * config.train.cpus_per_worker
-    return workers + data.augment_actors * data.augment_cpus + max(1.0, data.read_cpus)
+    return workers + data.augment_actors * data.augment_cpus + LISTING_CPUS
 
 
 def trains_in_trial(config: Config) -> bool:

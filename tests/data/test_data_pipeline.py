@@ -34,6 +34,19 @@ def test_ray_data_yields_two_differently_augmented_views(ray_session, fmnist_sli
     assert batch["label"].shape == (32,) and 0 <= int(batch["label"].min()) and int(batch["label"].max()) < 10
 
 
+def test_the_augmentation_actors_read_their_row_groups_and_data_limit_shares_a_task_between_groups(
+        ray_session, fmnist_slice):
+    """One operator: the read tasks run in the actor pool and augment what they read (no read task in a worker
+    process of its own, no image bytes through the object store). `data.limit=300` leaves a few rows in each row
+    group, read together: the tasks hold about 256 rows each, not one task per group."""
+    config = load_config(None, [f"data.path={fmnist_slice}", "data.limit=300", "train.epochs=2"])
+    dataset = training_dataset(config, read_info(fmnist_slice), restarts=False)
+    labels = np.concatenate([batch["label"] for batch in dataset.iter_batches(batch_size=64)])
+    assert len(labels) == 600 and np.bincount(labels, minlength=10).min() > 0
+    operators = [line for line in dataset.stats().splitlines() if line.startswith("Operator")]
+    assert len(operators) == 1 and "ReadAugmentedRowGroups: 3 tasks executed" in operators[0], operators
+
+
 
 def test_a_stream_whose_actors_are_not_restarted_puts_no_error_on_the_console_of_the_process_that_made_them(
         ray_session, fmnist_slice):

@@ -65,7 +65,7 @@ def test_lr_schedule_spans_all_epochs_with_warmup():
 
 def test_cpu_reservation_counts_every_consumer():
     config = load_config(None, ["train.num_workers=2", "train.cpus_per_worker=0.5", "data.augment_actors=1",
-                                "data.augment_cpus=0.5", "data.read_cpus=0.25"])
+                                "data.augment_cpus=0.5"])
     assert required_cpus(config) == 2 * 0.5 + 0.5 + 1.0
 
 

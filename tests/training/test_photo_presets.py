@@ -14,7 +14,7 @@ from pipelines.config.project import PROJECT_ROOT
 from pipelines.config.recipe import batch_note, recipe_differences
 from pipelines.data.augment_batch import AugmentBatch
 from pipelines.data.store import DatasetInfo
-from pipelines.data.stream import augment_arguments, augment_pool_max, read_tasks
+from pipelines.data.stream import augment_arguments, augment_pool_max
 from pipelines.training.optimizer import lr_schedule, weight_decay_schedule
 from pipelines.training.step import TrainStep, prepare
 
@@ -71,14 +71,6 @@ def test_the_auto_augmentation_pool_takes_every_cpu_the_run_does_not_reserve():
     assert augment_pool_max(config, cluster_cpus=2) == config.data.augment_actors  # never below the fixed pool
     fixed = load_config(None, ["data.augment_actors=2", "data.augment_actors_max=5"])
     assert augment_pool_max(fixed, cluster_cpus=32) == 5
-
-
-def test_read_tasks_run_one_per_augmentation_actor_the_pool_may_reach():
-    assert read_tasks(load_config(None, [])) == 1  # make run's: one worker process reads, not up to 8
-    assert read_tasks(load_config(None, ["data.augment_actors=2", "data.augment_actors_max=5"])) == 5
-    photos = load_config(PROJECT_ROOT / "configs" / "byol_resnet50_224.yaml", ["train.num_workers=2"])
-    assert read_tasks(photos, cluster_cpus=32) == 30
-    assert read_tasks(load_config(None, ["data.read_tasks=3"])) == 3
 
 
 def photos(count: int, seed: int = 0) -> np.ndarray:
