@@ -9,8 +9,8 @@ For BYOL's two 224-px views and DINO's 2 x 224 + 8 x 96 crops (configs/byol_resn
 configs/dino_vit_small16_224.yaml):
 
 - transform: the augmentation function alone (`AugmentBatch` on the stored bytes, in this process, one thread, a
-  row group's 256 images a call as in the stage), images per CPU-second; on phone photos also with every image
-  decoded in full (the crop-first decode off);
+  row group's 256 images a call as in the stage), images per CPU-second, the mean of a measurement before the
+  stage's and one after; on phone photos also with every image decoded in full (the crop-first decode off);
 - stage: the whole Ray Data stage as training runs it (Parquet row groups read, decoded and augmented in two
   actors of 0.5 CPU -> a consumer here that counts the blocks), the CPU each image adds to every process involved
   (Ray's workers and actors, the raylet and GCS, and this process, which runs Ray Data's executor and the
@@ -228,8 +228,9 @@ def main() -> None:
     for recipe in RECIPES:
         for label, store in stores.items():
             jpeg_bytes = float(np.mean([len(data) for data in stored_images(store)]))
-            transform, view_bytes = transform_rate(recipe, store)
+            before, view_bytes = transform_rate(recipe, store)
             stage, used, startup = stage_rate(recipe, store)
+            transform = (before + transform_rate(recipe, store)[0]) / 2  # before and after: the host's speed drifts
             loader = dataloader_rate(recipe, store)
             results[recipe, label] = (stage, jpeg_bytes, view_bytes)
             print(f"| {recipe} | {label} | {jpeg_bytes / 1e3:.0f} KB | {transform:.0f} | {stage:.0f} | "
