@@ -72,6 +72,8 @@ def read_blocks(units: list[RowGroup], columns: list[str], row_ids: bool,
 def consecutive_parts(units: list[RowGroup], parts: int) -> list[list[RowGroup]]:
     """`units` cut into `parts` consecutive runs, none empty, of about as many rows each (a run of small groups,
     as `data.limit` leaves, shares a task)."""
+    if not units:
+        return [[]]  # a split with no rows: one task that reads nothing
     ends = np.cumsum([unit.rows for unit in units])
     cuts = np.searchsorted(ends, ends[-1] * np.arange(1, parts) / parts, side="right")
     for index in range(parts - 1):  # each run at least one unit, leaving one for each run after it

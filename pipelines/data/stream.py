@@ -53,8 +53,9 @@ def limited_rows(config: Config, info: DatasetInfo) -> Optional[np.ndarray]:
     return stratified_sample(split_labels(config.data.path, "train"), limit, config.train.seed)
 
 
-def train_rows(config: Config, info: DatasetInfo, columns=("image",), epochs: int = 1, transform=None,
-               read: Callable[..., ray.data.Dataset] = ray.data.read_datasource, **read_options) -> ray.data.Dataset:
+def train_rows(config: Config, info: DatasetInfo, columns=("image",), epochs: int = 1,
+               transform: Optional[Callable] = None, read: Callable[..., ray.data.Dataset] = ray.data.read_datasource,
+               **read_options) -> ray.data.Dataset:
     """The training rows (after `data.limit`) `epochs` times over, each time in a new seeded random
     row-group order, in one stream: a read task per row group of ROWS_PER_GROUP (consecutive smaller ones,
     as `data.limit` leaves, share one; past MAX_READ_TASKS, so do full ones); `transform` as ShuffledRowGroups',

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.config.load import load_config
-from pipelines.data.row_groups import ShuffledRowGroups
+from pipelines.data.row_groups import RowGroup, ShuffledRowGroups, consecutive_parts
 from pipelines.data.store import read_info, split_files, split_labels
 from pipelines.data.stream import limited_rows, train_rows
 from pipelines.features.extract import eval_rows
@@ -62,6 +62,20 @@ def test_row_groups_are_read_in_a_new_seeded_order_each_epoch(tmp_path):
         [str(tmp_path / "part-00000.parquet")], ["label"], seed=0).epoch_order(1)]
     first_ten = [source.units[group].group // 2 for group in orders[0][:10]]  # classes of the first 320 rows
     assert len(set(first_ten)) >= 5
+
+
+@pytest.mark.parametrize("rows, parts, expected", [
+    ([256] * 5, 5, [256] * 5),  # whole row groups: a task each
+    ([3] * 470, 6, [234, 234, 237, 234, 234, 237]),  # data.limit's few rows a group: groups share a task
+    ([1000, 1, 1, 1], 3, [1000, 1, 2]),  # never an empty task, whatever the sizes
+    ([1, 1, 1, 1000], 3, [2, 1, 1000]),
+    ([], 1, [0]),
+])
+def test_read_tasks_take_consecutive_row_groups_of_about_equal_rows(rows, parts, expected):
+    units = [RowGroup("part-00000.parquet", group, count, 0) for group, count in enumerate(rows)]
+    split = consecutive_parts(units, parts)
+    assert [sum(unit.rows for unit in part) for part in split] == expected
+    assert [unit for part in split for unit in part] == units  # in order, each once
 
 
 @pytest.mark.slow
