@@ -39,6 +39,14 @@ def test_unknown_field_lists_allowed_ones():
         load_config(None, ["data.batchsize=3"])
 
 
+def test_a_configuration_logged_before_a_setting_was_retired_still_loads(tmp_path):
+    """A run logged with data.read_cpus and data.read_tasks (gone: training reads in its augmentation actors) is
+    resumed from its own configuration, and a study's preset file with them still runs."""
+    preset = tmp_path / "best.yaml"
+    preset.write_text("data: {read_cpus: 0.25, read_tasks: 3, batch_size: 64}\n")
+    assert load_config(preset, []).data.batch_size == 64
+
+
 @pytest.mark.slow
 def test_cli_reports_bad_value_without_traceback():
     """The one test of the real `python -m` path; the others call the same `main` in process."""
