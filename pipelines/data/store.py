@@ -24,7 +24,7 @@ SCHEMA = pa.schema(
 )
 # Image files are compressed already: stored as they are, with neither Snappy nor a dictionary (which Parquet
 # abandons after its first megabyte of distinct images), they read 2.8x faster at the same size (web-sized JPEGs:
-# 0.136 -> 0.048 ms an image in the augmentation actors, BENCHMARKS.md "Photos").
+# 0.136 -> 0.048 ms an image to read, BENCHMARKS.md "Photos").
 COMPRESSION = {name: "none" if name == "image" else "snappy" for name in SCHEMA.names}
 DICTIONARY = [name for name in SCHEMA.names if name != "image"]
 
