@@ -59,25 +59,28 @@ class AugmentBatch:
             self.rng = np.random.default_rng()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outputs: list[list[np.ndarray]] = [[] for _ in self.views]
+        images = batch["image"]
+        # each view written once, transposed, into its column (no per-view array, no stacking copy)
+        columns = [np.empty((len(images), *shape), np.uint8) for shape in self.shapes]
         decoded = []
-        for index, data in enumerate(batch["image"]):
+        for index, data in enumerate(images):
             try:
                 views = self.views_of(data)
             except ValueError:
                 continue
+            for column, view in zip(columns, views):
+                column[len(decoded)] = view.transpose(2, 0, 1)
             decoded.append(index)
-            for out, view in zip(outputs, views):
-                out.append(to_chw(view))
-        columns = {view_column(i): np.stack(out) if out else np.zeros((0, *shape), np.uint8)
-                   for i, (out, shape) in enumerate(zip(outputs, self.shapes))}
+        kept = len(decoded)
+        out = {view_column(i): column if kept == len(images) else column[:kept].copy()
+               for i, column in enumerate(columns)}
         if self.masking:
-            columns[MASKS] = self.masks(len(decoded))
+            out[MASKS] = self.masks(kept)
         if "label" in batch:
             labels = batch["label"]
-            columns["label"] = np.array([-1 if labels[i] is None or labels[i] != labels[i] else int(labels[i])
-                                         for i in decoded], dtype=np.int64)
-        return columns
+            out["label"] = np.array([-1 if labels[i] is None or labels[i] != labels[i] else int(labels[i])
+                                     for i in decoded], dtype=np.int64)
+        return out
 
     def views_of(self, data: bytes) -> list[np.ndarray]:
         """HxWxC views of one image: JPEGs decoded at the scale their crops need, other formats in full."""
