@@ -109,8 +109,34 @@ class AugmentTables:
     def __call__(self, table):
         from ray.data.block import BlockAccessor
 
-        batch = {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+        batch = {name: binary_values(column) if pa_binary(column.type) else column.to_numpy(zero_copy_only=False)
+                 for name, column in zip(table.column_names, table.columns)}
         return BlockAccessor.batch_to_block(augmenter(self.arguments)(batch))
+
+
+def pa_binary(kind) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+
+
+def binary_values(column) -> np.ndarray:
+    """Each value of a binary Arrow column as a memoryview of the column's own buffer (None where null): the image
+    bytes are not copied again (2.3 MB a phone photo)."""
+    import pyarrow as pa
+
+    values = []
+    for chunk in column.chunks:
+        _, offsets, data = chunk.buffers()
+        kind = np.int64 if pa.types.is_large_binary(chunk.type) else np.int32
+        ends = np.frombuffer(offsets, kind)[chunk.offset:chunk.offset + len(chunk) + 1].tolist()
+        whole = memoryview(data if data is not None else b"").cast("B")  # Arrow's buffers are signed chars
+        valid = chunk.is_valid().to_numpy(zero_copy_only=False) if chunk.null_count else None
+        values.extend(whole[start:end] if valid is None or valid[i] else None
+                      for i, (start, end) in enumerate(zip(ends[:-1], ends[1:])))
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
 
 
 @functools.lru_cache(maxsize=4)

@@ -20,10 +20,21 @@ A = import_albumentations()
 FACTORS = (8, 4, 2)
 MARGIN = 2  # each crop decoded at twice its output size or more: its detail then within 5 % of a full decode's
 TURNED = {5, 6, 7, 8}  # EXIF orientations that swap width and height (OpenCV decodes the photo upright)
+HEADER_BYTES = 1 << 17  # where a JPEG's header ends, but for rare ones (large embedded profiles)
 
 
-def upright_size(data: bytes) -> tuple[int, int]:
-    """(height, width) of a JPEG as OpenCV decodes it (EXIF orientation applied), from its header alone."""
+def upright_size(data) -> tuple[int, int]:
+    """(height, width) of a JPEG (bytes, or a memoryview of a stored column) as OpenCV decodes it (EXIF orientation
+    applied), from its header alone: the first HEADER_BYTES, then the whole file if the header runs past them."""
+    if isinstance(data, bytes) or len(data) <= HEADER_BYTES:
+        return header_size(bytes(data))
+    try:
+        return header_size(bytes(data[:HEADER_BYTES]))
+    except Exception:
+        return header_size(bytes(data))
+
+
+def header_size(data: bytes) -> tuple[int, int]:
     with Image.open(io.BytesIO(data)) as image:
         width, height = image.size
         turned = image.getexif().get(0x0112) in TURNED
@@ -63,9 +74,9 @@ class CropFirst:
     def output_size(crop) -> tuple[int, int]:
         return tuple(crop.size) if isinstance(crop, A.RandomResizedCrop) else (crop.height, crop.width)
 
-    def __call__(self, data: bytes) -> Optional[list[np.ndarray]]:
-        """The views of one image, or None when the bytes are not a JPEG whose header Pillow reads (the caller
-        decodes those in full). Raises ValueError when the bytes are no image."""
+    def __call__(self, data) -> Optional[list[np.ndarray]]:
+        """The views of one image (bytes or a memoryview), or None when the bytes are not a JPEG whose header Pillow
+        reads (the caller decodes those in full). Raises ValueError when the bytes are no image."""
         if not self.applies or not data[:2] == JPEG_MAGIC:
             return None
         try:

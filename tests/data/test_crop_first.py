@@ -79,3 +79,34 @@ def test_other_formats_and_views_that_need_the_whole_image_take_the_full_decode(
     out = batch({"image": np.array([png, jpeg(photo[:200, :300]), b"\xff\xd8 not a jpeg", io.BytesIO(b"").read()],
                                    dtype=object)})
     assert out["view_0"].shape == (2, 3, 32, 32)  # the two images; the broken ones left out
+
+
+def test_stored_images_are_read_as_views_of_the_column_and_give_the_same_sizes(photo):
+    """The stream hands the augmentation memoryviews of Arrow's buffer (no copy of each photo's bytes): the same
+    bytes as the column's values, nulls as None, offsets of a sliced column and of large_binary respected, and a
+    header past HEADER_BYTES (a large colour profile) read from the whole file."""
+    import pyarrow as pa
+    from PIL import Image
+
+    from pipelines.data.augment_batch import binary_values
+    from pipelines.data.crop_first import HEADER_BYTES
+
+    small = cv2.resize(photo, (400, 300))
+    profiled = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(small).save(profiled, "JPEG", exif=exif.tobytes(), icc_profile=bytes(range(256)) * 1000)
+    values = [jpeg(small), None, profiled.getvalue(), jpeg(small, orientation=6)]
+    assert values[2].find(b"\xff\xc0") > HEADER_BYTES  # its frame header past the first read
+    for kind in (pa.binary(), pa.large_binary()):
+        column = pa.chunked_array([pa.array(values[:2], kind), pa.array(values[2:], kind)])
+        for chunks, expected in ((column, values), (column.slice(1, 3), values[1:]),
+                                 (pa.chunked_array([column.combine_chunks().slice(2, 2)]), values[2:])):
+            views = binary_values(chunks)
+            assert [None if view is None else bytes(view) for view in views] == expected
+            assert [upright_size(view) for view in views if view is not None] == \
+                [upright_size(value) for value in expected if value is not None]
+    views = binary_values(pa.chunked_array([pa.array(values, pa.binary())]))
+    assert upright_size(views[2]) == upright_size(views[3]) == (400, 300)  # turned upright by their EXIF
+    batch = AugmentBatch({"name": "byol"}, 32, 3, 0.08)
+    assert len(batch({"image": views[[0, 2, 3]]})["view_0"]) == 3
