@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
 from pipelines.config.project import LocalOrURI
@@ -22,6 +22,7 @@ from pipelines.data.store import DatasetInfo, read_info, read_rows, split_files
 from pipelines.features.extract import Normalizer, decode_for_eval, extract_features
 from pipelines.storage.export import META_FILE, WEIGHTS_FILE, load_backbone
 from pipelines.storage.files import DatasetError, filesystem, read_bytes, remove_folder
+from pipelines.storage.runs import RunOrWeights, resolve_source
 from pipelines.training.driver import torch_threads
 
 EMBED_BATCH = 256
@@ -179,22 +180,12 @@ def read_embeddings(folder: str) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
     return table["row"].to_numpy(), labels, torch.from_numpy(flat.reshape(-1, width).copy())
 
 
-class BackboneSource(BaseModel):
+class BackboneSource(RunOrWeights):
     """Which backbone and data a job reads: `run` (a pretraining run's name: its last checkpoint under `storage`, its
     data) or `weights` (a folder or URI with backbone.safetensors and backbone.json, or 'pixels'), and `data` (an
     ingested dataset; default with `run`: the run's)."""
-    model_config = ConfigDict(extra="forbid")
-
-    run: Optional[str] = None
-    weights: Optional[str] = None
-    storage: Optional[LocalOrURI] = Field(None, description="where the run's checkpoints are (default: train.storage_path)")
+    weights: Optional[str] = None  # 'pixels' is no path
     data: Optional[LocalOrURI] = None
-
-    @model_validator(mode="after")
-    def _one_backbone(self) -> "BackboneSource":
-        if (self.run is None) == (self.weights is None):
-            raise ValueError("give the backbone as run or as weights (one of them)")
-        return self
 
 
 class EmbedSettings(BackboneSource):
@@ -225,7 +216,6 @@ def embed(settings: EmbedSettings) -> EmbedResult:
     """Embeds one split with a Ray Data job (joining RAY_ADDRESS's cluster, else starting Ray here); a `source`
     folder is ingested first into <out>/.ingested, removed after (its files' paths kept in the `source` column)."""
     from pipelines.cluster.start import start_ray
-    from pipelines.storage.runs import resolve_source
 
     start_ray(settings.verbose)
     # beside the output, not in a local temporary folder: on a cluster the embedding actors read it from other nodes

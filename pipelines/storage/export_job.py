@@ -5,32 +5,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field
 
 from pipelines.config.project import LocalOrURI
 from pipelines.config.schema import Config
 from pipelines.storage.export import META_FILE, WEIGHTS_FILE, read_export
-from pipelines.storage.runs import run_weights
+from pipelines.storage.runs import RunOrWeights, run_weights
 from ssl_models import BackboneSpec, small_stem
 
 SMALL_STEM_FILE = "small_stem.py"
 
 
-class ExportSettings(BaseModel):
+class ExportSettings(RunOrWeights):
     """What `python -m pipelines.export` takes, each field its flag."""
-    model_config = ConfigDict(extra="forbid")
-
-    run: Optional[str] = Field(None, description="a pretraining run's name: its last checkpoint")
-    weights: Optional[LocalOrURI] = Field(None, description="a folder or URI with backbone.safetensors + backbone.json")
-    storage: Optional[LocalOrURI] = Field(None, description="where the run's checkpoints are (default: train.storage_path)")
     out: LocalOrURI = Field(description="a local folder for the export")
     onnx: bool = Field(False, description="also backbone.onnx, its embeddings checked against PyTorch's")
-
-    @model_validator(mode="after")
-    def _one_backbone(self) -> "ExportSettings":
-        if (self.run is None) == (self.weights is None):
-            raise ValueError("give the backbone as run or as weights (one of them)")
-        return self
 
 
 @dataclass

@@ -3,6 +3,9 @@ the names commands take (`--run`, `--resume`); a run's failure as one line."""
 import json
 from typing import Optional
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipelines.config.project import LocalOrURI
 from pipelines.config.schema import Config
 from pipelines.config.section import ConfigError
 from pipelines.storage.files import DatasetError, file_exists, filesystem, latest_checkpoint, newest_folder_with
@@ -50,6 +53,22 @@ def run_weights(storage_path: str, run_name: str) -> str:
     if checkpoint is None:
         raise DatasetError(f"no run named '{run_name}' with a checkpoint under {storage_path}")
     return checkpoint
+
+
+class RunOrWeights(BaseModel):
+    """A backbone a command reads: `run` (a pretraining run's name) or `weights` (an export or a checkpoint
+    folder), one of them."""
+    model_config = ConfigDict(extra="forbid")
+
+    run: Optional[str] = Field(None, description="a pretraining run's name: its last checkpoint")
+    weights: Optional[LocalOrURI] = Field(None, description="a folder or URI with backbone.safetensors + backbone.json")
+    storage: Optional[LocalOrURI] = Field(None, description="where the run's checkpoints are (default: train.storage_path)")
+
+    @model_validator(mode="after")
+    def _one_backbone(self) -> "RunOrWeights":
+        if (self.run is None) == (self.weights is None):
+            raise ValueError("give the backbone as run or as weights (one of them)")
+        return self
 
 
 def resolve_source(weights: Optional[str], run: Optional[str], storage: Optional[str],
