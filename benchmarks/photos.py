@@ -1,6 +1,6 @@
 """The data path at photo sizes: images per second per CPU core from stored rows to training views, in one run.
 
-    .venv/bin/python -m benchmarks.photos      # about 10 minutes on 2 cores the first time (it makes the photos)
+    .venv/bin/python -m benchmarks.photos      # about 15 minutes on 2 cores (5 more the first time: the photos)
 
 Two folders made offline (benchmarks/photo_files.py): 300 web-sized JPEGs of 500x375 to 800x600 and 48 phone
 photos of 4032x3024 (12 megapixels, about 2.3 MB each) six times over (288 files, so that the stored row groups
@@ -14,17 +14,27 @@ configs/dino_vit_small16_224.yaml):
 - stage: the whole Ray Data stage as training runs it (Parquet row groups read, decoded and augmented in two
   actors of 0.5 CPU -> a consumer here that counts the blocks), the CPU each image adds to every process involved
   (Ray's workers and actors, the raylet and GCS, and this process, which runs Ray Data's executor and the
-  consumer): the difference between an execution of one epoch and one of more (the actors' start-up, the same in
-  both, cancels out; it is printed apart), its share of the transform-only rate, and where its CPU goes;
+  consumer): the difference between two executions, the shorter already past the actors' warm-up (their start,
+  and their first writes into the object store's shared pages, which fault them in), so that what both spend on
+  it cancels out (it is printed apart); its share of the transform-only rate, where its CPU goes, and how much of
+  it Ray's processes spend at rest (a fixed cost per second, whatever the node's size);
+- transform in the stage: the same function timed inside the stage's actors (the CPU time of each call, in the
+  same seconds as the stage's, so that this host's drift in speed, up to 10 % between the measurements before and
+  after the stage, does not enter the ratio), and the stage's rate as a share of it;
 - dataloader: a torch DataLoader with one worker process and the same function, images per CPU-second of both;
 - bytes per image: the views the actors ship to a Train worker against the stored JPEG, and from these how many
   CPU cores and how much network one GPU needs at published training speeds (`--gpu-rate` overrides them).
 """
 import argparse
+import contextlib
+import functools
+import math
+import os
 import resource
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -32,7 +42,7 @@ import numpy as np
 from benchmarks.photo_files import PHONE, write_photos
 from pipelines.config.load import load_config
 from pipelines.config.project import PROJECT_ROOT
-from pipelines.data.augment_batch import AugmentBatch
+from pipelines.data.augment_batch import AugmentBatch, AugmentTables, augmenter as actor_augmenter
 from pipelines.data.store import ROWS_PER_GROUP, read_info, read_split
 from pipelines.data.stream import augment_arguments
 
@@ -46,6 +56,11 @@ RECIPES = {"byol": PROJECT_ROOT / "configs" / "byol_resnet50_224.yaml",
 GPU_RATES = {"byol": 2470 * 3 / 8, "dino": 1_281_167 * 100 / (1.75 * 86400 * 8)}
 BATCH = ROWS_PER_GROUP  # the stage augments a row group at a time
 EXTRA_IMAGES = 2400  # the images the longer execution of the stage adds, at least two epochs of them
+# Two augmentation actors fault the object store's shared pages in over their first ~1,500 images (110 page faults an
+# image, then 25; a put of warm pages costs a third of a put of fresh ones): the shorter execution runs this far.
+WARM_IMAGES = 1500
+FIRST_CALLS = 2  # an actor's first augmentation calls, slower (caches, first allocations), left out of its rate
+REST_SECONDS = 10.0
 THIS = "this process (executor, consumer)"
 
 
@@ -121,35 +136,87 @@ class RayCpu:
         return used
 
 
-def stage_cpu(config, info) -> tuple[int, dict[str, float]]:
-    """(images, CPU seconds by kind of process) of one execution of the stage, from asking for it to its last block."""
+class TimedAugmentTables(AugmentTables):
+    """The stream's AugmentTables, each actor adding the CPU time of its augmentation calls (the function the
+    transform-only rate times) and their images to a file of its own in `folder`: the transform inside the stage,
+    timed in the same seconds as the stage."""
+
+    def __init__(self, arguments: dict, folder: str):
+        super().__init__(arguments)
+        self.folder = folder
+
+    def augment(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        augment = actor_augmenter(self.arguments)  # built once an actor, not timed
+        started = time.thread_time()
+        out = augment(batch)
+        with open(Path(self.folder) / str(os.getpid()), "a") as record:
+            record.write(f"{time.thread_time() - started} {len(out['view_0'])}\n")
+        return out
+
+
+@contextlib.contextmanager
+def augmentation_timed() -> Iterator[Callable[[], dict[str, list[tuple[float, int]]]]]:
+    """Within it the stream's actors time their augmentation (TimedAugmentTables); yields a function that gives each
+    actor's calls so far (CPU seconds, images) by its process id."""
+    import pipelines.data.stream as stream
+
+    original = stream.AugmentTables
+    with tempfile.TemporaryDirectory() as folder:
+        stream.AugmentTables = functools.partial(TimedAugmentTables, folder=folder)
+        try:
+            yield lambda: {path.name: [(float(cpu), int(images)) for cpu, images in
+                                       (line.split() for line in path.read_text().splitlines())]
+                           for path in Path(folder).iterdir()}
+        finally:
+            stream.AugmentTables = original
+
+
+def stage_cpu(config, info) -> tuple[int, dict[str, float], float]:
+    """(images, CPU seconds by kind of process, wall seconds) of one execution of the stage, from asking for it to its
+    last block."""
     from pipelines.data.stream import training_dataset
 
-    watch, started, count = RayCpu(), time.process_time(), 0
+    watch, started, wall, count = RayCpu(), time.process_time(), time.perf_counter(), 0
     for block in training_dataset(config, info).iter_batches(batch_size=None, batch_format="pyarrow"):
         count += len(block)
-    here = time.process_time() - started
+    here, wall = time.process_time() - started, time.perf_counter() - wall
     used = watch.stop()
     used[THIS] = here - watch.own
-    return count, used
+    return count, used, wall
 
 
-def stage_rate(recipe: str, store: str, actors: int = 2) -> tuple[float, dict[str, float], float]:
-    """(images per CPU-second of the whole Ray Data stage, the CPU seconds by kind of process of the images it adds,
-    the CPU seconds of its start-up): executions of one epoch and of 1 + n epochs (about EXTRA_IMAGES more images),
-    after a first that warms the disk cache and imports. The pool: `actors` augmentation actors of 1/`actors` CPU
-    each (the presets start with 2)."""
+def stage_rate(recipe: str, store: str, actors: int = 2) -> tuple[float, float, dict[str, float], float, float]:
+    """(images per CPU-second of the whole Ray Data stage, and of the augmentation inside its actors; the CPU seconds
+    by kind of process of the images it adds, the CPU seconds of its start-up and warm-up, the wall seconds of the
+    images it adds): executions of n epochs (at least WARM_IMAGES) and of n + m epochs (about EXTRA_IMAGES more
+    images), after a first that warms the disk cache and imports. The augmentation's rate: its calls in the longer
+    execution's actors, each actor's first FIRST_CALLS left out. The pool: `actors` augmentation actors of
+    1/`actors` CPU each (the presets start with 2)."""
     config = config_for(recipe, store)
     config.data.augment_actors = config.data.augment_actors_max = actors
     config.data.augment_cpus = 1 / actors
     info = read_info(store)
-    stage_cpu(config, info)
-    short_images, short = stage_cpu(config, info)
-    config.train.epochs = 1 + max(2, round(EXTRA_IMAGES / info.splits["train"]))
-    long_images, long = stage_cpu(config, info)
+    rows = info.splits["train"]
+    with augmentation_timed() as calls:
+        stage_cpu(config, info)
+        config.train.epochs = math.ceil(WARM_IMAGES / rows)
+        short_images, short, short_wall = stage_cpu(config, info)
+        earlier = set(calls())
+        config.train.epochs += max(2, round(EXTRA_IMAGES / rows))
+        long_images, long, long_wall = stage_cpu(config, info)
+        steady = [call for actor, made in calls().items() if actor not in earlier for call in made[FIRST_CALLS:]]
     added = {kind: cpu - short.get(kind, 0.0) for kind, cpu in long.items()}
     rate = (long_images - short_images) / sum(added.values())
-    return rate, added, sum(short.values()) - short_images / rate
+    inside = sum(images for _, images in steady) / sum(cpu for cpu, _ in steady)
+    return rate, inside, added, sum(short.values()) - short_images / rate, long_wall - short_wall
+
+
+def at_rest(seconds: float = REST_SECONDS) -> float:
+    """CPU cores Ray's processes use with no work (the raylet, the GCS, Ray Data's helper actors, the dashboard's
+    agent), watched for `seconds` after the stages have run."""
+    watch = RayCpu()
+    time.sleep(seconds)
+    return sum(watch.stop().values()) / seconds
 
 
 def dataloader_rate(recipe: str, store: str, rounds: int = 2) -> float:
@@ -222,29 +289,33 @@ def main() -> None:
                                                                    args.shorter_side)}
     gpu_rates = {**GPU_RATES, **{name: float(rate) for name, rate in args.gpu_rate}}
     print("\n| recipe | photos | stored bytes | transform img/s/core | stage img/s/core | stage/transform | "
-          "DataLoader img/s/core | view bytes |")
-    print("|---|---|---|---|---|---|---|---|")
+          "transform in the stage | stage/transform in the stage | DataLoader img/s/core | view bytes |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     results, shares = {}, []
     for recipe in RECIPES:
         for label, store in stores.items():
             jpeg_bytes = float(np.mean([len(data) for data in stored_images(store)]))
             before, view_bytes = transform_rate(recipe, store)
-            stage, used, startup = stage_rate(recipe, store)
+            stage, inside, used, startup, wall = stage_rate(recipe, store)
             transform = (before + transform_rate(recipe, store)[0]) / 2  # before and after: the host's speed drifts
             loader = dataloader_rate(recipe, store)
             results[recipe, label] = (stage, jpeg_bytes, view_bytes)
             print(f"| {recipe} | {label} | {jpeg_bytes / 1e3:.0f} KB | {transform:.0f} | {stage:.0f} | "
-                  f"{stage / transform:.0%} | {loader:.0f} | {view_bytes / 1e3:.0f} KB |", flush=True)
-            shares.append((recipe, label, used, startup))
+                  f"{stage / transform:.0%} | {inside:.0f} | {stage / inside:.0%} | {loader:.0f} | "
+                  f"{view_bytes / 1e3:.0f} KB |", flush=True)
+            shares.append((recipe, label, used, startup, wall))
             if label.startswith("phone 4032"):
                 full, _ = transform_rate(recipe, store, crop_first=False, rounds=1)
-                print(f"| {recipe} | {label}, decoded in full | | {full:.0f} | | | | |", flush=True)
-    print("\nWhere the stage's CPU goes (the images the longer execution adds), and its start-up:")
-    for recipe, label, used, startup in shares:
+                print(f"| {recipe} | {label}, decoded in full | | {full:.0f} | | | | | | |", flush=True)
+    rest = at_rest()
+    print(f"\nWhere the stage's CPU goes (the images the longer execution adds), its start-up and warm-up, and the "
+          f"share of it that Ray's processes spend at rest ({rest:.3f} of a core, watched {REST_SECONDS:.0f} s "
+          f"after the stages):")
+    for recipe, label, used, startup, wall in shares:
         total = sum(used.values())
         print(f"  {recipe}, {label}: " + ", ".join(f"{kind} {cpu / total:.0%}" for kind, cpu in
                                                    sorted(used.items(), key=lambda item: -item[1]))
-              + f"; start-up {startup:.1f} CPU-s")
+              + f"; start-up and warm-up {startup:.1f} CPU-s; at rest {rest * wall / total:.1%}")
     print("\nOne GPU's needs at its published training speed (augmentation on CPU nodes ships the views; on the GPU "
           "node's own cores, the JPEGs):")
     print("| recipe | photos | GPU img/s | CPU cores | network, views | network, JPEGs |")

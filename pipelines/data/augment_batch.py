@@ -111,7 +111,10 @@ class AugmentTables:
 
         batch = {name: binary_values(column) if pa_binary(column.type) else column.to_numpy(zero_copy_only=False)
                  for name, column in zip(table.column_names, table.columns)}
-        return BlockAccessor.batch_to_block(augmenter(self.arguments)(batch))
+        return BlockAccessor.batch_to_block(self.augment(batch))
+
+    def augment(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return augmenter(self.arguments)(batch)
 
 
 def pa_binary(kind) -> bool:
