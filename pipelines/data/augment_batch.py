@@ -82,8 +82,9 @@ class AugmentBatch:
                                      for i in decoded], dtype=np.int64)
         return out
 
-    def views_of(self, data: bytes) -> list[np.ndarray]:
-        """HxWxC views of one image: JPEGs decoded at the scale their crops need, other formats in full."""
+    def views_of(self, data) -> list[np.ndarray]:
+        """HxWxC views of one image (bytes, or a memoryview of a stored column): JPEGs decoded at the scale their
+        crops need, other formats in full."""
         views = self.crop_first(data)
         if views is None:
             image = decode_image(data, self.channels)
