@@ -2,9 +2,10 @@
 
     .venv/bin/python -m benchmarks.photos      # about 15 minutes on 2 cores (5 more the first time: the photos)
 
-Two folders made offline (benchmarks/photo_files.py): 300 web-sized JPEGs of 500x375 to 800x600 and 48 phone
-photos of 4032x3024 (12 megapixels, about 2.3 MB each) six times over (288 files, so that the stored row groups
-hold 256 rows as a real folder's do), the phone folder also ingested with `--shorter-side 320`.
+Two folders made offline (benchmarks/photo_files.py): 512 web-sized JPEGs of 500x375 to 800x600, and 48 phone
+photos of 4032x3024 (12 megapixels, about 2.3 MB each) in turn to 512 files; 512 so that the stores' row groups
+hold 256 rows as a large folder's do (the ingest cuts a small folder into as many shards as CPUs). The phone
+folder is also ingested with `--shorter-side 320`.
 For BYOL's two 224-px views and DINO's 2 x 224 + 8 x 96 crops (configs/byol_resnet50_224.yaml,
 configs/dino_vit_small16_224.yaml):
 
@@ -12,12 +13,12 @@ configs/dino_vit_small16_224.yaml):
   row group's 256 images a call as in the stage), images per CPU-second, the mean of a measurement before the
   stage's and one after; on phone photos also with every image decoded in full (the crop-first decode off);
 - stage: the whole Ray Data stage as training runs it (Parquet row groups read, decoded and augmented in two
-  actors of 0.5 CPU -> a consumer here that counts the blocks), the CPU each image adds to every process involved
-  (Ray's workers and actors, the raylet and GCS, and this process, which runs Ray Data's executor and the
-  consumer): the difference between two executions, the shorter already past the actors' warm-up (their start,
-  and their first writes into the object store's shared pages, which fault them in), so that what both spend on
-  it cancels out (it is printed apart); its share of the transform-only rate, where its CPU goes, and how much of
-  it Ray's processes spend at rest (a fixed cost per second, whatever the node's size);
+  actors of 0.5 CPU -> a consumer here that counts the blocks), the CPU of every process involved (Ray's workers
+  and actors, the raylet and GCS, and this process, which runs Ray Data's executor and the consumer) in a window
+  of one execution past the actors' warm-up (their start, and their first writes into the object store's shared
+  pages, which fault them in; printed apart), against the images the actors augmented in that window; its share
+  of the transform-only rate, where its CPU goes, and how much of it Ray's processes spend at rest (a fixed cost
+  per second, whatever the node's size);
 - transform in the stage: the same function timed inside the stage's actors (the CPU time of each call, in the
   same seconds as the stage's, so that this host's drift in speed, up to 10 % between the measurements before and
   after the stage, does not enter the ratio), and the stage's rate as a share of it;
@@ -55,11 +56,13 @@ RECIPES = {"byol": PROJECT_ROOT / "configs" / "byol_resnet50_224.yaml",
 # backward of each, the target's forward of each): about 926 images/s.
 GPU_RATES = {"byol": 2470 * 3 / 8, "dino": 1_281_167 * 100 / (1.75 * 86400 * 8)}
 BATCH = ROWS_PER_GROUP  # the stage augments a row group at a time
-EXTRA_IMAGES = 2400  # the images the longer execution of the stage adds, at least two epochs of them
+ROWS = 2 * ROWS_PER_GROUP  # files in a folder: the ingest on 2 CPUs writes 2 shards, each one full row group
 # Two augmentation actors fault the object store's shared pages in over their first ~1,500 images (110 page faults an
-# image, then 25; a put of warm pages costs a third of a put of fresh ones): the shorter execution runs this far.
+# image, then 25; a put of warm pages costs a third of a put of fresh ones): the stage is measured past them.
 WARM_IMAGES = 1500
-FIRST_CALLS = 2  # an actor's first augmentation calls, slower (caches, first allocations), left out of its rate
+WINDOW_IMAGES = 3000  # the stage is measured over at least this many images
+WINDOW_SECONDS = 20.0  # and about this long (Ray's processes do some of their work every 1 to 10 s)
+TAIL_IMAGES = 2 * ROWS_PER_GROUP  # the execution goes on past the window's end, so that it ends with the actors busy
 REST_SECONDS = 10.0
 THIS = "this process (executor, consumer)"
 
@@ -93,14 +96,14 @@ def transform_rate(recipe: str, store: str, crop_first: bool = True, rounds: int
 
 
 class RayCpu:
-    """CPU seconds of Ray's processes on this machine (workers, actors, raylet, GCS) from `start` to `stop`, by
-    kind, sampled every 0.2 s so that a process ending between is counted to its last sample; the sampling's own
-    CPU time (a thread of this process) is kept in `own`."""
+    """CPU seconds of Ray's processes on this machine (workers, actors, raylet, GCS) from its start, by kind, to
+    `now` or `stop`, sampled every 0.2 s so that a process ending between is counted to its last sample; the
+    sampling's own CPU time (in this process) is kept in `own`."""
 
     def __init__(self):
         import threading
 
-        self.before, self.last, self.own, self.running = self.sample(), {}, 0.0, True
+        self.before, self.last, self.sampling, self.asked, self.running = self.sample(), {}, 0.0, 0.0, True
         self.thread = threading.Thread(target=self.watch, daemon=True)
         self.thread.start()
 
@@ -119,27 +122,35 @@ class RayCpu:
                 found[process.info["pid"]] = (kind, process.info["cpu_times"].user + process.info["cpu_times"].system)
         return found
 
+    @property
+    def own(self) -> float:
+        return self.sampling + self.asked
+
     def watch(self) -> None:
         while self.running:
             started = time.thread_time()
             self.last.update(self.sample())
-            self.own += time.thread_time() - started
+            self.sampling += time.thread_time() - started
             time.sleep(0.2)
+
+    def now(self) -> dict[str, float]:
+        started = time.thread_time()
+        used = {}
+        for pid, (kind, cpu) in {**self.last, **self.sample()}.items():
+            used[kind] = used.get(kind, 0.0) + cpu - self.before.get(pid, (kind, 0.0))[1]
+        self.asked += time.thread_time() - started
+        return used
 
     def stop(self) -> dict[str, float]:
         self.running = False
         self.thread.join()
-        self.last.update(self.sample())
-        used = {}
-        for pid, (kind, cpu) in self.last.items():
-            used[kind] = used.get(kind, 0.0) + cpu - self.before.get(pid, (kind, 0.0))[1]
-        return used
+        return self.now()
 
 
 class TimedAugmentTables(AugmentTables):
-    """The stream's AugmentTables, each actor adding the CPU time of its augmentation calls (the function the
-    transform-only rate times) and their images to a file of its own in `folder`: the transform inside the stage,
-    timed in the same seconds as the stage."""
+    """The stream's AugmentTables, each actor adding its augmentation calls (the function the transform-only rate
+    times: the monotonic clock at their start and end, their CPU time, their images) to a file of its own in
+    `folder`: which images were made when, and the transform inside the stage timed in the same seconds."""
 
     def __init__(self, arguments: dict, folder: str):
         super().__init__(arguments)
@@ -147,68 +158,70 @@ class TimedAugmentTables(AugmentTables):
 
     def augment(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         augment = actor_augmenter(self.arguments)  # built once an actor, not timed
-        started = time.thread_time()
+        started, cpu = time.monotonic(), time.thread_time()
         out = augment(batch)
         with open(Path(self.folder) / str(os.getpid()), "a") as record:
-            record.write(f"{time.thread_time() - started} {len(out['view_0'])}\n")
+            record.write(f"{started} {time.monotonic()} {time.thread_time() - cpu} {len(out['view_0'])}\n")
         return out
 
 
 @contextlib.contextmanager
-def augmentation_timed() -> Iterator[Callable[[], dict[str, list[tuple[float, int]]]]]:
-    """Within it the stream's actors time their augmentation (TimedAugmentTables); yields a function that gives each
-    actor's calls so far (CPU seconds, images) by its process id."""
+def augmentation_timed() -> Iterator[Callable[[], list[tuple[float, float, float, int]]]]:
+    """Within it the stream's actors time their augmentation (TimedAugmentTables); yields a function that gives
+    every actor's calls so far (start, end, CPU seconds, images)."""
     import pipelines.data.stream as stream
 
     original = stream.AugmentTables
     with tempfile.TemporaryDirectory() as folder:
         stream.AugmentTables = functools.partial(TimedAugmentTables, folder=folder)
         try:
-            yield lambda: {path.name: [(float(cpu), int(images)) for cpu, images in
-                                       (line.split() for line in path.read_text().splitlines())]
-                           for path in Path(folder).iterdir()}
+            yield lambda: [(float(start), float(end), float(cpu), int(images)) for path in Path(folder).iterdir()
+                           for start, end, cpu, images in (line.split() for line in path.read_text().splitlines())]
         finally:
             stream.AugmentTables = original
 
 
-def stage_cpu(config, info) -> tuple[int, dict[str, float], float]:
-    """(images, CPU seconds by kind of process, wall seconds) of one execution of the stage, from asking for it to its
-    last block."""
+def within(calls: list[tuple[float, float, float, int]], start: float, end: float) -> tuple[float, float]:
+    """(images, CPU seconds) of the augmentation calls between the monotonic times `start` and `end`, a call across
+    either edge counted by the share of its time inside."""
+    images = cpu = 0.0
+    for began, ended, used, made in calls:
+        share = max(0.0, min(ended, end) - max(began, start)) / max(ended - began, 1e-9)
+        images, cpu = images + share * made, cpu + share * used
+    return images, cpu
+
+
+def stage_rate(recipe: str, store: str, expected: float,
+               actors: int = 2) -> tuple[float, float, dict[str, float], float]:
+    """(images per CPU-second of the whole Ray Data stage, and of the augmentation inside its actors; the CPU seconds
+    by kind of process in the window, the window's wall seconds), after a first execution that warms the disk cache
+    and imports. In one execution of the stage as training runs it, from the consumer's WARM_IMAGES-th image (past
+    the actors' start and warm-up) to at least WINDOW_IMAGES more and about WINDOW_SECONDS at the `expected` images
+    per second a core: every process's CPU seconds in that window against the images the actors augmented in it.
+    The pool: `actors` augmentation actors of 1/`actors` CPU each (the presets start with 2)."""
     from pipelines.data.stream import training_dataset
 
-    watch, started, wall, count = RayCpu(), time.process_time(), time.perf_counter(), 0
-    for block in training_dataset(config, info).iter_batches(batch_size=None, batch_format="pyarrow"):
-        count += len(block)
-    here, wall = time.process_time() - started, time.perf_counter() - wall
-    used = watch.stop()
-    used[THIS] = here - watch.own
-    return count, used, wall
-
-
-def stage_rate(recipe: str, store: str, actors: int = 2) -> tuple[float, float, dict[str, float], float, float]:
-    """(images per CPU-second of the whole Ray Data stage, and of the augmentation inside its actors; the CPU seconds
-    by kind of process of the images it adds, the CPU seconds of its start-up and warm-up, the wall seconds of the
-    images it adds): executions of n epochs (at least WARM_IMAGES) and of n + m epochs (about EXTRA_IMAGES more
-    images), after a first that warms the disk cache and imports. The augmentation's rate: its calls in the longer
-    execution's actors, each actor's first FIRST_CALLS left out. The pool: `actors` augmentation actors of
-    1/`actors` CPU each (the presets start with 2)."""
     config = config_for(recipe, store)
     config.data.augment_actors = config.data.augment_actors_max = actors
     config.data.augment_cpus = 1 / actors
     info = read_info(store)
-    rows = info.splits["train"]
+    for block in training_dataset(config, info).iter_batches(batch_size=None, batch_format="pyarrow"):
+        pass
+    window = max(WINDOW_IMAGES, round(WINDOW_SECONDS * actors * expected))
+    config.train.epochs = math.ceil((WARM_IMAGES + window + TAIL_IMAGES) / info.splits["train"])
     with augmentation_timed() as calls:
-        stage_cpu(config, info)
-        config.train.epochs = math.ceil(WARM_IMAGES / rows)
-        short_images, short, short_wall = stage_cpu(config, info)
-        earlier = set(calls())
-        config.train.epochs += max(2, round(EXTRA_IMAGES / rows))
-        long_images, long, long_wall = stage_cpu(config, info)
-        steady = [call for actor, made in calls().items() if actor not in earlier for call in made[FIRST_CALLS:]]
-    added = {kind: cpu - short.get(kind, 0.0) for kind, cpu in long.items()}
-    rate = (long_images - short_images) / sum(added.values())
-    inside = sum(images for _, images in steady) / sum(cpu for cpu, _ in steady)
-    return rate, inside, added, sum(short.values()) - short_images / rate, long_wall - short_wall
+        watch, count, marks, started = RayCpu(), 0, [], time.process_time()
+        for block in training_dataset(config, info).iter_batches(batch_size=None, batch_format="pyarrow"):
+            count += len(block)
+            if len(marks) < 2 and count >= WARM_IMAGES + window * len(marks):
+                marks.append((time.monotonic(), watch.now(), time.process_time() - started - watch.own))
+        watch.stop()
+        made = calls()
+    (start, before, here_before), (end, after, here_after) = marks
+    used = {kind: cpu - before.get(kind, 0.0) for kind, cpu in after.items()}
+    used[THIS] = here_after - here_before
+    images, cpu = within(made, start, end)
+    return images / sum(used.values()), images / cpu, used, end - start
 
 
 def at_rest(seconds: float = REST_SECONDS) -> float:
@@ -257,10 +270,10 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "ssl-photos-benchmark"),
                         help="where the folders and stores are made (kept: a second run reuses them)")
-    parser.add_argument("--web", type=int, default=300, help="web-sized photos")
+    parser.add_argument("--web", type=int, default=ROWS, help="web-sized photos")
     parser.add_argument("--phone", type=int, default=48, help="12-megapixel photos")
-    parser.add_argument("--phone-copies", type=int, default=6,
-                        help="each phone photo this many times in its folder (hard links): 288 rows, a full row group")
+    parser.add_argument("--phone-rows", type=int, default=ROWS,
+                        help="files in the phone folder, the photos in turn (hard links after the first of each)")
     parser.add_argument("--shorter-side", type=int, default=320, help="the phone photos' stored copy (px)")
     parser.add_argument("--gpu-rate", nargs=2, action="append", metavar=("RECIPE", "IMAGES_PER_S"), default=[],
                         help="images/s one GPU trains for a recipe, instead of the published figure")
@@ -271,21 +284,23 @@ def main() -> None:
 
     cv2.setNumThreads(1)
     work = Path(args.work)
-    folders = {"web": (work / "web", args.web, (375, 500), (600, 800)),
-               "phone": (work / "phone", args.phone, PHONE, PHONE)}
-    for folder, count, smallest, largest in folders.values():
+    web, phone = work / f"web{args.web}", work / f"phone{args.phone}"
+    for folder, count, smallest, largest in ((web, args.web, (375, 500), (600, 800)),
+                                             (phone, args.phone, PHONE, PHONE)):
         if not folder.exists():
             print(f"making {count} photos in {folder}", flush=True)
             write_photos(folder, count, smallest, largest)
-    for path in sorted((work / "phone").glob("photo?????.jpg")):  # full row groups of 256, as a real folder's
-        for copy in range(1, args.phone_copies):
-            linked = path.with_name(f"{path.stem}_{copy}.jpg")
-            if not linked.exists():
-                linked.hardlink_to(path)
+    phones = work / f"phone{args.phone}x{args.phone_rows}"
+    phones.mkdir(exist_ok=True)
+    originals = sorted(phone.glob("photo?????.jpg"))
+    for index in range(args.phone_rows):
+        linked = phones / f"photo{index:05d}.jpg"
+        if not linked.exists():
+            linked.hardlink_to(originals[index % len(originals)])
     start_ray(num_cpus=2)
-    stores = {"web 500x375-800x600": ingested(work / "web", work / "web_store"),
-              "phone 4032x3024": ingested(work / "phone", work / "phone_store"),
-              f"phone, stored at {args.shorter_side} px": ingested(work / "phone", work / f"phone_{args.shorter_side}",
+    stores = {"web 500x375-800x600": ingested(web, work / f"{web.name}_store"),
+              "phone 4032x3024": ingested(phones, work / f"{phones.name}_store"),
+              f"phone, stored at {args.shorter_side} px": ingested(phones, work / f"{phones.name}_{args.shorter_side}",
                                                                    args.shorter_side)}
     gpu_rates = {**GPU_RATES, **{name: float(rate) for name, rate in args.gpu_rate}}
     print("\n| recipe | photos | stored bytes | transform img/s/core | stage img/s/core | stage/transform | "
@@ -296,26 +311,26 @@ def main() -> None:
         for label, store in stores.items():
             jpeg_bytes = float(np.mean([len(data) for data in stored_images(store)]))
             before, view_bytes = transform_rate(recipe, store)
-            stage, inside, used, startup, wall = stage_rate(recipe, store)
+            stage, inside, used, wall = stage_rate(recipe, store, before)
             transform = (before + transform_rate(recipe, store)[0]) / 2  # before and after: the host's speed drifts
             loader = dataloader_rate(recipe, store)
             results[recipe, label] = (stage, jpeg_bytes, view_bytes)
             print(f"| {recipe} | {label} | {jpeg_bytes / 1e3:.0f} KB | {transform:.0f} | {stage:.0f} | "
                   f"{stage / transform:.0%} | {inside:.0f} | {stage / inside:.0%} | {loader:.0f} | "
                   f"{view_bytes / 1e3:.0f} KB |", flush=True)
-            shares.append((recipe, label, used, startup, wall))
+            shares.append((recipe, label, used, wall))
             if label.startswith("phone 4032"):
                 full, _ = transform_rate(recipe, store, crop_first=False, rounds=1)
                 print(f"| {recipe} | {label}, decoded in full | | {full:.0f} | | | | | | |", flush=True)
     rest = at_rest()
-    print(f"\nWhere the stage's CPU goes (the images the longer execution adds), its start-up and warm-up, and the "
+    print(f"\nWhere the stage's CPU goes (in the window), and the "
           f"share of it that Ray's processes spend at rest ({rest:.3f} of a core, watched {REST_SECONDS:.0f} s "
           f"after the stages):")
-    for recipe, label, used, startup, wall in shares:
+    for recipe, label, used, wall in shares:
         total = sum(used.values())
         print(f"  {recipe}, {label}: " + ", ".join(f"{kind} {cpu / total:.0%}" for kind, cpu in
                                                    sorted(used.items(), key=lambda item: -item[1]))
-              + f"; start-up and warm-up {startup:.1f} CPU-s; at rest {rest * wall / total:.1%}")
+              + f"; at rest {rest * wall / total:.1%}")
     print("\nOne GPU's needs at its published training speed (augmentation on CPU nodes ships the views; on the GPU "
           "node's own cores, the JPEGs):")
     print("| recipe | photos | GPU img/s | CPU cores | network, views | network, JPEGs |")
