@@ -9,19 +9,21 @@ folder is also ingested with `--shorter-side 320`.
 For BYOL's two 224-px views and DINO's 2 x 224 + 8 x 96 crops (configs/byol_resnet50_224.yaml,
 configs/dino_vit_small16_224.yaml):
 
-- transform: the augmentation function alone (`AugmentBatch` on the stored bytes, in this process, one thread, a
-  row group's 256 images a call as in the stage), images per CPU-second, the mean of a measurement before the
-  stage's and one after; on phone photos also with every image decoded in full (the crop-first decode off);
+- transform alone: the augmentation function alone (`AugmentBatch` on the stored bytes, in this process, one
+  thread, a row group's 256 images a call as in the stage), images per CPU-second, the mean of a measurement
+  before the stage's and one after; on phone photos also with every image decoded in full (the crop-first decode
+  off);
+- transform, 2 at once: the same in two processes at once, as the stage's two actors run it, every core busy
+  (this host's cores run slower together than one alone); the stage's rate as a share of it;
 - stage: the whole Ray Data stage as training runs it (Parquet row groups read, decoded and augmented in two
   actors of 0.5 CPU -> a consumer here that counts the blocks), the CPU of every process involved (Ray's workers
   and actors, the raylet and GCS, and this process, which runs Ray Data's executor and the consumer) in a window
   of one execution past the actors' warm-up (their start, and their first writes into the object store's shared
-  pages, which fault them in; printed apart), against the images the actors augmented in that window; its share
-  of the transform-only rate, where its CPU goes, and how much of it Ray's processes spend at rest (a fixed cost
-  per second, whatever the node's size);
+  pages, which fault them in), against the images the actors augmented in that window; where its CPU goes, and
+  how much of it Ray's processes spend at rest (a fixed cost per second, whatever the node's size);
 - transform in the stage: the same function timed inside the stage's actors (the CPU time of each call, in the
-  same seconds as the stage's, so that this host's drift in speed, up to 10 % between the measurements before and
-  after the stage, does not enter the ratio), and the stage's rate as a share of it;
+  same seconds and processes as the stage's, so that this host's drift in speed, up to 10 % between the
+  measurements before and after the stage, does not enter the ratio), and the stage's rate as a share of it;
 - dataloader: a torch DataLoader with one worker process and the same function, images per CPU-second of both;
 - bytes per image: the views the actors ship to a Train worker against the stored JPEG, and from these how many
   CPU cores and how much network one GPU needs at published training speeds (`--gpu-rate` overrides them).
@@ -84,15 +86,56 @@ def stored_images(store: str) -> list[bytes]:
 
 def transform_rate(recipe: str, store: str, crop_first: bool = True, rounds: int = 2) -> tuple[float, int]:
     """(images per CPU-second of the augmentation function alone, bytes of views per image)."""
+    augment, images = warm_augmenter(recipe, store, crop_first)
+    started = time.process_time()
+    count, out = augment_all(augment, images, rounds)
+    view_bytes = sum(value[0].nbytes for key, value in out.items() if key.startswith("view_"))
+    return count / (time.process_time() - started), view_bytes
+
+
+def warm_augmenter(recipe: str, store: str, crop_first: bool = True) -> tuple[AugmentBatch, list[bytes]]:
     augment, images = augmenter(recipe, store, crop_first), stored_images(store)
-    augment({"image": np.array(images[:2], dtype=object)})  # warm
-    started, count = time.process_time(), 0
+    augment({"image": np.array(images[:2], dtype=object)})
+    return augment, images
+
+
+def augment_all(augment: AugmentBatch, images: list[bytes], rounds: int) -> tuple[int, dict[str, np.ndarray]]:
+    """(images augmented, the last call's output): `images` `rounds` times, BATCH a call."""
+    count = 0
     for _ in range(rounds):
         for start in range(0, len(images), BATCH):
             out = augment({"image": np.array(images[start:start + BATCH], dtype=object)})
             count += len(out["view_0"])
-    view_bytes = sum(value[0].nbytes for key, value in out.items() if key.startswith("view_"))
-    return count / (time.process_time() - started), view_bytes
+    return count, out
+
+
+def together_rate(recipe: str, store: str, processes: int = 2, rounds: int = 1) -> float:
+    """Images per CPU-second of the augmentation function in `processes` processes at once, one thread each, as the
+    stage's actors run it: with every core busy, as in the stage (this host's cores are slower together than one
+    alone, by 0-20 % from minute to minute)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(processes), context.Queue()
+    workers = [context.Process(target=timed_transform, args=(recipe, store, rounds, start, results))
+               for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    made = [results.get() for _ in workers]
+    for worker in workers:
+        worker.join()
+    return sum(count for count, _ in made) / sum(cpu for _, cpu in made)
+
+
+def timed_transform(recipe: str, store: str, rounds: int, start, results) -> None:
+    """together_rate's process: (images, CPU seconds) of the function on the store's images, into `results`, timed
+    from when every process is ready (`start`)."""
+    cv2.setNumThreads(1)
+    augment, images = warm_augmenter(recipe, store)
+    start.wait()
+    started = time.process_time()
+    count, _ = augment_all(augment, images, rounds)
+    results.put((count, time.process_time() - started))
 
 
 class RayCpu:
@@ -303,25 +346,27 @@ def main() -> None:
               f"phone, stored at {args.shorter_side} px": ingested(phones, work / f"{phones.name}_{args.shorter_side}",
                                                                    args.shorter_side)}
     gpu_rates = {**GPU_RATES, **{name: float(rate) for name, rate in args.gpu_rate}}
-    print("\n| recipe | photos | stored bytes | transform img/s/core | stage img/s/core | stage/transform | "
-          "transform in the stage | stage/transform in the stage | DataLoader img/s/core | view bytes |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| recipe | photos | stored bytes | transform alone | transform, 2 at once | stage | stage / 2 at once | "
+          "transform in the stage | stage / in the stage | DataLoader | view bytes |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     results, shares = {}, []
     for recipe in RECIPES:
         for label, store in stores.items():
             jpeg_bytes = float(np.mean([len(data) for data in stored_images(store)]))
             before, view_bytes = transform_rate(recipe, store)
-            stage, inside, used, wall = stage_rate(recipe, store, before)
+            together = together_rate(recipe, store)
+            stage, inside, used, wall = stage_rate(recipe, store, together)
             transform = (before + transform_rate(recipe, store)[0]) / 2  # before and after: the host's speed drifts
+            together = (together + together_rate(recipe, store)) / 2
             loader = dataloader_rate(recipe, store)
             results[recipe, label] = (stage, jpeg_bytes, view_bytes)
-            print(f"| {recipe} | {label} | {jpeg_bytes / 1e3:.0f} KB | {transform:.0f} | {stage:.0f} | "
-                  f"{stage / transform:.0%} | {inside:.0f} | {stage / inside:.0%} | {loader:.0f} | "
+            print(f"| {recipe} | {label} | {jpeg_bytes / 1e3:.0f} KB | {transform:.0f} | {together:.0f} | "
+                  f"{stage:.0f} | {stage / together:.0%} | {inside:.0f} | {stage / inside:.0%} | {loader:.0f} | "
                   f"{view_bytes / 1e3:.0f} KB |", flush=True)
             shares.append((recipe, label, used, wall))
             if label.startswith("phone 4032"):
                 full, _ = transform_rate(recipe, store, crop_first=False, rounds=1)
-                print(f"| {recipe} | {label}, decoded in full | | {full:.0f} | | | | | | |", flush=True)
+                print(f"| {recipe} | {label}, decoded in full | | {full:.0f} | | | | | | | |", flush=True)
     rest = at_rest()
     print(f"\nWhere the stage's CPU goes (in the window), and the "
           f"share of it that Ray's processes spend at rest ({rest:.3f} of a core, watched {REST_SECONDS:.0f} s "
