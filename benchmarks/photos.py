@@ -1,6 +1,6 @@
 """The data path at photo sizes: images per second per CPU core from stored rows to training views, in one run.
 
-    .venv/bin/python -m benchmarks.photos      # about 15 minutes on 2 cores (5 more the first time: the photos)
+    .venv/bin/python -m benchmarks.photos      # about 25 minutes on 2 cores (5 more the first time: the photos)
 
 Two folders made offline (benchmarks/photo_files.py): 512 web-sized JPEGs of 500x375 to 800x600, and 48 phone
 photos of 4032x3024 (12 megapixels, about 2.3 MB each) in turn to 512 files; 512 so that the stores' row groups
